@@ -1,0 +1,111 @@
+//! `relay`: the TURN/STUN relay binary. Parses flags, loads and validates the config, sets up
+//! logging and hands over to `relay::shell::run`. Errors end up here and exit with status 1
+//! (2 for a bad config or command line, as clap does).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use relay::config::{Config, LogFormat, Overrides};
+use relay::turn::auth::{rest_password, rest_username};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "relay", version, about = "TURN/STUN relay for live remote play")]
+struct Cli {
+    /// TOML configuration file (see configs/relay.toml for every key).
+    #[arg(long, short, env = "RELAY_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the relay (the default).
+    Run,
+    /// Validate the configuration and print it as the relay would use it (secrets redacted).
+    CheckConfig,
+    /// Mint a TURN REST credential from the first configured secret and print the
+    /// RTCIceServer entry a browser uses.
+    Credentials {
+        /// Seconds the credential stays valid for new allocations.
+        #[arg(long, default_value_t = 600)]
+        ttl: u64,
+        /// Optional user id appended to the username (`<expiry>:<id>`).
+        #[arg(long)]
+        id: Option<String>,
+        /// Host name or address clients use to reach the relay (default: the advertised address).
+        #[arg(long)]
+        host: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (file, config) = match Config::load(cli.config.as_ref(), &cli.overrides) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("relay: configuration error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Cmd::Run) {
+        Cmd::Run => {
+            init_logging(&config);
+            match relay::shell::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("relay: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::CheckConfig => match toml::to_string_pretty(&file.redacted()) {
+            Ok(text) => {
+                println!("# configuration is valid; effective values:\n{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("relay: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Credentials { ttl, id, host } => {
+            let Some(secret) = config.secrets.first() else {
+                eprintln!("relay: auth.secrets is empty; TURN REST credentials need a secret");
+                return ExitCode::from(2);
+            };
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let username = rest_username(now + ttl, id.as_deref());
+            let credential = rest_password(secret.as_bytes(), &username);
+            let host = host.unwrap_or_else(|| match config.advertised_ip() {
+                ip if ip.is_ipv6() => format!("[{ip}]"),
+                ip => ip.to_string(),
+            });
+            let port = config.listen.port();
+            let entry = serde_json::json!({
+                "urls": [format!("stun:{host}:{port}"), format!("turn:{host}:{port}?transport=udp")],
+                "username": username,
+                "credential": credential,
+            });
+            println!("{entry}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    // Validated in Config::from_file, so this parse succeeds.
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    }
+}

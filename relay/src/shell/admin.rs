@@ -1,0 +1,51 @@
+//! The admin HTTP listener (loopback by default): `/metrics` in the Prometheus text format and
+//! `/healthz`, which answers 200 while the relay takes new allocations and 503 while it drains, so
+//! a load balancer or signaling stops sending players to it. Anything else is a JSON 404.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use super::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub draining: Arc<AtomicBool>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).fallback(not_found).with_state(state)
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let body = state.metrics.render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn healthz(State(state): State<AdminState>) -> Response {
+    let allocations = state.metrics.allocations();
+    if state.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining", "allocations": allocations })))
+            .into_response()
+    } else {
+        Json(json!({ "status": "ok", "allocations": allocations })).into_response()
+    }
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": "not found", "endpoints": ["/metrics", "/healthz"] })))
+        .into_response()
+}
+
+/// Binds the admin listener; fails (naming the key) if the address is taken.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("admin.listen: cannot bind {addr}: {e}"))
+}

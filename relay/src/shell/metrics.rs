@@ -1,0 +1,151 @@
+//! Prometheus metrics, registered in an explicit registry (no globals) and filled from the
+//! workers' `Stats` at scrape time: the packet path only bumps plain per-worker counters, and a
+//! scrape sums them and advances the Prometheus counters by the difference since the last scrape.
+//! Label sets are the closed enums of `turn::stats`, so cardinality is fixed (no usernames or
+//! addresses as labels, which leaked memory in coturn, #666/#861).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::turn::Shared;
+use crate::turn::stats::{AuthFailure, Direction, DropReason, ERROR_CODES, Method, Stats};
+
+/// Reads one series' value from one worker's counters.
+type Read = Box<dyn Fn(&Stats) -> u64 + Send + Sync>;
+
+/// Running totals at the last scrape, per series, in the order the series are listed.
+#[derive(Default)]
+struct Seen(Vec<u64>);
+
+pub struct Metrics {
+    registry: Registry,
+    workers: Vec<Arc<Stats>>,
+    shared: Arc<Shared>,
+    draining: Arc<AtomicBool>,
+    allocations_active: IntGauge,
+    relay_ports_free: IntGauge,
+    draining_gauge: IntGauge,
+    counters: Vec<(IntCounter, Read)>,
+    seen: Mutex<Seen>,
+}
+
+impl Metrics {
+    pub fn new(workers: Vec<Arc<Stats>>, shared: Arc<Shared>, draining: Arc<AtomicBool>) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let allocations_active = gauge("relay_allocations_active", "TURN allocations currently active.")?;
+        let relay_ports_free = gauge("relay_relay_ports_free", "Relay ports free in the configured range.")?;
+        let draining_gauge = gauge("relay_draining", "1 while the relay drains (takes no new allocations).")?;
+        let workers_gauge = gauge("relay_workers", "Worker threads (one SO_REUSEPORT socket each).")?;
+        workers_gauge.set(workers.len() as i64);
+
+        let mut counters: Vec<(IntCounter, Read)> = Vec::new();
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let vec = |name: &str, help: &str, label: &str| -> prometheus::Result<IntCounterVec> {
+            let v = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(v.clone()))?;
+            Ok(v)
+        };
+        counters.push((
+            counter("relay_allocations_created_total", "TURN allocations created.")?,
+            Box::new(|s| s.allocations_created.get()),
+        ));
+        counters.push((
+            counter("relay_auth_challenges_total", "401 challenges to requests without credentials.")?,
+            Box::new(|s| s.auth_challenges.get()),
+        ));
+        // One series per label value, each created up front so it shows (as 0) before it moves.
+        let mut labelled = |v: IntCounterVec, labels: Vec<String>, read: fn(&Stats, usize) -> u64| {
+            for (i, label) in labels.iter().enumerate() {
+                counters.push((v.with_label_values(&[label.as_str()]), Box::new(move |s| read(s, i))));
+            }
+        };
+        labelled(
+            vec("relay_auth_failures_total", "Authenticated requests refused, by reason.", "reason")?,
+            AuthFailure::ALL.iter().map(|x| x.as_str().to_owned()).collect(),
+            |s, i| s.auth_failures[i].get(),
+        );
+        let directions: Vec<String> = Direction::ALL.iter().map(|x| x.as_str().to_owned()).collect();
+        labelled(
+            vec("relay_relayed_packets_total", "Datagrams relayed, by direction.", "direction")?,
+            directions.clone(),
+            |s, i| s.relayed_packets[i].get(),
+        );
+        labelled(
+            vec(
+                "relay_relayed_bytes_total",
+                "Application bytes relayed (without TURN framing), by direction.",
+                "direction",
+            )?,
+            directions,
+            |s, i| s.relayed_bytes[i].get(),
+        );
+        labelled(
+            vec("relay_dropped_packets_total", "Datagrams dropped without an answer, by reason.", "reason")?,
+            DropReason::ALL.iter().map(|x| x.as_str().to_owned()).collect(),
+            |s, i| s.dropped[i].get(),
+        );
+        labelled(
+            vec("relay_requests_total", "STUN/TURN requests received, by method.", "method")?,
+            Method::ALL.iter().map(|x| x.as_str().to_owned()).collect(),
+            |s, i| s.requests[i].get(),
+        );
+        labelled(
+            vec("relay_error_responses_total", "Error responses sent, by code.", "code")?,
+            ERROR_CODES.iter().map(u16::to_string).collect(),
+            |s, i| s.error_responses[i].get(),
+        );
+
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+
+        let seen = Mutex::new(Seen(vec![0; counters.len()]));
+        Ok(Self {
+            registry,
+            workers,
+            shared,
+            draining,
+            allocations_active,
+            relay_ports_free,
+            draining_gauge,
+            counters,
+            seen,
+        })
+    }
+
+    /// Total active allocations over all workers.
+    pub fn allocations(&self) -> i64 {
+        self.workers.iter().map(|w| w.allocations_active.get()).sum()
+    }
+
+    /// Brings the Prometheus series up to date and renders them in the text format.
+    pub fn render(&self) -> String {
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, (counter, read)) in self.counters.iter().enumerate() {
+                let total: u64 = self.workers.iter().map(|w| read(w)).sum();
+                counter.inc_by(total.saturating_sub(seen.0[i]));
+                seen.0[i] = total.max(seen.0[i]);
+            }
+        }
+        self.allocations_active.set(self.allocations());
+        self.relay_ports_free.set(self.shared.free_ports() as i64);
+        self.draining_gauge.set(i64::from(self.draining.load(Ordering::Relaxed)));
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

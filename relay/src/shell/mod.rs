@@ -1,0 +1,10 @@
+//! The I/O shell: sockets, threads, timers, signals and the admin HTTP listener around the
+//! sans-IO core. It moves bytes between the kernel and `turn::TurnServer` and nothing else.
+
+pub mod admin;
+pub mod metrics;
+pub mod run;
+pub mod udp;
+pub mod worker;
+
+pub use run::{Relay, run};

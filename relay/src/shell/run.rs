@@ -1,0 +1,251 @@
+//! Starting and stopping the relay: bind every socket first (so a bad address fails at start),
+//! spawn one worker thread per core, serve the admin endpoint, and handle signals.
+//!
+//! - SIGTERM drains: workers refuse new allocations (508), existing ones keep relaying and can be
+//!   refreshed, `/healthz` turns 503, and the process exits when the last allocation is gone or
+//!   `shutdown.grace_secs` have passed, whichever is first.
+//! - SIGINT (or a second signal during the drain) exits at once.
+//! - A worker thread that dies (a bug: the core never panics on input) takes the process down
+//!   with an error, so the supervisor restarts it instead of leaving a silent hole in the
+//!   SO_REUSEPORT group.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use rand::Rng;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use super::admin::{self, AdminState};
+use super::metrics::Metrics;
+use super::udp;
+use super::worker::{Command, SocketSettings, Worker};
+use crate::config::{Config, EXAMPLE_SECRET};
+use crate::turn::auth::{Credentials, NonceSource};
+use crate::turn::peer_filter::PeerFilter;
+use crate::turn::{OwnAddresses, PortPool, Quotas, ServerConfig, Shared, TurnServer};
+
+/// A running worker, as the main thread sees it.
+struct WorkerHandle {
+    commands: mpsc::Sender<Command>,
+    waker: Arc<mio::Waker>,
+    thread: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    fn tell(&self, command: Command) {
+        // A worker that already exited has nothing left to be told.
+        let _ = self.commands.send(command);
+        let _ = self.waker.wake();
+    }
+}
+
+/// Addresses the relay actually bound, for the start-up banner and for tests.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Tells the main thread when a worker exits, however it exits (including by panic).
+struct ExitNotice(usize, tokio::sync::mpsc::UnboundedSender<usize>);
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
+}
+
+fn server_config(config: &Config) -> anyhow::Result<ServerConfig> {
+    let mut nonce_key = [0u8; 32];
+    rand::rng().fill(&mut nonce_key);
+    let credentials =
+        Credentials::new(&config.realm, &config.users, config.secrets.iter().map(|s| s.as_bytes().to_vec()).collect());
+    let mut own_ips = vec![config.listen.ip(), config.relay_ip];
+    own_ips.extend(config.external_ip);
+    // With a wildcard listen address every local address reaches the relay.
+    match if_addrs::get_if_addrs() {
+        Ok(ifaces) => own_ips.extend(ifaces.into_iter().map(|i| i.ip())),
+        Err(e) => warn!(error = %e, "cannot list local addresses; self-relay check covers only configured ones"),
+    }
+    own_ips.sort_unstable();
+    own_ips.dedup();
+    Ok(ServerConfig {
+        software: config.software.clone(),
+        credentials,
+        nonces: NonceSource::new(nonce_key, Instant::now(), config.nonce_lifetime),
+        relay_ip: config.relay_ip,
+        advertised_ip: config.advertised_ip(),
+        default_lifetime: config.default_lifetime,
+        max_lifetime: config.max_lifetime,
+        max_permissions: config.max_permissions,
+        max_channels: config.max_channels,
+        rfc5766_channel_numbers: config.rfc5766_channel_numbers,
+        peer_filter: PeerFilter::new(config.allow_peers.clone(), config.deny_peers.clone()),
+        own: OwnAddresses {
+            ips: own_ips,
+            ports: vec![config.listen.port()..=config.listen.port(), config.ports.clone()],
+        },
+    })
+}
+
+/// Raises the open-file limit to its hard maximum: every allocation holds a socket.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                warn!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Runs the relay until a signal ends it. Blocks the calling thread.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
+    if config.secrets.iter().any(|s| s == EXAMPLE_SECRET) && !config.advertised_ip().is_loopback() {
+        warn!("auth.secrets contains the example secret from configs/relay.toml; anyone can mint credentials");
+    }
+    let server_config = Arc::new(server_config(&config)?);
+    let mut seed = rand::rng();
+    let shared = Arc::new(Shared::new(
+        PortPool::new(*config.ports.start(), *config.ports.end(), seed.random()),
+        Quotas::new(config.max_per_user, config.max_total),
+    ));
+
+    // Bind all listening sockets before anything runs. With port 0 the first socket picks the
+    // port and the others join its SO_REUSEPORT group.
+    let first = udp::bind_listener(config.listen, config.socket_buffer_bytes, config.socket_buffer_bytes)
+        .with_context(|| format!("server.listen: cannot bind UDP {}", config.listen))?;
+    let listen = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..config.workers {
+        listeners.push(
+            udp::bind_listener(listen, config.socket_buffer_bytes, config.socket_buffer_bytes)
+                .with_context(|| format!("server.listen: cannot bind UDP {listen}"))?,
+        );
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let admin_listener = runtime.block_on(admin::bind(config.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel();
+    let now = Instant::now();
+    let mut workers = Vec::new();
+    let mut stats = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let server = TurnServer::new(Arc::clone(&server_config), Arc::clone(&shared), now, unix_now(), seed.random());
+        stats.push(server.stats());
+        let (tx, rx) = mpsc::channel();
+        let settings = SocketSettings { relay_ip: config.relay_ip, relay_buffer: 0 };
+        let (worker, waker) = Worker::new(listener, server, settings, rx).context("creating worker event loop")?;
+        let notice = ExitNotice(i, exit_tx.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("relay-worker-{i}"))
+            .spawn(move || {
+                let _notice = notice;
+                worker.run();
+            })
+            .context("spawning worker thread")?;
+        workers.push(WorkerHandle { commands: tx, waker, thread });
+    }
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::new(stats, Arc::clone(&shared), Arc::clone(&draining))?);
+    let state = AdminState { metrics: Arc::clone(&metrics), draining: Arc::clone(&draining) };
+    // Handlers go in before the banner: whoever reads "ready" may signal us right away, and a
+    // signal before the handler exists would kill the process without draining.
+    let (mut term, mut int) = runtime.block_on(async {
+        let term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        anyhow::Ok((term, int))
+    })?;
+    let relay = Relay { listen, admin: admin_addr };
+    print_banner(&config, &relay);
+    info!(udp = %listen, admin = %admin_addr, workers = workers.len(), "relay started");
+
+    let outcome = runtime.block_on(async {
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, admin::router(state)).await {
+                error!(error = %e, "admin listener failed");
+            }
+        });
+        tokio::select! {
+            _ = int.recv() => {
+                info!("SIGINT: exiting now");
+                return Ok(());
+            }
+            Some(i) = exit_rx.recv() => anyhow::bail!("worker {i} exited unexpectedly"),
+            _ = term.recv() => {}
+        }
+        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+        info!(allocations = metrics.allocations(), grace_s = config.shutdown_grace.as_secs(), "SIGTERM: draining");
+        draining.store(true, Ordering::Relaxed);
+        for w in &workers {
+            w.tell(Command::Drain);
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = int.recv() => { info!("SIGINT during drain: exiting now"); break; }
+                _ = term.recv() => { info!("second SIGTERM: exiting now"); break; }
+                Some(i) = exit_rx.recv() => anyhow::bail!("worker {i} exited unexpectedly"),
+            }
+            let left = metrics.allocations();
+            if left == 0 {
+                info!("drained: no allocations left");
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(allocations = left, "grace period over: exiting with allocations still active");
+                break;
+            }
+        }
+        Ok(())
+    });
+    for w in &workers {
+        w.tell(Command::Stop);
+    }
+    for w in workers {
+        let _ = w.thread.join();
+    }
+    outcome
+}
+
+fn print_banner(config: &Config, relay: &Relay) {
+    let host = match config.advertised_ip() {
+        ip if relay.listen.ip().is_unspecified() => ip,
+        _ => relay.listen.ip(),
+    };
+    let uri_host = if host.is_ipv6() { format!("[{host}]") } else { host.to_string() };
+    println!("relay {} ready", env!("CARGO_PKG_VERSION"));
+    println!("  STUN/TURN   udp://{}  ({} worker threads)", relay.listen, config.workers);
+    println!(
+        "  relay ports {}-{} on {}, advertised as {}",
+        config.ports.start(),
+        config.ports.end(),
+        config.relay_ip,
+        config.advertised_ip()
+    );
+    println!("  metrics     http://{}/metrics", relay.admin);
+    println!("  health      http://{}/healthz", relay.admin);
+    println!(
+        "  ICE server  {{\"urls\": [\"stun:{uri_host}:{0}\", \"turn:{uri_host}:{0}?transport=udp\"], ...}}",
+        relay.listen.port()
+    );
+    println!("  credentials relay credentials --config <this config>   (prints a ready RTCIceServer entry)");
+}

@@ -1,0 +1,336 @@
+//! One worker per core: a thread with its own `TurnServer`, its own SO_REUSEPORT listening socket
+//! and the relay sockets of the allocations it created, driven by a mio event loop.
+//!
+//! Per wake-up the loop receives a batch (recvmmsg) from each readable socket, asks the core for a
+//! routing decision per datagram, then sends the batch's decisions with sendmmsg, grouped by
+//! outgoing socket. Datagrams stay in the receive buffers from arrival to departure; the core
+//! rewrites peer datagrams in place. A socket that still has data after its budget of batches is
+//! revisited on the next turn, so one busy flow cannot starve the others.
+//!
+//! Nothing here logs per packet; shell-level drops (truncated datagrams, full send buffers) are
+//! counted in the core's `Stats`, which this thread alone writes.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use slab::Slab;
+use tracing::{debug, error, warn};
+
+use super::udp::{self, RecvBatch, SendBatch, SendQueue, SendStats};
+use crate::turn::stats::{DropReason, Stats};
+use crate::turn::wire::PEER_HEADROOM;
+use crate::turn::{ClientAddr, Event, Forward, PeerAddr, RelayPort, RelaySockets, ToClient, TurnServer};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_RELAY: usize = 2;
+
+/// Batches a socket may take per turn of the loop before others get theirs.
+const BUDGET: usize = 8;
+/// The loop wakes at least this often, to re-anchor the core's wall clock and notice commands.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// What the main thread can tell a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Stop accepting new allocations (SIGTERM).
+    Drain,
+    /// Exit the loop now.
+    Stop,
+}
+
+struct Relay {
+    socket: UdpSocket,
+    port: RelayPort,
+}
+
+/// The relay sockets of one worker, lent to the core so it can open one during an Allocate.
+struct Sockets<'a> {
+    registry: &'a Registry,
+    relays: &'a mut Slab<Relay>,
+    by_port: &'a mut [u32],
+    ip: IpAddr,
+    buffer: usize,
+}
+
+impl RelaySockets for Sockets<'_> {
+    fn open(&mut self, port: RelayPort) -> io::Result<()> {
+        let std = udp::bind_relay(SocketAddr::new(self.ip, port.0), self.buffer, self.buffer)?;
+        let mut socket = UdpSocket::from_std(std);
+        let entry = self.relays.vacant_entry();
+        self.registry.register(&mut socket, Token(FIRST_RELAY + entry.key()), Interest::READABLE)?;
+        self.by_port[usize::from(port.0)] = entry.key() as u32 + 1;
+        entry.insert(Relay { socket, port });
+        Ok(())
+    }
+}
+
+/// Settings of a worker's sockets.
+#[derive(Debug, Clone)]
+pub struct SocketSettings {
+    pub relay_ip: IpAddr,
+    /// Buffer size of relay sockets (0 = kernel default).
+    pub relay_buffer: usize,
+}
+
+pub struct Worker {
+    poll: Poll,
+    listener: UdpSocket,
+    relays: Slab<Relay>,
+    /// Relay port → slab key + 1 (0 = none).
+    by_port: Vec<u32>,
+    server: TurnServer,
+    stats: Arc<Stats>,
+    settings: SocketSettings,
+    commands: Receiver<Command>,
+    recv: RecvBatch,
+    send: SendQueue,
+    forwards: Vec<Option<Forward>>,
+    to_clients: Vec<Option<ToClient>>,
+    /// Sources known to be readable that have not yet returned WouldBlock.
+    pending: Vec<Token>,
+    next_clock_sync: Instant,
+}
+
+impl Worker {
+    /// Builds a worker around an already bound listening socket; returns it with the waker the
+    /// main thread uses to get its attention after sending a command.
+    pub fn new(
+        listener: std::net::UdpSocket,
+        server: TurnServer,
+        settings: SocketSettings,
+        commands: Receiver<Command>,
+    ) -> io::Result<(Self, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let mut listener = UdpSocket::from_std(listener);
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stats = server.stats();
+        let worker = Self {
+            poll,
+            listener,
+            relays: Slab::new(),
+            by_port: vec![0; usize::from(u16::MAX) + 1],
+            server,
+            stats,
+            settings,
+            commands,
+            recv: RecvBatch::new(PEER_HEADROOM),
+            send: SendQueue::new(),
+            forwards: Vec::with_capacity(udp::BATCH),
+            to_clients: Vec::with_capacity(udp::BATCH),
+            pending: Vec::new(),
+            next_clock_sync: Instant::now(),
+        };
+        Ok((worker, waker))
+    }
+
+    /// Runs until told to stop.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            let timeout = if self.pending.is_empty() {
+                let due = self.server.poll_timeout().map_or(MAX_SLEEP, |t| t.saturating_duration_since(now));
+                due.min(MAX_SLEEP)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                error!(error = %e, "poll failed; worker stopping");
+                return;
+            }
+            for event in &events {
+                match event.token() {
+                    WAKER => {}
+                    token if !self.pending.contains(&token) => self.pending.push(token),
+                    _ => {}
+                }
+            }
+            if !self.handle_commands() {
+                return;
+            }
+            self.serve_pending();
+
+            let now = Instant::now();
+            if self.server.poll_timeout().is_some_and(|t| t <= now) {
+                self.server.handle_timeout(now);
+            }
+            if now >= self.next_clock_sync {
+                let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                self.server.set_wall_clock(now, unix);
+                self.next_clock_sync = now + MAX_SLEEP;
+            }
+            self.flush_control();
+        }
+    }
+
+    /// Returns false when the worker must stop.
+    fn handle_commands(&mut self) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Drain) => self.server.set_draining(true),
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn serve_pending(&mut self) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let token = self.pending[i];
+            let more = if token == LISTENER { self.serve_listener() } else { self.serve_relay(token.0 - FIRST_RELAY) };
+            self.flush_control();
+            if more {
+                i += 1;
+            } else {
+                self.pending.swap_remove(i);
+            }
+        }
+    }
+
+    /// Serves up to BUDGET batches from the listening socket; true if it may have more.
+    fn serve_listener(&mut self) -> bool {
+        for _ in 0..BUDGET {
+            let n = match self.recv.recv(self.listener.as_raw_fd()) {
+                Ok(n) => n,
+                Err(e) => return self.recv_error(e),
+            };
+            let now = Instant::now();
+            self.forwards.clear();
+            let mut sockets = Sockets {
+                registry: self.poll.registry(),
+                relays: &mut self.relays,
+                by_port: &mut self.by_port,
+                ip: self.settings.relay_ip,
+                buffer: self.settings.relay_buffer,
+            };
+            for i in 0..n {
+                if self.recv.truncated(i) {
+                    self.stats.record_drop(DropReason::Truncated);
+                    self.forwards.push(None);
+                    continue;
+                }
+                let from = ClientAddr(self.recv.source(i));
+                let forward = self.server.handle_client(now, from, self.recv.payload(i), &mut sockets);
+                self.forwards.push(forward);
+            }
+            self.send_forwards();
+        }
+        true
+    }
+
+    /// Sends the batch's client→peer datagrams, one sendmmsg per run of the same relay socket.
+    fn send_forwards(&mut self) {
+        let mut i = 0;
+        while i < self.forwards.len() {
+            let Some(first) = &self.forwards[i] else {
+                i += 1;
+                continue;
+            };
+            let port = first.port;
+            let key = self.by_port[usize::from(port.0)];
+            let Some(relay) = key.checked_sub(1).and_then(|k| self.relays.get(k as usize)) else {
+                // The allocation was removed within this batch.
+                self.stats.record_drop(DropReason::NoAllocation);
+                i += 1;
+                continue;
+            };
+            let mut batch = SendBatch::new(&mut self.send, relay.socket.as_raw_fd());
+            while let Some(Some(f)) = self.forwards.get(i) {
+                if f.port != port {
+                    break;
+                }
+                batch.push(f.peer.0, &self.recv.payload(i)[f.payload.clone()]);
+                i += 1;
+            }
+            let stats = batch.flush();
+            count_send(&self.stats, &stats);
+        }
+    }
+
+    /// Serves up to BUDGET batches from one relay socket; true if it may have more.
+    fn serve_relay(&mut self, key: usize) -> bool {
+        for _ in 0..BUDGET {
+            let Some(relay) = self.relays.get(key) else { return false };
+            let port = relay.port;
+            let n = match self.recv.recv(relay.socket.as_raw_fd()) {
+                Ok(n) => n,
+                Err(e) => return self.recv_error(e),
+            };
+            let now = Instant::now();
+            self.to_clients.clear();
+            for i in 0..n {
+                if self.recv.truncated(i) {
+                    self.stats.record_drop(DropReason::Truncated);
+                    self.to_clients.push(None);
+                    continue;
+                }
+                let from = PeerAddr(self.recv.source(i));
+                let (buf, payload) = self.recv.buf_mut(i);
+                let to = self.server.handle_peer(now, port, from, buf, payload);
+                self.to_clients.push(to);
+            }
+            let mut batch = SendBatch::new(&mut self.send, self.listener.as_raw_fd());
+            for (i, to) in self.to_clients.iter().enumerate() {
+                if let Some(to) = to {
+                    batch.push(to.client.0, &self.recv.buf(i)[to.message.clone()]);
+                }
+            }
+            let stats = batch.flush();
+            count_send(&self.stats, &stats);
+        }
+        true
+    }
+
+    /// WouldBlock ends a socket's turn; anything else is counted and ends it too.
+    fn recv_error(&self, e: io::Error) -> bool {
+        if e.kind() != io::ErrorKind::WouldBlock {
+            // ICMP errors from earlier sends surface here (ECONNREFUSED); not a reason to stop.
+            debug!(error = %e, "recvmmsg");
+            self.stats.record_drop(DropReason::SendError);
+        }
+        false
+    }
+
+    /// Sends queued control responses and closes the sockets of removed allocations.
+    fn flush_control(&mut self) {
+        while let Some(t) = self.server.poll_transmit() {
+            if let Err(e) = udp::send_one(self.listener.as_raw_fd(), t.to.0, &t.payload) {
+                let reason = if e.kind() == io::ErrorKind::WouldBlock {
+                    DropReason::SendBufferFull
+                } else {
+                    DropReason::SendError
+                };
+                self.stats.record_drop(reason);
+            }
+        }
+        while let Some(event) = self.server.poll_event() {
+            match event {
+                Event::RelayClosed(port) => {
+                    let key = std::mem::take(&mut self.by_port[usize::from(port.0)]);
+                    if let Some(k) = key.checked_sub(1) {
+                        let mut relay = self.relays.remove(k as usize);
+                        if let Err(e) = self.poll.registry().deregister(&mut relay.socket) {
+                            warn!(error = %e, %port, "deregistering relay socket");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn count_send(stats: &Stats, sent: &SendStats) {
+    stats.dropped[DropReason::SendBufferFull as usize].add(sent.dropped_full as u64);
+    stats.dropped[DropReason::SendError as usize].add(sent.dropped_error as u64);
+}

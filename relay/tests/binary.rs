@@ -1,0 +1,315 @@
+//! Loopback tests against the real `relay` binary, started from the configs in `configs/`.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::{RawClient, RelayProcess, channel_data, error_code, metric_value, peer_attr};
+use rand::{Rng, SeedableRng};
+use stun::message::{
+    BINDING_REQUEST, CLASS_SUCCESS_RESPONSE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, Message,
+};
+use turn::proto::channum::ChannelNumber;
+use turn::proto::lifetime::Lifetime;
+
+/// configs/relay.toml's example secret and realm (the local deployment's config).
+const DEFAULT_SECRET: &str = "local-dev-secret-change-me";
+const REALM: &str = "relay";
+/// configs/relay-loopback.toml's secret.
+const LOOPBACK_SECRET: &str = "loopback-test-secret";
+
+#[test]
+fn default_config_refuses_internal_peers() {
+    let relay = RelayProcess::start("relay.toml", &[]);
+    let mut client = RawClient::rest(relay.udp, DEFAULT_SECRET, 600, REALM);
+    let relayed = client.allocate().expect("Allocate with a valid REST credential succeeds");
+    assert_eq!(relayed.ip(), relay.udp.ip());
+    for peer in ["127.0.0.1:9", "10.0.0.1:9", "169.254.169.254:80", "[::ffff:127.0.0.1]:9", "[::1]:9"] {
+        let resp = client.call(METHOD_CREATE_PERMISSION, &[&peer_attr(peer)]);
+        assert_eq!(error_code(&resp), Some(403), "CreatePermission to {peer}");
+    }
+    let resp = client.call(METHOD_CREATE_PERMISSION, &[&peer_attr("8.8.8.8:53")]);
+    assert_eq!(error_code(&resp), None, "a global address is fine");
+    assert_eq!(relay.metric("relay_error_responses_total{code=\"403\"}"), 5.0);
+}
+
+#[test]
+fn auth_failures_get_the_right_codes_and_both_secrets_work() {
+    let relay = RelayProcess::start("relay.toml", &["--auth-secret", "old-secret", "--auth-secret", "new-secret"]);
+    // Expired REST username: 401 at Allocate.
+    let mut expired = RawClient::rest(relay.udp, "new-secret", -10, REALM);
+    assert_eq!(expired.allocate(), Err(401));
+    // Wrong password (signed by a secret the relay does not have): 401.
+    let mut wrong = RawClient::rest(relay.udp, "some-other-secret", 600, REALM);
+    assert_eq!(wrong.allocate(), Err(401));
+    // Tampered nonce, correctly signed: 438, and the 438 carries a nonce that works.
+    let mut tampered = RawClient::rest(relay.udp, "new-secret", 600, REALM);
+    let udp = turn::proto::reqtrans::RequestedTransport { protocol: turn::proto::PROTO_UDP };
+    let challenge = tampered.exchange(&tampered.build(stun::message::METHOD_ALLOCATE, &[&udp]));
+    assert_eq!(error_code(&challenge), Some(401));
+    let nonce = stun::textattrs::TextAttribute::get_from_as(&challenge, stun::attributes::ATTR_NONCE).unwrap().text;
+    let mut bytes = nonce.into_bytes();
+    bytes[30] = if bytes[30] == b'0' { b'1' } else { b'0' };
+    tampered.nonce = Some(String::from_utf8(bytes).unwrap());
+    let resp = tampered.exchange(&tampered.build(stun::message::METHOD_ALLOCATE, &[&udp]));
+    assert_eq!(error_code(&resp), Some(438));
+    let fresh = stun::textattrs::TextAttribute::get_from_as(&resp, stun::attributes::ATTR_NONCE).unwrap().text;
+    tampered.nonce = Some(fresh);
+    let resp = tampered.exchange(&tampered.build(stun::message::METHOD_ALLOCATE, &[&udp]));
+    assert_eq!(error_code(&resp), None, "the fresh nonce from the 438 works");
+    // A credential signed by either secret is accepted.
+    for secret in ["old-secret", "new-secret"] {
+        let mut c = RawClient::rest(relay.udp, secret, 600, REALM);
+        assert!(c.allocate().is_ok(), "credential signed by {secret}");
+    }
+    let m = relay.metrics();
+    assert_eq!(metric_value(&m, "relay_auth_failures_total{reason=\"expired\"}"), 1.0);
+    // At least one: the client retries if the 401 carries a newer nonce (a second passed).
+    assert!(metric_value(&m, "relay_auth_failures_total{reason=\"bad_integrity\"}") >= 1.0);
+    assert_eq!(metric_value(&m, "relay_auth_failures_total{reason=\"stale_nonce\"}"), 1.0);
+    assert_eq!(metric_value(&m, "relay_allocations_active"), 3.0);
+}
+
+/// Sends `n` datagrams of `len` bytes each way through a channel and checks the counters.
+#[test]
+fn metrics_count_known_traffic() {
+    let relay = RelayProcess::start("relay-loopback.toml", &[]);
+    let before = relay.metrics();
+    assert!(before.contains("relay_allocations_active 0"), "{before}");
+    let mut client = RawClient::rest(relay.udp, LOOPBACK_SECRET, 600, REALM);
+    let relayed = client.allocate().expect("allocate");
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let peer_addr = peer.local_addr().unwrap().to_string();
+    let resp = client.call(METHOD_CHANNEL_BIND, &[&ChannelNumber(0x4000), &peer_attr(&peer_addr)]);
+    assert_eq!(error_code(&resp), None);
+
+    let (n, len) = (100, 200);
+    let payload = vec![0xAB; len];
+    let mut buf = [0u8; 2048];
+    for _ in 0..n {
+        client.socket.send_to(&channel_data(0x4000, &payload), relay.udp).unwrap();
+        let (got, from) = peer.recv_from(&mut buf).expect("peer receives");
+        assert_eq!((got, from), (len, relayed));
+        peer.send_to(&payload, relayed).unwrap();
+        let (got, _) = client.socket.recv_from(&mut buf).expect("client receives");
+        assert_eq!(&buf[..got], &channel_data(0x4000, &payload)[..]);
+    }
+    client.socket.send_to(&[0x40, 0x05, 0x00, 0x01, 0x00], relay.udp).unwrap(); // unbound channel
+    client.socket.send_to(b"\xffnot turn at all", relay.udp).unwrap();
+    // Counters are read at scrape time; give the worker a moment for the last two datagrams.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = relay.metrics();
+        if metric_value(&m, "relay_dropped_packets_total{reason=\"not_turn\"}") >= 1.0 || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let v = |s: &str| metric_value(&m, s);
+    assert_eq!(v("relay_allocations_active"), 1.0);
+    assert_eq!(v("relay_allocations_created_total"), 1.0);
+    assert_eq!(v("relay_relayed_packets_total{direction=\"client_to_peer\"}"), n as f64);
+    assert_eq!(v("relay_relayed_packets_total{direction=\"peer_to_client\"}"), n as f64);
+    assert_eq!(v("relay_relayed_bytes_total{direction=\"client_to_peer\"}"), (n * len) as f64);
+    assert_eq!(v("relay_relayed_bytes_total{direction=\"peer_to_client\"}"), (n * len) as f64);
+    assert_eq!(v("relay_dropped_packets_total{reason=\"no_channel\"}"), 1.0);
+    assert_eq!(v("relay_dropped_packets_total{reason=\"not_turn\"}"), 1.0);
+    assert_eq!(v("relay_requests_total{method=\"allocate\"}"), 2.0, "challenge + authenticated");
+    assert_eq!(v("relay_requests_total{method=\"channel_bind\"}"), 1.0);
+    assert_eq!(v("relay_auth_challenges_total"), 1.0);
+    assert!(m.contains("process_resident_memory_bytes"), "process metrics are exported");
+
+    // Deallocate: the gauge goes back to 0.
+    let resp = client.call(METHOD_REFRESH, &[&Lifetime(Duration::ZERO)]);
+    assert_eq!(error_code(&resp), None);
+    assert_eq!(relay.metric("relay_allocations_active"), 0.0);
+    let health =
+        std::process::Command::new("curl").args(["-sS", &format!("http://{}/healthz", relay.admin)]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout), r#"{"allocations":0,"status":"ok"}"#);
+}
+
+#[test]
+fn random_bytes_for_ten_seconds_leave_it_serving() {
+    let mut relay = RelayProcess::start("relay-loopback.toml", &[]);
+    // Some real state to disturb: an allocation with a channel to a live peer.
+    let mut client = RawClient::rest(relay.udp, LOOPBACK_SECRET, 600, REALM);
+    let relayed = client.allocate().expect("allocate");
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let resp = client
+        .call(METHOD_CHANNEL_BIND, &[&ChannelNumber(0x4000), &peer_attr(&peer.local_addr().unwrap().to_string())]);
+    assert_eq!(error_code(&resp), None);
+
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(0x5eed);
+    let senders: Vec<UdpSocket> = (0..8).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut buf = [0u8; 1500];
+    while start.elapsed() < Duration::from_secs(10) {
+        for s in &senders {
+            let len = rng.random_range(0..1500);
+            rng.fill(&mut buf[..len]);
+            // Bias the first byte towards the STUN and ChannelData ranges so the parsers get work.
+            match rng.random_range(0..4) {
+                0 if len > 0 => buf[0] = rng.random_range(0..4),
+                1 if len > 0 => buf[0] = rng.random_range(0x40..0x50),
+                2 if len >= 20 => {
+                    buf[0] = rng.random_range(0..2);
+                    buf[2..4].copy_from_slice(&((len - 20) as u16 & !3).to_be_bytes());
+                    buf[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+                }
+                _ => {}
+            }
+            // Also at the relay port, as a peer would.
+            let target = if sent.is_multiple_of(5) { relayed } else { relay.udp };
+            let _ = s.send_to(&buf[..len], target);
+            sent += 1;
+        }
+        if sent.is_multiple_of(2000) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert!(relay.is_running(), "relay survived {sent} random datagrams");
+    let binding = {
+        let mut m = Message::new();
+        m.build(&[Box::new(BINDING_REQUEST), Box::new(stun::agent::TransactionId::new())]).unwrap();
+        m
+    };
+    let resp = client.exchange(&binding);
+    assert_eq!(resp.typ.class, CLASS_SUCCESS_RESPONSE, "still answers Binding");
+    // The allocation made before the noise still relays.
+    client.socket.send_to(&channel_data(0x4000, b"still here"), relay.udp).unwrap();
+    let mut got = [0u8; 64];
+    let (n, _) = peer.recv_from(&mut got).expect("relayed after the noise");
+    assert_eq!(&got[..n], b"still here");
+    let m = relay.metrics();
+    let dropped: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("relay_dropped_packets_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(dropped > 1000.0, "drop counters moved: {dropped}");
+    assert!(metric_value(&m, "relay_dropped_packets_total{reason=\"malformed\"}") > 0.0);
+}
+
+#[test]
+fn sigterm_drains_and_sigint_exits_at_once() {
+    let mut relay = RelayProcess::start("relay-loopback.toml", &["--shutdown-grace-secs", "30"]);
+    let mut client = RawClient::rest(relay.udp, LOOPBACK_SECRET, 600, REALM);
+    client.allocate().expect("allocate");
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let resp = client
+        .call(METHOD_CHANNEL_BIND, &[&ChannelNumber(0x4000), &peer_attr(&peer.local_addr().unwrap().to_string())]);
+    assert_eq!(error_code(&resp), None);
+
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(relay.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay.metric("relay_draining") != 1.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(relay.is_running(), "an allocation is active, so the relay waits");
+    let mut late = RawClient::rest(relay.udp, LOOPBACK_SECRET, 600, REALM);
+    assert_eq!(late.allocate(), Err(508), "no new allocations while draining");
+    client.socket.send_to(&channel_data(0x4000, b"during drain"), relay.udp).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = peer.recv_from(&mut buf).expect("existing allocation still relays");
+    assert_eq!(&buf[..n], b"during drain");
+    let health = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}/healthz", relay.admin)])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "503");
+    // The last allocation ends: the relay exits cleanly well before the 30 s grace.
+    assert_eq!(error_code(&client.call(METHOD_REFRESH, &[&Lifetime(Duration::ZERO)])), None);
+    assert_eq!(relay.wait(Duration::from_secs(5)), Some(0), "exits once drained");
+
+    // SIGINT does not wait for allocations.
+    let mut relay = RelayProcess::start("relay-loopback.toml", &["--shutdown-grace-secs", "30"]);
+    let mut client = RawClient::rest(relay.udp, LOOPBACK_SECRET, 600, REALM);
+    client.allocate().expect("allocate");
+    assert_eq!(relay.signal_and_wait(libc::SIGINT, Duration::from_secs(5)), Some(0));
+
+    // A SIGTERM with allocations that never end exits after the grace period.
+    let mut relay = RelayProcess::start("relay-loopback.toml", &["--shutdown-grace-secs", "1"]);
+    let mut client = RawClient::rest(relay.udp, LOOPBACK_SECRET, 600, REALM);
+    client.allocate().expect("allocate");
+    let start = Instant::now();
+    assert_eq!(relay.signal_and_wait(libc::SIGTERM, Duration::from_secs(10)), Some(0));
+    assert!(start.elapsed() >= Duration::from_millis(900), "waited for the grace period");
+}
+
+#[test]
+fn bad_config_fails_at_start_naming_the_key() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--listen", "not-an-address"], "server.listen"),
+        (&["--min-port", "60000", "--max-port", "50000"], "relay.min_port"),
+        (&["--allow-peer", "10.0.0.0/40"], "peers.allow"),
+        (&["--log-format", "xml"], "log.format"),
+    ];
+    for (args, key) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+            .arg("--config")
+            .arg(common::config_path("relay.toml"))
+            .args(*args)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{args:?}: {err}");
+    }
+    // A file with an unknown key.
+    let dir = std::env::temp_dir().join(format!("relay-bad-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:3478\"\nworkerz = 2\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relay")).arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("workerz"));
+    // The listening port already taken: the relay names the key and exits non-zero.
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = taken.local_addr().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .arg("--config")
+        .arg(common::config_path("relay.toml"))
+        .args(["--listen", &addr.to_string(), "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.listen"));
+}
+
+#[test]
+fn credentials_command_prints_an_ice_server_the_relay_accepts() {
+    let relay = RelayProcess::start("relay.toml", &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .arg("--config")
+        .arg(common::config_path("relay.toml"))
+        .args(["--listen", &relay.udp.to_string(), "--min-port", "10000", "--max-port", "30000"])
+        .args(["credentials", "--ttl", "60", "--id", "player1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let urls = entry["urls"].as_array().unwrap();
+    assert_eq!(urls[1], format!("turn:127.0.0.1:{}?transport=udp", relay.udp.port()));
+    let username = entry["username"].as_str().unwrap();
+    assert!(username.ends_with(":player1"));
+    let mut client = RawClient::new(relay.udp, username, entry["credential"].as_str().unwrap(), REALM);
+    assert!(client.allocate().is_ok());
+}
+
+#[test]
+fn every_example_config_parses() {
+    for entry in std::fs::read_dir(common::repo_root().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let file = relay::config::FileConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            relay::config::Config::from_file(&file).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Shared helpers for tests that run the real `relay` binary: start it from a config in
+//! `configs/` on ephemeral ports, read the addresses it bound from its banner, scrape its
+//! metrics, and talk raw STUN/TURN to it over loopback.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use relay::turn::auth::{long_term_key, rest_password};
+use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+use stun::error_code::ErrorCodeAttribute;
+use stun::message::{CLASS_ERROR_RESPONSE, CLASS_REQUEST, Getter, Message, MessageType, Method, Setter};
+use stun::textattrs::TextAttribute;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("relay/ has a parent").to_path_buf()
+}
+
+pub fn config_path(name: &str) -> PathBuf {
+    repo_root().join("configs").join(name)
+}
+
+/// A relay process, killed when dropped.
+pub struct RelayProcess {
+    pub child: Child,
+    pub udp: SocketAddr,
+    pub admin: SocketAddr,
+    /// Lines the relay wrote to stderr (its logs), collected in the background.
+    pub logs: mpsc::Receiver<String>,
+}
+
+impl RelayProcess {
+    /// Starts `relay --config configs/<config> <args>` on ephemeral loopback ports.
+    pub fn start(config: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .arg("--config")
+            .arg(config_path(config))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            // Below Linux's ephemeral range (32768-60999), where the test's own peers and the
+            // relay's port-0 listener land: a loopback peer on a relay port would be refused.
+            .args(["--min-port", "10000", "--max-port", "30000"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start relay binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (log_tx, logs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = log_tx.send(line);
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut udp = None;
+            let mut admin = None;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.trim().strip_prefix("STUN/TURN   udp://") {
+                    udp = rest.split_whitespace().next().and_then(|a| a.parse::<SocketAddr>().ok());
+                }
+                if let Some(rest) = line.trim().strip_prefix("metrics     http://") {
+                    admin = rest.strip_suffix("/metrics").and_then(|a| a.parse::<SocketAddr>().ok());
+                }
+                if let (Some(u), Some(a)) = (udp, admin) {
+                    let _ = tx.send((u, a));
+                    udp = None;
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok((udp, admin)) => Self { child, udp, admin, logs },
+            Err(_) => {
+                let _ = child.kill();
+                let logs: Vec<String> = logs.try_iter().collect();
+                panic!("relay did not start; its logs:\n{}", logs.join("\n"));
+            }
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", &format!("http://{}/metrics", self.admin)])
+            .output()
+            .expect("curl is installed (scripts/test.sh installs it)");
+        assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("metrics are UTF-8")
+    }
+
+    /// The value of one series, e.g. `relay_dropped_packets_total{reason="malformed"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics(), series)
+    }
+
+    /// Sends a signal and waits for exit, returning the exit status code.
+    pub fn signal_and_wait(&mut self, signal: i32, timeout: Duration) -> Option<i32> {
+        // SAFETY: kill(2) with a pid we own.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+        self.wait(timeout)
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let status = self.child.wait();
+        if std::thread::panicking() {
+            let logs: Vec<String> = self.logs.try_iter().collect();
+            eprintln!("relay exit status: {status:?}; its logs:\n{}", logs.join("\n"));
+        }
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("series {series} not in metrics:\n{text}"))
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
+}
+
+/// A minimal, blocking STUN/TURN client over one UDP socket, for driving the relay by hand.
+pub struct RawClient {
+    pub socket: UdpSocket,
+    pub server: SocketAddr,
+    pub username: String,
+    pub key: [u8; 16],
+    pub realm: String,
+    pub nonce: Option<String>,
+}
+
+impl RawClient {
+    pub fn new(server: SocketAddr, username: &str, password: &str, realm: &str) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind client socket");
+        socket.set_read_timeout(Some(Duration::from_secs(2))).expect("set timeout");
+        Self {
+            socket,
+            server,
+            username: username.into(),
+            key: long_term_key(username, realm, password),
+            realm: realm.into(),
+            nonce: None,
+        }
+    }
+
+    /// A client with a TURN REST credential expiring `ttl` seconds from now (negative: expired).
+    pub fn rest(server: SocketAddr, secret: &str, ttl: i64, realm: &str) -> Self {
+        let expiry = (unix_now() as i64 + ttl) as u64;
+        let username = format!("{expiry}:test");
+        let password = rest_password(secret.as_bytes(), &username);
+        Self::new(server, &username, &password, realm)
+    }
+
+    pub fn build(&self, method: Method, attrs: &[&dyn Setter]) -> Message {
+        let mut m = Message::new();
+        m.typ = MessageType::new(method, CLASS_REQUEST);
+        m.new_transaction_id().expect("random id");
+        m.write_header();
+        for a in attrs {
+            a.add_to(&mut m).expect("attribute");
+        }
+        if let Some(nonce) = &self.nonce {
+            TextAttribute::new(ATTR_USERNAME, self.username.clone()).add_to(&mut m).expect("username");
+            TextAttribute::new(ATTR_REALM, self.realm.clone()).add_to(&mut m).expect("realm");
+            TextAttribute::new(ATTR_NONCE, nonce.clone()).add_to(&mut m).expect("nonce");
+            stun::integrity::MessageIntegrity(self.key.to_vec()).add_to(&mut m).expect("integrity");
+        }
+        stun::fingerprint::FINGERPRINT.add_to(&mut m).expect("fingerprint");
+        m
+    }
+
+    /// Sends `msg` and returns the response with the same transaction id (retrying on loss).
+    pub fn exchange(&self, msg: &Message) -> Message {
+        for _ in 0..5 {
+            self.socket.send_to(&msg.raw, self.server).expect("send");
+            let deadline = Instant::now() + Duration::from_millis(500);
+            let mut buf = [0u8; 2048];
+            while Instant::now() < deadline {
+                let Ok((n, _)) = self.socket.recv_from(&mut buf) else { break };
+                let mut resp = Message::new();
+                if resp.unmarshal_binary(&buf[..n]).is_ok() && resp.transaction_id == msg.transaction_id {
+                    return resp;
+                }
+            }
+        }
+        panic!("no response from the relay");
+    }
+
+    /// A request with the 401/438 dance a real client does.
+    pub fn call(&mut self, method: Method, attrs: &[&dyn Setter]) -> Message {
+        for _ in 0..3 {
+            let resp = self.exchange(&self.build(method, attrs));
+            if matches!(error_code(&resp), Some(401 | 438))
+                && let Ok(n) = TextAttribute::get_from_as(&resp, ATTR_NONCE)
+                && self.nonce.as_deref() != Some(n.text.as_str())
+            {
+                self.nonce = Some(n.text);
+                continue;
+            }
+            return resp;
+        }
+        panic!("authentication did not converge");
+    }
+
+    /// Allocates; returns the relayed address.
+    pub fn allocate(&mut self) -> Result<SocketAddr, u16> {
+        let udp = turn::proto::reqtrans::RequestedTransport { protocol: turn::proto::PROTO_UDP };
+        let resp = self.call(stun::message::METHOD_ALLOCATE, &[&udp]);
+        if let Some(code) = error_code(&resp) {
+            return Err(code);
+        }
+        let mut relayed = turn::proto::relayaddr::RelayedAddress::default();
+        relayed.get_from(&resp).expect("XOR-RELAYED-ADDRESS");
+        Ok(SocketAddr::new(relayed.ip, relayed.port))
+    }
+}
+
+pub fn error_code(m: &Message) -> Option<u16> {
+    if m.typ.class != CLASS_ERROR_RESPONSE {
+        return None;
+    }
+    let mut e = ErrorCodeAttribute::default();
+    e.get_from(m).expect("ERROR-CODE in an error response");
+    Some(e.code.0)
+}
+
+pub fn peer_attr(addr: &str) -> turn::proto::peeraddr::PeerAddress {
+    let a: SocketAddr = addr.parse().expect("peer address");
+    turn::proto::peeraddr::PeerAddress { ip: a.ip(), port: a.port() }
+}
+
+/// ChannelData framing for tests.
+pub fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
+    let mut v = number.to_be_bytes().to_vec();
+    v.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
