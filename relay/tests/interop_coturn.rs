@@ -32,9 +32,12 @@ fn tool(name: &str) -> String {
     name.to_string()
 }
 
-/// Starts turnutils_peer (a UDP echo server) on a free loopback port.
+/// Starts turnutils_peer (a UDP echo server) on its default port, 3480.
 fn start_peer() -> Peer {
-    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = 3480;
+    if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+        panic!("UDP port {port} (turnutils_peer's default) is taken; stop whatever holds it");
+    }
     // Owned by `Peer` at once, whose Drop kills and reaps it on every path.
     let peer = Peer(
         Command::new(tool("turnutils_peer"))
@@ -60,15 +63,14 @@ fn start_peer() -> Peer {
 
 struct Report {
     lost: u64,
-    sent_pps: bool,
     output: String,
 }
 
-/// Runs uclient and parses its "Total lost packets N" line.
-fn uclient(relay: &RelayProcess, peer: &Peer, extra: &[&str]) -> Report {
+/// Runs exactly `turnutils_uclient -W <secret> -e 127.0.0.1 -n 1000 -m 10 -l 170 [extra] 127.0.0.1`
+/// (default ports: the relay on 3478, the peer on 3480) and parses its "Total lost packets" line.
+fn uclient(extra: &[&str]) -> Report {
     let out = Command::new(tool("turnutils_uclient"))
-        .args(["-W", SECRET, "-e", "127.0.0.1", "-r", &peer.1.to_string()])
-        .args(["-n", "1000", "-m", "10", "-l", "170", "-p", &relay.udp.port().to_string()])
+        .args(["-W", SECRET, "-e", "127.0.0.1", "-n", "1000", "-m", "10", "-l", "170"])
         .args(extra)
         .arg("127.0.0.1")
         .output()
@@ -79,36 +81,39 @@ fn uclient(relay: &RelayProcess, peer: &Peer, extra: &[&str]) -> Report {
         .lines()
         .find_map(|l| l.split("Total lost packets ").nth(1)?.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no loss report in uclient output:\n{output}"));
-    let sent_pps = output.contains("send_pps") || output.contains("Total transmit time");
-    Report { lost, sent_pps, output }
+    Report { lost, output }
 }
 
-fn check(relay: &RelayProcess, report: &Report, mode: &str) {
-    assert!(report.sent_pps, "{mode}: uclient did not run its send phase:\n{}", report.output);
-    assert_eq!(report.lost, 0, "{mode}: lost packets:\n{}", report.output);
-    // 10 clients x 1000 messages each way went through the relay (uclient's RTCP sessions add more).
+fn relayed(relay: &RelayProcess) -> (f64, f64) {
     let m = relay.metrics();
-    let to_peer = common::metric_value(&m, "relay_relayed_packets_total{direction=\"client_to_peer\"}");
-    let to_client = common::metric_value(&m, "relay_relayed_packets_total{direction=\"peer_to_client\"}");
-    assert!(to_peer >= 10_000.0 && to_client >= 10_000.0, "{mode}: {to_peer} / {to_client}");
+    (
+        common::metric_value(&m, "relay_relayed_packets_total{direction=\"client_to_peer\"}"),
+        common::metric_value(&m, "relay_relayed_packets_total{direction=\"peer_to_client\"}"),
+    )
 }
 
+/// Both modes in one test: they share the default ports 3478 and 3480.
 #[test]
-fn uclient_channel_mode_ten_clients_zero_loss() {
-    let relay = RelayProcess::start("relay-loopback.toml", &[]);
-    let peer = start_peer();
-    let report = uclient(&relay, &peer, &[]);
-    check(&relay, &report, "channel");
-    let m = relay.metrics();
-    assert!(common::metric_value(&m, "relay_requests_total{method=\"channel_bind\"}") >= 10.0);
-}
+fn uclient_channel_and_send_indication_modes_ten_clients_zero_loss() {
+    if UdpSocket::bind("127.0.0.1:3478").is_err() {
+        panic!("UDP port 3478 is taken (a relay or coturn running here?); the interop test needs it");
+    }
+    let relay = RelayProcess::start_on("relay-loopback.toml", "127.0.0.1:3478", &[]);
+    let _peer = start_peer();
 
-#[test]
-fn uclient_send_indication_mode_ten_clients_zero_loss() {
-    let relay = RelayProcess::start("relay-loopback.toml", &[]);
-    let peer = start_peer();
-    let report = uclient(&relay, &peer, &["-s"]);
-    check(&relay, &report, "send indication");
-    let m = relay.metrics();
-    assert_eq!(common::metric_value(&m, "relay_requests_total{method=\"channel_bind\"}"), 0.0, "-s uses no channels");
+    // Channel mode: uclient binds channels and sends ChannelData.
+    let report = uclient(&[]);
+    assert_eq!(report.lost, 0, "channel mode lost packets:\n{}", report.output);
+    let (to_peer, to_client) = relayed(&relay);
+    // 10 clients x 1000 messages each way (uclient's RTCP sessions add a few more).
+    assert!(to_peer >= 10_000.0 && to_client >= 10_000.0, "{to_peer} / {to_client}");
+    let binds = relay.metric("relay_requests_total{method=\"channel_bind\"}");
+    assert!(binds >= 10.0, "channel mode bound channels: {binds}");
+
+    // Send-indication mode (-s): no channels, Send and Data indications.
+    let report = uclient(&["-s"]);
+    assert_eq!(report.lost, 0, "send-indication mode lost packets:\n{}", report.output);
+    let (to_peer2, to_client2) = relayed(&relay);
+    assert!(to_peer2 - to_peer >= 10_000.0 && to_client2 - to_client >= 10_000.0);
+    assert_eq!(relay.metric("relay_requests_total{method=\"channel_bind\"}"), binds, "-s binds no channels");
 }

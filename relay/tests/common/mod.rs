@@ -37,10 +37,15 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts `relay --config configs/<config> <args>` on ephemeral loopback ports.
     pub fn start(config: &str, args: &[&str]) -> Self {
+        Self::start_on(config, "127.0.0.1:0", args)
+    }
+
+    /// Like `start`, with the STUN/TURN port at `listen`.
+    pub fn start_on(config: &str, listen: &str, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
             .arg("--config")
             .arg(config_path(config))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
             // Below Linux's ephemeral range (32768-60999), where the test's own peers and the
             // relay's port-0 listener land: a loopback peer on a relay port would be refused.
             .args(["--min-port", "10000", "--max-port", "30000"])
