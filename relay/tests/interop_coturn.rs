@@ -14,7 +14,7 @@ use common::RelayProcess;
 
 const SECRET: &str = "loopback-test-secret";
 
-struct Peer(Child, u16);
+struct Peer(Child);
 
 impl Drop for Peer {
     fn drop(&mut self) {
@@ -46,7 +46,6 @@ fn start_peer() -> Peer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start turnutils_peer"),
-        port,
     );
     // Wait until it answers.
     let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
