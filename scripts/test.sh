@@ -18,6 +18,11 @@ if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # Only coturn's client tools are wanted; where systemd starts its server on install, stop it:
+    # the interop test needs UDP 3478.
+    if [[ " ${need[*]} " == *" coturn "* ]] && command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now coturn >/dev/null 2>&1 || true
+    fi
 fi
 for tool in turnutils_uclient turnutils_peer curl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }

@@ -292,14 +292,23 @@ impl Worker {
         true
     }
 
-    /// WouldBlock ends a socket's turn; anything else is counted and ends it too.
+    /// WouldBlock ends a socket's turn. An ICMP error reported by a previous send (possible on
+    /// relay sockets) is consumed by this call and counted; the socket keeps its turn, since
+    /// datagrams may be queued behind the error and mio is edge-triggered. Anything else ends it.
     fn recv_error(&self, e: io::Error) -> bool {
-        if e.kind() != io::ErrorKind::WouldBlock {
-            // ICMP errors from earlier sends surface here (ECONNREFUSED); not a reason to stop.
-            debug!(error = %e, "recvmmsg");
-            self.stats.record_drop(DropReason::SendError);
+        use io::ErrorKind::{ConnectionRefused, ConnectionReset, HostUnreachable, NetworkUnreachable, WouldBlock};
+        match e.kind() {
+            WouldBlock => false,
+            ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable => {
+                self.stats.record_drop(DropReason::SendError);
+                true
+            }
+            _ => {
+                debug!(error = %e, "recvmmsg");
+                self.stats.record_drop(DropReason::SendError);
+                false
+            }
         }
-        false
     }
 
     /// Sends queued control responses and closes the sockets of removed allocations.

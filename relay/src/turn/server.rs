@@ -355,8 +355,12 @@ impl TurnServer {
         buf: &mut [u8],
         payload: Range<usize>,
     ) -> Option<ToClient> {
-        let slot = self.by_port[usize::from(port.0)].checked_sub(1)?;
-        let Some(alloc) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+        let alloc = self.by_port[usize::from(port.0)]
+            .checked_sub(1)
+            .and_then(|slot| self.slots.get(slot as usize))
+            .and_then(Option::as_ref);
+        let Some(alloc) = alloc else {
+            // The socket outlived its allocation by a moment (it is closed right after removal).
             self.stats.record_drop(DropReason::NoAllocation);
             return None;
         };
@@ -365,45 +369,21 @@ impl TurnServer {
             self.stats.record_drop(DropReason::NoPermission);
             return None;
         }
-        let len = payload.len();
-        let message = match alloc.channel_for(from.0, now) {
+        let (client, channel, len) = (alloc.client, alloc.channel_for(from.0, now), payload.len());
+        let message = match channel {
             Some(channel) => wire::write_channel_data(buf, payload, channel),
             None => {
-                let client = alloc.client;
                 let txid = self.next_transaction_id();
-                return self.finish_data_indication(buf, payload, from, txid, client, len);
+                wire::write_data_indication(buf, payload, from.0, txid)
             }
         };
-        let client = alloc.client;
-        self.deliver(message, client, len)
-    }
-
-    fn finish_data_indication(
-        &mut self,
-        buf: &mut [u8],
-        payload: Range<usize>,
-        from: PeerAddr,
-        txid: [u8; 12],
-        client: ClientAddr,
-        len: usize,
-    ) -> Option<ToClient> {
-        let message = wire::write_data_indication(buf, payload, from.0, txid);
-        self.deliver(message, client, len)
-    }
-
-    #[inline]
-    fn deliver(&mut self, message: Option<Range<usize>>, client: ClientAddr, len: usize) -> Option<ToClient> {
-        match message {
-            Some(message) => {
-                self.stats.relayed(Direction::PeerToClient, len);
-                Some(ToClient { client, message })
-            }
-            None => {
-                // Only when the shell gave too little headroom or the datagram is too big to frame.
-                self.stats.record_drop(DropReason::Truncated);
-                None
-            }
-        }
+        let Some(message) = message else {
+            // Only when the shell gave too little headroom or the datagram is too big to frame.
+            self.stats.record_drop(DropReason::Truncated);
+            return None;
+        };
+        self.stats.relayed(Direction::PeerToClient, len);
+        Some(ToClient { client, message })
     }
 
     /// SplitMix64: cheap, well-distributed 96-bit ids for Data indications (RFC 8489 §6 wants
