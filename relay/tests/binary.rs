@@ -313,3 +313,28 @@ fn every_example_config_parses() {
         }
     }
 }
+
+#[test]
+fn json_logs_carry_one_span_per_allocation() {
+    let relay = RelayProcess::start("relay-loopback.toml", &["--log-format", "json"]);
+    let mut client = RawClient::rest(relay.udp, LOOPBACK_SECRET, 600, REALM);
+    let relayed = client.allocate().expect("allocate");
+    assert_eq!(error_code(&client.call(METHOD_REFRESH, &[&Lifetime(Duration::ZERO)])), None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut events = Vec::new();
+    while events.len() < 2 && Instant::now() < deadline {
+        if let Ok(line) = relay.logs.recv_timeout(Duration::from_millis(100)) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if v["span"]["name"] == "allocation" {
+                events.push(v);
+            }
+        }
+    }
+    assert_eq!(events.len(), 2, "created and closed, both inside the allocation's span");
+    assert_eq!(events[0]["fields"]["message"], "allocation created");
+    assert_eq!(events[1]["fields"]["message"], "allocation closed");
+    for e in &events {
+        assert_eq!(e["span"]["relay"], relayed.port().to_string());
+        assert_eq!(e["span"]["client"], client.socket.local_addr().unwrap().to_string());
+    }
+}
