@@ -59,12 +59,15 @@ pub struct RelaySection {
     pub external_ip: Option<String>,
     pub min_port: u16,
     pub max_port: u16,
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for RelaySection {
     fn default() -> Self {
-        // RFC 8656 §7.2 recommends the dynamic range 49152-65535.
-        Self { ip: None, external_ip: None, min_port: 49152, max_port: 65535 }
+        // RFC 8656 §7.2 recommends the dynamic range 49152-65535. A 1 MiB buffer per relay socket
+        // rides out scheduling hiccups at high packet rates; it is a limit, not an allocation:
+        // the kernel charges only for datagrams actually queued.
+        Self { ip: None, external_ip: None, min_port: 49152, max_port: 65535, socket_buffer_bytes: 1 << 20 }
     }
 }
 
@@ -192,6 +195,9 @@ pub struct Overrides {
     /// relay.max_port: highest relay port.
     #[arg(long, env = "RELAY_MAX_PORT")]
     pub max_port: Option<u16>,
+    /// relay.socket_buffer_bytes: receive/send buffer of each relay socket.
+    #[arg(long, env = "RELAY_RELAY_SOCKET_BUFFER_BYTES")]
+    pub relay_socket_buffer_bytes: Option<usize>,
     /// allocations.default_lifetime_secs.
     #[arg(long, env = "RELAY_DEFAULT_LIFETIME_SECS")]
     pub default_lifetime_secs: Option<u64>,
@@ -273,6 +279,7 @@ impl FileConfig {
         }
         set(&mut self.relay.min_port, &o.min_port);
         set(&mut self.relay.max_port, &o.max_port);
+        set(&mut self.relay.socket_buffer_bytes, &o.relay_socket_buffer_bytes);
         set(&mut self.allocations.default_lifetime_secs, &o.default_lifetime_secs);
         set(&mut self.allocations.max_lifetime_secs, &o.max_lifetime_secs);
         set(&mut self.allocations.max_per_user, &o.max_per_user);
@@ -328,6 +335,7 @@ pub struct Config {
     pub relay_ip: IpAddr,
     pub external_ip: Option<IpAddr>,
     pub ports: RangeInclusive<u16>,
+    pub relay_socket_buffer_bytes: usize,
     pub default_lifetime: Duration,
     pub max_lifetime: Duration,
     pub max_per_user: u32,
@@ -462,6 +470,7 @@ impl Config {
             relay_ip,
             external_ip,
             ports: min..=max,
+            relay_socket_buffer_bytes: file.relay.socket_buffer_bytes,
             default_lifetime: Duration::from_secs(a.default_lifetime_secs),
             max_lifetime: Duration::from_secs(a.max_lifetime_secs),
             max_per_user: a.max_per_user,

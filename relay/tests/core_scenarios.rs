@@ -44,6 +44,13 @@ struct FakeSockets {
 }
 
 impl RelaySockets for FakeSockets {
+    fn probe(&mut self, port: RelayPort) -> io::Result<()> {
+        if self.busy.contains(&port.0) || self.open.contains(&port.0) {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        Ok(())
+    }
+
     fn open(&mut self, port: RelayPort) -> io::Result<()> {
         if self.busy.contains(&port.0) || !self.open.insert(port.0) {
             return Err(io::ErrorKind::AddrInUse.into());
@@ -330,7 +337,7 @@ fn full_flow_allocate_permission_channel_data_both_ways() {
     let mut relayed = RelayedAddress::default();
     relayed.get_from(&resp).unwrap();
     assert!((MIN_PORT..=MAX_PORT).contains(&relayed.port));
-    assert!(h.sockets.open.contains(&relayed.port));
+    assert!(!h.sockets.open.contains(&relayed.port), "no socket until the first permission");
     let mut xma = stun::xoraddr::XorMappedAddress::default();
     xma.get_from(&resp).unwrap();
     assert_eq!(SocketAddr::new(xma.ip, xma.port), c.addr);
@@ -344,6 +351,8 @@ fn full_flow_allocate_permission_channel_data_both_ways() {
     let send = send_indication(p, b"hi");
     assert_eq!(h.send_raw(c.addr, &send).0, None);
     assert!(is_success(&c.call(&mut h, METHOD_CREATE_PERMISSION, &[&peer("93.184.216.50:0")])));
+    assert!(h.sockets.open.contains(&relayed.port), "opened by the first permission");
+    assert_eq!(h.server.stats().relay_sockets_open.get(), 1);
     let (fwd, out) = h.send_raw(c.addr, &send);
     assert!(out.is_empty(), "indications get no response");
     let fwd = fwd.expect("relayed after CreatePermission");
@@ -386,6 +395,7 @@ fn full_flow_allocate_permission_channel_data_both_ways() {
     assert_eq!(lifetime_of(&resp), 0);
     assert_eq!(h.events(), vec![Event::RelayClosed(RelayPort(relayed.port))]);
     assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.stats().relay_sockets_open.get(), 0);
     assert_eq!(h.send_raw(c.addr, &cd).0, None);
     assert_eq!(h.server.stats().dropped(DropReason::NoAllocation), 1);
     // A retransmitted Refresh(0) finds no allocation: 437.
@@ -416,7 +426,8 @@ fn allocation_lifetime_expires_and_refresh_extends_it() {
     assert!(h.events().is_empty());
     h.advance(1);
     assert_eq!(h.server.allocation_count(), 0, "expired 600 s after the refresh");
-    assert_eq!(h.events(), vec![Event::RelayClosed(RelayPort(port))]);
+    assert!(h.events().is_empty(), "it never had a permission, so it never had a socket to close");
+    let _ = port;
     // More than the maximum is cut to the maximum.
     let mut c2 = Client::rest("198.51.100.2:40000", T0_UNIX + 10_000, SECRET_A);
     let resp = c2.call(&mut h, METHOD_ALLOCATE, &[&udp(), &Lifetime(Duration::from_secs(100_000))]);
@@ -887,4 +898,26 @@ fn even_port_reservation_for_rtcp() {
     h.advance(31);
     let mut late = Client::rest("198.51.100.1:40005", T0_UNIX + 600, SECRET_A);
     assert_eq!(error_code(&late.call(&mut h, METHOD_ALLOCATE, &[&udp(), &late_token])), Some(508));
+}
+
+#[test]
+fn relay_socket_opens_at_the_first_permission_and_a_stolen_port_gives_508() {
+    let mut h = Harness::new();
+    let mut idle = Client::rest("198.51.100.1:40000", T0_UNIX + 600, SECRET_A);
+    let idle_port = idle.relay_port(&mut h);
+    let mut used = Client::rest("198.51.100.1:40001", T0_UNIX + 600, SECRET_A);
+    let used_port = used.relay_port(&mut h);
+    assert!(h.sockets.open.is_empty(), "idle allocations hold no sockets");
+    assert!(is_success(&used.call(&mut h, METHOD_CHANNEL_BIND, &[&ChannelNumberAttr(0x4000), &peer("93.184.216.1:1")])));
+    assert_eq!(h.sockets.open.iter().copied().collect::<Vec<_>>(), vec![used_port]);
+    // A second permission reuses the socket.
+    assert!(is_success(&used.call(&mut h, METHOD_CREATE_PERMISSION, &[&peer("93.184.216.2:1")])));
+    assert_eq!(h.sockets.open.len(), 1);
+    // Another program took the idle allocation's port in the meantime: no relaying possible.
+    h.sockets.busy.insert(idle_port);
+    let resp = idle.call(&mut h, METHOD_CREATE_PERMISSION, &[&peer("93.184.216.3:1")]);
+    assert_eq!(error_code(&resp), Some(508));
+    // Expiry closes only the socket that was opened.
+    h.advance(600);
+    assert_eq!(h.events(), vec![Event::RelayClosed(RelayPort(used_port))]);
 }

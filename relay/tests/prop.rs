@@ -19,6 +19,10 @@ use relay::turn::{
 struct Sockets(HashSet<u16>);
 
 impl RelaySockets for Sockets {
+    fn probe(&mut self, port: RelayPort) -> io::Result<()> {
+        if self.0.contains(&port.0) { Err(io::ErrorKind::AddrInUse.into()) } else { Ok(()) }
+    }
+
     fn open(&mut self, port: RelayPort) -> io::Result<()> {
         if self.0.insert(port.0) { Ok(()) } else { Err(io::ErrorKind::AddrInUse.into()) }
     }

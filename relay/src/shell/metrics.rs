@@ -25,6 +25,7 @@ pub struct Metrics {
     shared: Arc<Shared>,
     draining: Arc<AtomicBool>,
     allocations_active: IntGauge,
+    relay_sockets_open: IntGauge,
     relay_ports_free: IntGauge,
     draining_gauge: IntGauge,
     counters: Vec<(IntCounter, Read)>,
@@ -40,6 +41,10 @@ impl Metrics {
             Ok(g)
         };
         let allocations_active = gauge("relay_allocations_active", "TURN allocations currently active.")?;
+        let relay_sockets_open = gauge(
+            "relay_relay_sockets_open",
+            "Relay sockets open (an allocation opens one at its first permission or channel).",
+        )?;
         let relay_ports_free = gauge("relay_relay_ports_free", "Relay ports free in the configured range.")?;
         let draining_gauge = gauge("relay_draining", "1 while the relay drains (takes no new allocations).")?;
         let workers_gauge = gauge("relay_workers", "Worker threads (one SO_REUSEPORT socket each).")?;
@@ -116,6 +121,7 @@ impl Metrics {
             shared,
             draining,
             allocations_active,
+            relay_sockets_open,
             relay_ports_free,
             draining_gauge,
             counters,
@@ -139,6 +145,7 @@ impl Metrics {
             }
         }
         self.allocations_active.set(self.allocations());
+        self.relay_sockets_open.set(self.workers.iter().map(|w| w.relay_sockets_open.get()).sum());
         self.relay_ports_free.set(self.shared.free_ports() as i64);
         self.draining_gauge.set(i64::from(self.draining.load(Ordering::Relaxed)));
         let mut out = Vec::new();

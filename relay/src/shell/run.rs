@@ -150,7 +150,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let server = TurnServer::new(Arc::clone(&server_config), Arc::clone(&shared), now, unix_now(), seed.random());
         stats.push(server.stats());
         let (tx, rx) = mpsc::channel();
-        let settings = SocketSettings { relay_ip: config.relay_ip, relay_buffer: 0 };
+        let settings = SocketSettings { relay_ip: config.relay_ip, relay_buffer: config.relay_socket_buffer_bytes };
         let (worker, waker) = Worker::new(listener, server, settings, rx).context("creating worker event loop")?;
         let notice = ExitNotice(i, exit_tx.clone());
         let thread = std::thread::Builder::new()

@@ -7,6 +7,10 @@
 //! rewrites peer datagrams in place. A socket that still has data after its budget of batches is
 //! revisited on the next turn, so one busy flow cannot starve the others.
 //!
+//! A receive that returns less than a full batch means the socket's queue was empty at that
+//! moment; the socket's turn ends there without a second, empty recvmmsg. That is sound with
+//! epoll in edge-triggered mode (mio's): any datagram arriving later raises a new event.
+//!
 //! Nothing here logs per packet; shell-level drops (truncated datagrams, full send buffers) are
 //! counted in the core's `Stats`, which this thread alone writes.
 
@@ -60,6 +64,11 @@ struct Sockets<'a> {
 }
 
 impl RelaySockets for Sockets<'_> {
+    fn probe(&mut self, port: RelayPort) -> io::Result<()> {
+        // Bound and closed at once: the port is free now, and the pool keeps it ours.
+        udp::bind_relay(SocketAddr::new(self.ip, port.0), 0, 0).map(drop)
+    }
+
     fn open(&mut self, port: RelayPort) -> io::Result<()> {
         let std = udp::bind_relay(SocketAddr::new(self.ip, port.0), self.buffer, self.buffer)?;
         let mut socket = UdpSocket::from_std(std);
@@ -205,6 +214,7 @@ impl Worker {
                 Ok(n) => n,
                 Err(e) => return self.recv_error(e),
             };
+            let drained = n < udp::BATCH;
             let now = Instant::now();
             self.forwards.clear();
             let mut sockets = Sockets {
@@ -225,6 +235,9 @@ impl Worker {
                 self.forwards.push(forward);
             }
             self.send_forwards();
+            if drained {
+                return false;
+            }
         }
         true
     }
@@ -267,6 +280,7 @@ impl Worker {
                 Ok(n) => n,
                 Err(e) => return self.recv_error(e),
             };
+            let drained = n < udp::BATCH;
             let now = Instant::now();
             self.to_clients.clear();
             for i in 0..n {
@@ -288,6 +302,9 @@ impl Worker {
             }
             let stats = batch.flush();
             count_send(&self.stats, &stats);
+            if drained {
+                return false;
+            }
         }
         true
     }

@@ -47,6 +47,8 @@ pub struct Allocation {
     pub key: Key,
     pub credential: CredentialKind,
     pub expires: Instant,
+    /// Whether the relay socket is open (it is opened at the first permission or channel).
+    pub bound: bool,
     /// The Allocate transaction and its success response, so a retransmitted Allocate gets the same
     /// answer instead of 437 (RFC 8656 §7.2).
     pub allocate_transaction: [u8; 12],
@@ -75,6 +77,7 @@ impl Allocation {
             key,
             credential,
             expires,
+            bound: false,
             allocate_transaction,
             allocate_response: Vec::new(),
             span,

@@ -4,9 +4,16 @@
 //! The shell feeds it datagrams with `handle_client` (from the listening port) and `handle_peer`
 //! (from an allocation's relay port), calls `handle_timeout` when `poll_timeout` is due, and drains
 //! `poll_transmit` (control responses to clients) and `poll_event` (relay sockets to close). It
-//! owns no socket, clock or task: `now` is passed in, and the only effect it asks of the shell
-//! synchronously is opening a relay socket ([`RelaySockets`]), because an Allocate's answer
-//! depends on whether the port could be bound.
+//! owns no socket, clock or task: `now` is passed in, and the only effects it asks of the shell
+//! synchronously are checking and opening relay sockets ([`RelaySockets`]), because the answer
+//! to a request depends on whether a port could be bound.
+//!
+//! **A relay socket is opened when its allocation first needs one**: at its first
+//! CreatePermission or ChannelBind. Before that nothing can be relayed anyway (RFC 8656 §9: data
+//! from a peer without a permission is dropped), so an idle allocation costs no file descriptor
+//! and no kernel socket. At Allocate the port is taken from the pool and test-bound, so the
+//! advertised address is free; if another program takes it before the first permission (the
+//! relay port range should be the relay's alone), that request gets 508.
 //!
 //! The data paths return a routing decision instead of copying: `handle_client` says which relay
 //! port should send which byte range of the datagram to which peer, and `handle_peer` rewrites
@@ -46,7 +53,7 @@ use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::message::{CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, Message, MessageClass, MessageType, Setter};
 use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::allocation::{Allocation, BindConflict};
 use super::auth::{CredentialKind, Credentials, Key, NonceSource, verify_integrity};
@@ -157,10 +164,12 @@ pub struct ServerConfig {
     pub own: OwnAddresses,
 }
 
-/// Opens relay sockets for the core: the one synchronous effect it needs.
+/// Relay sockets, as the core asks for them.
 pub trait RelaySockets {
-    /// Binds the relayed transport address `relay_ip:port` for a new allocation. An
+    /// Checks that `relay_ip:port` can be bound right now, without keeping it (Allocate). An
     /// `AddrInUse` error makes the core try another port.
+    fn probe(&mut self, port: RelayPort) -> io::Result<()>;
+    /// Binds `relay_ip:port` for an allocation and starts receiving on it (first permission).
     fn open(&mut self, port: RelayPort) -> io::Result<()>;
 }
 
@@ -559,8 +568,8 @@ impl TurnServer {
         match method {
             ALLOCATE => self.allocate(now, from, frame, &msg, auth, sockets),
             REFRESH => self.refresh(now, from, frame, &msg, &auth),
-            CREATE_PERMISSION => self.create_permission(now, from, frame, &msg, &auth),
-            CHANNEL_BIND => self.channel_bind(now, from, frame, &msg, &auth),
+            CREATE_PERMISSION => self.create_permission(now, from, frame, &msg, &auth, sockets),
+            CHANNEL_BIND => self.channel_bind(now, from, frame, &msg, &auth, sockets),
             _ => unreachable!("methods other than these returned above"),
         }
     }
@@ -775,7 +784,7 @@ impl TurnServer {
         sockets: &mut impl RelaySockets,
     ) -> Option<(RelayPort, Option<[u8; 8]>)> {
         if let PortChoice::Reserved(port) = choice {
-            return match sockets.open(port) {
+            return match sockets.probe(port) {
                 Ok(()) => Some((port, None)),
                 Err(e) => {
                     debug!(%port, error = %e, "reserved relay port unavailable");
@@ -798,7 +807,7 @@ impl TurnServer {
                 },
                 PortChoice::Reserved(_) => unreachable!("handled above"),
             };
-            match sockets.open(port) {
+            match sockets.probe(port) {
                 Ok(()) => {
                     let token = next.map(|next| {
                         let token: [u8; 8] = self.next_transaction_id()[..8].try_into().expect("12 > 8 bytes");
@@ -892,6 +901,7 @@ impl TurnServer {
         frame: &StunFrame,
         msg: &Message,
         auth: &Authenticated,
+        sockets: &mut impl RelaySockets,
     ) {
         let key = Some(auth.key);
         let Some(&slot) = self.by_client.get(&from) else {
@@ -913,6 +923,10 @@ impl TurnServer {
         if alloc.permission_count(now) + alloc.new_permissions_needed(&ips, now) > max {
             return self.error(from, frame, 508, key);
         }
+        if !self.bind_relay(slot, sockets) {
+            return self.error(from, frame, 508, key);
+        }
+        let alloc = self.slots[slot as usize].as_mut().expect("by_client points at live slots");
         for ip in &ips {
             alloc.permit(*ip, now);
         }
@@ -921,7 +935,15 @@ impl TurnServer {
     }
 
     /// RFC 8656 §12.2: binds a channel number to a peer, and installs its permission.
-    fn channel_bind(&mut self, now: Instant, from: ClientAddr, frame: &StunFrame, msg: &Message, auth: &Authenticated) {
+    fn channel_bind(
+        &mut self,
+        now: Instant,
+        from: ClientAddr,
+        frame: &StunFrame,
+        msg: &Message,
+        auth: &Authenticated,
+        sockets: &mut impl RelaySockets,
+    ) {
         let key = Some(auth.key);
         let Some(&slot) = self.by_client.get(&from) else {
             return self.error(from, frame, 437, key);
@@ -949,6 +971,10 @@ impl TurnServer {
         if !alloc.permits(peer.ip(), now) && alloc.permission_count(now) >= max_permissions {
             return self.error(from, frame, 508, key);
         }
+        if !self.bind_relay(slot, sockets) {
+            return self.error(from, frame, 508, key);
+        }
+        let alloc = self.slots[slot as usize].as_mut().expect("by_client points at live slots");
         match alloc.bind_channel(number.get(), peer, now, max_channels) {
             Ok(()) => {}
             Err(BindConflict::TooMany) => return self.error(from, frame, 508, key),
@@ -962,6 +988,25 @@ impl TurnServer {
         self.send(from, Reply::success(frame), key.as_ref());
     }
 
+    /// Opens the allocation's relay socket if it has none yet; false if the port cannot be bound.
+    fn bind_relay(&mut self, slot: u32, sockets: &mut impl RelaySockets) -> bool {
+        let alloc = self.slots[slot as usize].as_mut().expect("callers pass live slots");
+        if alloc.bound {
+            return true;
+        }
+        match sockets.open(alloc.port) {
+            Ok(()) => {
+                alloc.bound = true;
+                self.stats.relay_sockets_open.add(1);
+                true
+            }
+            Err(e) => {
+                alloc.span.in_scope(|| warn!(error = %e, "relay port taken since Allocate; cannot relay"));
+                false
+            }
+        }
+    }
+
     fn remove(&mut self, slot: u32, reason: &'static str) {
         let Some(alloc) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
             return;
@@ -971,7 +1016,10 @@ impl TurnServer {
         self.free_slots.push(slot);
         self.shared.quotas.release(&alloc.username);
         self.shared.put_port(alloc.port);
-        self.events.push_back(Event::RelayClosed(alloc.port));
+        if alloc.bound {
+            self.events.push_back(Event::RelayClosed(alloc.port));
+            self.stats.relay_sockets_open.add(-1);
+        }
         self.stats.allocations_active.add(-1);
         alloc.span.in_scope(|| info!(reason, "allocation closed"));
     }

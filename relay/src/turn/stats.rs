@@ -114,6 +114,8 @@ pub const ERROR_CODES: &[u16] = &[400, 401, 403, 420, 437, 438, 440, 441, 442, 4
 #[derive(Debug, Default)]
 pub struct Stats {
     pub allocations_active: Gauge,
+    /// Allocations whose relay socket is open (see `server`: sockets open at the first permission).
+    pub relay_sockets_open: Gauge,
     pub allocations_created: Counter,
     pub auth_challenges: Counter,
     pub auth_failures: [Counter; AuthFailure::COUNT],
