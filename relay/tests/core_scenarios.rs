@@ -908,7 +908,11 @@ fn relay_socket_opens_at_the_first_permission_and_a_stolen_port_gives_508() {
     let mut used = Client::rest("198.51.100.1:40001", T0_UNIX + 600, SECRET_A);
     let used_port = used.relay_port(&mut h);
     assert!(h.sockets.open.is_empty(), "idle allocations hold no sockets");
-    assert!(is_success(&used.call(&mut h, METHOD_CHANNEL_BIND, &[&ChannelNumberAttr(0x4000), &peer("93.184.216.1:1")])));
+    assert!(is_success(&used.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[&ChannelNumberAttr(0x4000), &peer("93.184.216.1:1")]
+    )));
     assert_eq!(h.sockets.open.iter().copied().collect::<Vec<_>>(), vec![used_port]);
     // A second permission reuses the socket.
     assert!(is_success(&used.call(&mut h, METHOD_CREATE_PERMISSION, &[&peer("93.184.216.2:1")])));

@@ -1,0 +1,465 @@
+//! `bench`: measures the relay against coturn and against a bare UDP forwarder, side by side on
+//! this machine, in one run. Every figure comes from a real run; a target that fails to start,
+//! dies, or loses its allocations is reported as failed, never with numbers.
+//!
+//!   cargo run --release -p bench -- compare            all targets, all scenarios, interleaved
+//!   cargo run --release -p bench -- throughput --target ours --payload 100 --flows 64
+//!   cargo run --release -p bench -- latency --target coturn
+//!   cargo run --release -p bench -- allocations --target ours --hold 50000
+//!   cargo run --release -p bench -- throughput --server 192.0.2.7:3478 --secret S   (any TURN server)
+
+mod raw;
+mod report;
+mod scenarios;
+mod stats;
+mod sys;
+mod targets;
+mod traffic;
+mod turnc;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use report::{Machine, Report, TargetReport};
+use scenarios::Plan;
+use targets::{Env, Kind};
+use traffic::EchoPeer;
+
+#[derive(Debug, Parser)]
+#[command(name = "bench", about = "The relay against coturn and a bare UDP forwarder, side by side")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Args, Clone)]
+struct Common {
+    /// The relay binary to test (default: `relay` next to this binary, built if missing).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+    /// Worker threads of every server (relay threads for coturn); default one per core.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Print results as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Give the servers their own CPUs (the last `--server-cpus` of them) and keep the bench on
+    /// the rest, so the generator and the server do not steal each other's time. 0 = no pinning.
+    #[arg(long, default_value_t = 0)]
+    server_cpus: usize,
+    /// Drive a TURN server that is already running at this address instead of starting one.
+    #[arg(long)]
+    server: Option<SocketAddr>,
+    /// Its pid, for the CPU and memory figures.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// TURN REST shared secret (coturn's static-auth-secret) for `--server`.
+    #[arg(long)]
+    secret: Option<String>,
+    /// Static long-term credential for `--server`, instead of a secret.
+    #[arg(long, requires = "password")]
+    user: Option<String>,
+    #[arg(long)]
+    password: Option<String>,
+    /// Realm of `--server`'s credentials.
+    #[arg(long, default_value = targets::REALM)]
+    realm: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Every target through every scenario, interleaved; a markdown table, JSON and an SVG.
+    Compare {
+        #[command(flatten)]
+        common: Common,
+        /// Small counts and short steps (seconds, not minutes), for the test suite.
+        #[arg(long)]
+        smoke: bool,
+        /// Targets to run (default all: ours, coturn, coturn-batched, raw).
+        #[arg(long, value_delimiter = ',')]
+        targets: Option<Vec<String>>,
+        /// Idle allocations to hold in the scale test.
+        #[arg(long)]
+        hold: Option<usize>,
+        /// Scenarios to run (default all: throughput, cpu, latency, allocations).
+        #[arg(long, value_delimiter = ',')]
+        only: Option<Vec<String>>,
+        /// Where to write compare.json and throughput.svg.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
+    /// Ramp the offered load until loss passes 0.1%.
+    Throughput {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value = "ours")]
+        target: String,
+        /// Payload bytes per packet (without TURN framing).
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Allocations (flows) the load is spread over.
+        #[arg(long, default_value_t = 1)]
+        flows: usize,
+        /// Run one step at exactly this rate instead of a ramp.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Seconds per step.
+        #[arg(long)]
+        secs: Option<f64>,
+        /// raw only: drop every Nth client packet in the forwarder (tests the loss measurement).
+        #[arg(long, default_value_t = 0)]
+        drop_every: u64,
+    },
+    /// Round-trip time percentiles at a fixed moderate rate.
+    Latency {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value = "ours")]
+        target: String,
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long)]
+        secs: Option<f64>,
+        /// raw only: hold every packet this many microseconds (tests the latency measurement).
+        #[arg(long, default_value_t = 0)]
+        delay_us: u64,
+    },
+    /// Server CPU seconds per million forwarded packets at a fixed rate.
+    Cpu {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value = "ours")]
+        target: String,
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long)]
+        secs: Option<f64>,
+    },
+    /// Authenticated allocations per second, and RSS per idle allocation.
+    Allocations {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value = "ours")]
+        target: String,
+        #[arg(long)]
+        count: Option<usize>,
+        #[arg(long)]
+        hold: Option<usize>,
+    },
+    /// Holds idle allocations for the scale test until stdin closes (started by the bench itself).
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long)]
+        count: usize,
+    },
+    /// The raw target's process (started by the bench itself).
+    #[command(hide = true)]
+    RawForwarder {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        peer: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long, default_value_t = 0)]
+        drop_every: u64,
+        #[arg(long, default_value_t = 0)]
+        delay_us: u64,
+    },
+}
+
+fn env(common: &Common) -> anyhow::Result<Env> {
+    // 50,000 allocations: that many sockets in the bench and in the server it starts.
+    sys::raise_fd_limit(262_144);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let server_cpus = match common.server_cpus {
+        0 => None,
+        n if n >= cpus => anyhow::bail!("--server-cpus {n}: the bench needs at least one of the {cpus} CPUs"),
+        n => {
+            let (bench, server): (Vec<usize>, Vec<usize>) = (0..cpus).partition(|c| *c < cpus - n);
+            sys::pin_to(&bench).context("pinning the bench")?;
+            Some(server)
+        }
+    };
+    let workers = common.workers.unwrap_or(server_cpus.as_ref().map_or(cpus, Vec::len));
+    let mut env = Env::new(common.relay_bin.clone(), workers, server_cpus)?;
+    if let Some(addr) = common.server {
+        env.external = Some((addr, common.server_pid));
+    }
+    let ttl = Duration::from_secs(86_400);
+    match (&common.user, &common.password, &common.secret) {
+        (Some(u), Some(p), _) => scenarios::set_credentials(turnc::Credentials::static_user(u, p, &common.realm)),
+        (_, _, Some(secret)) => scenarios::set_credentials(turnc::Credentials::rest(secret, &common.realm, ttl)),
+        _ => {}
+    }
+    Ok(env)
+}
+
+/// The echo peer, on a port below the relay port range (the relay refuses loopback peers on its
+/// own relay ports).
+fn peer() -> anyhow::Result<EchoPeer> {
+    for port in 9000..9999 {
+        if let Ok(p) = EchoPeer::start(SocketAddr::from(([127, 0, 0, 1], port))) {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("no free UDP port in 9000-9998 for the echo peer")
+}
+
+fn print<T: serde::Serialize + std::fmt::Debug>(json: bool, value: &T) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{value:#?}");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Hold { server, count } => scenarios::hold(server, count),
+        Cmd::RawForwarder { listen, peer, workers, drop_every, delay_us } => {
+            raw::run(raw::RawOptions { listen, peer, workers, drop_every, delay: Duration::from_micros(delay_us) })
+        }
+        Cmd::Throughput { common, target, payload, flows, rate, secs, drop_every } => {
+            let env = env(&common)?;
+            let kind = Kind::parse(&target)?;
+            let peer = peer()?;
+            let mut plan = Plan::full();
+            if let Some(s) = secs {
+                plan.step_secs = s;
+            }
+            if let Some(r) = rate {
+                (plan.start_pps, plan.max_pps, plan.refine_steps) = (r, r, 0);
+            }
+            let result = if drop_every > 0 {
+                // A fixed-rate step through a raw forwarder that drops every Nth packet.
+                let server = targets::Server::start(kind, &env, peer.addr, drop_every, Duration::ZERO)?;
+                let flows = vec![traffic::Flow { socket: std::net::UdpSocket::bind("127.0.0.2:0")?, channel: None }];
+                let mut engine = traffic::Engine::new(flows, &peer, server.addr)?;
+                let r = engine.step(
+                    plan.start_pps,
+                    Duration::from_secs_f64(plan.step_secs),
+                    Duration::from_millis(300),
+                    payload,
+                    false,
+                );
+                serde_json::json!({ "sent": r.sent, "received": r.received, "loss": r.loss(), "delivered_pps": r.delivered_pps() })
+            } else {
+                serde_json::to_value(scenarios::throughput(&env, kind, &peer, &plan, payload, flows)?)?
+            };
+            print(common.json, &result)
+        }
+        Cmd::Latency { common, target, rate, secs, delay_us } => {
+            let env = env(&common)?;
+            let kind = Kind::parse(&target)?;
+            let peer = peer()?;
+            let mut plan = Plan::full();
+            if let Some(r) = rate {
+                plan.latency_pps = r;
+            }
+            if let Some(s) = secs {
+                plan.latency_secs = s;
+            }
+            let (summary, loss) = scenarios::latency(&env, kind, &peer, &plan, Duration::from_micros(delay_us))?;
+            print(common.json, &serde_json::json!({ "latency": summary, "loss": loss }))
+        }
+        Cmd::Cpu { common, target, rate, secs } => {
+            let env = env(&common)?;
+            let kind = Kind::parse(&target)?;
+            let peer = peer()?;
+            let mut plan = Plan::full();
+            if let Some(r) = rate {
+                plan.cpu_pps = r;
+            }
+            if let Some(s) = secs {
+                plan.cpu_secs = s;
+            }
+            print(common.json, &scenarios::cpu(&env, kind, &peer, &plan)?)
+        }
+        Cmd::Allocations { common, target, count, hold } => {
+            let env = env(&common)?;
+            let kind = Kind::parse(&target)?;
+            let mut plan = Plan::full();
+            if let Some(c) = count {
+                plan.alloc_count = c;
+            }
+            if let Some(h) = hold {
+                plan.hold = h;
+            }
+            print(common.json, &scenarios::allocations(&env, kind, &plan, !common.json)?)
+        }
+        Cmd::Compare { common, smoke, targets, hold, only, out } => compare(&common, smoke, targets, hold, only, out),
+    }
+}
+
+fn compare(
+    common: &Common,
+    smoke: bool,
+    targets: Option<Vec<String>>,
+    hold: Option<usize>,
+    only: Option<Vec<String>>,
+    out: PathBuf,
+) -> anyhow::Result<()> {
+    const SCENARIOS: [&str; 4] = ["throughput", "cpu", "latency", "allocations"];
+    if let Some(bad) = only.iter().flatten().find(|s| !SCENARIOS.contains(&s.as_str())) {
+        anyhow::bail!("--only: unknown scenario {bad:?} (expected {})", SCENARIOS.join(", "));
+    }
+    let run = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|s| s == name));
+    let env = env(common)?;
+    let kinds: Vec<Kind> = match targets {
+        Some(names) => names.iter().map(|n| Kind::parse(n)).collect::<anyhow::Result<_>>()?,
+        None => Kind::ALL.to_vec(),
+    };
+    let mut plan = if smoke { Plan::smoke() } else { Plan::full() };
+    if let Some(h) = hold {
+        plan.hold = h;
+    }
+    let peer = peer()?;
+    let mut reports: Vec<TargetReport> = kinds.iter().map(|k| TargetReport::new(*k)).collect();
+    for (r, k) in reports.iter_mut().zip(&kinds) {
+        if let Some(why) = env.unavailable(*k) {
+            r.available = false;
+            r.note = Some(format!("not run: {why}"));
+        }
+    }
+    let runnable: Vec<usize> = (0..kinds.len()).filter(|&i| reports[i].available).collect();
+    let record = |r: &mut TargetReport, what: &str, e: anyhow::Error| {
+        eprintln!("  {} {what}: FAILED: {e:#}", r.target);
+        r.errors.push(format!("{what}: {e:#}"));
+    };
+
+    // Interleaved: each scenario runs every target in turn before the next scenario starts, so
+    // a slow drift of the machine (thermal, noisy neighbours) spreads over all targets.
+    for (payload, flows) in [(100, 1), (100, 64), (1200, 1), (1200, 64)] {
+        if !run("throughput") {
+            break;
+        }
+        for &i in &runnable {
+            eprintln!("throughput {payload} B x{flows}: {}", kinds[i].name());
+            match scenarios::throughput(&env, kinds[i], &peer, &plan, payload, flows) {
+                Ok(t) => {
+                    eprintln!("  {:.0} round trips/s (stopped by {})", t.max_pps, t.limited_by);
+                    reports[i].throughput.push(t);
+                }
+                Err(e) => record(&mut reports[i], &format!("throughput {payload} B x{flows}"), e),
+            }
+        }
+    }
+    // CPU and latency are small differences under a noisy machine: several short rounds, the
+    // targets taking turns, summed (CPU) and merged (every latency sample) per target.
+    let mut cpu_sums: Vec<Option<scenarios::Cpu>> = vec![None; kinds.len()];
+    let mut latencies: Vec<Option<stats::Latency>> = vec![None; kinds.len()];
+    for round in 0..plan.rounds {
+        for &i in runnable.iter().filter(|_| run("cpu")) {
+            eprintln!("cpu, round {}/{}: {}", round + 1, plan.rounds, kinds[i].name());
+            match scenarios::cpu(&env, kinds[i], &peer, &plan) {
+                Ok(c) => {
+                    eprintln!("  {:.3} CPU s per million packets", c.cpu_secs_per_mpkt);
+                    cpu_sums[i] = Some(match cpu_sums[i].take() {
+                        None => c,
+                        Some(sum) => sum.add(&c),
+                    });
+                }
+                Err(e) => record(&mut reports[i], "cpu", e),
+            }
+        }
+        for &i in runnable.iter().filter(|_| run("latency")) {
+            eprintln!("latency, round {}/{}: {}", round + 1, plan.rounds, kinds[i].name());
+            match scenarios::latency_samples(&env, kinds[i], &peer, &plan, Duration::ZERO) {
+                Ok((l, loss)) => {
+                    let s = l.summary();
+                    eprintln!(
+                        "  p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, loss {:.4}",
+                        s.p50_us, s.p99_us, s.p999_us, loss
+                    );
+                    latencies[i].get_or_insert_with(stats::Latency::new).merge(&l);
+                }
+                Err(e) => record(&mut reports[i], "latency", e),
+            }
+        }
+    }
+    for &i in &runnable {
+        // A target that failed any round is not reported for that scenario.
+        if !reports[i].errors.iter().any(|e| e.starts_with("cpu")) {
+            reports[i].cpu = cpu_sums[i].take();
+        }
+        if !reports[i].errors.iter().any(|e| e.starts_with("latency")) {
+            reports[i].latency = latencies[i].as_ref().map(stats::Latency::summary);
+        }
+    }
+    for &i in runnable.iter().filter(|_| run("allocations")) {
+        if !kinds[i].is_turn() {
+            continue;
+        }
+        eprintln!("allocations: {}", kinds[i].name());
+        match scenarios::allocations(&env, kinds[i], &plan, !smoke) {
+            Ok(a) => {
+                eprintln!(
+                    "  {:.0}/s; held {} of {}, {:.0} B RSS each; refusals {:?}",
+                    a.per_sec, a.held, a.hold_attempted, a.rss_per_allocation, a.cap_hit
+                );
+                reports[i].allocations = Some(a);
+            }
+            Err(e) => record(&mut reports[i], "allocations", e),
+        }
+    }
+
+    let command = format!("cargo run --release -p bench -- {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
+    let report = Report {
+        date: utc_now(),
+        command,
+        machine: Machine::detect(),
+        coturn: (&env.coturn).into(),
+        workers: env.workers,
+        server_cpus: env.server_cpus.clone(),
+        plan,
+        targets: reports,
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let name = if smoke { "smoke" } else { "compare" };
+    std::fs::write(out.join(format!("{name}.json")), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(out.join(format!("{name}.svg")), report.svg())?;
+    let pinning = match &report.server_cpus {
+        Some(cpus) => format!("servers pinned to CPU {cpus:?}, the bench to the others"),
+        None => "no CPU pinning".into(),
+    };
+    println!(
+        "{} on {} ({} CPUs, kernel {}), {} worker(s) per server, {pinning}; `{}`\n",
+        report.date,
+        report.machine.cpu_model,
+        report.machine.cpus,
+        report.machine.kernel,
+        report.workers,
+        report.command
+    );
+    println!("{}", report.markdown());
+    println!("\nwrote {}/{name}.json and {}/{name}.svg", out.display(), out.display());
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// The current UTC time as ISO 8601, without a date crate.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}

@@ -1,0 +1,99 @@
+//! The bench in the test suite: a short `compare` in which every available target must deliver
+//! packets, and the bench's loss and latency measurement checked against a raw forwarder that
+//! drops and delays on purpose. No timing is asserted beyond lower bounds that only a broken
+//! measurement could miss.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench() -> Command {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let relay = bench.with_file_name("relay");
+    assert!(relay.exists(), "{} missing: build it first (cargo build --release -p relay)", relay.display());
+    let mut cmd = Command::new(bench);
+    cmd.env("RUST_BACKTRACE", "0");
+    cmd
+}
+
+fn run_json(args: &[&str]) -> Value {
+    let out = bench().args(args).arg("--json").output().expect("run bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bench {args:?} printed no JSON ({e}):\n{stdout}"))
+}
+
+#[test]
+fn compare_smoke_every_target_delivers() {
+    let dir = std::env::temp_dir().join(format!("bench-smoke-{}", std::process::id()));
+    let mut cmd = bench();
+    cmd.args(["compare", "--smoke"]);
+    // As the README's full run: the server on its own CPU where there is one to spare.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        cmd.args(["--server-cpus", "1"]);
+    }
+    let out = cmd.arg("--out").arg(&dir).output().expect("run bench compare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "compare failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| figure | ours |"), "the markdown table is printed:\n{stdout}");
+    let report: Value = serde_json::from_slice(&std::fs::read(dir.join("smoke.json")).unwrap()).unwrap();
+    let svg = std::fs::read_to_string(dir.join("smoke.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "the chart has curves");
+    let targets = report["targets"].as_array().unwrap();
+    let names: Vec<&str> = targets.iter().map(|t| t["target"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ours", "coturn", "coturn-batched", "raw"]);
+    let mut ran = 0;
+    for t in targets {
+        let name = t["target"].as_str().unwrap();
+        if t["available"] == false {
+            // Only the batched coturn may be missing (Debian's coturn predates the options); the
+            // report must say why.
+            assert_eq!(name, "coturn-batched", "{name} must run here (scripts/test.sh installs coturn)");
+            assert!(t["note"].as_str().unwrap().contains("not run"), "{t}");
+            continue;
+        }
+        ran += 1;
+        assert_eq!(t["errors"].as_array().unwrap().len(), 0, "{name} failed a scenario: {}", t["errors"]);
+        let throughput = t["throughput"].as_array().unwrap();
+        assert_eq!(throughput.len(), 4, "{name}: all four throughput configurations");
+        for x in throughput {
+            let delivered: f64 =
+                x["curve"].as_array().unwrap().iter().map(|p| p["delivered_pps"].as_f64().unwrap()).sum();
+            assert!(delivered > 0.0, "{name} delivered packets in {x}");
+        }
+        assert!(t["cpu"]["delivered_pps"].as_f64().unwrap() > 0.0, "{name}: cpu scenario delivered");
+        assert!(t["latency"]["samples"].as_u64().unwrap() > 0, "{name}: latency samples");
+        if name != "raw" {
+            let a = &t["allocations"];
+            assert_eq!(a["succeeded"], a["attempted"], "{name}: every allocation succeeded: {a}");
+            assert_eq!(a["held"], a["hold_attempted"], "{name}: every allocation held: {a}");
+        }
+    }
+    assert!(ran >= 3, "ours, coturn and raw ran");
+}
+
+#[test]
+fn loss_is_measured_exactly() {
+    // The raw forwarder drops every 50th client packet: 2% loss, nothing else on loopback.
+    let r = run_json(&["throughput", "--target", "raw", "--drop-every", "50", "--rate", "5000", "--secs", "2"]);
+    let (sent, received) = (r["sent"].as_u64().unwrap(), r["received"].as_u64().unwrap());
+    assert!(sent >= 5000, "{r}");
+    let dropped = sent - received;
+    assert!(dropped >= sent / 50, "at least every 50th packet is missing: {r}");
+    let loss = r["loss"].as_f64().unwrap();
+    assert!((loss - dropped as f64 / sent as f64).abs() < 1e-12, "loss = dropped / sent: {r}");
+    assert!((0.0199..0.025).contains(&loss), "reported loss matches the forwarder's 2%: {r}");
+}
+
+#[test]
+fn latency_comes_from_the_samples() {
+    // Every packet is held 3 ms in each direction: every round trip takes at least 6 ms.
+    let r = run_json(&["latency", "--target", "raw", "--delay-us", "3000", "--rate", "500", "--secs", "1"]);
+    let l = &r["latency"];
+    assert!(l["samples"].as_u64().unwrap() >= 400, "one sample per returned packet: {r}");
+    for q in ["p50_us", "p99_us", "p999_us"] {
+        assert!(l[q].as_f64().unwrap() >= 6000.0 * 0.999, "{q} includes the 6 ms of delay: {r}");
+    }
+    assert!(l["p50_us"].as_f64() <= l["p99_us"].as_f64() && l["p99_us"].as_f64() <= l["p999_us"].as_f64());
+}
