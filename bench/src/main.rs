@@ -149,6 +149,11 @@ enum Cmd {
         #[arg(long)]
         hold: Option<usize>,
     },
+    /// Prints the table of a saved `compare` run again (and rewrites its SVG next to it).
+    Report {
+        /// A compare.json written by `compare`.
+        from: PathBuf,
+    },
     /// Holds idle allocations for the scale test until stdin closes (started by the bench itself).
     #[command(hide = true)]
     Hold {
@@ -224,6 +229,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Hold { server, count } => scenarios::hold(server, count),
+        Cmd::Report { from } => {
+            let report: Report =
+                serde_json::from_slice(&std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?)?;
+            std::fs::write(from.with_extension("svg"), report.svg())?;
+            println!("{}\n\n{}", report.header(), report.markdown());
+            Ok(())
+        }
         Cmd::RawForwarder { listen, peer, workers, drop_every, delay_us } => {
             raw::run(raw::RawOptions { listen, peer, workers, drop_every, delay: Duration::from_micros(delay_us) })
         }
@@ -355,7 +367,7 @@ fn compare(
     // CPU and latency are small differences under a noisy machine: several short rounds, the
     // targets taking turns, summed (CPU) and merged (every latency sample) per target.
     let mut cpu_sums: Vec<Option<scenarios::Cpu>> = vec![None; kinds.len()];
-    let mut latencies: Vec<Option<stats::Latency>> = vec![None; kinds.len()];
+    let mut latencies: Vec<Vec<stats::LatencySummary>> = vec![Vec::new(); kinds.len()];
     for round in 0..plan.rounds {
         for &i in runnable.iter().filter(|_| run("cpu")) {
             eprintln!("cpu, round {}/{}: {}", round + 1, plan.rounds, kinds[i].name());
@@ -372,14 +384,13 @@ fn compare(
         }
         for &i in runnable.iter().filter(|_| run("latency")) {
             eprintln!("latency, round {}/{}: {}", round + 1, plan.rounds, kinds[i].name());
-            match scenarios::latency_samples(&env, kinds[i], &peer, &plan, Duration::ZERO) {
-                Ok((l, loss)) => {
-                    let s = l.summary();
+            match scenarios::latency(&env, kinds[i], &peer, &plan, Duration::ZERO) {
+                Ok((s, loss)) => {
                     eprintln!(
                         "  p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, loss {:.4}",
                         s.p50_us, s.p99_us, s.p999_us, loss
                     );
-                    latencies[i].get_or_insert_with(stats::Latency::new).merge(&l);
+                    latencies[i].push(s);
                 }
                 Err(e) => record(&mut reports[i], "latency", e),
             }
@@ -391,7 +402,8 @@ fn compare(
             reports[i].cpu = cpu_sums[i].take();
         }
         if !reports[i].errors.iter().any(|e| e.starts_with("latency")) {
-            reports[i].latency = latencies[i].as_ref().map(stats::Latency::summary);
+            reports[i].latency = (!latencies[i].is_empty()).then(|| stats::median_of_rounds(&latencies[i]));
+            reports[i].latency_rounds = std::mem::take(&mut latencies[i]);
         }
     }
     for &i in runnable.iter().filter(|_| run("allocations")) {

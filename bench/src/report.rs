@@ -18,7 +18,11 @@ pub struct TargetReport {
     pub note: Option<String>,
     pub throughput: Vec<Throughput>,
     pub cpu: Option<Cpu>,
+    /// The median over rounds of each latency figure (see `stats::median_of_rounds`).
     pub latency: Option<LatencySummary>,
+    /// Each round's figures.
+    #[serde(default)]
+    pub latency_rounds: Vec<LatencySummary>,
     pub allocations: Option<Allocations>,
     pub errors: Vec<String>,
 }
@@ -32,6 +36,7 @@ impl TargetReport {
             throughput: Vec::new(),
             cpu: None,
             latency: None,
+            latency_rounds: Vec::new(),
             allocations: None,
             errors: Vec::new(),
         }
@@ -117,6 +122,8 @@ struct Row {
 fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
         "—".into()
+    } else if v < 0.0 {
+        format!("-{}", fmt_num(-v))
     } else if v >= 100_000.0 {
         format!("{:.0}k", v / 1000.0)
     } else if v >= 1000.0 {
@@ -166,7 +173,7 @@ impl Report {
         for (label, q, key) in [("p50", 0, false), ("p99", 1, true), ("p99.9", 2, false)] {
             rows.push(Row {
                 figure: format!(
-                    "RTT {label} µs ({} rt/s, 1 alloc, {} rounds)",
+                    "RTT {label} µs ({} rt/s, 1 alloc, median of {} rounds)",
                     fmt_num(self.plan.latency_pps),
                     self.plan.rounds
                 ),
@@ -179,6 +186,27 @@ impl Report {
                     })
                 }),
                 key,
+            });
+        }
+        // The latency a relay adds over the bare forwarder (RTT minus raw's RTT).
+        let raw = self.target("raw").and_then(|t| t.latency);
+        for (label, q) in [("p50", 0), ("p99", 1), ("p99.9", 2)] {
+            let pick = |l: &LatencySummary| match q {
+                0 => l.p50_us,
+                1 => l.p99_us,
+                _ => l.p999_us,
+            };
+            rows.push(Row {
+                figure: format!("RTT {label} added over raw, µs"),
+                better: Better::Lower,
+                values: names
+                    .iter()
+                    .map(|n| match (self.target(n).and_then(|t| t.latency), raw) {
+                        (Some(l), Some(r)) if *n != "raw" => Some(pick(&l) - pick(&r)),
+                        _ => None,
+                    })
+                    .collect(),
+                key: false,
             });
         }
         rows.push(Row {
@@ -200,6 +228,18 @@ impl Report {
             key: true,
         });
         rows
+    }
+
+    /// When, where and how the run was made.
+    pub fn header(&self) -> String {
+        let pinning = match &self.server_cpus {
+            Some(cpus) => format!("servers pinned to CPU {cpus:?}, the bench to the others"),
+            None => "no CPU pinning".into(),
+        };
+        format!(
+            "{} on {} ({} CPUs, kernel {}), {} worker(s) per server, {pinning}; `{}`",
+            self.date, self.machine.cpu_model, self.machine.cpus, self.machine.kernel, self.workers, self.command
+        )
     }
 
     /// The markdown table, with the ratio columns and whether ours is ahead of coturn.

@@ -33,11 +33,6 @@ impl Latency {
         self.hist.saturating_record(nanos.max(1));
     }
 
-    pub fn merge(&mut self, other: &Latency) {
-        // Same bounds on both sides, so adding cannot fail.
-        let _ = self.hist.add(&other.hist);
-    }
-
     pub fn count(&self) -> u64 {
         self.hist.len()
     }
@@ -56,6 +51,28 @@ impl Latency {
             max_us: self.hist.max() as f64 / 1000.0,
             mean_us: self.hist.mean() / 1000.0,
         }
+    }
+}
+
+/// The median, over several rounds, of each figure of their summaries: one round spoiled by
+/// someone else's load moves it less than it would move the percentiles of all samples pooled.
+pub fn median_of_rounds(rounds: &[LatencySummary]) -> LatencySummary {
+    let median = |f: fn(&LatencySummary) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    LatencySummary {
+        samples: rounds.iter().map(|r| r.samples).sum(),
+        p50_us: median(|r| r.p50_us),
+        p99_us: median(|r| r.p99_us),
+        p999_us: median(|r| r.p999_us),
+        max_us: median(|r| r.max_us),
+        mean_us: median(|r| r.mean_us),
     }
 }
 
@@ -79,6 +96,23 @@ mod tests {
         assert_eq!(loss(1000, 990), 0.01);
         assert_eq!(loss(0, 0), 0.0);
         assert_eq!(loss(10, 12), 0.0, "duplicates do not make negative loss");
+    }
+
+    #[test]
+    fn median_of_rounds_ignores_one_bad_round() {
+        let round = |p99: f64| LatencySummary {
+            samples: 10,
+            p50_us: 100.0,
+            p99_us: p99,
+            p999_us: p99 * 2.0,
+            max_us: p99 * 3.0,
+            mean_us: 110.0,
+        };
+        let m = median_of_rounds(&[round(300.0), round(20_000.0), round(310.0)]);
+        assert_eq!((m.samples, m.p99_us, m.p999_us), (30, 310.0, 620.0));
+        let m = median_of_rounds(&[round(300.0), round(400.0)]);
+        assert_eq!(m.p99_us, 350.0);
+        assert!(median_of_rounds(&[]).p50_us.is_nan());
     }
 
     #[test]
@@ -107,10 +141,5 @@ mod tests {
         let s = l.summary();
         assert!(close(s.p50_us, 100.0) && close(s.p99_us, 100.0), "{s:?}");
         assert!(close(s.p999_us, 50_000.0), "{s:?}");
-        let mut merged = Latency::new();
-        merged.merge(&l);
-        merged.merge(&l);
-        assert_eq!(merged.count(), 2000);
-        assert_eq!(merged.summary().p999_us, s.p999_us, "merging equal sets keeps the quantiles");
     }
 }
