@@ -368,8 +368,11 @@ fn compare(
     // targets taking turns, summed (CPU) and merged (every latency sample) per target.
     let mut cpu_sums: Vec<Option<scenarios::Cpu>> = vec![None; kinds.len()];
     let mut latencies: Vec<Vec<stats::LatencySummary>> = vec![Vec::new(); kinds.len()];
-    for round in 0..plan.rounds {
-        for &i in runnable.iter().filter(|_| run("cpu")) {
+    for round in 0..plan.rounds as usize {
+        // Rotate who goes first each round: whoever runs right after a heavy phase pays for the
+        // machine settling (freed buffers, memory reclaim), and that must not always be the same.
+        let order: Vec<usize> = (0..runnable.len()).map(|k| runnable[(k + round) % runnable.len()]).collect();
+        for &i in order.iter().filter(|_| run("cpu")) {
             eprintln!("cpu, round {}/{}: {}", round + 1, plan.rounds, kinds[i].name());
             match scenarios::cpu(&env, kinds[i], &peer, &plan) {
                 Ok(c) => {
@@ -382,7 +385,7 @@ fn compare(
                 Err(e) => record(&mut reports[i], "cpu", e),
             }
         }
-        for &i in runnable.iter().filter(|_| run("latency")) {
+        for &i in order.iter().filter(|_| run("latency")) {
             eprintln!("latency, round {}/{}: {}", round + 1, plan.rounds, kinds[i].name());
             match scenarios::latency(&env, kinds[i], &peer, &plan, Duration::ZERO) {
                 Ok((s, loss)) => {

@@ -117,6 +117,8 @@ struct Row {
     values: Vec<Option<f64>>,
     /// Counts towards "ahead of coturn" (the five figures).
     key: bool,
+    /// Ratios make sense (not for differences, which can be negative).
+    ratios: bool,
 }
 
 fn fmt_num(v: f64) -> String {
@@ -158,6 +160,7 @@ impl Report {
                 better: Better::Higher,
                 values,
                 key: flows == 1 || flows == 64,
+                ratios: true,
             });
         }
         rows.push(Row {
@@ -169,6 +172,7 @@ impl Report {
             better: Better::Lower,
             values: per(&|t| t.cpu.as_ref().map(|c| c.cpu_secs_per_mpkt)),
             key: true,
+            ratios: true,
         });
         for (label, q, key) in [("p50", 0, false), ("p99", 1, true), ("p99.9", 2, false)] {
             rows.push(Row {
@@ -186,6 +190,7 @@ impl Report {
                     })
                 }),
                 key,
+                ratios: true,
             });
         }
         // The latency a relay adds over the bare forwarder (RTT minus raw's RTT).
@@ -207,6 +212,7 @@ impl Report {
                     })
                     .collect(),
                 key: false,
+                ratios: false,
             });
         }
         rows.push(Row {
@@ -214,18 +220,21 @@ impl Report {
             better: Better::Higher,
             values: per(&|t| t.allocations.as_ref().map(|a| a.per_sec)),
             key: true,
+            ratios: true,
         });
         rows.push(Row {
             figure: format!("idle allocations held (of {})", self.plan.hold),
             better: Better::Higher,
             values: per(&|t| t.allocations.as_ref().map(|a| a.held as f64)),
             key: false,
+            ratios: true,
         });
         rows.push(Row {
             figure: "server RSS per allocation, bytes".into(),
             better: Better::Lower,
             values: per(&|t| t.allocations.as_ref().map(|a| a.rss_per_allocation)),
             key: true,
+            ratios: true,
         });
         rows
     }
@@ -263,11 +272,14 @@ impl Report {
                 let (x, y) = (row.values.get(a?)?.as_ref()?, row.values.get(b?)?.as_ref()?);
                 (*y != 0.0 && x.is_finite() && y.is_finite()).then(|| x / y)
             };
-            let vs_coturn = ratio(ours, coturn);
-            let ahead = vs_coturn.map(|r| match row.better {
-                Better::Higher => r > 1.0,
-                Better::Lower => r < 1.0,
-            });
+            let vs_coturn = ratio(ours, coturn).filter(|_| row.ratios);
+            let ahead = match (ours.and_then(|i| row.values[i]), coturn.and_then(|i| row.values[i])) {
+                (Some(a), Some(b)) if a.is_finite() && b.is_finite() => Some(match row.better {
+                    Better::Higher => a > b,
+                    Better::Lower => a < b,
+                }),
+                _ => None,
+            };
             let better = match row.better {
                 Better::Higher => "higher is better",
                 Better::Lower => "lower is better",
@@ -278,7 +290,7 @@ impl Report {
                 row.figure,
                 cells.join(" | "),
                 vs_coturn.map_or("—".into(), |r| format!("{r:.2}")),
-                ratio(ours, raw).map_or("—".into(), |r| format!("{r:.2}")),
+                ratio(ours, raw).filter(|_| row.ratios).map_or("—".into(), |r| format!("{r:.2}")),
                 match (ahead, row.key) {
                     (Some(true), _) => "yes",
                     (Some(false), true) => "**no**",

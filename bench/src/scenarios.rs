@@ -359,7 +359,9 @@ pub fn latency(
     let (flows, mut clients) = flows(&server, 1, peer.addr)?;
     let mut engine = Engine::new(flows, peer, server.addr)?;
     let drain = Duration::from_millis(plan.drain_ms.max(delay.as_millis() as u64 * 2 + 100));
-    engine.step(plan.latency_pps, Duration::from_millis(200), drain, 100, false);
+    // A longer warm-up at the measured rate than elsewhere: tail latency is what this measures,
+    // and the first second after start-up (or after the previous target's load) is not typical.
+    engine.step(plan.latency_pps, Duration::from_secs_f64(plan.latency_secs.min(1.0)), drain, 100, false);
     let r = engine.step(plan.latency_pps, Duration::from_secs_f64(plan.latency_secs), drain, 100, true);
     drop(engine);
     still_serving(&mut server, &mut clients)?;
