@@ -316,7 +316,7 @@ impl Report {
         let configs = [(100, 1), (100, 64), (1200, 1), (1200, 64)];
         let (pw, ph, margin) = (420.0, 300.0, 50.0);
         let width = 2.0 * pw + 40.0;
-        let height = 2.0 * ph + 80.0;
+        let height = 2.0 * ph + 100.0;
         let mut s = String::new();
         let _ = writeln!(
             s,
