@@ -8,11 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests use:
-#   coturn  turnutils_uclient / turnutils_peer: the TURN client and echo peer nobody here wrote
-#   curl    the metrics test scrapes /metrics the way an operator would
+#   coturn      turnutils_uclient / turnutils_peer: the TURN client and echo peer nobody here wrote
+#   curl        the metrics test scrapes /metrics the way an operator would
+#   postgresql  signaling's API suite runs on PostgreSQL as well as on embedded SQLite
 need=()
 command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
     echo "==> installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -28,6 +30,24 @@ for tool in turnutils_uclient turnutils_peer curl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 
+# A throw-away PostgreSQL server for signaling's tests: its own data directory and port, trust
+# authentication on loopback only, stopped when this script exits. The tests create one database
+# per signaling instance on it.
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[[ -x "$pg_bin/initdb" ]] || { echo "error: PostgreSQL's initdb is missing after install" >&2; exit 1; }
+pg_port=${SIGNALING_TEST_PG_PORT:-55432}
+pg_data=$(mktemp -d /tmp/signaling-test-pg.XXXXXX)
+chown postgres "$pg_data"
+stop_postgres() {
+    su postgres -c "$pg_bin/pg_ctl -D $pg_data -m immediate stop" >/dev/null 2>&1 || true
+    rm -rf "$pg_data"
+}
+trap stop_postgres EXIT
+echo "==> starting PostgreSQL on 127.0.0.1:$pg_port"
+su postgres -c "$pg_bin/initdb -D $pg_data -A trust -U postgres" >/dev/null
+su postgres -c "$pg_bin/pg_ctl -D $pg_data -l $pg_data/log -w -o '-k $pg_data -p $pg_port -c listen_addresses=127.0.0.1 -c fsync=off' start" >/dev/null
+export SIGNALING_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -37,6 +57,9 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 # Tests run against release builds: the interop and fuzz tests push real traffic through the
 # relay binary, and one build serves clippy's dependencies, the binary and the tests.
 echo "==> cargo test"
+# The workspace's binaries are built once, up front, so tests that start one another's binaries
+# (signaling's end-to-end test runs the relay) find them current.
+cargo build --workspace --release --bins
 cargo test --workspace --release -- --test-threads 4
 
 echo "==> all tests passed"

@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub admin: AdminSection,
     pub log: LogSection,
     pub shutdown: ShutdownSection,
+    pub cluster: ClusterSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -165,6 +166,24 @@ impl Default for ShutdownSection {
     }
 }
 
+/// Membership in a cluster run by a signaling service (`cluster::heartbeat`). Without
+/// `signaling_url` the relay stands alone and sends no heartbeats.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signaling_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_host: Option<String>,
+    pub bandwidth_cap_mbps: u64,
+}
+
 /// Flags and environment variables; each overrides the file key named in its help.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
@@ -220,10 +239,10 @@ pub struct Overrides {
     #[arg(long, env = "RELAY_RFC5766_CHANNEL_NUMBERS")]
     pub rfc5766_channel_numbers: Option<bool>,
     /// auth.secrets: TURN REST shared secrets (repeat the flag, or comma-separate in the variable).
-    #[arg(long = "auth-secret", env = "RELAY_AUTH_SECRETS", value_delimiter = ',')]
+    #[arg(long = "auth-secret", env = "RELAY_AUTH_SECRETS", value_delimiter = ',', hide_env_values = true)]
     pub secrets: Option<Vec<String>>,
     /// auth.users: static users as username:password (repeatable; comma-separated in the variable).
-    #[arg(long = "user", env = "RELAY_USERS", value_delimiter = ',')]
+    #[arg(long = "user", env = "RELAY_USERS", value_delimiter = ',', hide_env_values = true)]
     pub users: Option<Vec<String>>,
     /// auth.nonce_lifetime_secs.
     #[arg(long, env = "RELAY_NONCE_LIFETIME_SECS")]
@@ -246,6 +265,24 @@ pub struct Overrides {
     /// shutdown.grace_secs: how long SIGTERM waits for allocations to end.
     #[arg(long, env = "RELAY_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// cluster.signaling_url: signaling's base URL (http or https); unset = standalone relay.
+    #[arg(long, env = "RELAY_SIGNALING_URL")]
+    pub signaling_url: Option<String>,
+    /// cluster.token: bearer token for signaling (prefer the variable: flags show in `ps`).
+    #[arg(long, env = "RELAY_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+    /// cluster.region: the region this relay serves, as signaling names it.
+    #[arg(long, env = "RELAY_REGION")]
+    pub region: Option<String>,
+    /// cluster.relay_id: unique, stable id of this relay (default: the host name).
+    #[arg(long, env = "RELAY_RELAY_ID")]
+    pub relay_id: Option<String>,
+    /// cluster.public_host: host name or IP clients use (default: the advertised address).
+    #[arg(long, env = "RELAY_PUBLIC_HOST")]
+    pub public_host: Option<String>,
+    /// cluster.bandwidth_cap_mbps: link capacity reported to signaling (0 = unknown).
+    #[arg(long, env = "RELAY_BANDWIDTH_CAP_MBPS")]
+    pub bandwidth_cap_mbps: Option<u64>,
 }
 
 impl FileConfig {
@@ -306,6 +343,19 @@ impl FileConfig {
         set(&mut self.log.format, &o.log_format);
         set(&mut self.log.level, &o.log_level);
         set(&mut self.shutdown.grace_secs, &o.shutdown_grace_secs);
+        let c = &mut self.cluster;
+        for (slot, value) in [
+            (&mut c.signaling_url, &o.signaling_url),
+            (&mut c.token, &o.cluster_token),
+            (&mut c.region, &o.region),
+            (&mut c.relay_id, &o.relay_id),
+            (&mut c.public_host, &o.public_host),
+        ] {
+            if value.is_some() {
+                slot.clone_from(value);
+            }
+        }
+        set(&mut c.bandwidth_cap_mbps, &o.bandwidth_cap_mbps);
         Ok(())
     }
 
@@ -314,6 +364,7 @@ impl FileConfig {
         let mut c = self.clone();
         c.auth.secrets.iter_mut().for_each(|s| *s = "<redacted>".into());
         c.auth.users.iter_mut().for_each(|u| u.password = "<redacted>".into());
+        c.cluster.token.iter_mut().for_each(|t| *t = "<redacted>".into());
         c
     }
 }
@@ -352,7 +403,41 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_grace: Duration,
+    /// Heartbeats to signaling; `None` for a standalone relay.
+    pub cluster: Option<ClusterConfig>,
 }
+
+/// The validated `[cluster]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Signaling's base URL as configured (http or https, no query, fragment or user info).
+    pub signaling_url: reqwest::Url,
+    /// Where heartbeats go: the base URL followed by `cluster::heartbeat::PATH`.
+    pub heartbeat_url: reqwest::Url,
+    pub token: ClusterToken,
+    /// `[a-z0-9-]+`, as signaling names its regions.
+    pub region: String,
+    /// `[a-z0-9.-]+`; the host name (lowercased) unless configured.
+    pub relay_id: String,
+    /// A DNS name or a bare IP address (IPv6 without brackets).
+    pub public_host: String,
+    /// 0 = unknown.
+    pub bandwidth_cap_bps: u64,
+}
+
+/// The cluster's bearer token. Its `Debug` prints no key material, so a `Config` can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterToken(pub String);
+
+impl std::fmt::Debug for ClusterToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterToken(<redacted>)")
+    }
+}
+
+/// Longest region and relay id accepted: 64 bytes, what signaling accepts for its ids.
+const MAX_REGION_LEN: usize = 64;
+const MAX_RELAY_ID_LEN: usize = 64;
 
 /// The example secret shipped in `configs/relay.toml` for the local deployment; the relay warns
 /// when it is used on a public address.
@@ -444,8 +529,13 @@ impl Config {
                 bail!("auth.users[{i}].username: must be 1 to 513 bytes (RFC 8489 §14.3)");
             }
         }
-        if file.auth.secrets.is_empty() && file.auth.users.is_empty() {
-            bail!("auth: no credentials configured; set auth.secrets (TURN REST) or auth.users");
+        // Parsed before the credential check: with signaling, TURN REST secrets come from there.
+        let cluster = cluster_config(&file.cluster, external_ip.unwrap_or(relay_ip))?;
+        if file.auth.secrets.is_empty() && file.auth.users.is_empty() && cluster.is_none() {
+            bail!(
+                "auth: no credentials configured; set auth.secrets (TURN REST) or auth.users, or \
+                 cluster.signaling_url to receive secrets from signaling"
+            );
         }
         if file.auth.nonce_lifetime_secs == 0 {
             bail!("auth.nonce_lifetime_secs: must be positive");
@@ -487,6 +577,7 @@ impl Config {
             log_format,
             log_level: file.log.level.clone(),
             shutdown_grace: Duration::from_secs(file.shutdown.grace_secs),
+            cluster,
         })
     }
 
@@ -505,6 +596,119 @@ impl Config {
     pub fn advertised_ip(&self) -> IpAddr {
         self.external_ip.unwrap_or(self.relay_ip)
     }
+}
+
+/// Validates `[cluster]`; `None` without a signaling URL. The other keys are checked even then, so a
+/// typo shows up before the URL is added.
+fn cluster_config(c: &ClusterSection, advertised_ip: IpAddr) -> anyhow::Result<Option<ClusterConfig>> {
+    if let Some(region) = &c.region {
+        check_id("cluster.region", region, MAX_REGION_LEN, |b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+        })?;
+    }
+    if let Some(id) = &c.relay_id {
+        check_id("cluster.relay_id", id, MAX_RELAY_ID_LEN, is_relay_id_byte)?;
+    }
+    if let Some(host) = &c.public_host {
+        check_host("cluster.public_host", host)?;
+    }
+    if let Some(token) = &c.token
+        && (token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        // It goes into an Authorization header as is.
+        bail!("cluster.token: must be non-empty printable ASCII without spaces");
+    }
+    let bandwidth_cap_bps = c
+        .bandwidth_cap_mbps
+        .checked_mul(1_000_000)
+        .with_context(|| format!("cluster.bandwidth_cap_mbps: {} is too large", c.bandwidth_cap_mbps))?;
+    let Some(url) = &c.signaling_url else {
+        return Ok(None);
+    };
+    let signaling_url =
+        reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("cluster.signaling_url: invalid URL {url:?}: {e}"))?;
+    if !matches!(signaling_url.scheme(), "http" | "https") || signaling_url.host().is_none() {
+        bail!("cluster.signaling_url: expected an http:// or https:// URL with a host, got {url:?}");
+    }
+    if signaling_url.query().is_some() || signaling_url.fragment().is_some() {
+        bail!("cluster.signaling_url: must not have a query or fragment, got {url:?}");
+    }
+    if !signaling_url.username().is_empty() || signaling_url.password().is_some() {
+        bail!("cluster.signaling_url: must not carry credentials; set cluster.token");
+    }
+    // Appended to the path, so that signaling may sit under a prefix (https://host/api).
+    let heartbeat_url =
+        reqwest::Url::parse(&format!("{}{}", signaling_url.as_str().trim_end_matches('/'), cluster::heartbeat::PATH))
+            .map_err(|e| anyhow::anyhow!("cluster.signaling_url: cannot append {}: {e}", cluster::heartbeat::PATH))?;
+    let Some(token) = &c.token else {
+        bail!("cluster.token: required with cluster.signaling_url (env RELAY_CLUSTER_TOKEN)");
+    };
+    let Some(region) = &c.region else {
+        bail!("cluster.region: required with cluster.signaling_url");
+    };
+    let relay_id = match &c.relay_id {
+        Some(id) => id.clone(),
+        None => {
+            let host = host_name().context("cluster.relay_id: cannot read the host name; set cluster.relay_id")?;
+            // Host names are case-insensitive; ids are compared as strings.
+            let id = host.to_ascii_lowercase();
+            check_id("cluster.relay_id", &id, MAX_RELAY_ID_LEN, is_relay_id_byte)
+                .context("cluster.relay_id: the host name is not a valid relay id; set cluster.relay_id")?;
+            id
+        }
+    };
+    Ok(Some(ClusterConfig {
+        signaling_url,
+        heartbeat_url,
+        token: ClusterToken(token.clone()),
+        region: region.clone(),
+        relay_id,
+        public_host: c.public_host.clone().unwrap_or_else(|| advertised_ip.to_string()),
+        bandwidth_cap_bps,
+    }))
+}
+
+fn is_relay_id_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+}
+
+fn check_id(key: &str, value: &str, max_len: usize, allowed: fn(u8) -> bool) -> anyhow::Result<()> {
+    if value.is_empty() || value.len() > max_len || !value.bytes().all(allowed) {
+        let chars = if allowed(b'.') { "a-z, 0-9, '-' and '.'" } else { "a-z, 0-9 and '-'" };
+        bail!("{key}: {value:?} must be 1 to {max_len} characters of {chars}");
+    }
+    Ok(())
+}
+
+/// An IP address, or a DNS name (RFC 1123 labels), which clients put in `turn:` URIs.
+fn check_host(key: &str, value: &str) -> anyhow::Result<()> {
+    if value.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if value.is_empty() || value.len() > 253 || !value.split('.').all(label_ok) {
+        bail!("{key}: {value:?} is neither an IP address (IPv6 without brackets) nor a host name");
+    }
+    Ok(())
+}
+
+/// The kernel's host name (gethostname(2)).
+fn host_name() -> anyhow::Result<String> {
+    // 255 bytes is HOST_NAME_MAX on Linux (64 in practice); one more for the terminating NUL.
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(std::str::from_utf8(&buf[..len])?.to_owned())
 }
 
 /// The address the host would use to reach the internet: what a socket "connected" to a public
@@ -602,7 +806,144 @@ mod tests {
     fn redacted_hides_secrets() {
         let mut f = valid();
         f.auth.users.push(StaticUser { username: "u".into(), password: "p".into() });
+        f.cluster.token = Some("cluster-t0ken".into());
         let text = toml::to_string(&f.redacted()).unwrap();
-        assert!(!text.contains("s3cret") && !text.contains("\"p\""), "{text}");
+        assert!(!text.contains("s3cret") && !text.contains("\"p\"") && !text.contains("t0ken"), "{text}");
+    }
+
+    fn clustered() -> FileConfig {
+        let mut f = valid();
+        f.cluster.signaling_url = Some("https://signal.example.com".into());
+        f.cluster.token = Some("t0ken".into());
+        f.cluster.region = Some("eu-west".into());
+        f.cluster.relay_id = Some("eu-fra-1".into());
+        f
+    }
+
+    #[test]
+    fn no_signaling_url_means_standalone() {
+        assert!(Config::from_file(&valid()).unwrap().cluster.is_none());
+        // The other keys alone do not make a cluster member, but they are still checked.
+        let mut f = valid();
+        f.cluster.region = Some("eu-west".into());
+        assert!(Config::from_file(&f).unwrap().cluster.is_none());
+        f.cluster.region = Some("EU".into());
+        assert!(Config::from_file(&f).unwrap_err().to_string().contains("cluster.region"));
+    }
+
+    #[test]
+    fn cluster_section_validates_with_defaults() {
+        let c = Config::from_file(&clustered()).unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.heartbeat_url.as_str(), "https://signal.example.com/v1/relays/heartbeat");
+        assert_eq!(cluster.token.0, "t0ken");
+        assert!(!format!("{cluster:?}").contains("t0ken"), "Debug hides the token");
+        assert_eq!((cluster.region.as_str(), cluster.relay_id.as_str()), ("eu-west", "eu-fra-1"));
+        assert_eq!(cluster.public_host, "127.0.0.1", "the advertised address by default");
+        assert_eq!(cluster.bandwidth_cap_bps, 0);
+
+        let mut f = clustered();
+        f.cluster.signaling_url = Some("http://10.0.0.1:8080/api/".into());
+        f.cluster.public_host = Some("turn-eu.example.com".into());
+        f.relay.external_ip = Some("198.51.100.7".into());
+        f.cluster.bandwidth_cap_mbps = 1000;
+        let cluster = Config::from_file(&f).unwrap().cluster.unwrap();
+        assert_eq!(cluster.heartbeat_url.as_str(), "http://10.0.0.1:8080/api/v1/relays/heartbeat");
+        assert_eq!(cluster.public_host, "turn-eu.example.com");
+        assert_eq!(cluster.bandwidth_cap_bps, 1_000_000_000);
+        f.cluster.public_host = None;
+        assert_eq!(Config::from_file(&f).unwrap().cluster.unwrap().public_host, "198.51.100.7");
+    }
+
+    #[test]
+    fn relay_id_defaults_to_the_host_name() {
+        let mut f = clustered();
+        f.cluster.relay_id = None;
+        let host = host_name().unwrap().to_ascii_lowercase();
+        match Config::from_file(&f) {
+            Ok(c) => assert_eq!(c.cluster.unwrap().relay_id, host),
+            // A host name outside the charset (e.g. with '_') must be named, not used.
+            Err(e) => assert!(format!("{e:#}").contains("cluster.relay_id"), "{e:#}"),
+        }
+    }
+
+    #[test]
+    fn with_signaling_the_secrets_may_come_from_there() {
+        let mut f = clustered();
+        f.auth.secrets.clear();
+        let c = Config::from_file(&f).unwrap();
+        assert!(c.secrets.is_empty() && c.users.is_empty());
+        // An empty entry is still a mistake.
+        f.auth.secrets = vec![String::new()];
+        assert!(Config::from_file(&f).unwrap_err().to_string().contains("auth.secrets[0]"));
+    }
+
+    #[test]
+    fn cluster_errors_name_the_key() {
+        type Mutate = fn(&mut FileConfig);
+        let cases: Vec<(Mutate, &str)> = vec![
+            (|f| f.cluster.signaling_url = Some("signal.example.com".into()), "cluster.signaling_url"),
+            (|f| f.cluster.signaling_url = Some("ftp://signal.example.com".into()), "cluster.signaling_url"),
+            (|f| f.cluster.signaling_url = Some("https://s.example.com/?a=1".into()), "cluster.signaling_url"),
+            (|f| f.cluster.signaling_url = Some("https://u:p@s.example.com".into()), "cluster.signaling_url"),
+            (|f| f.cluster.token = None, "cluster.token"),
+            (|f| f.cluster.token = Some(String::new()), "cluster.token"),
+            (|f| f.cluster.token = Some("two words".into()), "cluster.token"),
+            (|f| f.cluster.region = None, "cluster.region"),
+            (|f| f.cluster.region = Some(String::new()), "cluster.region"),
+            (|f| f.cluster.region = Some("eu_west".into()), "cluster.region"),
+            (|f| f.cluster.region = Some("eu.west".into()), "cluster.region"),
+            (|f| f.cluster.region = Some("x".repeat(65)), "cluster.region"),
+            (|f| f.cluster.relay_id = Some("x".repeat(65)), "cluster.relay_id"),
+            (|f| f.cluster.relay_id = Some("Relay-1".into()), "cluster.relay_id"),
+            (|f| f.cluster.relay_id = Some(String::new()), "cluster.relay_id"),
+            (|f| f.cluster.relay_id = Some("a b".into()), "cluster.relay_id"),
+            (|f| f.cluster.public_host = Some("[::1]".into()), "cluster.public_host"),
+            (|f| f.cluster.public_host = Some("-bad.example.com".into()), "cluster.public_host"),
+            (|f| f.cluster.public_host = Some("a..b".into()), "cluster.public_host"),
+            (|f| f.cluster.public_host = Some(String::new()), "cluster.public_host"),
+            (|f| f.cluster.bandwidth_cap_mbps = u64::MAX, "cluster.bandwidth_cap_mbps"),
+        ];
+        for (mutate, key) in cases {
+            let mut f = clustered();
+            mutate(&mut f);
+            let err = Config::from_file(&f).unwrap_err().to_string();
+            assert!(err.contains(key), "{err:?} should name {key}");
+        }
+        // Accepted forms.
+        for host in ["203.0.113.9", "2001:db8::1", "turn.example.com", "relay-1"] {
+            let mut f = clustered();
+            f.cluster.public_host = Some(host.into());
+            assert_eq!(Config::from_file(&f).unwrap().cluster.unwrap().public_host, host);
+        }
+        let mut f = clustered();
+        f.cluster.relay_id = Some("eu-fra-1.example.com".into());
+        assert!(Config::from_file(&f).is_ok());
+    }
+
+    #[test]
+    fn cluster_keys_parse_and_override() {
+        let text = "[cluster]\nsignaling_url = \"http://127.0.0.1:8080\"\ntoken = \"t\"\nregion = \"r1\"\n\
+                    relay_id = \"a\"\npublic_host = \"h.example\"\nbandwidth_cap_mbps = 10\n";
+        let mut f = FileConfig::parse(text).unwrap();
+        assert_eq!(f.cluster.region.as_deref(), Some("r1"));
+        assert_eq!(f.cluster.bandwidth_cap_mbps, 10);
+        let err = FileConfig::parse("[cluster]\nsignalling_url = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("signalling_url"), "{err}");
+        let o = Overrides {
+            signaling_url: Some("https://s.example".into()),
+            cluster_token: Some("from-env".into()),
+            region: Some("r2".into()),
+            relay_id: Some("b".into()),
+            public_host: Some("192.0.2.1".into()),
+            bandwidth_cap_mbps: Some(20),
+            ..Default::default()
+        };
+        f.apply(&o).unwrap();
+        let c = Config::from_file(&f).unwrap().cluster.unwrap();
+        assert_eq!(c.signaling_url.as_str(), "https://s.example/");
+        assert_eq!(c.token.0, "from-env");
+        assert_eq!((c.region.as_str(), c.relay_id.as_str(), c.public_host.as_str()), ("r2", "b", "192.0.2.1"));
+        assert_eq!(c.bandwidth_cap_bps, 20_000_000);
     }
 }

@@ -305,13 +305,18 @@ fn credentials_command_prints_an_ice_server_the_relay_accepts() {
 
 #[test]
 fn every_example_config_parses() {
+    // configs/ holds every binary's examples (signaling.toml, ...): the relay's are relay*.toml.
+    let mut seen = 0;
     for entry in std::fs::read_dir(common::repo_root().join("configs")).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("relay") && name.ends_with(".toml") {
+            seen += 1;
             let file = relay::config::FileConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
             relay::config::Config::from_file(&file).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         }
     }
+    assert!(seen >= 2, "relay.toml and relay-loopback.toml at least");
 }
 
 #[test]

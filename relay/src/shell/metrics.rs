@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::turn::Shared;
 use crate::turn::stats::{AuthFailure, Direction, DropReason, ERROR_CODES, Method, Stats};
@@ -134,6 +134,30 @@ impl Metrics {
         self.workers.iter().map(|w| w.allocations_active.get()).sum()
     }
 
+    /// Application bytes relayed in both directions over all workers since start.
+    pub fn relayed_bytes(&self) -> u64 {
+        self.workers.iter().flat_map(|w| w.relayed_bytes.iter()).map(|c| c.get()).fold(0, u64::wrapping_add)
+    }
+
+    /// Registers the series of the heartbeat to signaling (only a relay in a cluster has them).
+    pub fn register_cluster(&self) -> prometheus::Result<ClusterMetrics> {
+        let heartbeats = IntCounterVec::new(
+            Opts::new("relay_cluster_heartbeats_total", "Heartbeats sent to signaling, by result."),
+            &["result"],
+        )?;
+        self.registry.register(Box::new(heartbeats.clone()))?;
+        let last_ok = Gauge::new(
+            "relay_cluster_last_heartbeat_timestamp_seconds",
+            "Unix time of the last heartbeat signaling answered (0 = none yet).",
+        )?;
+        self.registry.register(Box::new(last_ok.clone()))?;
+        Ok(ClusterMetrics {
+            ok: heartbeats.with_label_values(&["ok"]),
+            error: heartbeats.with_label_values(&["error"]),
+            last_ok,
+        })
+    }
+
     /// Brings the Prometheus series up to date and renders them in the text format.
     pub fn render(&self) -> String {
         {
@@ -155,4 +179,14 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// The heartbeat's series; the cluster task is their only writer.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// `result="ok"`: signaling answered 2xx with a reply that parsed.
+    pub ok: IntCounter,
+    /// `result="error"`: anything else (connection, timeout, status, body).
+    pub error: IntCounter,
+    pub last_ok: Gauge,
 }

@@ -2,6 +2,8 @@
 //! sans-IO core. It moves bytes between the kernel and `turn::TurnServer` and nothing else.
 
 pub mod admin;
+pub mod cluster;
+pub mod control;
 pub mod metrics;
 pub mod run;
 pub mod udp;

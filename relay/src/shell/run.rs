@@ -5,15 +5,16 @@
 //!   refreshed, `/healthz` turns 503, and the process exits when the last allocation is gone or
 //!   `shutdown.grace_secs` have passed, whichever is first.
 //! - SIGINT (or a second signal during the drain) exits at once.
+//! - With `cluster.signaling_url` set, a task on this thread's runtime heartbeats to signaling
+//!   (`shell::cluster`), which can drain and undrain the relay and rotate its TURN REST secrets
+//!   without a restart. Signaling's drain keeps the process running; it is no shutdown.
 //! - A worker thread that dies (a bug: the core never panics on input) takes the process down
 //!   with an error, so the supervisor restarts it instead of leaving a silent hole in the
 //!   SO_REUSEPORT group.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -22,28 +23,15 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use super::admin::{self, AdminState};
+use super::cluster::{self, Heartbeater};
+use super::control::{Control, WorkerLink};
 use super::metrics::Metrics;
 use super::udp;
-use super::worker::{Command, SocketSettings, Worker};
+use super::worker::{SocketSettings, Worker};
 use crate::config::{Config, EXAMPLE_SECRET};
 use crate::turn::auth::{Credentials, NonceSource};
 use crate::turn::peer_filter::PeerFilter;
 use crate::turn::{OwnAddresses, PortPool, Quotas, ServerConfig, Shared, TurnServer};
-
-/// A running worker, as the main thread sees it.
-struct WorkerHandle {
-    commands: mpsc::Sender<Command>,
-    waker: Arc<mio::Waker>,
-    thread: JoinHandle<()>,
-}
-
-impl WorkerHandle {
-    fn tell(&self, command: Command) {
-        // A worker that already exited has nothing left to be told.
-        let _ = self.commands.send(command);
-        let _ = self.waker.wake();
-    }
-}
 
 /// Addresses the relay actually bound, for the start-up banner and for tests.
 #[derive(Debug, Clone)]
@@ -114,9 +102,13 @@ fn unix_now() -> u64 {
 
 /// Runs the relay until a signal ends it. Blocks the calling thread.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    let started_at = unix_now();
     raise_fd_limit();
     if config.secrets.iter().any(|s| s == EXAMPLE_SECRET) && !config.advertised_ip().is_loopback() {
         warn!("auth.secrets contains the example secret from configs/relay.toml; anyone can mint credentials");
+    }
+    if config.secrets.is_empty() && config.cluster.is_some() {
+        info!("auth.secrets is empty: TURN REST credentials are refused until signaling's first reply brings secrets");
     }
     let server_config = Arc::new(server_config(&config)?);
     let mut seed = rand::rng();
@@ -144,7 +136,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel();
     let now = Instant::now();
-    let mut workers = Vec::new();
+    let mut threads = Vec::new();
+    let mut links = Vec::new();
     let mut stats = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let server = TurnServer::new(Arc::clone(&server_config), Arc::clone(&shared), now, unix_now(), seed.random());
@@ -160,12 +153,28 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 worker.run();
             })
             .context("spawning worker thread")?;
-        workers.push(WorkerHandle { commands: tx, waker, thread });
+        threads.push(thread);
+        links.push(WorkerLink { commands: tx, waker });
     }
 
-    let draining = Arc::new(AtomicBool::new(false));
-    let metrics = Arc::new(Metrics::new(stats, Arc::clone(&shared), Arc::clone(&draining))?);
-    let state = AdminState { metrics: Arc::clone(&metrics), draining: Arc::clone(&draining) };
+    let control = Arc::new(Control::new(links));
+    let metrics = Arc::new(Metrics::new(stats, Arc::clone(&shared), control.draining_flag())?);
+    let state = AdminState { metrics: Arc::clone(&metrics), draining: control.draining_flag() };
+    let heartbeater = match &config.cluster {
+        Some(cluster) => {
+            let settings = cluster::Settings {
+                cluster: cluster.clone(),
+                turn_udp_port: listen.port(),
+                max_allocations: u64::from(config.max_total),
+                realm: config.realm.clone(),
+                users: config.users.clone(),
+                config_secrets: config.secrets.clone(),
+                started_at,
+            };
+            Some(Heartbeater::new(settings, Arc::clone(&control), Arc::clone(&metrics))?)
+        }
+        None => None,
+    };
     // Handlers go in before the banner: whoever reads "ready" may signal us right away, and a
     // signal before the handler exists would kill the process without draining.
     let (mut term, mut int) = runtime.block_on(async {
@@ -175,7 +184,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     })?;
     let relay = Relay { listen, admin: admin_addr };
     print_banner(&config, &relay);
-    info!(udp = %listen, admin = %admin_addr, workers = workers.len(), "relay started");
+    info!(udp = %listen, admin = %admin_addr, workers = threads.len(), "relay started");
 
     let outcome = runtime.block_on(async {
         tokio::spawn(async move {
@@ -183,6 +192,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 error!(error = %e, "admin listener failed");
             }
         });
+        if let Some(heartbeater) = heartbeater {
+            tokio::spawn(heartbeater.run());
+        }
         tokio::select! {
             _ = int.recv() => {
                 info!("SIGINT: exiting now");
@@ -193,10 +205,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         let deadline = tokio::time::Instant::now() + config.shutdown_grace;
         info!(allocations = metrics.allocations(), grace_s = config.shutdown_grace.as_secs(), "SIGTERM: draining");
-        draining.store(true, Ordering::Relaxed);
-        for w in &workers {
-            w.tell(Command::Drain);
-        }
+        control.drain_for_shutdown();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
@@ -217,11 +226,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         Ok(())
     });
-    for w in &workers {
-        w.tell(Command::Stop);
-    }
-    for w in workers {
-        let _ = w.thread.join();
+    control.stop();
+    for thread in threads {
+        let _ = thread.join();
     }
     outcome
 }
@@ -247,5 +254,12 @@ fn print_banner(config: &Config, relay: &Relay) {
         "  ICE server  {{\"urls\": [\"stun:{uri_host}:{0}\", \"turn:{uri_host}:{0}?transport=udp\"], ...}}",
         relay.listen.port()
     );
+    match &config.cluster {
+        Some(c) => println!(
+            "  cluster     signaling {} as relay {:?} in region {:?}, public host {}",
+            c.signaling_url, c.relay_id, c.region, c.public_host
+        ),
+        None => println!("  cluster     none (standalone: cluster.signaling_url is not set)"),
+    }
     println!("  credentials relay credentials --config <this config>   (prints a ready RTCIceServer entry)");
 }

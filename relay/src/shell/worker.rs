@@ -27,6 +27,7 @@ use slab::Slab;
 use tracing::{debug, error, warn};
 
 use super::udp::{self, RecvBatch, SendBatch, SendQueue, SendStats};
+use crate::turn::auth::Credentials;
 use crate::turn::stats::{DropReason, Stats};
 use crate::turn::wire::PEER_HEADROOM;
 use crate::turn::{ClientAddr, Event, Forward, PeerAddr, RelayPort, RelaySockets, ToClient, TurnServer};
@@ -41,12 +42,26 @@ const BUDGET: usize = 8;
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// What the main thread can tell a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Command {
-    /// Stop accepting new allocations (SIGTERM).
-    Drain,
+    /// Stop (true) or resume (false) accepting new allocations: SIGTERM, or signaling's drain
+    /// command. The main thread decides which wins (`shell::control`).
+    SetDraining(bool),
+    /// Accept these credentials for new allocations from now on (secrets from signaling).
+    SetCredentials(Arc<Credentials>),
     /// Exit the loop now.
     Stop,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SetDraining(on) => f.debug_tuple("SetDraining").field(on).finish(),
+            // Credentials hold keys: never print them.
+            Self::SetCredentials(_) => f.write_str("SetCredentials(..)"),
+            Self::Stop => f.write_str("Stop"),
+        }
+    }
 }
 
 struct Relay {
@@ -105,6 +120,10 @@ pub struct Worker {
     /// Sources known to be readable that have not yet returned WouldBlock.
     pending: Vec<Token>,
     outbox: Outbox,
+    /// The time read once per wake-up, right after `poll` returns, and used for every datagram
+    /// of that wake-up: the core's timers have second granularity, and on hosts whose clock
+    /// source is not served by the vDSO every read is a system call (or a VM exit).
+    now: Instant,
     next_clock_sync: Instant,
 }
 
@@ -137,6 +156,7 @@ impl Worker {
             to_clients: Vec::with_capacity(udp::BATCH),
             pending: Vec::new(),
             outbox: Outbox::new(),
+            now: Instant::now(),
             next_clock_sync: Instant::now(),
         };
         Ok((worker, waker))
@@ -146,9 +166,8 @@ impl Worker {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let now = Instant::now();
             let timeout = if self.pending.is_empty() {
-                let due = self.server.poll_timeout().map_or(MAX_SLEEP, |t| t.saturating_duration_since(now));
+                let due = self.server.poll_timeout().map_or(MAX_SLEEP, |t| t.saturating_duration_since(self.now));
                 due.min(MAX_SLEEP)
             } else {
                 Duration::ZERO
@@ -159,6 +178,7 @@ impl Worker {
                 error!(error = %e, "poll failed; worker stopping");
                 return;
             }
+            self.now = Instant::now();
             for event in &events {
                 match event.token() {
                     WAKER => {}
@@ -171,7 +191,7 @@ impl Worker {
             }
             self.serve_pending();
 
-            let now = Instant::now();
+            let now = self.now;
             if self.server.poll_timeout().is_some_and(|t| t <= now) {
                 self.server.handle_timeout(now);
             }
@@ -188,7 +208,8 @@ impl Worker {
     fn handle_commands(&mut self) -> bool {
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Drain) => self.server.set_draining(true),
+                Ok(Command::SetDraining(on)) => self.server.set_draining(on),
+                Ok(Command::SetCredentials(credentials)) => self.server.set_credentials(credentials),
                 Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
             }
@@ -218,7 +239,7 @@ impl Worker {
                 Err(e) => return self.recv_error(e),
             };
             let drained = n < udp::BATCH;
-            let now = Instant::now();
+            let now = self.now;
             self.forwards.clear();
             let mut sockets = Sockets {
                 registry: self.poll.registry(),
@@ -284,7 +305,7 @@ impl Worker {
                 Err(e) => return self.recv_error(e),
             };
             let drained = n < udp::BATCH;
-            let now = Instant::now();
+            let now = self.now;
             self.to_clients.clear();
             for i in 0..n {
                 if self.recv.truncated(i) {

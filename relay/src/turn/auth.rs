@@ -21,8 +21,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::prelude::BASE64_STANDARD;
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha1::Sha1;
@@ -44,29 +42,8 @@ pub fn long_term_key(username: &str, realm: &str, password: &str) -> Key {
     h.finalize().into()
 }
 
-/// The password of a TURN REST username under `secret`: base64(HMAC-SHA1(secret, username)).
-pub fn rest_password(secret: &[u8], username: &str) -> String {
-    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(username.as_bytes());
-    BASE64_STANDARD.encode(mac.finalize().into_bytes())
-}
-
-/// A TURN REST username for a credential valid until `expiry` (unix seconds), with an optional id.
-pub fn rest_username(expiry: u64, id: Option<&str>) -> String {
-    match id {
-        Some(id) => format!("{expiry}:{id}"),
-        None => expiry.to_string(),
-    }
-}
-
-/// The expiry of a TURN REST username: the digits before the first `:` (or the whole username).
-pub fn rest_expiry(username: &str) -> Option<u64> {
-    let stamp = username.split_once(':').map_or(username, |(t, _)| t);
-    if stamp.is_empty() || !stamp.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    stamp.parse().ok()
-}
+// The TURN REST scheme itself is shared with signaling, which mints what this module verifies.
+pub use cluster::credentials::{rest_expiry, rest_password, rest_username};
 
 /// Where a username's key came from, which decides whether its expiry is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

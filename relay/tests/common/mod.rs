@@ -32,6 +32,8 @@ pub struct RelayProcess {
     pub admin: SocketAddr,
     /// Lines the relay wrote to stderr (its logs), collected in the background.
     pub logs: mpsc::Receiver<String>,
+    /// Lines the relay wrote to stdout (its banner).
+    pub stdout: mpsc::Receiver<String>,
 }
 
 impl RelayProcess {
@@ -42,6 +44,12 @@ impl RelayProcess {
 
     /// Like `start`, with the STUN/TURN port at `listen`.
     pub fn start_on(config: &str, listen: &str, args: &[&str]) -> Self {
+        Self::start_with(config, listen, args, &[])
+    }
+
+    /// Like `start_on`, with environment variables set for the relay. `config` may also be an
+    /// absolute path (joining one onto configs/ yields it unchanged).
+    pub fn start_with(config: &str, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
             .arg("--config")
             .arg(config_path(config))
@@ -50,6 +58,14 @@ impl RelayProcess {
             // relay's port-0 listener land: a loopback peer on a relay port would be refused.
             .args(["--min-port", "10000", "--max-port", "30000"])
             .args(args)
+            .envs(env.iter().copied())
+            // Whatever the relay fetches in tests is on loopback.
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("ALL_PROXY")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -63,10 +79,12 @@ impl RelayProcess {
             }
         });
         let (tx, rx) = mpsc::channel();
+        let (stdout_tx, stdout_rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut udp = None;
             let mut admin = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = stdout_tx.send(line.clone());
                 if let Some(rest) = line.trim().strip_prefix("STUN/TURN   udp://") {
                     udp = rest.split_whitespace().next().and_then(|a| a.parse::<SocketAddr>().ok());
                 }
@@ -80,7 +98,7 @@ impl RelayProcess {
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok((udp, admin)) => Self { child, udp, admin, logs },
+            Ok((udp, admin)) => Self { child, udp, admin, logs, stdout: stdout_rx },
             Err(_) => {
                 let _ = child.kill();
                 let logs: Vec<String> = logs.try_iter().collect();
@@ -96,6 +114,16 @@ impl RelayProcess {
             .expect("curl is installed (scripts/test.sh installs it)");
         assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).expect("metrics are UTF-8")
+    }
+
+    /// The status code of `/healthz`.
+    pub fn healthz(&self) -> u16 {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "--max-time", "5", "-w", "%{http_code}"])
+            .arg(format!("http://{}/healthz", self.admin))
+            .output()
+            .expect("curl is installed (scripts/test.sh installs it)");
+        String::from_utf8_lossy(&out.stdout).parse().expect("an HTTP status code")
     }
 
     /// The value of one series, e.g. `relay_dropped_packets_total{reason="malformed"}`.

@@ -1,0 +1,181 @@
+//! Relay ↔ signaling: a relay sends a [`Heartbeat`] every [`INTERVAL`] (`POST
+//! /v1/relays/heartbeat` with the cluster token as bearer); signaling answers with a
+//! [`HeartbeatReply`] carrying commands and the current TURN REST secrets.
+//!
+//! The first heartbeat registers the relay; there is no separate registration call, so a relay
+//! that restarts or a signaling instance that restarts needs no recovery step. A relay that has
+//! not been heard from for [`DEAD_AFTER`] (three missed heartbeats, LiveKit uses 5 s with 2 s
+//! stats) is out of rotation. Secrets are rotated in one place (signaling); a relay keeps using
+//! the last set it received while signaling is unreachable, so a signaling outage never stops
+//! TURN.
+//!
+//! Everything here is plain JSON so that operators can read it with curl and other
+//! implementations can speak it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How often a relay reports.
+pub const INTERVAL: Duration = Duration::from_secs(2);
+
+/// Silence after which a relay leaves rotation.
+pub const DEAD_AFTER: Duration = Duration::from_secs(6);
+
+/// The path signaling serves heartbeats on.
+pub const PATH: &str = "/v1/relays/heartbeat";
+
+/// Whether a relay takes new sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayState {
+    /// Takes new allocations and sessions.
+    Serving,
+    /// Keeps existing sessions, takes no new ones (drain command or SIGTERM).
+    Draining,
+}
+
+impl RelayState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serving => "serving",
+            Self::Draining => "draining",
+        }
+    }
+}
+
+/// A relay's load. Ratios are of what the relay itself can do; zero caps mean "no cap known".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    /// Active TURN allocations.
+    pub allocations: u64,
+    /// The configured maximum (0 = unlimited).
+    pub max_allocations: u64,
+    /// CPU in use as a fraction of all the relay's cores, 0..=1, over the last interval.
+    pub cpu: f64,
+    /// Relayed bits per second (both directions) over the last interval.
+    pub bandwidth_bps: u64,
+    /// The link capacity the operator configured (0 = unknown).
+    pub bandwidth_cap_bps: u64,
+}
+
+impl Load {
+    /// The most constrained resource as a fraction, 0..=1: max of CPU, bandwidth and allocation
+    /// ratios (the notes' `L(r)`; LiveKit's sysload filter uses one such ratio).
+    pub fn utilisation(&self) -> f64 {
+        let ratio = |used: u64, cap: u64| if cap == 0 { 0.0 } else { used as f64 / cap as f64 };
+        let cpu = if self.cpu.is_finite() { self.cpu } else { 0.0 };
+        cpu.max(ratio(self.bandwidth_bps, self.bandwidth_cap_bps))
+            .max(ratio(self.allocations, self.max_allocations))
+            .clamp(0.0, 1.0)
+    }
+}
+
+/// What a relay reports every [`INTERVAL`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Unique and stable per relay (e.g. `eu-fra-1`).
+    pub relay_id: String,
+    /// The region it serves (one of signaling's configured regions).
+    pub region: String,
+    /// The relay's software version.
+    pub version: String,
+    /// Host name or IP clients use to reach it (the public address behind 1:1 NAT).
+    pub public_host: String,
+    /// UDP port of STUN/TURN (also the probe target).
+    pub turn_udp_port: u16,
+    /// Port of TURN over TLS, when the relay offers it.
+    #[serde(default)]
+    pub turn_tls_port: Option<u16>,
+    pub state: RelayState,
+    pub load: Load,
+    /// Version of the secret set the relay holds (0 = none received yet).
+    #[serde(default)]
+    pub secrets_version: u64,
+    /// Unix seconds when the relay process started (tells restarts apart).
+    pub started_at: u64,
+}
+
+/// A command in a heartbeat reply. Commands are idempotent: signaling repeats one in every reply
+/// until the relay's reported state agrees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Take no new allocations or sessions; keep the existing ones.
+    Drain,
+    /// Take new ones again.
+    Undrain,
+}
+
+/// The TURN REST secrets relays accept, newest first. Signaling mints with the first.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secrets {
+    /// Increases with every change.
+    pub version: u64,
+    pub keys: Vec<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material in logs.
+        f.debug_struct("Secrets").field("version", &self.version).field("keys", &self.keys.len()).finish()
+    }
+}
+
+/// Signaling's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub commands: Vec<Command>,
+    /// The full current set (it is small); the relay replaces its set when `version` differs.
+    pub secrets: Secrets,
+    /// When to send the next heartbeat.
+    pub interval_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utilisation_is_the_tightest_ratio() {
+        let load =
+            Load { allocations: 50, max_allocations: 100, cpu: 0.2, bandwidth_bps: 900, bandwidth_cap_bps: 1000 };
+        assert!((load.utilisation() - 0.9).abs() < 1e-9);
+        assert_eq!(Load { cpu: f64::NAN, ..Load::default() }.utilisation(), 0.0);
+        assert_eq!(Load { cpu: 7.0, ..Load::default() }.utilisation(), 1.0);
+    }
+
+    #[test]
+    fn wire_format_is_stable() {
+        let reply = HeartbeatReply {
+            commands: vec![Command::Drain],
+            secrets: Secrets { version: 3, keys: vec!["k".into()] },
+            interval_ms: 2000,
+        };
+        let json = serde_json::to_string(&reply).unwrap();
+        assert_eq!(json, r#"{"commands":[{"type":"drain"}],"secrets":{"version":3,"keys":["k"]},"interval_ms":2000}"#);
+        assert_eq!(serde_json::from_str::<HeartbeatReply>(&json).unwrap(), reply);
+        assert!(!format!("{:?}", reply.secrets).contains("\"k\""));
+    }
+
+    #[test]
+    fn heartbeat_refuses_unknown_fields() {
+        let hb = Heartbeat {
+            relay_id: "r".into(),
+            region: "eu".into(),
+            version: "0".into(),
+            public_host: "127.0.0.1".into(),
+            turn_udp_port: 3478,
+            turn_tls_port: None,
+            state: RelayState::Serving,
+            load: Load::default(),
+            secrets_version: 0,
+            started_at: 1,
+        };
+        let mut v = serde_json::to_value(&hb).unwrap();
+        assert_eq!(serde_json::from_value::<Heartbeat>(v.clone()).unwrap(), hb);
+        v["surprise"] = 1.into();
+        assert!(serde_json::from_value::<Heartbeat>(v).is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! The contract between relays and signaling, defined once so that both sides agree by
+//! construction:
+//!
+//! - [`credentials`]: the TURN REST credential scheme (coturn's `use-auth-secret`), which
+//!   signaling mints and every relay verifies.
+//! - [`heartbeat`]: what a relay reports every [`heartbeat::INTERVAL`] and what signaling answers
+//!   (commands and the current credential secrets), as JSON over HTTP.
+
+pub mod credentials;
+pub mod heartbeat;

@@ -1,0 +1,164 @@
+//! What the main thread and the cluster task use to steer running workers: whether they take new
+//! allocations, and which credentials they accept.
+//!
+//! Two things drain the relay: SIGTERM (shutdown) and signaling's drain command. They are kept
+//! apart so that signaling's undrain cannot reverse a shutdown: the relay drains while either asks.
+//! The effective state is mirrored in one flag that `/healthz` and the metrics read, and workers
+//! are told only when it changes. Changes are made under a lock and sent while holding it, so every
+//! worker sees them in the same order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use cluster::heartbeat::RelayState;
+
+use super::worker::Command;
+use crate::turn::auth::Credentials;
+
+/// Why the relay takes no new allocations, if it does not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReasons {
+    /// SIGTERM: the process is on its way out. Never undone.
+    pub shutdown: bool,
+    /// Signaling's drain command, until its undrain.
+    pub signaling: bool,
+}
+
+impl DrainReasons {
+    pub fn draining(self) -> bool {
+        self.shutdown || self.signaling
+    }
+}
+
+/// One worker's command channel and the waker that makes it look.
+pub struct WorkerLink {
+    pub commands: mpsc::Sender<Command>,
+    pub waker: Arc<mio::Waker>,
+}
+
+pub struct Control {
+    workers: Vec<WorkerLink>,
+    draining: Arc<AtomicBool>,
+    reasons: Mutex<DrainReasons>,
+}
+
+impl Control {
+    pub fn new(workers: Vec<WorkerLink>) -> Self {
+        Self { workers, draining: Arc::new(AtomicBool::new(false)), reasons: Mutex::new(DrainReasons::default()) }
+    }
+
+    /// The effective drain state, for `/healthz` and the metrics.
+    pub fn draining_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.draining)
+    }
+
+    pub fn state(&self) -> RelayState {
+        if self.draining.load(Ordering::Relaxed) { RelayState::Draining } else { RelayState::Serving }
+    }
+
+    pub fn reasons(&self) -> DrainReasons {
+        *self.lock()
+    }
+
+    /// SIGTERM: drain for good.
+    pub fn drain_for_shutdown(&self) {
+        self.update(|r| r.shutdown = true);
+    }
+
+    /// Signaling's drain (true) or undrain (false). Returns the reasons in force afterwards.
+    pub fn set_signaling_drain(&self, on: bool) -> DrainReasons {
+        self.update(|r| r.signaling = on)
+    }
+
+    /// Every worker accepts `credentials` for new allocations from now on.
+    pub fn set_credentials(&self, credentials: Arc<Credentials>) {
+        self.tell_all(&Command::SetCredentials(credentials));
+    }
+
+    /// Every worker leaves its loop.
+    pub fn stop(&self) {
+        self.tell_all(&Command::Stop);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut DrainReasons)) -> DrainReasons {
+        let mut reasons = self.lock();
+        let before = reasons.draining();
+        change(&mut reasons);
+        let after = reasons.draining();
+        if after != before {
+            self.draining.store(after, Ordering::Relaxed);
+            self.tell_all(&Command::SetDraining(after));
+        }
+        *reasons
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DrainReasons> {
+        // The guarded value is two bools, always consistent: a panic elsewhere cannot break it.
+        self.reasons.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tell_all(&self, command: &Command) {
+        for w in &self.workers {
+            // A worker that already exited has nothing left to be told.
+            let _ = w.commands.send(command.clone());
+            let _ = w.waker.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control() -> (Control, mpsc::Receiver<Command>, mio::Poll) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (tx, rx) = mpsc::channel();
+        (Control::new(vec![WorkerLink { commands: tx, waker }]), rx, poll)
+    }
+
+    fn drained(rx: &mpsc::Receiver<Command>) -> Vec<bool> {
+        rx.try_iter()
+            .filter_map(|c| match c {
+                Command::SetDraining(on) => Some(on),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn signaling_drains_and_undrains() {
+        let (control, rx, _poll) = control();
+        assert_eq!(control.state(), RelayState::Serving);
+        control.set_signaling_drain(true);
+        control.set_signaling_drain(true);
+        assert_eq!(control.state(), RelayState::Draining);
+        assert!(control.draining_flag().load(Ordering::Relaxed));
+        control.set_signaling_drain(false);
+        assert_eq!(control.state(), RelayState::Serving);
+        assert_eq!(drained(&rx), vec![true, false], "workers hear only changes");
+    }
+
+    #[test]
+    fn undrain_does_not_reverse_a_shutdown() {
+        let (control, rx, _poll) = control();
+        control.set_signaling_drain(true);
+        control.drain_for_shutdown();
+        let reasons = control.set_signaling_drain(false);
+        assert_eq!(reasons, DrainReasons { shutdown: true, signaling: false });
+        assert_eq!(control.state(), RelayState::Draining);
+        control.drain_for_shutdown();
+        control.set_signaling_drain(false);
+        assert_eq!(drained(&rx), vec![true]);
+        assert_eq!(control.reasons(), DrainReasons { shutdown: true, signaling: false });
+    }
+
+    #[test]
+    fn credentials_reach_every_worker() {
+        let (control, rx, _poll) = control();
+        control.set_credentials(Arc::new(Credentials::new("r", &[], vec![b"k".to_vec()])));
+        assert!(matches!(rx.try_recv(), Ok(Command::SetCredentials(_))));
+        control.stop();
+        assert!(matches!(rx.try_recv(), Ok(Command::Stop)));
+    }
+}

@@ -1,0 +1,272 @@
+//! The real relay binary heartbeating to a stand-in for signaling: a small axum server in the
+//! test that records every heartbeat and answers with the reply the test sets. Checks the wire
+//! contract (`cluster::heartbeat`), secrets from signaling, drain and undrain by command, and that
+//! the relay keeps serving with its last secrets once signaling is gone.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::post;
+use cluster::heartbeat::{Command, Heartbeat, HeartbeatReply, PATH, RelayState, Secrets};
+use common::{RawClient, RelayProcess, unix_now};
+
+const REALM: &str = "relay";
+const TOKEN: &str = "test-cluster-token";
+
+/// One request as signaling saw it.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    authorization: Option<String>,
+    content_type: Option<String>,
+    /// The body, parsed strictly (unknown fields refused), or why it did not parse.
+    heartbeat: Result<Heartbeat, String>,
+}
+
+struct Inner {
+    received: Vec<Received>,
+    reply: HeartbeatReply,
+}
+
+/// Recording and replying under one lock, so that a heartbeat recorded after `set_reply` returned
+/// is known to have been answered with the new reply.
+#[derive(Clone)]
+struct Shared(Arc<Mutex<Inner>>);
+
+async fn heartbeat(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let parsed =
+        serde_json::from_slice::<Heartbeat>(&body).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&body)));
+    let ok = parsed.is_ok();
+    let mut inner = shared.0.lock().unwrap();
+    inner.received.push(Received {
+        at: Instant::now(),
+        authorization: text(header::AUTHORIZATION),
+        content_type: text(header::CONTENT_TYPE),
+        heartbeat: parsed,
+    });
+    if !ok {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    Json(inner.reply.clone()).into_response()
+}
+
+/// The stand-in for signaling, on its own runtime so that the test itself stays blocking.
+struct Signaling {
+    url: String,
+    shared: Shared,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Signaling {
+    fn start(reply: HeartbeatReply) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let shared = Shared(Arc::new(Mutex::new(Inner { received: Vec::new(), reply })));
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let app = Router::new().route(PATH, post(heartbeat)).with_state(shared.clone());
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Self { url: format!("http://{addr}"), shared, runtime: Some(runtime) }
+    }
+
+    /// Answers every later heartbeat with `reply`; returns how many were received before.
+    fn set_reply(&self, reply: HeartbeatReply) -> usize {
+        let mut inner = self.shared.0.lock().unwrap();
+        inner.reply = reply;
+        inner.received.len()
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.shared.0.lock().unwrap().received.clone()
+    }
+
+    /// Waits for heartbeat number `index` (0-based) and returns it, parsed.
+    fn nth(&self, index: usize) -> (Instant, Heartbeat) {
+        let deadline = Instant::now() + Duration::from_secs(6);
+        loop {
+            if let Some(r) = self.received().get(index) {
+                let hb = r.heartbeat.clone().unwrap_or_else(|e| panic!("heartbeat {index} does not parse: {e}"));
+                return (r.at, hb);
+            }
+            assert!(Instant::now() < deadline, "heartbeat {index} did not arrive");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops answering: the listener and every connection close.
+    fn go_away(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+fn reply(commands: Vec<Command>, version: u64, keys: &[&str]) -> HeartbeatReply {
+    HeartbeatReply {
+        commands,
+        secrets: Secrets { version, keys: keys.iter().map(|k| k.to_string()).collect() },
+        interval_ms: 2000,
+    }
+}
+
+/// Polls `f` every 50 ms until it holds or `within` passes.
+fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The banner line that starts with `prefix` (the banner is all printed at start).
+fn banner_line(relay: &RelayProcess, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match relay.stdout.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.trim_start().starts_with(prefix) => return line,
+            _ => {}
+        }
+    }
+    panic!("no banner line starting with {prefix:?}");
+}
+
+/// A config with no TURN REST secret of its own: they come from signaling. The token comes from
+/// the environment and the URL from a flag, so all three layers of the config are exercised.
+fn write_config() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("relay-cluster-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("relay-cluster.toml");
+    std::fs::write(
+        &path,
+        r#"
+[server]
+workers = 2
+realm = "relay"
+
+[allocations]
+max_per_user = 0
+max_total = 100
+
+[auth]
+secrets = []
+users = [{ username = "test", password = "test-password" }]
+
+[cluster]
+region = "test-1"
+relay_id = "relay-test-1"
+bandwidth_cap_mbps = 100
+"#,
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
+    let test_start = unix_now();
+    let mut signaling = Signaling::start(reply(vec![], 0, &[]));
+    let config = write_config();
+    let mut relay = RelayProcess::start_with(
+        config.to_str().unwrap(),
+        "127.0.0.1:0",
+        &["--signaling-url", &signaling.url],
+        &[("RELAY_CLUSTER_TOKEN", TOKEN)],
+    );
+    let cluster_line = banner_line(&relay, "cluster ");
+    for part in [signaling.url.as_str(), "\"relay-test-1\"", "\"test-1\""] {
+        assert!(cluster_line.contains(part), "{part} in {cluster_line}");
+    }
+
+    // The first heartbeat goes out at start and says who the relay is.
+    let (_, first) = signaling.nth(0);
+    assert_eq!(first.relay_id, "relay-test-1");
+    assert_eq!(first.region, "test-1");
+    assert_eq!(first.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(first.public_host, "127.0.0.1", "the advertised address by default");
+    assert_eq!(first.turn_udp_port, relay.udp.port(), "the port actually bound, not the configured 0");
+    assert_eq!(first.turn_tls_port, None);
+    assert_eq!(first.state, RelayState::Serving);
+    assert_eq!(first.secrets_version, 0, "no secrets received yet");
+    assert!((test_start..=unix_now()).contains(&first.started_at), "{}", first.started_at);
+    assert_eq!(first.load.allocations, 0);
+    assert_eq!(first.load.max_allocations, 100);
+    assert_eq!(first.load.bandwidth_cap_bps, 100_000_000);
+    assert!((0.0..=1.0).contains(&first.load.cpu));
+
+    // Without secrets from signaling (and none configured) REST credentials are refused; the
+    // static user works.
+    assert_eq!(RawClient::rest(relay.udp, "s2", 600, REALM).allocate(), Err(401));
+    RawClient::new(relay.udp, "test", "test-password", REALM).allocate().expect("static user");
+
+    // Signaling hands out s2: a credential signed with it allocates.
+    let before = signaling.set_reply(reply(vec![], 1, &["s2"]));
+    signaling.nth(before);
+    eventually(Duration::from_secs(3), "a credential signed with s2 allocates", || {
+        RawClient::rest(relay.udp, "s2", 600, REALM).allocate().is_ok()
+    });
+    assert_eq!(RawClient::rest(relay.udp, "s1", 600, REALM).allocate(), Err(401), "only what signaling sent");
+
+    // Drain: the heartbeat after the reply that carried it reports draining, and Allocate gets
+    // the draining error (508); /healthz says so too.
+    let before = signaling.set_reply(reply(vec![Command::Drain], 1, &["s2"]));
+    let (_, answered) = signaling.nth(before);
+    assert_eq!(answered.secrets_version, 1, "reports the secrets it applied");
+    assert!(answered.load.allocations >= 2, "{:?}", answered.load);
+    let (_, next) = signaling.nth(before + 1);
+    assert_eq!(next.state, RelayState::Draining);
+    assert_eq!(RawClient::rest(relay.udp, "s2", 600, REALM).allocate(), Err(508));
+    assert_eq!(relay.healthz(), 503);
+    assert_eq!(relay.metric("relay_draining"), 1.0);
+
+    // Undrain: allocations work again.
+    let before = signaling.set_reply(reply(vec![Command::Undrain], 1, &["s2"]));
+    signaling.nth(before);
+    eventually(Duration::from_secs(3), "allocations work after undrain", || {
+        RawClient::rest(relay.udp, "s2", 600, REALM).allocate().is_ok()
+    });
+    assert_eq!(relay.healthz(), 200);
+
+    // Every heartbeat so far: bearer token, JSON, about every 2 s.
+    let received = signaling.received();
+    assert!(received.len() >= 5, "{} heartbeats", received.len());
+    for r in &received {
+        assert_eq!(r.authorization.as_deref(), Some("Bearer test-cluster-token"));
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
+        assert!(r.heartbeat.is_ok(), "{:?}", r.heartbeat);
+    }
+    for pair in received.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!((Duration::from_millis(1500)..=Duration::from_millis(3000)).contains(&gap), "gap {gap:?}");
+    }
+    let m = relay.metrics();
+    assert!(common::metric_value(&m, "relay_cluster_heartbeats_total{result=\"ok\"}") >= received.len() as f64 - 1.0);
+    assert_eq!(common::metric_value(&m, "relay_cluster_heartbeats_total{result=\"error\"}"), 0.0);
+    let last = common::metric_value(&m, "relay_cluster_last_heartbeat_timestamp_seconds");
+    assert!((test_start as f64..=unix_now() as f64 + 1.0).contains(&last), "{last}");
+
+    // Signaling goes away: heartbeats fail, the relay keeps serving with the last secrets.
+    signaling.go_away();
+    eventually(Duration::from_secs(5), "a failed heartbeat is counted", || {
+        relay.metric("relay_cluster_heartbeats_total{result=\"error\"}") >= 1.0
+    });
+    assert!(relay.is_running());
+    RawClient::rest(relay.udp, "s2", 600, REALM).allocate().expect("the last secrets still work");
+    assert_eq!(relay.healthz(), 200, "still serving");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut warned = false;
+    while !warned && Instant::now() < deadline {
+        if let Ok(line) = relay.logs.recv_timeout(Duration::from_millis(100)) {
+            warned = line.contains("WARN") && line.contains("heartbeat to signaling failed");
+        }
+    }
+    assert!(warned, "the failure is logged at warn");
+    let _ = std::fs::remove_file(config);
+}

@@ -1,0 +1,450 @@
+//! Tables and summaries for people, made from signaling's JSON (whose shapes `signaling::api`
+//! defines). Renderers are lenient: a missing field shows as `-` rather than failing, so an older
+//! or newer signaling still gets a readable table; `--json` is the exact form for scripts.
+//!
+//! Text from the server is printed only after control characters are replaced, so a machine name
+//! cannot carry terminal escape sequences to an operator's screen.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// Column alignment: text left, numbers right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Right,
+}
+
+/// Aligned columns separated by two spaces, with an upper-case header; no trailing spaces.
+#[derive(Debug)]
+pub struct Table {
+    columns: Vec<(&'static str, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(columns: &[(&'static str, Align)]) -> Self {
+        Self { columns: columns.to_vec(), rows: Vec::new() }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.columns.len(), "a row has one cell per column");
+        self.rows.push(cells.into_iter().map(|c| clean(&c)).collect());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let width = |i: usize| {
+            let cells = self.rows.iter().map(|r| r[i].chars().count());
+            cells.chain([self.columns[i].0.len()]).max().unwrap_or(0)
+        };
+        let widths: Vec<usize> = (0..self.columns.len()).map(width).collect();
+        let header: Vec<String> = self.columns.iter().map(|(name, _)| (*name).to_owned()).collect();
+        let mut out = String::new();
+        for cells in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let pad = widths[i] - cell.chars().count();
+                match self.columns[i].1 {
+                    Align::Right => {
+                        line.extend(std::iter::repeat_n(' ', pad));
+                        line.push_str(cell);
+                    }
+                    Align::Left => {
+                        line.push_str(cell);
+                        line.extend(std::iter::repeat_n(' ', pad));
+                    }
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `key  value` lines with the values aligned.
+fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    pairs.iter().map(|(k, v)| format!("{k:width$}  {}\n", clean(v))).collect()
+}
+
+/// Control characters (escape sequences, newlines) replaced.
+fn clean(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
+}
+
+/// A JSON value as a cell: strings as they are, `-` for null or missing.
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.into(),
+        other => other.to_string(),
+    }
+}
+
+/// Milliseconds with the precision that matters at their size (loopback RTTs are fractions of a
+/// millisecond; intercontinental ones are hundreds).
+pub fn ms(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.2} ms")
+    } else if v < 100.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.0} ms")
+    }
+}
+
+/// A duration: `850ms`, `12.4s`, `5m 03s`, `2h 07m`, `3d 04h`.
+pub fn duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    let s = ms / 1000;
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m {:02}s", s / 60, s % 60),
+        3_600_000..86_400_000 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn ago(ms: i64) -> String {
+    format!("{} ago", duration(ms))
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SSZ` (UTC).
+pub fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let t = secs.rem_euclid(86_400);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", t / 3600, t % 3600 / 60, t % 60)
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, <https://howardhinnant.github.io/date_algorithms.html>).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v[key].as_array().map_or(&[], Vec::as_slice)
+}
+
+// ---- one renderer per command ----
+
+pub fn status(v: &Value) -> String {
+    let relays = &v["relays"];
+    fields(&[
+        ("version", text(&v["version"])),
+        ("uptime", v["uptime_secs"].as_i64().map_or("-".into(), |s| duration(s * 1000))),
+        ("store", text(&v["store"])),
+        ("regions", text(&v["regions"])),
+        (
+            "relays",
+            format!(
+                "{} serving, {} draining, {} dead",
+                text(&relays["serving"]),
+                text(&relays["draining"]),
+                text(&relays["dead"])
+            ),
+        ),
+        ("machines", text(&v["machines"])),
+        ("sessions", format!("{} live, {} total", text(&v["sessions"]["live"]), text(&v["sessions"]["total"]))),
+        ("secrets", format!("newest {}, {} live", text(&v["secrets"]["newest"]), text(&v["secrets"]["live"]))),
+    ])
+}
+
+pub fn regions(v: &Value) -> String {
+    let mut t = Table::new(&[
+        ("REGION", Align::Left),
+        ("LAT", Align::Right),
+        ("LON", Align::Right),
+        ("AVAILABLE", Align::Left),
+        ("PROBE TARGETS", Align::Left),
+    ]);
+    for r in list(v, "regions") {
+        let targets: Vec<String> = list(r, "probe_targets").iter().map(|t| text(&t["url"])).collect();
+        t.row(vec![
+            text(&r["id"]),
+            r["lat"].as_f64().map_or("-".into(), |x| format!("{x:.2}")),
+            r["lon"].as_f64().map_or("-".into(), |x| format!("{x:.2}")),
+            text(&r["available"]),
+            if targets.is_empty() { "-".into() } else { targets.join(", ") },
+        ]);
+    }
+    let mut out = t.render();
+    let p = &v["probe"];
+    if p.is_object() {
+        let _ = writeln!(
+            out,
+            "\nclients probe with {} STUN Binding requests per target, {} ms timeout each{}{}",
+            text(&p["attempts"]),
+            text(&p["timeout_ms"]),
+            if p["parallel"] == true { ", regions in parallel" } else { "" },
+            if p["discard_first"] == true { ", first sample discarded" } else { "" },
+        );
+    }
+    out
+}
+
+pub fn relays(v: &Value) -> String {
+    let mut t = Table::new(&[
+        ("ID", Align::Left),
+        ("REGION", Align::Left),
+        ("STATUS", Align::Left),
+        ("ADMIN", Align::Left),
+        ("HOST:PORT", Align::Left),
+        ("LOAD", Align::Right),
+        ("ALLOCATIONS", Align::Right),
+        ("SEEN", Align::Left),
+    ]);
+    for r in list(v, "relays") {
+        let host = text(&r["public_host"]);
+        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        let allocations = match (r["load"]["allocations"].as_u64(), r["load"]["max_allocations"].as_u64()) {
+            (Some(n), Some(max)) if max > 0 => format!("{n}/{max}"),
+            (Some(n), _) => n.to_string(),
+            _ => "-".into(),
+        };
+        t.row(vec![
+            text(&r["id"]),
+            text(&r["region"]),
+            text(&r["status"]),
+            text(&r["admin_state"]),
+            format!("{host}:{}", text(&r["turn_udp_port"])),
+            r["utilisation"].as_f64().map_or("-".into(), |u| format!("{:.0}%", u * 100.0)),
+            allocations,
+            r["seen_ago_ms"].as_i64().map_or("-".into(), ago),
+        ]);
+    }
+    if t.is_empty() { "no relays have registered\n".into() } else { t.render() }
+}
+
+pub fn admin_state(v: &Value) -> String {
+    let relay = clean(&text(&v["relay"]));
+    match v["admin_state"].as_str() {
+        Some("draining") => format!("relay {relay} is draining: it keeps its sessions and takes no new ones\n"),
+        Some("serving") => format!("relay {relay} is back in rotation\n"),
+        _ => format!("relay {relay}: admin state {}\n", clean(&text(&v["admin_state"]))),
+    }
+}
+
+pub fn machines(v: &Value) -> String {
+    let mut t = Table::new(&[
+        ("ID", Align::Left),
+        ("NAME", Align::Left),
+        ("STATUS", Align::Left),
+        ("SESSION", Align::Left),
+        ("LAST SEEN", Align::Left),
+        ("RTTS", Align::Left),
+    ]);
+    for m in list(v, "machines") {
+        let rtts: Vec<String> = m["rtts"]
+            .as_object()
+            .map(|o| o.iter().filter_map(|(region, v)| Some(format!("{region} {}", ms(v.as_f64()?)))).collect())
+            .unwrap_or_default();
+        t.row(vec![
+            text(&m["id"]),
+            text(&m["name"]),
+            text(&m["status"]),
+            // Only admins are shown sessions; a player's token sees `-`.
+            text(&m["session_id"]),
+            // signaling's clock against ours: a small skew shows as "0ms ago".
+            m["seen_ago_ms"].as_i64().map_or("-".into(), ago),
+            if rtts.is_empty() { "-".into() } else { rtts.join(", ") },
+        ]);
+    }
+    if t.is_empty() { "no machines have registered\n".into() } else { t.render() }
+}
+
+pub fn sessions(v: &Value) -> String {
+    let now = now_ms();
+    let mut t = Table::new(&[
+        ("ID", Align::Left),
+        ("MACHINE", Align::Left),
+        ("PLAYER", Align::Left),
+        ("REGION", Align::Left),
+        ("RELAY", Align::Left),
+        ("STATUS", Align::Left),
+        ("REQUESTED", Align::Left),
+        ("DURATION", Align::Right),
+        ("END REASON", Align::Left),
+    ]);
+    for s in list(v, "sessions") {
+        let requested = s["requested_ms"].as_i64();
+        let length = match (s["duration_ms"].as_i64(), requested) {
+            (Some(d), _) => duration(d),
+            (None, Some(at)) => format!("{} so far", duration(now - at)),
+            (None, None) => "-".into(),
+        };
+        t.row(vec![
+            text(&s["id"]),
+            text(&s["machine_id"]),
+            text(&s["player"]),
+            text(&s["region"]),
+            text(&s["relay_id"]),
+            text(&s["status"]),
+            requested.map_or("-".into(), utc),
+            length,
+            text(&s["end_reason"]),
+        ]);
+    }
+    if t.is_empty() { "no sessions match\n".into() } else { t.render() }
+}
+
+/// One session's fields, then its event timeline relative to the request.
+pub fn session(v: &Value) -> String {
+    let requested = v["requested_ms"].as_i64().unwrap_or(0);
+    let since = |key: &str| v[key].as_i64().map(|at| format!("+{}", duration(at - requested)));
+    let mut pairs = vec![
+        ("session", text(&v["id"])),
+        ("status", text(&v["status"])),
+        ("machine", text(&v["machine_id"])),
+        ("player", text(&v["player"])),
+        ("mode", text(&v["mode"])),
+        ("region", text(&v["region"])),
+        ("relay", text(&v["relay_id"])),
+        ("chosen by", text(&v["source"])),
+        ("score", v["scores"]["score_ms"].as_f64().map_or("-".into(), ms)),
+        ("client ip", text(&v["client_ip"])),
+        ("requested", v["requested_ms"].as_i64().map_or("-".into(), utc)),
+        ("connected", since("connected_ms").unwrap_or_else(|| "-".into())),
+    ];
+    if let Some(ended) = since("ended_ms") {
+        let why = format!("{}, {} by {}", ended, text(&v["end_reason"]), text(&v["ended_by"]));
+        pairs.push(("ended", why));
+    }
+    let mut out = fields(&pairs);
+    let mut t = Table::new(&[("TIME", Align::Right), ("EVENT", Align::Left), ("DETAIL", Align::Left)]);
+    for e in list(v, "events") {
+        let at = e["at_ms"].as_i64().map_or("-".into(), |at| format!("+{:.3}s", (at - requested) as f64 / 1000.0));
+        let kind = text(&e["kind"]);
+        let detail = match kind.as_str() {
+            "region_chosen" => region_chosen(&e["detail"]),
+            _ => key_values(&e["detail"]),
+        };
+        t.row(vec![at, kind, detail]);
+    }
+    out.push('\n');
+    out.push_str(&t.render());
+    out
+}
+
+/// `eu-central via eu-1 (probes); eu-central 75 ms, us-east 115 ms, ap-southeast excluded (dead)`.
+fn region_chosen(d: &Value) -> String {
+    let scores: Vec<String> = list(d, "scores")
+        .iter()
+        .map(|s| {
+            let region = text(&s["region"]);
+            match (s["total_ms"].as_f64(), s["excluded_reason"].as_str()) {
+                (_, Some(why)) => format!("{region} excluded ({why})"),
+                (Some(total), None) => format!("{region} {}", ms(total)),
+                (None, None) => format!("{region} no estimate"),
+            }
+        })
+        .collect();
+    let mut out = format!("{} via {} ({})", text(&d["region"]), text(&d["relay"]), text(&d["source"]));
+    if !scores.is_empty() {
+        let _ = write!(out, "; scores: {}", scores.join(", "));
+    }
+    out
+}
+
+/// `key=value ...` of an object's scalar members.
+fn key_values(d: &Value) -> String {
+    match d.as_object() {
+        Some(o) if !o.is_empty() => o.iter().map(|(k, v)| format!("{k}={}", text(v))).collect::<Vec<_>>().join(" "),
+        _ if d.is_null() => String::new(),
+        _ => d.to_string(),
+    }
+}
+
+pub fn ended(v: &Value) -> String {
+    format!(
+        "session {} ended ({}, by {}) after {}\n",
+        clean(&text(&v["id"])),
+        clean(&text(&v["end_reason"])),
+        clean(&text(&v["ended_by"])),
+        v["duration_ms"].as_i64().map_or("-".into(), duration),
+    )
+}
+
+pub fn rotated(v: &Value) -> String {
+    format!(
+        "TURN secret rotated: version {} is current, {} secrets accepted; the older ones retire after {} s\n",
+        text(&v["version"]),
+        text(&v["live_secrets"]),
+        text(&v["previous_retire_after_secs"]),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns_without_trailing_spaces() {
+        let mut t = Table::new(&[("ID", Align::Left), ("LOAD", Align::Right), ("NOTE", Align::Left)]);
+        t.row(vec!["eu-1".into(), "5%".into(), "".into()]);
+        t.row(vec!["ap-southeast-2".into(), "100%".into(), "hot\x1b[31m".into()]);
+        assert_eq!(
+            t.render(),
+            "ID              LOAD  NOTE\n\
+             eu-1              5%\n\
+             ap-southeast-2  100%  hot\u{fffd}[31m\n"
+        );
+    }
+
+    #[test]
+    fn times_read_naturally() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(duration(850), "850ms");
+        assert_eq!(duration(12_400), "12.4s");
+        assert_eq!(duration(303_000), "5m 03s");
+        assert_eq!(duration(7_620_000), "2h 07m");
+        assert_eq!(duration(-5), "0ms");
+        assert_eq!(ms(0.123), "0.12 ms");
+        assert_eq!(ms(42.26), "42.3 ms");
+        assert_eq!(ms(180.4), "180 ms");
+    }
+
+    #[test]
+    fn region_chosen_summarises_every_region() {
+        let d = json!({
+            "region": "eu-central", "relay": "eu-1", "source": "probes", "score_ms": 75.0,
+            "scores": [
+                {"region": "eu-central", "total_ms": 75.0, "excluded_reason": null},
+                {"region": "us-east", "total_ms": 115.5, "excluded_reason": null},
+                {"region": "ap-southeast", "total_ms": null, "excluded_reason": "dead"},
+            ],
+        });
+        assert_eq!(
+            region_chosen(&d),
+            "eu-central via eu-1 (probes); scores: eu-central 75.0 ms, us-east 116 ms, ap-southeast excluded (dead)"
+        );
+    }
+}

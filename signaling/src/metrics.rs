@@ -1,0 +1,73 @@
+//! Signaling's Prometheus metrics, registered in a registry of their own (no globals). Labels are
+//! bounded: routes are the router's patterns, regions and reasons come from fixed sets; no
+//! session, machine or player ids.
+
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub heartbeats: IntCounterVec,
+    pub relays: IntGaugeVec,
+    pub sessions_created: IntCounterVec,
+    pub sessions_ended: IntCounterVec,
+    pub sessions_live: IntGaugeVec,
+    pub selections: IntCounterVec,
+    pub credentials_minted: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let metrics = Self {
+            http_requests: counter(
+                "signaling_http_requests_total",
+                "HTTP responses by route and status",
+                &["route", "status"],
+            )?,
+            heartbeats: counter(
+                "signaling_relay_heartbeats_total",
+                "Relay heartbeats received, by region",
+                &["region"],
+            )?,
+            relays: gauge(
+                "signaling_relays",
+                "Relays by region and state (serving, draining, dead)",
+                &["region", "state"],
+            )?,
+            sessions_created: counter("signaling_sessions_created_total", "Sessions created, by region", &["region"])?,
+            sessions_ended: counter("signaling_sessions_ended_total", "Sessions ended, by reason", &["reason"])?,
+            sessions_live: gauge("signaling_sessions_live", "Live sessions", &[])?,
+            selections: counter(
+                "signaling_region_selections_total",
+                "Region choices, by what decided them",
+                &["source"],
+            )?,
+            credentials_minted: counter(
+                "signaling_turn_credentials_minted_total",
+                "TURN credentials minted, by region",
+                &["region"],
+            )?,
+            registry,
+        };
+        Ok(metrics)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,248 @@
+//! Placement: from the relay registry and what is known of the player and the machine, choose a
+//! region (with `geo::select`, whose module docs state the rule), then a relay within it, and
+//! build the ICE configuration with fresh TURN credentials for it and for the alternates.
+//!
+//! A region's state comes from its relays: **serving** if at least one live relay serves and no
+//! admin drained it; **draining** if its live relays all drain; **dead** if none has been heard
+//! from within [`cluster::heartbeat::DEAD_AFTER`]. Its load is the load of its least loaded
+//! serving relay, which is the relay a new session would get. Within a region the least loaded
+//! serving relay wins (ties by id, so the choice is stable).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use cluster::heartbeat::{DEAD_AFTER, RelayState};
+use geo::{
+    Candidate, GeoLocation, Load, PreviousRegion, ProbeSummary, RegionId, RegionState, RegionStatus, Selection,
+    SelectionInput,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::app::{AppState, now_ms, now_unix};
+use crate::error::{ApiError, ApiResult};
+use crate::store::{MachineRow, RelayRow};
+
+/// Whether a relay is live (heard from recently) at `now_ms`.
+pub fn is_live(relay: &RelayRow, now_ms: i64) -> bool {
+    now_ms - relay.last_seen_ms <= DEAD_AFTER.as_millis() as i64
+}
+
+/// Whether a live relay takes new sessions.
+pub fn takes_sessions(relay: &RelayRow, now_ms: i64) -> bool {
+    is_live(relay, now_ms) && relay.state == RelayState::Serving && relay.admin_state == RelayState::Serving
+}
+
+/// The status a relay shows operators: serving, draining or dead.
+pub fn relay_status(relay: &RelayRow, now_ms: i64) -> &'static str {
+    if !is_live(relay, now_ms) {
+        "dead"
+    } else if takes_sessions(relay, now_ms) {
+        "serving"
+    } else {
+        "draining"
+    }
+}
+
+/// The best relay of each region for a new session.
+fn best_relays(relays: &[RelayRow], now_ms: i64) -> BTreeMap<String, &RelayRow> {
+    let mut best: BTreeMap<String, &RelayRow> = BTreeMap::new();
+    for r in relays.iter().filter(|r| takes_sessions(r, now_ms)) {
+        let better = match best.get(&r.region) {
+            None => true,
+            Some(b) => (r.utilisation, &r.id) < (b.utilisation, &b.id),
+        };
+        if better {
+            best.insert(r.region.clone(), r);
+        }
+    }
+    best
+}
+
+fn region_statuses(state: &AppState, relays: &[RelayRow], now_ms: i64) -> Vec<Candidate> {
+    let best = best_relays(relays, now_ms);
+    state
+        .config
+        .regions
+        .iter()
+        .map(|region| {
+            let (st, load) = match best.get(region.id.as_str()) {
+                Some(r) => (RegionState::Serving, r.utilisation),
+                None if relays.iter().any(|r| r.region == region.id.as_str() && is_live(r, now_ms)) => {
+                    (RegionState::Draining, 0.0)
+                }
+                None => (RegionState::Dead, 0.0),
+            };
+            // Utilisation is clamped to 0..=1 by the relay's Load; anything else counts as full.
+            let load = Load::new(load).unwrap_or_else(|_| Load::new(1.0).expect("1.0 is a valid load"));
+            Candidate { region: region.clone(), status: RegionStatus { region: region.id.clone(), state: st, load } }
+        })
+        .collect()
+}
+
+/// What a client tells us for placement (part of the ICE-config and session requests).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementRequest {
+    /// RTT samples to each region's probe target, in ms, `null` for a timeout, in the order
+    /// taken (the first is discarded as warm-up when there are at least three).
+    #[serde(default)]
+    pub probes: BTreeMap<String, Vec<Option<f64>>>,
+    /// The region and score of the client's previous session, for stickiness.
+    #[serde(default)]
+    pub previous: Option<PreviousRegion>,
+}
+
+/// A chosen relay and what decided it.
+pub struct Placement {
+    pub selection: Selection,
+    pub relay: RelayRow,
+    /// Alternates' relays, best first.
+    pub alternates: Vec<RelayRow>,
+}
+
+/// Chooses a region and relay for a client at `client_ip`, optionally to play `machine`.
+pub async fn place(
+    state: &AppState,
+    req: &PlacementRequest,
+    client_ip: IpAddr,
+    machine: Option<&MachineRow>,
+) -> ApiResult<Placement> {
+    let now = now_ms();
+    let relays = state.store.relays().await?;
+    let candidates = region_statuses(state, &relays, now);
+    let mut client_probes: BTreeMap<RegionId, ProbeSummary> = BTreeMap::new();
+    for (region, samples) in &req.probes {
+        if !state.config.regions.iter().any(|r| r.id.as_str() == region) {
+            return Err(ApiError::bad(format!("probes: unknown region {region:?}")));
+        }
+        let samples =
+            geo::ProbeSamples::new(samples.clone()).map_err(|e| ApiError::bad(format!("probes.{region}: {e}")))?;
+        client_probes.insert(RegionId::new(region.as_str()), samples.summarize());
+    }
+    let client_location: Option<GeoLocation> = state.geoip.as_ref().and_then(|g| g.lookup(client_ip));
+    let (machine_rtts, machine_location) = match machine {
+        Some(m) => (
+            m.rtts
+                .iter()
+                .filter(|(r, _)| state.config.regions.iter().any(|x| x.id.as_str() == r.as_str()))
+                .map(|(r, ms)| (RegionId::new(r.as_str()), *ms))
+                .collect(),
+            m.lat.zip(m.lon).and_then(|(lat, lon)| geo::Coordinates::new(lat, lon).ok()),
+        ),
+        None => (BTreeMap::new(), None),
+    };
+    let input = SelectionInput {
+        candidates,
+        client_probes,
+        client_location,
+        machine_rtts,
+        machine_location,
+        previous: req.previous.clone(),
+        default_region: state.config.default_region.clone(),
+    };
+    let selection = geo::select(&input, &geo::Policy::default()).map_err(|e| match e {
+        geo::SelectError::NoLiveRegion => ApiError::Unavailable("no relay is serving in any region".into()),
+        geo::SelectError::InvalidPreviousScore(_) => ApiError::bad(format!("previous: {e}")),
+        other => ApiError::Internal(anyhow::anyhow!("region selection failed: {other}")),
+    })?;
+    let best = best_relays(&relays, now);
+    let relay = best
+        .get(selection.region.as_str())
+        .map(|r| (*r).clone())
+        .ok_or_else(|| ApiError::Unavailable(format!("no relay is serving in region {}", selection.region)))?;
+    let alternates = selection
+        .alternates
+        .iter()
+        .filter_map(|r| best.get(r.as_str()).map(|r| (*r).clone()))
+        .take(state.config.alternates)
+        .collect();
+    state.metrics.selections.with_label_values(&[source_name(&selection)]).inc();
+    Ok(Placement { selection, relay, alternates })
+}
+
+fn source_name(s: &Selection) -> String {
+    serde_json::to_value(s.source).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// The host part of a TURN URL (IPv6 literals in brackets).
+fn url_host(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() }
+}
+
+/// One `RTCIceServer` for `relay` with a fresh credential tagged with `id`.
+pub fn ice_server(state: &AppState, relay: &RelayRow, secret: &str, id: &str) -> ApiResult<Value> {
+    let cred =
+        cluster::credentials::mint(secret.as_bytes(), now_unix(), state.config.credential_ttl.as_secs(), Some(id))
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("minting a TURN credential: {e}")))?;
+    let host = url_host(&relay.public_host);
+    let mut urls = vec![format!("turn:{host}:{}?transport=udp", relay.turn_udp_port)];
+    if state.config.offer_tls
+        && let Some(tls) = relay.turn_tls_port
+    {
+        urls.push(format!("turns:{host}:{tls}?transport=tcp"));
+    }
+    state.metrics.credentials_minted.with_label_values(&[&relay.region]).inc();
+    Ok(json!({ "urls": urls, "username": cred.username, "credential": cred.credential }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct RelayRef<'a> {
+    pub id: &'a str,
+    pub region: &'a str,
+    pub host: &'a str,
+}
+
+/// The ICE configuration: an `RTCConfiguration` (its `iceServers`, `iceTransportPolicy` and
+/// `bundlePolicy` go straight into `new RTCPeerConnection(...)`, which ignores the other members)
+/// plus what decided it and pre-minted alternates for failover without another request.
+pub async fn ice_config(state: &AppState, placement: &Placement, id: &str) -> ApiResult<Value> {
+    let secrets = state.store.live_secrets(now_ms()).await?;
+    let secret =
+        secrets.keys.first().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no TURN secret in the store")))?;
+    let ttl = state.config.credential_ttl.as_secs();
+    let relay = &placement.relay;
+    let alternates = placement
+        .alternates
+        .iter()
+        .map(|r| {
+            Ok(json!({
+                "region": r.region,
+                "relay": RelayRef { id: &r.id, region: &r.region, host: &r.public_host },
+                "iceServers": [ice_server(state, r, secret, id)?],
+            }))
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let s = &placement.selection;
+    Ok(json!({
+        "iceServers": [ice_server(state, relay, secret, id)?],
+        "iceTransportPolicy": "all",
+        "bundlePolicy": "max-bundle",
+        "region": relay.region,
+        "relay": RelayRef { id: &relay.id, region: &relay.region, host: &relay.public_host },
+        "ttl": ttl,
+        "expires_at": now_unix() + ttl,
+        "refresh_after": now_unix() + ttl * 3 / 4,
+        "alternates": alternates,
+        "selection": { "source": s.source, "score_ms": s.score_ms, "scores": s.scores },
+    }))
+}
+
+/// Refreshes the relay gauges from the registry.
+pub async fn refresh_gauges(state: &AppState, now_ms: i64) -> anyhow::Result<()> {
+    let relays = state.store.relays().await?;
+    state.metrics.relays.reset();
+    for region in &state.config.regions {
+        for st in ["serving", "draining", "dead"] {
+            state.metrics.relays.with_label_values(&[region.id.as_str(), st]).set(0);
+        }
+    }
+    for r in &relays {
+        if state.config.regions.iter().any(|x| x.id.as_str() == r.region) {
+            state.metrics.relays.with_label_values(&[&r.region, relay_status(r, now_ms)]).inc();
+        }
+    }
+    let (_, live, _) = state.store.counts().await?;
+    state.metrics.sessions_live.with_label_values(&[] as &[&str]).set(live);
+    Ok(())
+}

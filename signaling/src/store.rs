@@ -1,0 +1,694 @@
+//! The store: relays, TURN secrets, machines, sessions and their events, in embedded SQLite (a
+//! file under the data directory, created on first start) or in PostgreSQL when several
+//! signaling instances share one database.
+//!
+//! One implementation serves both through sqlx's `Any` driver: the schema and every query are
+//! written in the SQL the two engines share (text ids, BIGINT unix milliseconds, JSON as TEXT,
+//! `$n` placeholders, which SQLite accepts too), so behaviour cannot drift between them and one
+//! test suite runs against both. Invariants that matter across instances live in the database,
+//! not in memory: "one live session per machine" is a unique partial index, so two instances
+//! racing for the same machine get one success and one conflict.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use cluster::heartbeat::{Heartbeat, RelayState, Secrets};
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row};
+
+use crate::config::StoreLocation;
+
+/// The schema, embedded so the binary needs no files beside it.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    kind: &'static str,
+}
+
+/// A relay as the registry knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayRow {
+    pub id: String,
+    pub region: String,
+    pub version: String,
+    pub public_host: String,
+    pub turn_udp_port: u16,
+    pub turn_tls_port: Option<u16>,
+    pub state: RelayState,
+    pub admin_state: RelayState,
+    pub load: cluster::heartbeat::Load,
+    pub utilisation: f64,
+    pub started_at: u64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineRow {
+    pub id: String,
+    pub name: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub rtts: std::collections::BTreeMap<String, f64>,
+    pub registered_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub machine_id: String,
+    pub player: String,
+    pub mode: String,
+    pub region: String,
+    pub relay_id: String,
+    pub source: String,
+    pub scores: serde_json::Value,
+    pub client_ip: Option<String>,
+    pub requested_ms: i64,
+    pub connected_ms: Option<i64>,
+    pub ended_ms: Option<i64>,
+    pub end_reason: Option<String>,
+    pub ended_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+/// Filters for the session list.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub machine: Option<String>,
+    pub player: Option<String>,
+    pub region: Option<String>,
+    /// Only live (true) or only ended (false) sessions.
+    pub live: Option<bool>,
+    pub limit: i64,
+}
+
+/// Why a session could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("machine already has a live session")]
+    Busy,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+fn state_from(s: &str) -> RelayState {
+    if s == "draining" { RelayState::Draining } else { RelayState::Serving }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store and brings its schema up to date.
+    pub async fn open(location: &StoreLocation) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (url, kind, max) = match location {
+            StoreLocation::Sqlite(path) => {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("store.data_dir: cannot create {}", dir.display()))?;
+                let dir = dir.canonicalize().with_context(|| format!("store.data_dir: {}", dir.display()))?;
+                let file = path.file_name().context("store.data_dir: no file name")?;
+                let full = dir.join(file);
+                // SQLite has one writer at a time; a few connections serve concurrent reads.
+                (format!("sqlite://{}?mode=rwc", full.display()), "sqlite", 4)
+            }
+            StoreLocation::Postgres(url) => (url.clone(), "postgres", 16),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await
+            .with_context(|| format!("connecting to the {kind} store at {}", crate::config::redact_url(&url)))?;
+        if kind == "sqlite" {
+            // WAL lets readers proceed while a write is in progress; it persists in the file.
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        }
+        let migrations: Vec<Migration> = MIGRATIONS
+            .iter()
+            .map(|(v, d, sql)| Migration::new(*v, (*d).into(), MigrationType::Simple, (*sql).into(), false))
+            .collect();
+        let migrator = Migrator { migrations: migrations.into(), ..Migrator::DEFAULT };
+        migrator.run(&pool).await.context("migrating the store")?;
+        Ok(Self { pool, kind })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ---- relays ----
+
+    /// Records a heartbeat (registering the relay on its first) and returns the relay's row.
+    pub async fn relay_heartbeat(&self, hb: &Heartbeat, now_ms: i64) -> anyhow::Result<RelayRow> {
+        let load = serde_json::to_string(&hb.load)?;
+        let updated = sqlx::query(
+            "UPDATE relays SET region = $2, version = $3, public_host = $4, turn_udp_port = $5, turn_tls_port = $6, \
+             state = $7, load_json = $8, utilisation = $9, started_at = $10, last_seen_ms = $11 WHERE id = $1",
+        )
+        .bind(&hb.relay_id)
+        .bind(&hb.region)
+        .bind(&hb.version)
+        .bind(&hb.public_host)
+        .bind(i64::from(hb.turn_udp_port))
+        .bind(hb.turn_tls_port.map(i64::from))
+        .bind(hb.state.as_str())
+        .bind(&load)
+        .bind(hb.load.utilisation())
+        .bind(hb.started_at as i64)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            let inserted = sqlx::query(
+                "INSERT INTO relays (id, region, version, public_host, turn_udp_port, turn_tls_port, state, \
+                 admin_state, load_json, utilisation, started_at, first_seen_ms, last_seen_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'serving', $8, $9, $10, $11, $11)",
+            )
+            .bind(&hb.relay_id)
+            .bind(&hb.region)
+            .bind(&hb.version)
+            .bind(&hb.public_host)
+            .bind(i64::from(hb.turn_udp_port))
+            .bind(hb.turn_tls_port.map(i64::from))
+            .bind(hb.state.as_str())
+            .bind(&load)
+            .bind(hb.load.utilisation())
+            .bind(hb.started_at as i64)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await;
+            // Another instance registered it between our UPDATE and INSERT: update instead.
+            if let Err(e) = inserted {
+                if !is_unique_violation(&e) {
+                    return Err(e.into());
+                }
+                return Box::pin(self.relay_heartbeat(hb, now_ms)).await;
+            }
+        }
+        self.relay(&hb.relay_id).await?.context("relay vanished after its heartbeat")
+    }
+
+    fn relay_row(row: &AnyRow) -> anyhow::Result<RelayRow> {
+        Ok(RelayRow {
+            id: row.try_get("id")?,
+            region: row.try_get("region")?,
+            version: row.try_get("version")?,
+            public_host: row.try_get("public_host")?,
+            turn_udp_port: u16::try_from(row.try_get::<i64, _>("turn_udp_port")?)?,
+            turn_tls_port: row.try_get::<Option<i64>, _>("turn_tls_port")?.map(u16::try_from).transpose()?,
+            state: state_from(&row.try_get::<String, _>("state")?),
+            admin_state: state_from(&row.try_get::<String, _>("admin_state")?),
+            load: serde_json::from_str(&row.try_get::<String, _>("load_json")?)?,
+            utilisation: row.try_get("utilisation")?,
+            started_at: row.try_get::<i64, _>("started_at")? as u64,
+            first_seen_ms: row.try_get("first_seen_ms")?,
+            last_seen_ms: row.try_get("last_seen_ms")?,
+        })
+    }
+
+    const RELAY_COLUMNS: &str = "id, region, version, public_host, turn_udp_port, turn_tls_port, state, admin_state, \
+                                 load_json, utilisation, started_at, first_seen_ms, last_seen_ms";
+
+    pub async fn relay(&self, id: &str) -> anyhow::Result<Option<RelayRow>> {
+        let row = sqlx::query(&format!("SELECT {} FROM relays WHERE id = $1", Self::RELAY_COLUMNS))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::relay_row).transpose()
+    }
+
+    pub async fn relays(&self) -> anyhow::Result<Vec<RelayRow>> {
+        let rows = sqlx::query(&format!("SELECT {} FROM relays ORDER BY region, id", Self::RELAY_COLUMNS))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::relay_row).collect()
+    }
+
+    /// Sets what an admin wants of a relay; false if there is no such relay.
+    pub async fn set_relay_admin_state(&self, id: &str, state: RelayState) -> anyhow::Result<bool> {
+        let r = sqlx::query("UPDATE relays SET admin_state = $2 WHERE id = $1")
+            .bind(id)
+            .bind(state.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Forgets relays silent for longer than `older_than_ms` (they re-register on their next
+    /// heartbeat).
+    pub async fn forget_relays(&self, older_than_ms: i64) -> anyhow::Result<u64> {
+        let r =
+            sqlx::query("DELETE FROM relays WHERE last_seen_ms < $1").bind(older_than_ms).execute(&self.pool).await?;
+        Ok(r.rows_affected())
+    }
+
+    // ---- TURN secrets ----
+
+    /// Makes sure a secret exists: seeds from `seed` (newest first) or generates one.
+    pub async fn ensure_secrets(&self, seed: &[String], now_ms: i64) -> anyhow::Result<()> {
+        let count: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM turn_secrets").fetch_one(&self.pool).await?.try_get("n")?;
+        if count > 0 {
+            return Ok(());
+        }
+        let mut secrets: Vec<String> = seed.iter().rev().cloned().collect();
+        if secrets.is_empty() {
+            secrets.push(new_secret());
+        }
+        let n = secrets.len();
+        for (i, secret) in secrets.into_iter().enumerate() {
+            let insert = sqlx::query(
+                "INSERT INTO turn_secrets (version, secret, created_ms, retire_after_ms) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(i as i64 + 1)
+            .bind(secret)
+            .bind(now_ms)
+            // Seeded older secrets stay until an explicit rotation retires them.
+            .bind(if i + 1 == n { None } else { Some(i64::MAX) })
+            .execute(&self.pool)
+            .await;
+            match insert {
+                Ok(_) => {}
+                // Another instance seeded at the same time; its set wins.
+                Err(e) if is_unique_violation(&e) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The secrets relays must accept now, newest first, with the set's version.
+    pub async fn live_secrets(&self, now_ms: i64) -> anyhow::Result<Secrets> {
+        let rows = sqlx::query(
+            "SELECT version, secret FROM turn_secrets WHERE retire_after_ms IS NULL OR retire_after_ms > $1 \
+             ORDER BY version DESC",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut version = 0;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            version = version.max(row.try_get::<i64, _>("version")?);
+            keys.push(row.try_get("secret")?);
+        }
+        // The set also changes when an old key retires: fold the count into the version.
+        Ok(Secrets { version: (version as u64) << 8 | keys.len() as u64, keys })
+    }
+
+    /// Adds a new newest secret; the previous ones retire `keep_ms` from now (the longest a
+    /// credential they signed can still be used to allocate). Returns the new secret's version.
+    pub async fn rotate_secret(&self, now_ms: i64, keep_ms: i64) -> anyhow::Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let max: Option<i64> =
+            sqlx::query("SELECT MAX(version) AS v FROM turn_secrets").fetch_one(&mut *tx).await?.try_get("v")?;
+        let version = max.unwrap_or(0) + 1;
+        sqlx::query(
+            "UPDATE turn_secrets SET retire_after_ms = $1 WHERE retire_after_ms IS NULL OR retire_after_ms > $1",
+        )
+        .bind(now_ms + keep_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO turn_secrets (version, secret, created_ms, retire_after_ms) VALUES ($1, $2, $3, NULL)",
+        )
+        .bind(version)
+        .bind(new_secret())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    // ---- machines ----
+
+    pub async fn register_machine(&self, m: &MachineRow) -> anyhow::Result<()> {
+        let rtts = serde_json::to_string(&m.rtts)?;
+        let updated = sqlx::query(
+            "UPDATE machines SET name = $2, lat = $3, lon = $4, rtts_json = $5, last_seen_ms = $6 WHERE id = $1",
+        )
+        .bind(&m.id)
+        .bind(&m.name)
+        .bind(m.lat)
+        .bind(m.lon)
+        .bind(&rtts)
+        .bind(m.last_seen_ms)
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            let r = sqlx::query(
+                "INSERT INTO machines (id, name, lat, lon, rtts_json, registered_ms, last_seen_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+            )
+            .bind(&m.id)
+            .bind(&m.name)
+            .bind(m.lat)
+            .bind(m.lon)
+            .bind(&rtts)
+            .bind(m.last_seen_ms)
+            .execute(&self.pool)
+            .await;
+            if let Err(e) = r {
+                if !is_unique_violation(&e) {
+                    return Err(e.into());
+                }
+                return Box::pin(self.register_machine(m)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a machine's heartbeat (and new RTTs if given); false if it never registered.
+    pub async fn machine_heartbeat(
+        &self,
+        id: &str,
+        rtts: Option<&std::collections::BTreeMap<String, f64>>,
+        now_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let r = match rtts {
+            Some(rtts) => {
+                sqlx::query("UPDATE machines SET last_seen_ms = $2, rtts_json = $3 WHERE id = $1")
+                    .bind(id)
+                    .bind(now_ms)
+                    .bind(serde_json::to_string(rtts)?)
+                    .execute(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("UPDATE machines SET last_seen_ms = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        Ok(r.rows_affected() > 0)
+    }
+
+    fn machine_row(row: &AnyRow) -> anyhow::Result<MachineRow> {
+        Ok(MachineRow {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            lat: row.try_get("lat")?,
+            lon: row.try_get("lon")?,
+            rtts: serde_json::from_str(&row.try_get::<String, _>("rtts_json")?)?,
+            registered_ms: row.try_get("registered_ms")?,
+            last_seen_ms: row.try_get("last_seen_ms")?,
+        })
+    }
+
+    pub async fn machine(&self, id: &str) -> anyhow::Result<Option<MachineRow>> {
+        let row = sqlx::query(
+            "SELECT id, name, lat, lon, rtts_json, registered_ms, last_seen_ms FROM machines WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Self::machine_row).transpose()
+    }
+
+    /// Every machine with the id of its live session, if any.
+    pub async fn machines(&self) -> anyhow::Result<Vec<(MachineRow, Option<String>)>> {
+        let rows = sqlx::query(
+            "SELECT m.id, m.name, m.lat, m.lon, m.rtts_json, m.registered_ms, m.last_seen_ms, s.id AS session_id \
+             FROM machines m LEFT JOIN sessions s ON s.machine_id = m.id AND s.ended_ms IS NULL ORDER BY m.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((Self::machine_row(r)?, r.try_get("session_id")?))).collect()
+    }
+
+    // ---- sessions ----
+
+    /// Creates a session and its first events in one transaction; `Busy` if the machine already
+    /// has a live one.
+    pub async fn create_session(
+        &self,
+        s: &SessionRow,
+        events: &[(&str, serde_json::Value)],
+    ) -> Result<(), CreateError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO sessions (id, machine_id, player, mode, region, relay_id, source, scores_json, client_ip, requested_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&s.id)
+        .bind(&s.machine_id)
+        .bind(&s.player)
+        .bind(&s.mode)
+        .bind(&s.region)
+        .bind(&s.relay_id)
+        .bind(&s.source)
+        .bind(s.scores.to_string())
+        .bind(s.client_ip.as_deref())
+        .bind(s.requested_ms)
+        .execute(&mut *tx)
+        .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Err(CreateError::Busy),
+            Err(e) => return Err(e.into()),
+        }
+        for (i, (kind, detail)) in events.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO session_events (session_id, seq, at_ms, kind, detail_json) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&s.id)
+            .bind(i as i64 + 1)
+            .bind(s.requested_ms)
+            .bind(*kind)
+            .bind(detail.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Appends an event to a session's timeline.
+    pub async fn add_event(&self, id: &str, kind: &str, detail: &serde_json::Value, now_ms: i64) -> anyhow::Result<()> {
+        // The sequence number comes from the table; a concurrent writer on the same session makes
+        // the primary key refuse one of the two, which then tries again.
+        for _ in 0..5 {
+            let r = sqlx::query(
+                "INSERT INTO session_events (session_id, seq, at_ms, kind, detail_json) \
+                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM session_events WHERE session_id = $1",
+            )
+            .bind(id)
+            .bind(now_ms)
+            .bind(kind)
+            .bind(detail.to_string())
+            .execute(&self.pool)
+            .await;
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("could not append event to session {id}: too much contention")
+    }
+
+    const SESSION_COLUMNS: &str = "id, machine_id, player, mode, region, relay_id, source, scores_json, client_ip, \
+                                   requested_ms, connected_ms, ended_ms, end_reason, ended_by";
+
+    fn session_row(row: &AnyRow) -> anyhow::Result<SessionRow> {
+        Ok(SessionRow {
+            id: row.try_get("id")?,
+            machine_id: row.try_get("machine_id")?,
+            player: row.try_get("player")?,
+            mode: row.try_get("mode")?,
+            region: row.try_get("region")?,
+            relay_id: row.try_get("relay_id")?,
+            source: row.try_get("source")?,
+            scores: serde_json::from_str(&row.try_get::<String, _>("scores_json")?)?,
+            client_ip: row.try_get("client_ip")?,
+            requested_ms: row.try_get("requested_ms")?,
+            connected_ms: row.try_get("connected_ms")?,
+            ended_ms: row.try_get("ended_ms")?,
+            end_reason: row.try_get("end_reason")?,
+            ended_by: row.try_get("ended_by")?,
+        })
+    }
+
+    pub async fn session(&self, id: &str) -> anyhow::Result<Option<SessionRow>> {
+        let row = sqlx::query(&format!("SELECT {} FROM sessions WHERE id = $1", Self::SESSION_COLUMNS))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::session_row).transpose()
+    }
+
+    pub async fn sessions(&self, f: &SessionFilter) -> anyhow::Result<Vec<SessionRow>> {
+        // Optional filters as "$n IS NULL OR column = $n" keep one static statement.
+        let live = match f.live {
+            None => "",
+            Some(true) => " AND ended_ms IS NULL",
+            Some(false) => " AND ended_ms IS NOT NULL",
+        };
+        let sql = format!(
+            "SELECT {} FROM sessions WHERE ($1 IS NULL OR machine_id = $1) AND ($2 IS NULL OR player = $2) \
+             AND ($3 IS NULL OR region = $3){live} ORDER BY requested_ms DESC, id LIMIT $4",
+            Self::SESSION_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(f.machine.as_deref())
+            .bind(f.player.as_deref())
+            .bind(f.region.as_deref())
+            .bind(f.limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::session_row).collect()
+    }
+
+    pub async fn events(&self, id: &str) -> anyhow::Result<Vec<EventRow>> {
+        let rows =
+            sqlx::query("SELECT seq, at_ms, kind, detail_json FROM session_events WHERE session_id = $1 ORDER BY seq")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EventRow {
+                    seq: r.try_get("seq")?,
+                    at_ms: r.try_get("at_ms")?,
+                    kind: r.try_get("kind")?,
+                    detail: serde_json::from_str(&r.try_get::<String, _>("detail_json")?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a live session connected (the first report counts); false if it is not live.
+    pub async fn mark_connected(&self, id: &str, now_ms: i64) -> anyhow::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE sessions SET connected_ms = COALESCE(connected_ms, $2) WHERE id = $1 AND ended_ms IS NULL",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Ends a live session; false if it was not live (already ended or unknown). Exactly one
+    /// caller wins when several end it at once, so the "ended" event is written once.
+    pub async fn end_session(&self, id: &str, reason: &str, by: &str, now_ms: i64) -> anyhow::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE sessions SET ended_ms = $2, end_reason = $3, ended_by = $4 WHERE id = $1 AND ended_ms IS NULL",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .bind(reason)
+        .bind(by)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let duration_ms: i64 = sqlx::query("SELECT ended_ms - requested_ms AS d FROM sessions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("d")?;
+        self.add_event(
+            id,
+            "ended",
+            &serde_json::json!({"reason": reason, "by": by, "duration_ms": duration_ms}),
+            now_ms,
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Live sessions that must end now, with the reason: not connected within
+    /// `connect_timeout_ms`, older than `max_ms`, or their machine silent since `offline_ms`.
+    pub async fn overdue_sessions(
+        &self,
+        now_ms: i64,
+        connect_timeout_ms: i64,
+        max_ms: i64,
+        offline_before_ms: i64,
+    ) -> anyhow::Result<Vec<(String, &'static str)>> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.requested_ms, s.connected_ms, m.last_seen_ms FROM sessions s \
+             JOIN machines m ON m.id = s.machine_id WHERE s.ended_ms IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            let requested: i64 = r.try_get("requested_ms")?;
+            let connected: Option<i64> = r.try_get("connected_ms")?;
+            let seen: i64 = r.try_get("last_seen_ms")?;
+            if seen < offline_before_ms {
+                out.push((id, "machine_offline"));
+            } else if connected.is_none() && now_ms - requested > connect_timeout_ms {
+                out.push((id, "timeout"));
+            } else if now_ms - requested > max_ms {
+                out.push((id, "max_duration"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts for the status page.
+    pub async fn counts(&self) -> anyhow::Result<(i64, i64, i64)> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM machines) AS machines, \
+             (SELECT COUNT(*) FROM sessions WHERE ended_ms IS NULL) AS live, \
+             (SELECT COUNT(*) FROM sessions) AS total",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("machines")?, row.try_get("live")?, row.try_get("total")?))
+    }
+}
+
+/// A fresh random secret: 32 bytes, base64url.
+pub fn new_secret() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether `id` has the shape [`new_id`] gives with `prefix`.
+pub fn valid_generated_id(prefix: &str, id: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('_'))
+        .is_some_and(|tail| tail.len() == 20 && tail.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()))
+}
+
+/// A fresh random id with a prefix, e.g. `ses_3kq9…` (16 bytes of randomness, base32-like).
+pub fn new_id(prefix: &str) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let mut rng = rand::rng();
+    let tail: String = (0..20).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    format!("{prefix}_{tail}")
+}

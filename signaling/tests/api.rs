@@ -1,0 +1,325 @@
+//! The API against the running service. The same suite runs on every store backend.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use common::{CLUSTER_TOKEN, Signaling, eventually, unix_now};
+use serde_json::{Value, json};
+
+const SEED_SECRET: &str = "test-turn-secret-0123456789";
+
+fn probes(eu: f64, us: f64, ap: f64) -> Value {
+    let five = |ms: f64| json!([ms * 3.0, ms, ms + 1.0, ms - 1.0, ms]);
+    json!({ "eu-central": five(eu), "us-east": five(us), "ap-southeast": five(ap) })
+}
+
+fn hmac_b64(secret: &str, username: &str) -> String {
+    cluster::credentials::rest_password(secret.as_bytes(), username)
+}
+
+/// Every relay of the test keeps heartbeating while the suite runs.
+async fn heartbeat_all(s: &Signaling, relays: &[(&str, &str, u16, f64)]) {
+    for (id, region, port, cpu) in relays {
+        let (status, body) = s.heartbeat(id, region, *port, "serving", *cpu).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+async fn suite(backend: &str) {
+    let s = Signaling::start(backend, "");
+    let admin = s.token("ops", "admin");
+    let player = s.token("alice", "player");
+    let player2 = s.token("bob", "player");
+    let machine = s.token("cab-1", "machine");
+    let relays =
+        [("eu-1", "eu-central", 40001, 0.1), ("us-1", "us-east", 40002, 0.1), ("ap-1", "ap-southeast", 40003, 0.1)];
+    heartbeat_all(&s, &relays).await;
+
+    // Health and metrics.
+    assert_eq!(s.call("GET", "/healthz", None, None).await.0, 200);
+
+    // Regions with probe targets.
+    let (st, regions) = s.call("GET", "/v1/regions", None, None).await;
+    assert_eq!(st, 200);
+    let eu = &regions["regions"][0];
+    assert_eq!(eu["id"], "eu-central");
+    assert_eq!(eu["probe_targets"][0]["url"], "stun:127.0.0.1:40001");
+    assert_eq!(regions["probe"]["attempts"], 5);
+
+    // An ICE config follows the probes, with a credential the relay can verify.
+    let (st, ice) =
+        s.call("POST", "/v1/ice-config", Some(&player), Some(json!({ "probes": probes(90.0, 20.0, 200.0) }))).await;
+    assert_eq!(st, 200, "{ice}");
+    assert_eq!(ice["region"], "us-east");
+    assert_eq!(ice["selection"]["source"], "probes");
+    let server = &ice["iceServers"][0];
+    assert_eq!(server["urls"][0], "turn:127.0.0.1:40002?transport=udp");
+    let username = server["username"].as_str().unwrap();
+    let expiry = cluster::credentials::rest_expiry(username).unwrap();
+    assert!((unix_now() + 590..=unix_now() + 610).contains(&expiry), "expiry {expiry}");
+    assert!(username.ends_with(":alice"), "{username}");
+    assert_eq!(server["credential"], hmac_b64(SEED_SECRET, username));
+    let alternates = ice["alternates"].as_array().unwrap();
+    assert_eq!(alternates.len(), 2);
+    assert_eq!(alternates[0]["region"], "eu-central");
+    assert_ne!(alternates[0]["iceServers"][0]["urls"], server["urls"]);
+
+    // Machines.
+    let (st, body) = s
+        .call(
+            "POST",
+            "/v1/machines/register",
+            Some(&machine),
+            Some(
+                json!({ "name": "Cabinet 1", "rtts": { "eu-central": 15.0, "us-east": 95.0, "ap-southeast": 180.0 } }),
+            ),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let (_, list) = s.call("GET", "/v1/machines", Some(&player), None).await;
+    assert_eq!(list["machines"][0]["status"], "available");
+
+    // A session chooses for the whole path: the player is nearer us-east, but the machine is in
+    // Europe, so eu-central wins (20+95 > 60+15).
+    let (st, session) = s
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(&player),
+            Some(json!({ "machine_id": "cab-1", "probes": probes(60.0, 20.0, 200.0) })),
+        )
+        .await;
+    assert_eq!(st, 201, "{session}");
+    assert_eq!(session["region"], "eu-central");
+    let id = session["session_id"].as_str().unwrap().to_owned();
+    assert!(session["ice"]["iceServers"][0]["username"].as_str().unwrap().ends_with(&id));
+    assert!(session["selection"]["scores"].as_array().unwrap().len() == 3);
+
+    // The machine is busy now.
+    let (st, busy) = s.call("POST", "/v1/sessions", Some(&player2), Some(json!({ "machine_id": "cab-1" }))).await;
+    assert_eq!(st, 409, "{busy}");
+    assert_eq!(busy["error"]["code"], "conflict");
+    let (_, list) = s.call("GET", "/v1/machines", Some(&admin), None).await;
+    assert_eq!(list["machines"][0]["status"], "in_session");
+    assert_eq!(list["machines"][0]["session_id"], id.as_str());
+
+    // The machine learns about it on its heartbeat, reports connected; the player ends it.
+    let (_, hb) = s.call("POST", "/v1/machines/heartbeat", Some(&machine), Some(json!({}))).await;
+    assert_eq!(hb["session"]["id"], id.as_str());
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{id}/connected"), Some(&machine), None).await.0, 204);
+    // Someone else's session does not exist for bob.
+    assert_eq!(s.call("GET", &format!("/v1/sessions/{id}"), Some(&player2), None).await.0, 404);
+    let (st, ended) = s
+        .call("POST", &format!("/v1/sessions/{id}/end"), Some(&player), Some(json!({ "reason": "player_left" })))
+        .await;
+    assert_eq!(st, 200, "{ended}");
+    assert_eq!(ended["status"], "ended");
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{id}/end"), Some(&player), None).await.0, 409);
+    let (_, detail) = s.call("GET", &format!("/v1/sessions/{id}"), Some(&admin), None).await;
+    let kinds: Vec<&str> = detail["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["requested", "region_chosen", "connected", "ended"]);
+    assert_eq!(detail["events"][3]["detail"]["reason"], "player_left");
+    assert_eq!(detail["end_reason"], "player_left");
+    assert_eq!(detail["events"][1]["detail"]["region"], "eu-central");
+
+    // History: filters.
+    let (_, all) = s.call("GET", "/v1/sessions?machine=cab-1&status=ended", Some(&admin), None).await;
+    assert_eq!(all["sessions"].as_array().unwrap().len(), 1);
+    let (_, none) = s.call("GET", "/v1/sessions?status=live", Some(&admin), None).await;
+    assert_eq!(none["sessions"].as_array().unwrap().len(), 0);
+
+    // Drain: the relay is told, and new configs avoid it.
+    let (st, _) = s.call("POST", "/v1/relays/us-1/drain", Some(&admin), None).await;
+    assert_eq!(st, 200);
+    let (_, reply) = s.heartbeat("us-1", "us-east", 40002, "serving", 0.1).await;
+    assert_eq!(reply["commands"], json!([{ "type": "drain" }]));
+    let (_, ice) =
+        s.call("POST", "/v1/ice-config", Some(&player), Some(json!({ "probes": probes(90.0, 20.0, 200.0) }))).await;
+    assert_eq!(ice["region"], "eu-central", "{ice}");
+    let (_, reply) = s.heartbeat("us-1", "us-east", 40002, "draining", 0.1).await;
+    assert_eq!(reply["commands"], json!([]));
+    s.call("POST", "/v1/relays/us-1/undrain", Some(&admin), None).await;
+    let (_, reply) = s.heartbeat("us-1", "us-east", 40002, "draining", 0.1).await;
+    assert_eq!(reply["commands"], json!([{ "type": "undrain" }]));
+    heartbeat_all(&s, &relays).await;
+
+    // Key rotation: relays get both secrets, new credentials use the new one.
+    let (_, before) = s.heartbeat("eu-1", "eu-central", 40001, "serving", 0.1).await;
+    let (st, rotated) = s.call("POST", "/v1/admin/keys/rotate", Some(&admin), None).await;
+    assert_eq!(st, 200, "{rotated}");
+    let (_, after) = s.heartbeat("eu-1", "eu-central", 40001, "serving", 0.1).await;
+    assert_ne!(before["secrets"]["version"], after["secrets"]["version"]);
+    let keys = after["secrets"]["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[1], SEED_SECRET);
+    let (_, ice) = s.call("POST", "/v1/ice-config", Some(&player), Some(json!({}))).await;
+    let server = &ice["iceServers"][0];
+    assert_eq!(server["credential"], hmac_b64(keys[0].as_str().unwrap(), server["username"].as_str().unwrap()));
+
+    // Tokens minted by the admin API work.
+    let (_, minted) = s
+        .call(
+            "POST",
+            "/v1/admin/tokens",
+            Some(&admin),
+            Some(json!({ "sub": "carol", "role": "player", "ttl_secs": 60 })),
+        )
+        .await;
+    let carol = minted["token"].as_str().unwrap();
+    assert_eq!(s.call("GET", "/v1/machines", Some(carol), None).await.0, 200);
+    let (st, status) = s.call("GET", "/v1/admin/status", Some(&admin), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(status["relays"]["serving"], 3);
+
+    // A relay that stops heartbeating leaves rotation within DEAD_AFTER (6 s).
+    let started = std::time::Instant::now();
+    let gone = eventually(Duration::from_secs(8), || async {
+        s.heartbeat("eu-1", "eu-central", 40001, "serving", 0.1).await;
+        s.heartbeat("ap-1", "ap-southeast", 40003, "serving", 0.1).await;
+        s.call("POST", "/v1/machines/heartbeat", Some(&machine), Some(json!({}))).await;
+        let (_, ice) =
+            s.call("POST", "/v1/ice-config", Some(&player), Some(json!({ "probes": probes(90.0, 20.0, 200.0) }))).await;
+        (ice["region"] != "us-east").then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "silent relay still handed out");
+    assert!(started.elapsed() <= Duration::from_millis(6_900), "left rotation after {:?}", started.elapsed());
+    let (_, listed) = s.call("GET", "/v1/relays", Some(&admin), None).await;
+    let us = listed["relays"].as_array().unwrap().iter().find(|r| r["id"] == "us-1").unwrap().clone();
+    assert_eq!(us["status"], "dead");
+
+    // A machine that goes silent ends its session (offline_after_secs = 3).
+    let (st, session) = s.call("POST", "/v1/sessions", Some(&player), Some(json!({ "machine_id": "cab-1" }))).await;
+    assert_eq!(st, 201, "{session}");
+    let id = session["session_id"].as_str().unwrap().to_owned();
+    let ended = eventually(Duration::from_secs(8), || async {
+        s.heartbeat("eu-1", "eu-central", 40001, "serving", 0.1).await;
+        let (_, d) = s.call("GET", &format!("/v1/sessions/{id}"), Some(&admin), None).await;
+        (d["status"] == "ended").then_some(d)
+    })
+    .await
+    .expect("session of an offline machine ended");
+    assert_eq!(ended["end_reason"], "machine_offline");
+    let (_, list) = s.call("GET", "/v1/machines", Some(&player), None).await;
+    assert_eq!(list["machines"][0]["status"], "offline");
+    let (st, _) = s.call("POST", "/v1/sessions", Some(&player), Some(json!({ "machine_id": "cab-1" }))).await;
+    assert_eq!(st, 409);
+
+    bad_input(&s, &admin, &player, &machine).await;
+    let (_, metrics) = s.call("GET", "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(metrics.contains("signaling_sessions_created_total{region=\"eu-central\"} 2"), "{metrics}");
+    assert!(!metrics.contains("status=\"500\""), "a 5xx was served:\n{metrics}");
+}
+
+/// Every endpoint, fed what clients get wrong: always a 4xx with a JSON error, never a 5xx.
+async fn bad_input(s: &Signaling, admin: &str, player: &str, machine: &str) {
+    let expired = {
+        use signaling::auth::{Keys, Role};
+        Keys::new(common::JWT_KEY.as_bytes()).mint("alice", Role::Player, unix_now() - 7200, 60).unwrap()
+    };
+    let forged = {
+        use signaling::auth::{Keys, Role};
+        Keys::new(&[9u8; 32]).mint("ops", Role::Admin, unix_now(), 60).unwrap()
+    };
+    let unsigned = {
+        let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none"}"#),
+            b64(&format!(r#"{{"sub":"x","role":"admin","exp":{}}}"#, unix_now() + 60))
+        )
+    };
+    let big = "x".repeat(70 * 1024);
+    let ghost = s.token("ghost", "machine");
+    // (method, path, token, raw body, expected status)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<String>, u16);
+    let cases: Vec<Case<'_>> = vec![
+        ("POST", "/v1/ice-config", Some(player), Some("{not json".into()), 400),
+        ("POST", "/v1/ice-config", Some(player), Some(r#"{"probes": {"eu-central": "fast"}}"#.into()), 400),
+        ("POST", "/v1/ice-config", Some(player), Some(r#"{"probes": {"mars": [1,2,3]}}"#.into()), 400),
+        ("POST", "/v1/ice-config", Some(player), Some(r#"{"probes": {"eu-central": [-5, 1, 2]}}"#.into()), 400),
+        ("POST", "/v1/ice-config", Some(player), Some(r#"{"surprise": 1}"#.into()), 400),
+        ("POST", "/v1/ice-config", Some(player), Some(format!(r#"{{"pad": "{big}"}}"#)), 413),
+        ("POST", "/v1/ice-config", Some(player), Some(r#"{"machine_id": "nope"}"#.into()), 404),
+        ("POST", "/v1/ice-config", None, Some("{}".into()), 401),
+        ("POST", "/v1/ice-config", Some("garbage"), Some("{}".into()), 401),
+        ("POST", "/v1/ice-config", Some(&expired), Some("{}".into()), 401),
+        ("POST", "/v1/ice-config", Some(&forged), Some("{}".into()), 401),
+        ("POST", "/v1/ice-config", Some(&unsigned), Some("{}".into()), 401),
+        ("POST", "/v1/ice-config", Some(machine), Some("{}".into()), 403),
+        ("POST", "/v1/sessions", Some(player), Some(r#"{"machine_id": 5}"#.into()), 400),
+        ("POST", "/v1/sessions", Some(player), Some(r#"{}"#.into()), 400),
+        ("POST", "/v1/sessions", Some(player), Some(r#"{"machine_id": "nope"}"#.into()), 404),
+        (
+            "POST",
+            "/v1/sessions",
+            Some(player),
+            Some(r#"{"machine_id": "cab-1", "mode": "carrier-pigeon"}"#.into()),
+            400,
+        ),
+        ("POST", "/v1/sessions", Some(machine), Some(r#"{"machine_id": "cab-1"}"#.into()), 403),
+        ("POST", "/v1/sessions", Some(player), Some(format!(r#"{{"machine_id": "{big}"}}"#)), 413),
+        ("GET", "/v1/sessions", Some(player), None, 403),
+        ("GET", "/v1/sessions?limit=abc", Some(admin), None, 400),
+        ("GET", "/v1/sessions?limit=0", Some(admin), None, 400),
+        ("GET", "/v1/sessions?status=weird", Some(admin), None, 400),
+        ("GET", "/v1/sessions/ses_nope", Some(admin), None, 404),
+        ("GET", "/v1/sessions/%20%00", Some(admin), None, 404),
+        ("POST", "/v1/sessions/ses_nope/end", Some(admin), None, 404),
+        ("POST", "/v1/sessions/ses_nope/end", Some(admin), Some(r#"{"reason": 7}"#.into()), 400),
+        ("POST", "/v1/sessions/ses_nope/connected", Some(player), None, 404),
+        ("POST", "/v1/machines/register", Some(player), Some("{}".into()), 403),
+        ("POST", "/v1/machines/register", Some(machine), Some(r#"{"rtts": {"eu-central": -1}}"#.into()), 400),
+        ("POST", "/v1/machines/register", Some(machine), Some(r#"{"rtts": {"mars": 1}}"#.into()), 400),
+        ("POST", "/v1/machines/register", Some(machine), Some(r#"{"lat": 95, "lon": 0}"#.into()), 400),
+        ("POST", "/v1/machines/register", Some(machine), Some(r#"{"lat": 5}"#.into()), 400),
+        ("POST", "/v1/machines/heartbeat", Some(&ghost), Some("{}".into()), 404),
+        ("POST", "/v1/machines/heartbeat", Some(machine), Some(r#""a string""#.into()), 400),
+        ("GET", "/v1/machines", None, None, 401),
+        ("GET", "/v1/relays", Some(player), None, 403),
+        ("POST", "/v1/relays/nope/drain", Some(admin), None, 404),
+        ("POST", "/v1/relays/eu-1/drain", Some(player), None, 403),
+        ("POST", "/v1/relays/heartbeat", Some("wrong-token-wrong-token"), Some("{}".into()), 401),
+        ("POST", "/v1/relays/heartbeat", Some(CLUSTER_TOKEN), Some("{}".into()), 400),
+        ("POST", "/v1/relays/heartbeat", Some(CLUSTER_TOKEN), Some(r#"{"relay_id": "x"}"#.into()), 400),
+        ("POST", "/v1/admin/keys/rotate", Some(player), None, 403),
+        ("POST", "/v1/admin/tokens", Some(admin), Some(r#"{"sub": "a:b", "role": "player"}"#.into()), 400),
+        ("POST", "/v1/admin/tokens", Some(admin), Some(r#"{"sub": "a", "role": "god"}"#.into()), 400),
+        ("POST", "/v1/admin/tokens", Some(admin), Some(r#"{"sub": "a", "role": "player", "ttl_secs": 0}"#.into()), 400),
+        ("POST", "/v1/admin/tokens", Some(machine), Some(r#"{"sub": "a", "role": "admin"}"#.into()), 403),
+        ("GET", "/v1/admin/status", Some(machine), None, 403),
+        ("GET", "/v1/nothing-here", None, None, 404),
+    ];
+    for (method, path, token, body, expected) in cases {
+        let mut req = s.http.request(method.parse().unwrap(), format!("{}{path}", s.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body.clone() {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let short: String = body.unwrap_or_default().chars().take(60).collect();
+        assert_eq!(status, expected, "{method} {path} {short}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+        assert!(v["error"]["code"].is_string() && v["error"]["message"].is_string(), "{method} {path}: {v}");
+    }
+    // A body without a JSON content type.
+    let resp = s.http.post(format!("{}/v1/ice-config", s.url)).bearer_auth(player).body("{}").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_on_sqlite() {
+    suite("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_on_postgres() {
+    suite("postgres").await;
+}

@@ -1,0 +1,247 @@
+//! End to end on loopback with the real binaries: three relays (one per region) register with
+//! signaling; a player's ICE config names the relay its probes favour and its TURN credential
+//! allocates there with an independent client (webrtc-rs `turn`), while an expired one is
+//! refused; a killed relay leaves ICE configs within 6 s; `relayctl relays drain` stops new
+//! sessions on a relay.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{CLUSTER_TOKEN, Signaling, eventually};
+use serde_json::{Value, json};
+use tokio::net::UdpSocket;
+use turn::client::{Client, ClientConfig};
+use webrtc_util::Conn;
+
+/// The relay binary of this workspace: beside signaling's, built if missing.
+fn relay_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_signaling")).with_file_name("relay");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "relay", "--bin", "relay"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the relay failed");
+    }
+    bin
+}
+
+struct Relay {
+    child: Child,
+    udp: SocketAddr,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Relay {
+    fn start(signaling: &str, id: &str, region: &str, ports: (u16, u16)) -> Self {
+        let mut child = Command::new(relay_bin())
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--workers", "1"])
+            .args(["--min-port", &ports.0.to_string(), "--max-port", &ports.1.to_string()])
+            .args(["--signaling-url", signaling, "--region", region, "--relay-id", id, "--public-host", "127.0.0.1"])
+            .args(["--allow-peer", "127.0.0.0/8"])
+            .env("RELAY_CLUSTER_TOKEN", CLUSTER_TOKEN)
+            .env("RELAY_LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start relay");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.trim().strip_prefix("STUN/TURN").and_then(|r| r.trim().strip_prefix("udp://"))
+                {
+                    let addr = addr.split_whitespace().next().unwrap_or_default().to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let udp = rx.recv_timeout(Duration::from_secs(30)).expect("relay banner").parse().unwrap();
+        Self { child, udp }
+    }
+}
+
+fn probes_favouring(region: &str) -> Value {
+    let mut p = serde_json::Map::new();
+    for r in ["eu-central", "us-east", "ap-southeast"] {
+        let ms = if r == region { 20.0 } else { 150.0 };
+        p.insert(r.into(), json!([ms * 2.0, ms, ms + 1.0, ms, ms - 1.0]));
+    }
+    Value::Object(p)
+}
+
+fn turn_addr(ice: &Value) -> SocketAddr {
+    let url = ice["iceServers"][0]["urls"][0].as_str().unwrap();
+    let hostport = url.strip_prefix("turn:").unwrap().split('?').next().unwrap();
+    hostport.parse().unwrap()
+}
+
+/// Allocates with the webrtc-rs TURN client using the ICE config's first server, relays one
+/// datagram to a loopback peer and back. Err if the allocation is refused.
+async fn allocate_and_relay(ice: &Value) -> Result<(), String> {
+    let server = turn_addr(ice).to_string();
+    let conn = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: server.clone(),
+        turn_serv_addr: server,
+        username: ice["iceServers"][0]["username"].as_str().unwrap().into(),
+        password: ice["iceServers"][0]["credential"].as_str().unwrap().into(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn,
+        vnet: None,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    client.listen().await.map_err(|e| e.to_string())?;
+    let relayed = client.allocate().await.map_err(|e| e.to_string())?;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    relayed.send_to(b"hello", peer.local_addr().unwrap()).await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(3), peer.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"hello");
+    peer.send_to(b"back", from).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), relayed.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"back");
+    let _ = relayed.close().await;
+    client.close().await.ok();
+    Ok(())
+}
+
+fn relayctl(s: &Signaling, token: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_relayctl"))
+        .args(["--url", &s.url, "--token", token])
+        .args(args)
+        .output()
+        .expect("run relayctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_register_and_serve_the_ice_configs_signaling_hands_out() {
+    let s = Signaling::start("sqlite", "");
+    let admin = s.token("ops", "admin");
+    let player = s.token("alice", "player");
+    let mut relays = vec![
+        Relay::start(&s.url, "eu-1", "eu-central", (20000, 20999)),
+        Relay::start(&s.url, "us-1", "us-east", (21000, 21999)),
+        Relay::start(&s.url, "ap-1", "ap-southeast", (22000, 22999)),
+    ];
+    let serving = eventually(Duration::from_secs(10), || async {
+        let (_, r) = s.call("GET", "/v1/relays", Some(&admin), None).await;
+        let n = r["relays"].as_array().map_or(0, |a| a.iter().filter(|r| r["status"] == "serving").count());
+        (n == 3).then_some(())
+    })
+    .await;
+    assert!(serving.is_some(), "three relays registered");
+
+    // The ICE config names the relay the probes favour, and its credential works there.
+    for (region, relay) in [("us-east", 1), ("ap-southeast", 2), ("eu-central", 0)] {
+        let (st, ice) =
+            s.call("POST", "/v1/ice-config", Some(&player), Some(json!({ "probes": probes_favouring(region) }))).await;
+        assert_eq!(st, 200, "{ice}");
+        assert_eq!(ice["region"], region);
+        assert_eq!(turn_addr(&ice), relays[relay].udp, "{ice}");
+        allocate_and_relay(&ice).await.unwrap_or_else(|e| panic!("allocation on {region} refused: {e}"));
+        // The alternates' credentials work on their relays too.
+        let alt = json!({ "iceServers": ice["alternates"][0]["iceServers"].clone() });
+        allocate_and_relay(&alt).await.unwrap_or_else(|e| panic!("alternate refused: {e}"));
+    }
+
+    // After a key rotation, new credentials use the new secret, which relays learn from their
+    // next heartbeat; credentials signed with the old one keep working meanwhile.
+    let (_, old) = s.call("POST", "/v1/ice-config", Some(&player), Some(json!({}))).await;
+    let (code, out) = relayctl(&s, &admin, &["keys", "rotate"]);
+    assert_eq!(code, 0, "{out}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, new) = s.call("POST", "/v1/ice-config", Some(&player), Some(json!({}))).await;
+    assert_ne!(old["iceServers"][0]["credential"], new["iceServers"][0]["credential"]);
+    allocate_and_relay(&new).await.expect("credential from the rotated secret");
+    allocate_and_relay(&old).await.expect("credential from the previous secret");
+
+    // `relayctl relays drain` stops new sessions on a relay; the relay itself refuses new
+    // allocations once told.
+    let (code, out) = relayctl(&s, &admin, &["relays", "drain", "us-1"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, before_drain) =
+        s.call("POST", "/v1/ice-config", Some(&player), Some(json!({ "probes": probes_favouring("us-east") }))).await;
+    assert_ne!(before_drain["region"], "us-east", "a drained relay got a new session");
+    let drained = eventually(Duration::from_secs(6), || async {
+        let (_, r) = s.call("GET", "/v1/relays", Some(&admin), None).await;
+        let us = r["relays"].as_array()?.iter().find(|r| r["id"] == "us-1")?.clone();
+        (us["state"] == "draining").then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "the relay reported draining after the command");
+    let mint = |secret: &str| {
+        let c = cluster::credentials::mint(secret.as_bytes(), common::unix_now(), 600, Some("direct")).unwrap();
+        json!({ "iceServers": [{ "urls": [format!("turn:{}?transport=udp", relays[1].udp)], "username": c.username, "credential": c.credential }] })
+    };
+    let (_, hb) = s.heartbeat("probe-only", "us-east", 9, "draining", 0.0).await;
+    let secret = hb["secrets"]["keys"][0].as_str().unwrap().to_owned();
+    assert!(allocate_and_relay(&mint(&secret)).await.is_err(), "a draining relay took a new allocation");
+    let (code, out) = relayctl(&s, &admin, &["relays", "undrain", "us-1"]);
+    assert_eq!(code, 0, "{out}");
+    let back = eventually(Duration::from_secs(6), || async {
+        let (_, ice) = s
+            .call("POST", "/v1/ice-config", Some(&player), Some(json!({ "probes": probes_favouring("us-east") })))
+            .await;
+        (ice["region"] == "us-east").then_some(ice)
+    })
+    .await
+    .expect("undrained relay back in rotation");
+    allocate_and_relay(&back).await.expect("allocation after undrain");
+
+    // A killed relay leaves the ICE configs within 6 s.
+    let mut us = relays.remove(1);
+    us.child.kill().unwrap();
+    us.child.wait().unwrap();
+    let killed = Instant::now();
+    let gone = eventually(Duration::from_secs(8), || async {
+        let (_, ice) = s
+            .call("POST", "/v1/ice-config", Some(&player), Some(json!({ "probes": probes_favouring("us-east") })))
+            .await;
+        let names_it = ice["region"] == "us-east"
+            || ice["alternates"].as_array().is_some_and(|a| a.iter().any(|x| x["region"] == "us-east"));
+        (!names_it).then(|| killed.elapsed())
+    })
+    .await
+    .expect("killed relay left rotation");
+    println!("killed relay left the ICE configs after {gone:?}");
+    assert!(gone <= Duration::from_millis(6_200), "took {gone:?}");
+
+    // An expired credential from signaling is refused by the relay it names (credentials live
+    // 5 s here, so that one expires without a long wait).
+    let short = Signaling::start_args("sqlite", "", &["--credential-ttl-secs", "5"]);
+    let _eu = Relay::start(&short.url, "eu-9", "eu-central", (23000, 23999));
+    let ice = eventually(Duration::from_secs(10), || async {
+        let (st, ice) =
+            short.call("POST", "/v1/ice-config", Some(&short.token("alice", "player")), Some(json!({}))).await;
+        (st == 200).then_some(ice)
+    })
+    .await
+    .expect("ICE config from the short-TTL signaling");
+    allocate_and_relay(&ice).await.expect("fresh credential");
+    let expires = ice["expires_at"].as_u64().unwrap();
+    while common::unix_now() <= expires + 1 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let refused = allocate_and_relay(&ice).await;
+    assert!(refused.is_err(), "an expired credential allocated");
+}
