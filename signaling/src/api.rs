@@ -472,7 +472,7 @@ async fn create_session(
     let ice = placement::ice_config(&state, &placement, &id).await?;
     let machine_ice = placement::ice_config(&state, &placement, &id).await?;
     let notice = json!({ "type": "session", "session": session_json(&row), "ice": machine_ice });
-    state.hub.send(&crate::ws::Party { role: Role::Machine, id: machine.id.clone() }, &notice);
+    crate::ws::deliver(&state, &crate::ws::Party { role: Role::Machine, id: machine.id.clone() }, &notice).await;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -584,7 +584,7 @@ async fn end_session(
     // Metric labels stay bounded: client-given reasons count by who ended the session.
     state.metrics.sessions_ended.with_label_values(&[&format!("by_{by}")]).inc();
     info!(session = %id, reason, by, "session ended");
-    crate::ws::notify_ended(&state, &s.player, &s.machine_id, &id, &reason);
+    crate::ws::notify_ended(&state, &s.player, &s.machine_id, &id, &reason).await;
     let s = state.store.session(&id).await?.ok_or_else(|| ApiError::not_found("session vanished"))?;
     Ok(Json(session_json(&s)))
 }

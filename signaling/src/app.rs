@@ -139,10 +139,28 @@ async fn observe(
     let response = if !exempt && !state.limiter.allow(state.client_ip(peer, request.headers()), Instant::now()) {
         ApiError::RateLimited.into_response()
     } else {
-        next.run(request).await
+        let response = next.run(request).await;
+        // The router answers a wrong method with an empty 405; every error here is JSON.
+        if response.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED && !is_json(&response) {
+            let allow = response.headers().get(axum::http::header::ALLOW).cloned();
+            let mut json = ApiError::MethodNotAllowed.into_response();
+            if let Some(allow) = allow {
+                json.headers_mut().insert(axum::http::header::ALLOW, allow);
+            }
+            json
+        } else {
+            response
+        }
     };
     state.metrics.http_requests.with_label_values(&[&route, response.status().as_str()]).inc();
     response
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -183,7 +201,7 @@ pub async fn upkeep_once(state: &AppState) -> anyhow::Result<()> {
             info!(session = %id, reason, "session ended");
             state.metrics.sessions_ended.with_label_values(&[reason]).inc();
             if let Some(s) = state.store.session(&id).await? {
-                crate::ws::notify_ended(state, &s.player, &s.machine_id, &id, reason);
+                crate::ws::notify_ended(state, &s.player, &s.machine_id, &id, reason).await;
             }
         }
     }
@@ -191,6 +209,9 @@ pub async fn upkeep_once(state: &AppState) -> anyhow::Result<()> {
     state.store.forget_relays(now - 24 * 3600 * 1000).await?;
     state.limiter.sweep(Instant::now());
     state.hub.sweep();
+    if state.store.postgres_url().is_some() {
+        state.store.sweep_messages(now - crate::ws::PENDING_TTL.as_millis() as i64).await?;
+    }
     crate::placement::refresh_gauges(state, now).await?;
     Ok(())
 }
@@ -202,8 +223,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let upkeep = tokio::spawn(upkeep(state.clone()));
+    let listener_task = tokio::spawn(crate::ws::listen(state.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     upkeep.abort();
+    listener_task.abort();
     served.context("HTTP server failed")
 }

@@ -25,6 +25,8 @@ pub enum ApiError {
     TooLarge,
     #[error("{0}")]
     Unsupported(String),
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
     #[error("too many requests; slow down")]
     RateLimited,
     #[error("{0}")]
@@ -43,6 +45,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -58,6 +61,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::TooLarge => "too_large",
             Self::Unsupported(_) => "unsupported_media_type",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::RateLimited => "rate_limited",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",

@@ -22,12 +22,17 @@ use sqlx::{AnyPool, Row};
 use crate::config::StoreLocation;
 
 /// The schema, embedded so the binary needs no files beside it.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (2, "ws_messages", include_str!("../migrations/0002_ws_messages.sql")),
+];
 
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     kind: &'static str,
+    /// The PostgreSQL URL, for the notification listener (None on SQLite).
+    postgres_url: Option<String>,
 }
 
 /// A relay as the registry knows it.
@@ -146,7 +151,61 @@ impl Store {
             .collect();
         let migrator = Migrator { migrations: migrations.into(), ..Migrator::DEFAULT };
         migrator.run(&pool).await.context("migrating the store")?;
-        Ok(Self { pool, kind })
+        let postgres_url = match location {
+            StoreLocation::Postgres(url) => Some(url.clone()),
+            StoreLocation::Sqlite(_) => None,
+        };
+        Ok(Self { pool, kind, postgres_url })
+    }
+
+    /// The PostgreSQL URL when several instances may share this store.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.postgres_url.as_deref()
+    }
+
+    // ---- messages between instances ----
+
+    /// Stores a message for a party and notifies every instance (PostgreSQL only).
+    pub async fn post_message(&self, role: &str, party: &str, body: &str, now_ms: i64) -> anyhow::Result<()> {
+        // Ids sort in the order this process posted them (one socket's messages stay in order).
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{now_ms:014}-{seq:012}-{}", new_id("m"));
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO ws_messages (id, role, party, body, created_ms) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&id)
+            .bind(role)
+            .bind(party)
+            .bind(body)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        // Delivered at commit, so a listener always finds the row.
+        sqlx::query("SELECT pg_notify('signaling_ws', $1)").bind(format!("{role}:{party}")).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Claims (deletes and returns, oldest first) the messages waiting for a party.
+    pub async fn claim_messages(&self, role: &str, party: &str, since_ms: i64) -> anyhow::Result<Vec<String>> {
+        let rows = sqlx::query(
+            "DELETE FROM ws_messages WHERE role = $1 AND party = $2 AND created_ms >= $3 RETURNING body, created_ms, id",
+        )
+        .bind(role)
+        .bind(party)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<(String, String)> =
+            rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("body")?))).collect::<anyhow::Result<_>>()?;
+        out.sort();
+        Ok(out.into_iter().map(|(_, body)| body).collect())
+    }
+
+    /// Drops messages nobody claimed in time.
+    pub async fn sweep_messages(&self, before_ms: i64) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM ws_messages WHERE created_ms < $1").bind(before_ms).execute(&self.pool).await?;
+        Ok(())
     }
 
     pub fn kind(&self) -> &'static str {

@@ -16,10 +16,14 @@
 //!   `{"type": "error", "message", "session_id"?}` for a message that was refused.
 //!
 //! Delivery is to every connection of the recipient on this instance. A message for a party
-//! that is not connected yet (a player who opens its socket just after creating the session)
-//! waits in a short queue ([`PENDING_MAX`] messages, [`PENDING_TTL`]) and is delivered when it
-//! connects. Several signaling instances behind a load balancer need sticky routing of a
-//! session's two parties to one instance; cross-instance delivery is not built yet.
+//! that is not connected here waits for it for [`PENDING_TTL`] (a player who opens its socket
+//! just after creating the session gets what was sent meanwhile):
+//!
+//! - on SQLite (one instance) in a queue in memory ([`PENDING_MAX`] messages per party);
+//! - on PostgreSQL (several instances behind a load balancer) in the `ws_messages` table, with a
+//!   `NOTIFY signaling_ws` naming the party; every instance `LISTEN`s, and the one holding the
+//!   party's socket claims the rows by deleting them, so each message is delivered once, in the
+//!   order it was posted. A party connecting anywhere claims what waits for it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -116,6 +120,18 @@ impl Hub {
         false
     }
 
+    /// Sends to the party's local connections only; false if it has none here.
+    fn send_local(&self, party: &Party, text: &str) -> bool {
+        let mut s = self.lock();
+        match s.sockets.get_mut(party) {
+            Some(list) => {
+                list.retain(|(_, tx)| tx.send(text.to_owned()).is_ok());
+                !list.is_empty()
+            }
+            None => false,
+        }
+    }
+
     pub fn is_connected(&self, party: &Party) -> bool {
         self.lock().sockets.contains_key(party)
     }
@@ -166,10 +182,80 @@ pub async fn upgrade(
     Ok(ws.max_message_size(MAX_FRAME).on_upgrade(move |socket| serve(state, claims, socket)))
 }
 
+/// Sends `msg` to `party` wherever it is connected, or keeps it for [`PENDING_TTL`].
+pub async fn deliver(state: &AppState, party: &Party, msg: &Value) {
+    if state.store.postgres_url().is_none() {
+        state.hub.send(party, msg);
+        return;
+    }
+    let text = msg.to_string();
+    if state.hub.send_local(party, &text) {
+        return;
+    }
+    if let Err(e) = state.store.post_message(party.role.as_str(), &party.id, &text, now_ms()).await {
+        tracing::error!(error = format!("{e:#}"), "posting a signaling message for another instance");
+    }
+}
+
+/// Hands a connected party what other instances stored for it.
+async fn claim_for(state: &AppState, party: &Party) {
+    if !state.hub.is_connected(party) {
+        return;
+    }
+    let since = now_ms() - PENDING_TTL.as_millis() as i64;
+    match state.store.claim_messages(party.role.as_str(), &party.id, since).await {
+        Ok(messages) => {
+            for text in messages {
+                if !state.hub.send_local(party, &text) {
+                    // It left meanwhile: put the message back for its next connection.
+                    let _ = state.store.post_message(party.role.as_str(), &party.id, &text, now_ms()).await;
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = format!("{e:#}"), "claiming signaling messages"),
+    }
+}
+
+/// On PostgreSQL: listens for messages posted by any instance and delivers those for parties
+/// connected here. Reconnects after a failure; messages posted meanwhile are claimed when the
+/// listener is back (and by parties when they connect).
+pub async fn listen(state: AppState) {
+    let Some(url) = state.store.postgres_url().map(str::to_owned) else { return };
+    loop {
+        let result: anyhow::Result<()> = async {
+            let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+            listener.listen("signaling_ws").await?;
+            // Anything posted while we were not listening.
+            let parties: Vec<Party> = state.hub.lock().sockets.keys().cloned().collect();
+            for party in parties {
+                claim_for(&state, &party).await;
+            }
+            loop {
+                let n = listener.recv().await?;
+                let Some((role, id)) = n.payload().split_once(':') else { continue };
+                let role = match role {
+                    "player" => Role::Player,
+                    "machine" => Role::Machine,
+                    _ => continue,
+                };
+                claim_for(&state, &Party { role, id: id.to_owned() }).await;
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = format!("{e:#}"), "signaling message listener failed; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn serve(state: AppState, claims: Claims, mut socket: WebSocket) {
     let party = Party { role: claims.role, id: claims.sub.clone() };
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let conn = state.hub.join(&party, tx);
+    if state.store.postgres_url().is_some() {
+        claim_for(&state, &party).await;
+    }
     debug!(role = party.role.as_str(), id = %party.id, "signaling socket open");
     let mut ping = tokio::time::interval(Duration::from_secs(20));
     ping.tick().await;
@@ -256,7 +342,7 @@ async fn handle(state: &AppState, from: &Party, text: &str) -> Option<Value> {
                 Ok(true) => {
                     info!(session = %session_id, reason, by = from.role.as_str(), "session ended");
                     state.metrics.sessions_ended.with_label_values(&[&format!("by_{}", from.role.as_str())]).inc();
-                    notify_ended(state, &session.player, &session.machine_id, &session_id, reason);
+                    notify_ended(state, &session.player, &session.machine_id, &session_id, reason).await;
                     None
                 }
                 Ok(false) => Some(error("session has ended", Some(&session_id))),
@@ -268,18 +354,16 @@ async fn handle(state: &AppState, from: &Party, text: &str) -> Option<Value> {
         }
         _ => {
             msg.insert("from".into(), json!(from.role));
-            state.hub.send(&peer, &Value::Object(msg));
+            deliver(state, &peer, &Value::Object(msg)).await;
             None
         }
     }
 }
 
 /// Tells both parties that a session ended.
-pub fn notify_ended(state: &AppState, player: &str, machine: &str, session_id: &str, reason: &str) {
+pub async fn notify_ended(state: &AppState, player: &str, machine: &str, session_id: &str, reason: &str) {
     let msg = json!({ "type": "ended", "session_id": session_id, "reason": reason });
     for party in [Party { role: Role::Player, id: player.into() }, Party { role: Role::Machine, id: machine.into() }] {
-        if state.hub.is_connected(&party) {
-            state.hub.send(&party, &msg);
-        }
+        deliver(state, &party, &msg).await;
     }
 }

@@ -292,6 +292,12 @@ async fn bad_input(s: &Signaling, admin: &str, player: &str, machine: &str) {
         ("POST", "/v1/admin/tokens", Some(machine), Some(r#"{"sub": "a", "role": "admin"}"#.into()), 403),
         ("GET", "/v1/admin/status", Some(machine), None, 403),
         ("GET", "/v1/nothing-here", None, None, 404),
+        ("DELETE", "/v1/sessions", Some(admin), None, 405),
+        ("GET", "/v1/ice-config", Some(player), None, 405),
+        ("POST", "/v1/sessions/ses_nope/ice-config", Some(player), None, 404),
+        ("POST", "/v1/sessions/ses_00000000000000000000/ice-config", Some(machine), None, 404),
+        ("GET", "/v1/ws", None, None, 401),
+        ("GET", "/v1/ws?token=garbage", None, None, 401),
     ];
     for (method, path, token, body, expected) in cases {
         let mut req = s.http.request(method.parse().unwrap(), format!("{}{path}", s.url));

@@ -151,3 +151,54 @@ async fn sdp_and_candidates_flow_between_the_parties() {
     assert!(closed.is_ok(), "oversized frame did not close the socket");
     assert_eq!(s.call("GET", "/healthz", None, None).await.0, 200);
 }
+
+/// Two signaling instances on one PostgreSQL database, as behind a load balancer: the machine's
+/// socket is on one, the player's requests and socket on the other, and messages still flow,
+/// including one sent before its recipient connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_instances_on_postgres() {
+    let url = common::fresh_postgres_database();
+    let a = Signaling::start_on_postgres(&url);
+    let b = Signaling::start_on_postgres(&url);
+    let (player, machine) = (a.token("alice", "player"), a.token("cab-1", "machine"));
+    a.heartbeat("eu-1", "eu-central", 40001, "serving", 0.1).await;
+    a.call("POST", "/v1/machines/register", Some(&machine), Some(json!({}))).await;
+
+    let mut m = connect(&a, &machine, false).await;
+    // The listener of each instance is up shortly after start; give it a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (st, session) = b.call("POST", "/v1/sessions", Some(&player), Some(json!({ "machine_id": "cab-1" }))).await;
+    assert_eq!(st, 201, "{session}");
+    let id = session["session_id"].as_str().unwrap().to_owned();
+    let notice = next(&mut m).await;
+    assert_eq!(notice["type"], "session");
+    assert_eq!(notice["session"]["id"], id.as_str());
+
+    // The machine answers before the player has a socket anywhere: it waits in the store.
+    send(&mut m, json!({ "type": "candidate", "session_id": id, "candidate": "early" })).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut p = connect(&b, &player, true).await;
+    assert_eq!(next(&mut p).await["candidate"], "early");
+
+    // Many messages both ways keep their order.
+    for i in 0..20 {
+        send(&mut p, json!({ "type": "candidate", "session_id": id, "candidate": format!("p{i}") })).await;
+    }
+    for i in 0..20 {
+        assert_eq!(next(&mut m).await["candidate"], format!("p{i}"));
+    }
+    for i in 0..20 {
+        send(&mut m, json!({ "type": "candidate", "session_id": id, "candidate": format!("m{i}") })).await;
+    }
+    for i in 0..20 {
+        assert_eq!(next(&mut p).await["candidate"], format!("m{i}"));
+    }
+    silent(&mut m).await;
+
+    // Ending through instance A reaches the player on B.
+    let (st, _) =
+        a.call("POST", &format!("/v1/sessions/{id}/end"), Some(&machine), Some(json!({ "reason": "done" }))).await;
+    assert_eq!(st, 200);
+    assert_eq!(next(&mut p).await, json!({ "type": "ended", "session_id": id, "reason": "done" }));
+    assert_eq!(next(&mut m).await["type"], "ended");
+}

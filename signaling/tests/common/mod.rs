@@ -111,8 +111,19 @@ impl Signaling {
     pub fn start_args(backend: &str, extra: &str, args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("signaling-test-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
+        Self::start_in(dir.clone(), &store_section(backend, &dir), extra, args)
+    }
+
+    /// An instance on the given PostgreSQL database (several may share one).
+    pub fn start_on_postgres(url: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("signaling-test-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::start_in(dir, &format!("database_url = {url:?}"), "", &[])
+    }
+
+    fn start_in(dir: PathBuf, store: &str, extra: &str, args: &[&str]) -> Self {
         let path = dir.join("signaling.toml");
-        std::fs::write(&path, config(&store_section(backend, &dir), extra)).unwrap();
+        std::fs::write(&path, config(store, extra)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_signaling"))
             .arg("--config")
             .arg(&path)
