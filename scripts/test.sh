@@ -62,4 +62,7 @@ echo "==> cargo test"
 cargo build --workspace --release --bins
 cargo test --workspace --release -- --test-threads 4
 
+echo "==> region selection on measured internet latencies (report)"
+cargo test --release -p geo --test simulation -- --nocapture --test-threads 1 2>&1 | grep -v "^test \|^running \|^$"
+
 echo "==> all tests passed"
