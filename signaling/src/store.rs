@@ -220,11 +220,17 @@ impl Store {
     // ---- relays ----
 
     /// Records a heartbeat (registering the relay on its first) and returns the relay's row.
+    /// One upsert (SQLite and PostgreSQL share `ON CONFLICT … DO UPDATE`), so two instances
+    /// receiving a new relay's first heartbeats cannot race.
     pub async fn relay_heartbeat(&self, hb: &Heartbeat, now_ms: i64) -> anyhow::Result<RelayRow> {
-        let load = serde_json::to_string(&hb.load)?;
-        let updated = sqlx::query(
-            "UPDATE relays SET region = $2, version = $3, public_host = $4, turn_udp_port = $5, turn_tls_port = $6, \
-             state = $7, load_json = $8, utilisation = $9, started_at = $10, last_seen_ms = $11 WHERE id = $1",
+        sqlx::query(
+            "INSERT INTO relays (id, region, version, public_host, turn_udp_port, turn_tls_port, state, \
+             admin_state, load_json, utilisation, started_at, first_seen_ms, last_seen_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'serving', $8, $9, $10, $11, $11) \
+             ON CONFLICT (id) DO UPDATE SET region = excluded.region, version = excluded.version, \
+             public_host = excluded.public_host, turn_udp_port = excluded.turn_udp_port, \
+             turn_tls_port = excluded.turn_tls_port, state = excluded.state, load_json = excluded.load_json, \
+             utilisation = excluded.utilisation, started_at = excluded.started_at, last_seen_ms = excluded.last_seen_ms",
         )
         .bind(&hb.relay_id)
         .bind(&hb.region)
@@ -233,39 +239,12 @@ impl Store {
         .bind(i64::from(hb.turn_udp_port))
         .bind(hb.turn_tls_port.map(i64::from))
         .bind(hb.state.as_str())
-        .bind(&load)
+        .bind(serde_json::to_string(&hb.load)?)
         .bind(hb.load.utilisation())
         .bind(hb.started_at as i64)
         .bind(now_ms)
         .execute(&self.pool)
         .await?;
-        if updated.rows_affected() == 0 {
-            let inserted = sqlx::query(
-                "INSERT INTO relays (id, region, version, public_host, turn_udp_port, turn_tls_port, state, \
-                 admin_state, load_json, utilisation, started_at, first_seen_ms, last_seen_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'serving', $8, $9, $10, $11, $11)",
-            )
-            .bind(&hb.relay_id)
-            .bind(&hb.region)
-            .bind(&hb.version)
-            .bind(&hb.public_host)
-            .bind(i64::from(hb.turn_udp_port))
-            .bind(hb.turn_tls_port.map(i64::from))
-            .bind(hb.state.as_str())
-            .bind(&load)
-            .bind(hb.load.utilisation())
-            .bind(hb.started_at as i64)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await;
-            // Another instance registered it between our UPDATE and INSERT: update instead.
-            if let Err(e) = inserted {
-                if !is_unique_violation(&e) {
-                    return Err(e.into());
-                }
-                return Box::pin(self.relay_heartbeat(hb, now_ms)).await;
-            }
-        }
         self.relay(&hb.relay_id).await?.context("relay vanished after its heartbeat")
     }
 
@@ -404,38 +383,22 @@ impl Store {
 
     // ---- machines ----
 
+    /// Registers a machine, or updates it (keeping when it first registered).
     pub async fn register_machine(&self, m: &MachineRow) -> anyhow::Result<()> {
-        let rtts = serde_json::to_string(&m.rtts)?;
-        let updated = sqlx::query(
-            "UPDATE machines SET name = $2, lat = $3, lon = $4, rtts_json = $5, last_seen_ms = $6 WHERE id = $1",
+        sqlx::query(
+            "INSERT INTO machines (id, name, lat, lon, rtts_json, registered_ms, last_seen_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, lat = excluded.lat, lon = excluded.lon, \
+             rtts_json = excluded.rtts_json, last_seen_ms = excluded.last_seen_ms",
         )
         .bind(&m.id)
         .bind(&m.name)
         .bind(m.lat)
         .bind(m.lon)
-        .bind(&rtts)
+        .bind(serde_json::to_string(&m.rtts)?)
         .bind(m.last_seen_ms)
         .execute(&self.pool)
         .await?;
-        if updated.rows_affected() == 0 {
-            let r = sqlx::query(
-                "INSERT INTO machines (id, name, lat, lon, rtts_json, registered_ms, last_seen_ms) VALUES ($1, $2, $3, $4, $5, $6, $6)",
-            )
-            .bind(&m.id)
-            .bind(&m.name)
-            .bind(m.lat)
-            .bind(m.lon)
-            .bind(&rtts)
-            .bind(m.last_seen_ms)
-            .execute(&self.pool)
-            .await;
-            if let Err(e) = r {
-                if !is_unique_violation(&e) {
-                    return Err(e.into());
-                }
-                return Box::pin(self.register_machine(m)).await;
-            }
-        }
         Ok(())
     }
 
