@@ -15,7 +15,7 @@
 //! | `POST /v1/sessions/{id}/ice-config` | its player or machine | fresh credentials for the session's relay |
 //! | `GET /v1/ws` | player, machine | WebSocket: SDP and candidates between the parties (see [`crate::ws`]) |
 //! | `GET /v1/sessions` | admin | session history with filters |
-//! | `GET /v1/relays`, `POST /v1/relays/{id}/drain`, `/undrain` | admin | the registry |
+//! | `GET /v1/relays`, `POST /v1/relays/{id}/drain`, `/undrain`, `DELETE /v1/relays/{id}` | admin | the registry |
 //! | `POST /v1/admin/keys/rotate`, `POST /v1/admin/tokens`, `GET /v1/admin/status` | admin | operations |
 
 use std::collections::BTreeMap;
@@ -110,6 +110,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/sessions/{id}/ice-config", post(session_ice_config))
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/relays", get(list_relays))
+        .route("/v1/relays/{id}", axum::routing::delete(remove_relay))
         .route("/v1/relays/{id}/drain", post(drain_relay))
         .route("/v1/relays/{id}/undrain", post(undrain_relay))
         .route("/v1/admin/status", get(status))
@@ -193,6 +194,23 @@ async fn set_admin_state(state: &AppState, bearer: &Bearer, id: &str, to: RelayS
     }
     info!(relay = %id, to = to.as_str(), by = %bearer.0.sub, "relay admin state changed");
     Ok(Json(json!({ "relay": id, "admin_state": to })))
+}
+
+/// Forgets a dead relay (decommissioned); a live one would register again with its next
+/// heartbeat, so it is refused with 409 (drain it and stop it first).
+async fn remove_relay(
+    State(state): State<AppState>,
+    bearer: Bearer,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Json<Value>> {
+    bearer.require(&[])?;
+    let relay = state.store.relay(&id).await?.ok_or_else(|| ApiError::not_found(format!("no relay {id:?}")))?;
+    if placement::is_live(&relay, now_ms()) {
+        return Err(ApiError::Conflict(format!("relay {id:?} is live; stop it first (it would register again)")));
+    }
+    state.store.remove_relay(&id).await?;
+    info!(relay = %id, by = %bearer.0.sub, "relay removed");
+    Ok(Json(json!({ "relay": id, "removed": true })))
 }
 
 async fn drain_relay(

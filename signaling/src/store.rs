@@ -294,6 +294,12 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
+    /// Forgets one relay.
+    pub async fn remove_relay(&self, id: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM relays WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Forgets relays silent for longer than `older_than_ms` (they re-register on their next
     /// heartbeat).
     pub async fn forget_relays(&self, older_than_ms: i64) -> anyhow::Result<u64> {

@@ -189,6 +189,13 @@ async fn suite(backend: &str) {
     let (_, listed) = s.call("GET", "/v1/relays", Some(&admin), None).await;
     let us = listed["relays"].as_array().unwrap().iter().find(|r| r["id"] == "us-1").unwrap().clone();
     assert_eq!(us["status"], "dead");
+    // A live relay cannot be removed (it would register again); a dead one can.
+    let (st, body) = s.call("DELETE", "/v1/relays/eu-1", Some(&admin), None).await;
+    assert_eq!(st, 409, "{body}");
+    let (st, body) = s.call("DELETE", "/v1/relays/us-1", Some(&admin), None).await;
+    assert_eq!(st, 200, "{body}");
+    let (_, listed) = s.call("GET", "/v1/relays", Some(&admin), None).await;
+    assert!(listed["relays"].as_array().unwrap().iter().all(|r| r["id"] != "us-1"));
 
     // A machine that goes silent ends its session (offline_after_secs = 3).
     let (st, session) = s.call("POST", "/v1/sessions", Some(&player), Some(json!({ "machine_id": "cab-1" }))).await;
@@ -281,6 +288,8 @@ async fn bad_input(s: &Signaling, admin: &str, player: &str, machine: &str) {
         ("GET", "/v1/machines", None, None, 401),
         ("GET", "/v1/relays", Some(player), None, 403),
         ("POST", "/v1/relays/nope/drain", Some(admin), None, 404),
+        ("DELETE", "/v1/relays/nope", Some(admin), None, 404),
+        ("DELETE", "/v1/relays/eu-1", Some(player), None, 403),
         ("POST", "/v1/relays/eu-1/drain", Some(player), None, 403),
         ("POST", "/v1/relays/heartbeat", Some("wrong-token-wrong-token"), Some("{}".into()), 401),
         ("POST", "/v1/relays/heartbeat", Some(CLUSTER_TOKEN), Some("{}".into()), 400),

@@ -203,6 +203,10 @@ async fn relays_drain_and_undrain_reach_the_relay() {
 
     run(&mut relayctl(&s, Some(&admin)), &["relays", "drain", "nope"]).await.fails(1, &["no relay", "404"]);
     run(&mut relayctl(&s, Some(&admin)), &["relays", "drain", "Not_An_Id"]).await.fails(2, &["relay id"]);
+
+    // A live relay is not removed; ids with dots (host names) are accepted.
+    run(&mut relayctl(&s, Some(&admin)), &["relays", "remove", "us-1"]).await.fails(1, &["is live", "409"]);
+    run(&mut relayctl(&s, Some(&admin)), &["relays", "remove", "relay.example"]).await.fails(1, &["no relay", "404"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,6 +124,8 @@ enum RelaysAction {
     Drain { id: RelayId },
     /// Put a drained relay back in rotation
     Undrain { id: RelayId },
+    /// Forget a dead (decommissioned) relay; a live one is refused
+    Remove { id: RelayId },
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,7 +222,7 @@ struct IceConfigArgs {
     machine: Option<String>,
 }
 
-/// A relay id as signaling accepts them (`signaling::config::valid_id`).
+/// A relay id as signaling accepts them (`signaling::config::valid_relay_id`).
 #[derive(Debug, Clone)]
 struct RelayId(String);
 
@@ -228,10 +230,11 @@ impl std::str::FromStr for RelayId {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        if signaling::config::valid_id(s) {
+        // `.` and `..` alone would name another route; the charset allows them otherwise.
+        if signaling::config::valid_relay_id(s) && s != "." && s != ".." {
             Ok(Self(s.to_owned()))
         } else {
-            Err("a relay id is 1-64 of a-z, 0-9 and -".into())
+            Err("a relay id is 1-64 of a-z, 0-9, . and -".into())
         }
     }
 }
@@ -360,6 +363,10 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
         Command::Relays { action: Some(RelaysAction::Undrain { id }) } => {
             let v = api.post(&["v1", "relays", &id.0, "undrain"], &json!({})).await;
             show(v.with_context(|| format!("undraining relay {}", id.0))?, render::admin_state)
+        }
+        Command::Relays { action: Some(RelaysAction::Remove { id }) } => {
+            let v = api.delete(&["v1", "relays", &id.0]).await;
+            show(v.with_context(|| format!("removing relay {}", id.0))?, render::admin_state)
         }
         Command::Machines => {
             show(api.get(&["v1", "machines"], &[]).await.context("listing machines")?, render::machines)

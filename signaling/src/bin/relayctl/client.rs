@@ -53,6 +53,12 @@ impl Api {
         self.send(self.authorize(req)?).await
     }
 
+    /// An authenticated DELETE.
+    pub async fn delete(&self, path: &[&str]) -> anyhow::Result<Value> {
+        let req = self.http.request(Method::DELETE, self.url(path));
+        self.send(self.authorize(req)?).await
+    }
+
     /// The base URL with `segments` appended, each percent-encoded, so an id can never reach
     /// another route (`../`, `?`, `#`) and a base with a path prefix (behind a proxy) works.
     fn url(&self, segments: &[&str]) -> Url {

@@ -242,6 +242,9 @@ pub fn relays(v: &Value) -> String {
 
 pub fn admin_state(v: &Value) -> String {
     let relay = clean(&text(&v["relay"]));
+    if v["removed"] == true {
+        return format!("relay {relay} removed from the registry\n");
+    }
     match v["admin_state"].as_str() {
         Some("draining") => format!("relay {relay} is draining: it keeps its sessions and takes no new ones\n"),
         Some("serving") => format!("relay {relay} is back in rotation\n"),
