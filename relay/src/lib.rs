@@ -4,5 +4,6 @@
 //! and health. `config` turns the TOML file, flags and environment into a validated `Config`.
 
 pub mod config;
+pub mod sfu;
 pub mod shell;
 pub mod turn;
