@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use relay::sfu::route::{KEYFRAME_INTERVAL, RouteError};
 use relay::sfu::{Codec, Forward, MediaIn, PeerId, Role, Router};
+use std::sync::Arc;
 
 const MACHINE: &str = "cab-1";
 const PUBLISHER: PeerId = PeerId(1);
@@ -43,7 +43,7 @@ impl Source {
             timestamp: self.ts,
             marker: true,
             keyframe,
-            payload: Bytes::from(payload),
+            payload: Arc::from(payload),
         }
     }
 }

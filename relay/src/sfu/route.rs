@@ -31,7 +31,8 @@
 //! # Retransmissions
 //!
 //! Every forwarded packet is kept once per track layer in a [`PacketCache`] (a ring of
-//! [`CACHE_PACKETS`] slots sharing the payload by reference count), not once per subscriber;
+//! [`CACHE_PACKETS`] slots sharing the payload by reference count, the same `Arc` every
+//! subscriber's packet points to), not once per subscriber;
 //! a subscriber's NACK is mapped back through its offsets and answered from there.
 //!
 //! # The seat
@@ -42,9 +43,9 @@
 //! subscriber of the room.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use slab::Slab;
 
 use super::keyframe::Codec;
@@ -105,7 +106,7 @@ pub struct MediaIn {
     pub marker: bool,
     /// First packet of a key frame (see [`super::keyframe::is_keyframe`]).
     pub keyframe: bool,
-    pub payload: Bytes,
+    pub payload: Arc<[u8]>,
 }
 
 /// One packet to send to a subscriber, rewritten.
@@ -119,7 +120,7 @@ pub struct Forward {
     pub marker: bool,
     /// True for a retransmission answering a NACK (the shell sends it as RTX where negotiated).
     pub resend: bool,
-    pub payload: Bytes,
+    pub payload: Arc<[u8]>,
 }
 
 /// Ask `publisher` for a key frame of `track`'s `layer`.
@@ -709,7 +710,7 @@ pub struct Cached {
     pub seq: u64,
     pub timestamp: u32,
     pub marker: bool,
-    pub payload: Bytes,
+    pub payload: Arc<[u8]>,
 }
 
 /// The last [`CACHE_PACKETS`] packets of one track layer, by incoming sequence number.

@@ -1,0 +1,368 @@
+//! The SFU engine: WebRTC peers ([`Peer`]) around the routing core ([`Router`]), sans-IO.
+//!
+//! The shell hands it the datagrams of the shared UDP port that are the SFU's (see
+//! [`Sfu::handle_datagram`]: STUN checks are matched by the ICE username fragment, everything
+//! else by the source address ICE learned) and sends what [`Sfu::drain_transmits`] returns from
+//! the same port. HTTP (WHIP/WHEP) calls [`Sfu::publish`], [`Sfu::subscribe`] and
+//! [`Sfu::remove`]. A peer whose WebRTC stack fails or panics is ended alone and counted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use super::route::{Forward, MediaIn, PeerId, Role, RouteError, Router};
+use super::webrtc::{Peer, PeerError, PeerEvent, Transmit, stun_ufrag};
+
+/// What the engine counts besides the router's [`super::RouteStats`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SfuStats {
+    pub peers_created: u64,
+    pub peers_connected: u64,
+    /// Peers ended by an error or a panic of their WebRTC stack, or by ICE.
+    pub peers_lost: u64,
+    pub panics: u64,
+    /// Datagrams the SFU took (matched to a peer).
+    pub datagrams_in: u64,
+    /// Datagrams matched to a peer that its stack refused.
+    pub datagrams_refused: u64,
+}
+
+/// Why a publish or subscribe request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+}
+
+struct Entry {
+    peer: Peer,
+    /// `None` for a publisher.
+    role: Option<Role>,
+    /// A publisher's media index → router track.
+    tracks: Vec<Option<usize>>,
+    /// A publisher's router tracks: audio or not, in track order.
+    track_audio: Vec<bool>,
+}
+
+/// The SFU of one worker.
+pub struct Sfu {
+    /// Our one ICE candidate. Datagrams are given to str0m as addressed to it even when they
+    /// arrive on a private address behind 1:1 NAT, since ICE matches them to the candidate.
+    public: SocketAddr,
+    peers: HashMap<PeerId, Entry>,
+    next_id: u64,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    /// Machine → its publisher.
+    publishers: HashMap<String, PeerId>,
+    router: Router,
+    transmits: Vec<Transmit>,
+    forwards: Vec<Forward>,
+    stats: SfuStats,
+}
+
+impl Sfu {
+    /// An SFU advertising `public` (the shared UDP port's public address) as its ICE candidate.
+    pub fn new(public: SocketAddr) -> Self {
+        Self {
+            public,
+            peers: HashMap::new(),
+            next_id: 1,
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            publishers: HashMap::new(),
+            router: Router::new(),
+            transmits: Vec::new(),
+            forwards: Vec::new(),
+            stats: SfuStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &SfuStats {
+        &self.stats
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Peers alive.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// WHIP: `machine` publishes with `offer`; returns the peer and the SDP answer. A publisher
+    /// already there (the machine reconnecting) is replaced.
+    pub fn publish(&mut self, now: Instant, machine: &str, offer: &str) -> Result<(PeerId, String), SfuError> {
+        let (peer, answer) = Peer::answer(now, offer, self.public)?;
+        let id = self.add(peer, None);
+        if let Some(old) = self.router.publish(machine, id)? {
+            self.forget(old);
+        }
+        self.publishers.insert(machine.to_owned(), id);
+        info!(peer = id.0, machine, "publisher joined");
+        self.service(now, id);
+        Ok((id, answer))
+    }
+
+    /// WHEP: a subscriber of `machine` with `offer`; returns the peer and the SDP answer.
+    pub fn subscribe(
+        &mut self,
+        now: Instant,
+        machine: &str,
+        role: Role,
+        offer: &str,
+    ) -> Result<(PeerId, String), SfuError> {
+        let (peer, answer) = Peer::answer(now, offer, self.public)?;
+        let id = self.add(peer, Some(role));
+        if let Err(e) = self.router.subscribe(now, machine, id, role) {
+            self.forget(id);
+            return Err(e.into());
+        }
+        info!(peer = id.0, machine, ?role, "subscriber joined");
+        self.service(now, id);
+        self.deliver_keyframe_requests(now);
+        Ok((id, answer))
+    }
+
+    /// Ends a peer (WHIP/WHEP DELETE); false if it was not there.
+    pub fn remove(&mut self, id: PeerId) -> bool {
+        let known = self.peers.contains_key(&id);
+        self.forget(id);
+        known
+    }
+
+    /// The machine a peer belongs to.
+    pub fn machine_of(&self, id: PeerId) -> Option<&str> {
+        self.router.machine_of(id)
+    }
+
+    /// Hands `machine`'s seat to a subscriber (or to nobody).
+    pub fn hand_seat(&mut self, machine: &str, to: Option<PeerId>) -> Result<Option<PeerId>, RouteError> {
+        self.router.hand_seat(machine, to)
+    }
+
+    /// Takes a datagram from the shared port if it is the SFU's: a STUN Binding request naming
+    /// one of our peers' ufrags, or anything from an address ICE learned for a peer. False
+    /// means it is not ours (the TURN core gets it).
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        let by_ufrag = match data.first() {
+            Some(0..=3) => stun_ufrag(data).and_then(|u| self.by_ufrag.get(&u).copied()),
+            _ => None,
+        };
+        let Some(id) = by_ufrag.or_else(|| self.by_addr.get(&from).copied()) else { return false };
+        let Some(entry) = self.peers.get_mut(&id) else { return false };
+        self.stats.datagrams_in += 1;
+        match entry.peer.handle_datagram(now, from, self.public, data) {
+            Ok(true) => {
+                self.by_addr.insert(from, id);
+                self.service(now, id);
+            }
+            Ok(false) => self.stats.datagrams_refused += 1,
+            Err(e) => self.fail(id, &e),
+        }
+        true
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers.values().map(|e| e.peer.timeout()).chain(self.router.poll_timeout()).min()
+    }
+
+    /// Runs due timers of every peer and of the router.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self.peers.iter().filter(|(_, e)| e.peer.timeout() <= now).map(|(&id, _)| id).collect();
+        for id in due {
+            let Some(entry) = self.peers.get_mut(&id) else { continue };
+            match entry.peer.handle_timeout(now) {
+                Ok(()) => self.service(now, id),
+                Err(e) => self.fail(id, &e),
+            }
+        }
+        if self.router.poll_timeout().is_some_and(|t| t <= now) {
+            self.router.handle_timeout(now);
+            self.deliver_keyframe_requests(now);
+        }
+    }
+
+    /// Moves the datagrams to send into `out` (appended).
+    pub fn drain_transmits(&mut self, out: &mut Vec<Transmit>) {
+        out.append(&mut self.transmits);
+    }
+
+    fn add(&mut self, peer: Peer, role: Option<Role>) -> PeerId {
+        let id = PeerId(self.next_id);
+        self.next_id += 1;
+        self.by_ufrag.insert(peer.ufrag().to_owned(), id);
+        self.peers.insert(id, Entry { peer, role, tracks: Vec::new(), track_audio: Vec::new() });
+        self.stats.peers_created += 1;
+        id
+    }
+
+    fn forget(&mut self, id: PeerId) {
+        if let Some(entry) = self.peers.remove(&id) {
+            self.by_ufrag.remove(entry.peer.ufrag());
+            self.by_addr.retain(|_, p| *p != id);
+            if entry.role.is_none() {
+                self.publishers.retain(|_, p| *p != id);
+            }
+        }
+        let _ = self.router.remove(id);
+    }
+
+    fn fail(&mut self, id: PeerId, e: &PeerError) {
+        if matches!(e, PeerError::Panicked) {
+            self.stats.panics += 1;
+        }
+        warn!(peer = id.0, error = %e, "SFU peer ended");
+        self.stats.peers_lost += 1;
+        self.forget(id);
+    }
+
+    /// Drains a peer's output and acts on its events, then does the same for every peer those
+    /// events wrote to (str0m wants its output drained after every input).
+    fn service(&mut self, now: Instant, first: PeerId) {
+        let mut queue = vec![first];
+        let mut events = Vec::new();
+        while let Some(id) = queue.pop() {
+            let Some(entry) = self.peers.get_mut(&id) else { continue };
+            events.clear();
+            if let Err(e) = entry.peer.poll(&mut events, &mut self.transmits) {
+                self.fail(id, &e);
+                continue;
+            }
+            for event in events.drain(..) {
+                self.on_event(now, id, event, &mut queue);
+            }
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, id: PeerId, event: PeerEvent, queue: &mut Vec<PeerId>) {
+        match event {
+            PeerEvent::Connected => {
+                self.stats.peers_connected += 1;
+                debug!(peer = id.0, "connected");
+            }
+            PeerEvent::Disconnected => {
+                info!(peer = id.0, "peer disconnected");
+                self.stats.peers_lost += 1;
+                self.forget(id);
+            }
+            PeerEvent::Media { index, audio, receiving, codec, layers } => {
+                let Some(entry) = self.peers.get_mut(&id) else { return };
+                if entry.role.is_some() || !receiving {
+                    return;
+                }
+                let Some(codec) = codec else { return };
+                match self.router.add_track(id, codec, layers) {
+                    Ok(track) => {
+                        if entry.tracks.len() <= index {
+                            entry.tracks.resize(index + 1, None);
+                        }
+                        entry.tracks[index] = Some(track);
+                        entry.track_audio.push(audio);
+                        debug!(peer = id.0, track, ?codec, layers, "track published");
+                    }
+                    Err(e) => warn!(peer = id.0, error = %e, "track refused"),
+                }
+            }
+            PeerEvent::Rtp { media, layer, seq, timestamp, marker, keyframe, payload, codec } => {
+                let Some(entry) = self.peers.get(&id) else { return };
+                let Some(track) = entry.tracks.get(media).copied().flatten() else { return };
+                let audio = entry.track_audio[track];
+                let ordinal = entry.track_audio[..track].iter().filter(|&&a| a == audio).count();
+                let pkt = MediaIn { track, layer, seq, timestamp, marker, keyframe, payload };
+                let mut forwards = std::mem::take(&mut self.forwards);
+                self.router.media(now, id, pkt, &mut forwards);
+                for f in forwards.drain(..) {
+                    let Some(sub) = self.peers.get_mut(&f.to) else { continue };
+                    let Some(m) = sub.peer.media_of_kind(audio).nth(ordinal) else { continue };
+                    match sub.peer.write_rtp(now, m, codec, f.seq, f.timestamp, f.marker, f.payload) {
+                        Ok(_) => {
+                            if !queue.contains(&f.to) {
+                                queue.push(f.to);
+                            }
+                        }
+                        Err(e) => self.fail(f.to, &e),
+                    }
+                }
+                self.forwards = forwards;
+                self.deliver_to(now, queue);
+            }
+            PeerEvent::KeyframeRequest { media } => {
+                let Some(track) = self.subscriber_track(id, media) else { return };
+                self.router.request_keyframe(now, id, track);
+                self.deliver_to(now, queue);
+            }
+            PeerEvent::Bandwidth(bps) => {
+                self.router.set_bandwidth(now, id, bps);
+                self.deliver_to(now, queue);
+            }
+            PeerEvent::Data(msg) => {
+                let is_publisher = self.peers.get(&id).is_some_and(|e| e.role.is_none());
+                let targets = if is_publisher {
+                    let mut to = Vec::new();
+                    self.router.message_from_publisher(id, &mut to);
+                    to
+                } else {
+                    self.router.input(id).into_iter().collect()
+                };
+                for to in targets {
+                    let Some(e) = self.peers.get_mut(&to) else { continue };
+                    match e.peer.send_data(&msg) {
+                        Ok(_) => queue.push(to),
+                        Err(err) => self.fail(to, &err),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The router track a subscriber's media line carries: the same ordinal among tracks of
+    /// its kind.
+    fn subscriber_track(&self, id: PeerId, media: usize) -> Option<usize> {
+        let machine = self.router.machine_of(id)?;
+        let publisher = self.peers.get(self.publishers.get(machine)?)?;
+        let sub = &self.peers.get(&id)?.peer;
+        for audio in [true, false] {
+            if let Some(ordinal) = sub.media_of_kind(audio).position(|m| m == media) {
+                return publisher
+                    .track_audio
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| **a == audio)
+                    .nth(ordinal)
+                    .map(|(t, _)| t);
+            }
+        }
+        None
+    }
+
+    fn deliver_keyframe_requests(&mut self, now: Instant) {
+        let mut queue = Vec::new();
+        self.deliver_to(now, &mut queue);
+        for id in queue {
+            self.service(now, id);
+        }
+    }
+
+    /// Sends the router's key-frame requests to their publishers; they join `queue`.
+    fn deliver_to(&mut self, now: Instant, queue: &mut Vec<PeerId>) {
+        while let Some(r) = self.router.poll_keyframe_request() {
+            let Some(entry) = self.peers.get_mut(&r.publisher) else { continue };
+            let Some(media) = entry.tracks.iter().position(|t| *t == Some(r.track)) else { continue };
+            match entry.peer.request_keyframe(now, media, r.layer) {
+                Ok(()) => {
+                    if !queue.contains(&r.publisher) {
+                        queue.push(r.publisher);
+                    }
+                }
+                Err(e) => self.fail(r.publisher, &e),
+            }
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The SFU's WebRTC peers: the one module that names str0m (pinned in the workspace), so a str0m
+//! upgrade touches only this file.
+//!
+//! A [`Peer`] is one str0m `Rtc` in ICE-lite, RTP-forwarding mode with BWE, answering an offer
+//! (WHIP or WHEP). It speaks the engine's vocabulary: media by index in the order the offer
+//! listed them, codecs as [`Codec`], events as [`PeerEvent`], datagrams as [`Transmit`]. Every
+//! call into str0m runs under `catch_unwind`: str0m treats its own panics as bugs and documents
+//! that dropping the `Rtc` after one is safe (it holds no locks or threads), so a panic becomes
+//! [`PeerError::Panicked`] and the engine ends that peer alone.
+
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::SdpOffer;
+use str0m::channel::ChannelId;
+use str0m::format::Codec as StrCodec;
+use str0m::ice::StunMessage;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+
+use super::keyframe::{Codec, is_keyframe};
+
+/// Why a peer could not be created or must end.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("bad SDP offer: {0}")]
+    BadOffer(String),
+    #[error("the offer has no usable media for this role: {0}")]
+    Unusable(&'static str),
+    #[error("WebRTC error: {0}")]
+    Rtc(String),
+    #[error("the WebRTC stack panicked; the peer is closed")]
+    Panicked,
+}
+
+/// A datagram to send from the SFU's port.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// What a peer reports to the engine.
+#[derive(Debug, Clone)]
+pub enum PeerEvent {
+    /// ICE and DTLS are up.
+    Connected,
+    /// ICE lost the peer (or it closed): the engine removes it.
+    Disconnected,
+    /// A media line of the offer: index, whether the peer sends it to us, its codec and layers.
+    Media { index: usize, audio: bool, receiving: bool, codec: Option<Codec>, layers: usize },
+    /// An RTP packet from the peer (a publisher).
+    Rtp {
+        media: usize,
+        layer: u8,
+        codec: Codec,
+        seq: u64,
+        timestamp: u32,
+        marker: bool,
+        keyframe: bool,
+        payload: Arc<[u8]>,
+    },
+    /// The peer (a subscriber) asks for a key frame of this media.
+    KeyframeRequest { media: usize },
+    /// The bandwidth estimate towards the peer, bits per second.
+    Bandwidth(u64),
+    /// A data-channel message from the peer.
+    Data(Vec<u8>),
+}
+
+struct MediaLine {
+    mid: Mid,
+    kind: MediaKind,
+    /// Simulcast RIDs in layer order (lowest first); empty without simulcast.
+    rids: Vec<Rid>,
+}
+
+/// One WebRTC peer of the SFU.
+pub struct Peer {
+    rtc: Rtc,
+    ufrag: String,
+    media: Vec<MediaLine>,
+    channel: Option<ChannelId>,
+    /// The address ICE nominated (learned from the first accepted datagram).
+    remote: Option<SocketAddr>,
+    timeout: Instant,
+}
+
+impl Peer {
+    /// Answers `offer` (a publisher's when `publisher`, else a subscriber's) with an ICE-lite
+    /// peer whose only candidate is `public`. Returns the peer and the SDP answer.
+    pub fn answer(now: Instant, offer: &str, public: SocketAddr) -> Result<(Self, String), PeerError> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| PeerError::BadOffer(e.to_string()))?;
+        guard(|| {
+            let mut rtc = RtcConfig::new()
+                .set_ice_lite(true)
+                .set_rtp_mode(true)
+                .enable_bwe(Some(Bitrate::kbps(1000)))
+                .clear_codecs()
+                .enable_opus(true)
+                .enable_h264(true)
+                .enable_vp8(true)
+                .enable_vp9(true)
+                .build(now);
+            let candidate = Candidate::host(public, "udp").map_err(|e| PeerError::Rtc(e.to_string()))?;
+            rtc.add_local_candidate(candidate);
+            let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| PeerError::BadOffer(e.to_string()))?;
+            let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+            Ok((
+                Self { rtc, ufrag, media: Vec::new(), channel: None, remote: None, timeout: now },
+                answer.to_sdp_string(),
+            ))
+        })?
+    }
+
+    /// Our ICE username fragment: STUN checks naming it belong to this peer.
+    pub fn ufrag(&self) -> &str {
+        &self.ufrag
+    }
+
+    /// The address the peer's media comes from, once known.
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn timeout(&self) -> Instant {
+        self.timeout
+    }
+
+    /// Feeds one datagram from `from` (received on `local`). False if str0m does not take it
+    /// (a check not for this peer, a stranger's packet).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+    ) -> Result<bool, PeerError> {
+        let Ok(receive) = Receive::new(Protocol::Udp, from, local, data) else { return Ok(false) };
+        let input = Input::Receive(now, receive);
+        let rtc = &mut self.rtc;
+        let taken = guard(|| {
+            if !rtc.accepts(&input) {
+                return Ok(false);
+            }
+            rtc.handle_input(input).map(|()| true).map_err(|e| PeerError::Rtc(e.to_string()))
+        })??;
+        if taken {
+            self.remote = Some(from);
+        }
+        Ok(taken)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
+        let rtc = &mut self.rtc;
+        guard(|| rtc.handle_input(Input::Timeout(now)).map_err(|e| PeerError::Rtc(e.to_string())))?
+    }
+
+    /// Drains str0m's output: datagrams into `transmits`, events into `events`.
+    pub fn poll(&mut self, events: &mut Vec<PeerEvent>, transmits: &mut Vec<Transmit>) -> Result<(), PeerError> {
+        loop {
+            let rtc = &mut self.rtc;
+            let output = guard(|| rtc.poll_output().map_err(|e| PeerError::Rtc(e.to_string())))??;
+            match output {
+                Output::Timeout(t) => {
+                    self.timeout = t;
+                    return Ok(());
+                }
+                Output::Transmit(t) => transmits.push(Transmit { to: t.destination, data: t.contents.to_vec() }),
+                Output::Event(e) => self.on_event(e, events)?,
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event, events: &mut Vec<PeerEvent>) -> Result<(), PeerError> {
+        match event {
+            Event::Connected => events.push(PeerEvent::Connected),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {
+                events.push(PeerEvent::Disconnected)
+            }
+            Event::MediaAdded(m) => {
+                let mut rids: Vec<Rid> =
+                    m.simulcast.map(|s| s.recv.iter().map(|l| l.rid).collect()).unwrap_or_default();
+                order_rids(&mut rids);
+                let codec = self
+                    .rtc
+                    .media(m.mid)
+                    .and_then(|media| media.remote_pts().first().copied())
+                    .and_then(|pt| self.codec_of(pt));
+                let index = self.media.len();
+                events.push(PeerEvent::Media {
+                    index,
+                    audio: m.kind == MediaKind::Audio,
+                    receiving: m.direction.is_receiving(),
+                    codec,
+                    layers: rids.len().max(1),
+                });
+                self.media.push(MediaLine { mid: m.mid, kind: m.kind, rids });
+            }
+            Event::RtpPacket(p) => {
+                let ssrc = p.header.ssrc;
+                let Some((mid, rid)) = self.rtc.direct_api().stream_rx(&ssrc).map(|s| (s.mid(), s.rid())) else {
+                    return Ok(());
+                };
+                let Some(media) = self.media.iter().position(|m| m.mid == mid) else { return Ok(()) };
+                let layer = rid.and_then(|r| self.media[media].rids.iter().position(|x| *x == r)).unwrap_or(0);
+                let Some(codec) = self.codec_of(p.header.payload_type) else { return Ok(()) };
+                events.push(PeerEvent::Rtp {
+                    media,
+                    layer: layer as u8,
+                    codec,
+                    seq: *p.seq_no,
+                    timestamp: p.header.timestamp,
+                    marker: p.header.marker,
+                    keyframe: is_keyframe(codec, &p.payload),
+                    payload: p.payload,
+                });
+            }
+            Event::KeyframeRequest(r) => {
+                if let Some(media) = self.media.iter().position(|m| m.mid == r.mid) {
+                    events.push(PeerEvent::KeyframeRequest { media });
+                }
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc(b) | BweKind::Remb(_, b)) => {
+                events.push(PeerEvent::Bandwidth(b.as_f64() as u64));
+            }
+            Event::ChannelOpen(id, _label) => {
+                self.channel.get_or_insert(id);
+            }
+            Event::ChannelData(d) => events.push(PeerEvent::Data(d.data)),
+            Event::ChannelClose(id) if self.channel == Some(id) => self.channel = None,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn codec_of(&self, pt: Pt) -> Option<Codec> {
+        let params = self.rtc.codec_config().find(|p| p.pt() == pt)?;
+        match params.spec().codec {
+            StrCodec::Opus => Some(Codec::Opus),
+            StrCodec::H264 => Some(Codec::H264),
+            StrCodec::Vp8 => Some(Codec::Vp8),
+            StrCodec::Vp9 => Some(Codec::Vp9),
+            StrCodec::Av1 => Some(Codec::Av1),
+            _ => None,
+        }
+    }
+
+    /// Indexes of this peer's media lines of one kind, in offer order.
+    pub fn media_of_kind(&self, audio: bool) -> impl Iterator<Item = usize> + '_ {
+        self.media.iter().enumerate().filter(move |(_, m)| (m.kind == MediaKind::Audio) == audio).map(|(i, _)| i)
+    }
+
+    /// Sends one RTP packet on media `media` with this peer's payload type for `codec`.
+    /// False if the media or codec is not negotiated with this peer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_rtp(
+        &mut self,
+        now: Instant,
+        media: usize,
+        codec: Codec,
+        seq: u64,
+        timestamp: u32,
+        marker: bool,
+        payload: Arc<[u8]>,
+    ) -> Result<bool, PeerError> {
+        let Some(line) = self.media.get(media) else { return Ok(false) };
+        let mid = line.mid;
+        let Some(pt) = self.pt_for(codec) else { return Ok(false) };
+        let rtc = &mut self.rtc;
+        guard(|| {
+            let mut api = rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else { return false };
+            // Forwarded media is not paced: the rate is the publisher's, and the subscriber's
+            // bandwidth estimate picks the layer instead.
+            tx.set_unpaced(true);
+            tx.write_rtp(RtpWrite::new(pt, SeqNo::from(seq), timestamp, now, payload).marker(marker).nackable(true));
+            true
+        })
+    }
+
+    fn pt_for(&self, codec: Codec) -> Option<Pt> {
+        let want = match codec {
+            Codec::Opus => StrCodec::Opus,
+            Codec::H264 => StrCodec::H264,
+            Codec::Vp8 => StrCodec::Vp8,
+            Codec::Vp9 => StrCodec::Vp9,
+            Codec::Av1 => StrCodec::Av1,
+        };
+        self.rtc.codec_config().find(|p| p.spec().codec == want).map(|p| p.pt())
+    }
+
+    /// Asks the peer (a publisher) for a key frame of `media`'s `layer`, now: str0m queues the
+    /// PLI for its next timer run, so the timer is run at once (the router already spaced the
+    /// requests, and a late one would bunch with the next).
+    pub fn request_keyframe(&mut self, now: Instant, media: usize, layer: u8) -> Result<(), PeerError> {
+        let Some(line) = self.media.get(media) else { return Ok(()) };
+        let (mid, rid) = (line.mid, line.rids.get(usize::from(layer)).copied());
+        let rtc = &mut self.rtc;
+        guard(|| {
+            if let Some(rx) = rtc.direct_api().stream_rx_by_mid(mid, rid) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+            rtc.handle_input(Input::Timeout(now)).map_err(|e| PeerError::Rtc(e.to_string()))
+        })?
+    }
+
+    /// Sends a data-channel message; false if no channel is open or its buffer is full.
+    pub fn send_data(&mut self, data: &[u8]) -> Result<bool, PeerError> {
+        let Some(id) = self.channel else { return Ok(false) };
+        let rtc = &mut self.rtc;
+        guard(|| rtc.channel(id).map(|mut ch| ch.write(true, data).unwrap_or(false)).unwrap_or(false))
+    }
+}
+
+/// The local ICE ufrag a STUN Binding request is addressed to (`USERNAME` = "ours:theirs").
+pub fn stun_ufrag(data: &[u8]) -> Option<String> {
+    let msg = StunMessage::parse(data).ok()?;
+    if !msg.is_binding_request() {
+        return None;
+    }
+    msg.split_username().map(|(ours, _)| ours.to_owned())
+}
+
+/// Puts simulcast RIDs lowest first: `q` < `h` < `f` (quarter, half, full, as Chrome's and
+/// LiveKit's clients name them), `l` < `m` < `h`, or digits ascending; other names keep the
+/// offer's order.
+fn order_rids(rids: &mut [Rid]) {
+    let names: Vec<String> = rids.iter().map(|r| r.to_string()).collect();
+    let rank = |scheme: &[&str], n: &str| scheme.iter().position(|s| *s == n);
+    for scheme in [&["q", "h", "f"][..], &["l", "m", "h"][..], &["0", "1", "2"][..]] {
+        if names.iter().all(|n| rank(scheme, n).is_some()) {
+            rids.sort_by_key(|r| rank(scheme, &r.to_string()));
+            return;
+        }
+    }
+}
+
+/// Runs `f`, turning a panic into [`PeerError::Panicked`].
+fn guard<T>(f: impl FnOnce() -> T) -> Result<T, PeerError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| PeerError::Panicked)
+}

@@ -1,0 +1,337 @@
+//! The SFU engine with real WebRTC peers and no sockets: str0m clients (full ICE, the
+//! controlling side) publish and subscribe through `relay::sfu::Sfu`, with datagrams carried by
+//! a virtual network and a virtual clock. DTLS, SRTP, SCTP and RTCP are all real.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use relay::sfu::{PeerId, Role, Sfu};
+use str0m::change::SdpAnswer;
+use str0m::channel::ChannelId;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+const MACHINE: &str = "cab-1";
+
+struct Client {
+    rtc: Rtc,
+    addr: SocketAddr,
+    video: Mid,
+    audio: Mid,
+    channel: ChannelId,
+    open: bool,
+    connected: bool,
+    /// (mid, sequence number, payload) of every RTP packet received.
+    rtp: Vec<(Mid, u64, Vec<u8>)>,
+    data: Vec<Vec<u8>>,
+    keyframe_requests: Vec<Instant>,
+    timeout: Instant,
+}
+
+impl Client {
+    /// A client with one video and one audio line in `direction` and a data channel; returns
+    /// it with its SDP offer.
+    fn new(now: Instant, port: u16, direction: Direction) -> (Self, String, str0m::change::SdpPendingOffer) {
+        let addr: SocketAddr = format!("10.0.0.1:{port}").parse().unwrap();
+        let mut rtc = RtcConfig::new().set_rtp_mode(true).clear_codecs().enable_vp8(true).enable_opus(true).build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let mut api = rtc.sdp_api();
+        let video = api.add_media(MediaKind::Video, direction, None, None, None);
+        let audio = api.add_media(MediaKind::Audio, direction, None, None, None);
+        let channel = api.add_channel("input".into());
+        let (offer, pending) = api.apply().unwrap();
+        let client = Self {
+            rtc,
+            addr,
+            video,
+            audio,
+            channel,
+            open: false,
+            connected: false,
+            rtp: Vec::new(),
+            data: Vec::new(),
+            keyframe_requests: Vec::new(),
+            timeout: now,
+        };
+        (client, offer.to_sdp_string(), pending)
+    }
+
+    fn accept(&mut self, pending: str0m::change::SdpPendingOffer, answer: &str) {
+        let answer = SdpAnswer::from_sdp_string(answer).unwrap();
+        self.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    }
+
+    /// Drains output: datagrams to the SFU go into `wire`.
+    fn poll(&mut self, now: Instant, wire: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        loop {
+            match self.rtc.poll_output().unwrap() {
+                Output::Timeout(t) => {
+                    self.timeout = t;
+                    return;
+                }
+                Output::Transmit(t) => wire.push((self.addr, t.contents.to_vec())),
+                Output::Event(e) => match e {
+                    Event::Connected => self.connected = true,
+                    Event::ChannelOpen(..) => self.open = true,
+                    Event::ChannelData(d) => self.data.push(d.data),
+                    Event::RtpPacket(p) => {
+                        let mid = self.rtc.direct_api().stream_rx(&p.header.ssrc).map(|s| s.mid());
+                        if let Some(mid) = mid {
+                            self.rtp.push((mid, *p.seq_no, p.payload.to_vec()));
+                        }
+                    }
+                    Event::KeyframeRequest(_) => self.keyframe_requests.push(now),
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    fn send_rtp(&mut self, now: Instant, video: bool, seq: u64, ts: u32, payload: Vec<u8>) {
+        let mid = if video { self.video } else { self.audio };
+        let pt = {
+            let want = if video { str0m::format::Codec::Vp8 } else { str0m::format::Codec::Opus };
+            self.rtc.codec_config().find(|p| p.spec().codec == want).unwrap().pt()
+        };
+        let mut api = self.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(mid, None).expect("a sending stream");
+        tx.write_rtp(RtpWrite::new(pt, SeqNo::from(seq), ts, now, payload).marker(true).nackable(true));
+    }
+
+    fn send_data(&mut self, msg: &[u8]) {
+        let mut ch = self.rtc.channel(self.channel).expect("channel open");
+        assert!(ch.write(true, msg).unwrap());
+    }
+
+    fn request_keyframe(&mut self) {
+        let mut api = self.rtc.direct_api();
+        if let Some(rx) = api.stream_rx_by_mid(self.video, None) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+        }
+    }
+}
+
+/// The SFU and its clients on a virtual network.
+struct Net {
+    sfu: Sfu,
+    public: SocketAddr,
+    clients: Vec<Client>,
+    ids: Vec<PeerId>,
+    now: Instant,
+}
+
+impl Net {
+    fn new() -> Self {
+        let public: SocketAddr = "192.0.2.10:3478".parse().unwrap();
+        Self { sfu: Sfu::new(public), public, clients: Vec::new(), ids: Vec::new(), now: Instant::now() }
+    }
+
+    fn publish(&mut self) -> usize {
+        let (mut c, offer, pending) = Client::new(self.now, 5000, Direction::SendOnly);
+        let (id, answer) = self.sfu.publish(self.now, MACHINE, &offer).unwrap();
+        c.accept(pending, &answer);
+        self.clients.push(c);
+        self.ids.push(id);
+        self.clients.len() - 1
+    }
+
+    fn subscribe(&mut self, role: Role) -> usize {
+        let port = 6000 + self.clients.len() as u16;
+        let (mut c, offer, pending) = Client::new(self.now, port, Direction::RecvOnly);
+        let (id, answer) = self.sfu.subscribe(self.now, MACHINE, role, &offer).unwrap();
+        c.accept(pending, &answer);
+        self.clients.push(c);
+        self.ids.push(id);
+        self.clients.len() - 1
+    }
+
+    /// Moves every datagram both ways and runs timers, for `d` of virtual time in 1 ms steps.
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+            self.now += Duration::from_millis(1);
+        }
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        for _ in 0..8 {
+            let mut wire = Vec::new();
+            for c in &mut self.clients {
+                if c.timeout <= now {
+                    c.rtc.handle_input(Input::Timeout(now)).unwrap();
+                }
+                c.poll(now, &mut wire);
+            }
+            if self.sfu.poll_timeout().is_some_and(|t| t <= now) {
+                self.sfu.handle_timeout(now);
+            }
+            for (from, data) in &wire {
+                assert!(self.sfu.handle_datagram(now, *from, data), "the SFU took a datagram of its peer");
+            }
+            let mut out = Vec::new();
+            self.sfu.drain_transmits(&mut out);
+            if wire.is_empty() && out.is_empty() {
+                break;
+            }
+            let by_addr: HashMap<SocketAddr, usize> =
+                self.clients.iter().enumerate().map(|(i, c)| (c.addr, i)).collect();
+            for t in out {
+                let Some(&i) = by_addr.get(&t.to) else { continue };
+                let c = &mut self.clients[i];
+                let receive = Receive::new(Protocol::Udp, self.public, c.addr, &t.data).unwrap();
+                c.rtc.handle_input(Input::Receive(now, receive)).unwrap();
+            }
+        }
+    }
+
+    fn connect(&mut self) {
+        self.run(Duration::from_millis(1500));
+        for (i, c) in self.clients.iter().enumerate() {
+            assert!(c.connected && c.open, "client {i} connected {} channel {}", c.connected, c.open);
+        }
+    }
+}
+
+/// A VP8 payload: descriptor with S=1, PID=0, then the payload header (P=0 for a key frame),
+/// then `seq` so the receiver can tell packets apart.
+fn vp8(key: bool, seq: u64) -> Vec<u8> {
+    let mut p = vec![0x10, if key { 0x00 } else { 0x01 }];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.resize(1000, 0xab);
+    p
+}
+
+#[test]
+fn one_publisher_to_many_subscribers_with_the_seat() {
+    let mut net = Net::new();
+    let machine = net.publish();
+    let player = net.subscribe(Role::Player);
+    let spectators: Vec<usize> = (0..4).map(|_| net.subscribe(Role::Spectator)).collect();
+    net.connect();
+
+    // 300 video packets, a key frame every 100, plus audio.
+    for i in 0..300u64 {
+        let now = net.now;
+        net.clients[machine].send_rtp(now, true, 1000 + i, (i as u32 / 3) * 3000, vp8(i % 100 == 0, i));
+        if i % 3 == 0 {
+            net.clients[machine].send_rtp(now, false, 500 + i / 3, (i as u32 / 3) * 960, vec![0xfc; 80]);
+        }
+        net.run(Duration::from_millis(4));
+    }
+    net.run(Duration::from_millis(200));
+    for &s in std::iter::once(&player).chain(&spectators) {
+        let c = &net.clients[s];
+        let video: Vec<&(Mid, u64, Vec<u8>)> = c.rtp.iter().filter(|(m, ..)| *m == c.video).collect();
+        assert!(video.len() >= 297, "subscriber {s} got {} of 300 video packets", video.len());
+        for pair in video.windows(2) {
+            assert_eq!(pair[1].1, pair[0].1 + 1, "in order, no gaps");
+        }
+        // The payload is the publisher's, untouched.
+        assert_eq!(&video[0].2[2..10], &0u64.to_be_bytes());
+        assert!(c.rtp.iter().filter(|(m, ..)| *m == c.audio).count() >= 99);
+    }
+
+    // Inputs: the player's reach the machine, a spectator's do not.
+    net.clients[player].send_data(b"coin");
+    net.clients[spectators[0]].send_data(b"cheat");
+    net.run(Duration::from_millis(100));
+    assert_eq!(net.clients[machine].data, vec![b"coin".to_vec()]);
+    // The machine's messages reach everybody.
+    net.clients[machine].send_data(b"state");
+    net.run(Duration::from_millis(100));
+    for &s in std::iter::once(&player).chain(&spectators) {
+        assert_eq!(net.clients[s].data, vec![b"state".to_vec()], "subscriber {s}");
+    }
+    // Handoff: now the spectator plays and the player's inputs are dropped.
+    net.sfu.hand_seat(MACHINE, Some(net.ids[spectators[0]])).unwrap();
+    net.clients[player].send_data(b"late");
+    net.clients[spectators[0]].send_data(b"go");
+    net.run(Duration::from_millis(100));
+    assert_eq!(net.clients[machine].data, vec![b"coin".to_vec(), b"go".to_vec()]);
+    let stats = net.sfu.router().stats();
+    assert_eq!((stats.inputs_delivered, stats.inputs_dropped), (2, 2));
+    assert_eq!(net.sfu.stats().panics, 0);
+}
+
+#[test]
+fn twenty_subscribers_asking_for_key_frames_reach_the_publisher_twice_a_second_at_most() {
+    let mut net = Net::new();
+    let machine = net.publish();
+    let subs: Vec<usize> =
+        (0..20).map(|i| net.subscribe(if i == 0 { Role::Player } else { Role::Spectator })).collect();
+    net.connect();
+    for i in 0..10u64 {
+        let now = net.now;
+        net.clients[machine].send_rtp(now, true, 1 + i, i as u32 * 3000, vp8(i == 0, i));
+        net.run(Duration::from_millis(33));
+    }
+    let start = net.now;
+    net.clients[machine].keyframe_requests.clear();
+    // Every subscriber asks every 20 ms for 3 s while video flows.
+    for i in 0..150u64 {
+        for &s in &subs {
+            net.clients[s].request_keyframe();
+        }
+        let now = net.now;
+        net.clients[machine].send_rtp(now, true, 11 + i, (10 + i as u32) * 3000, vp8(false, 10 + i));
+        net.run(Duration::from_millis(20));
+    }
+    let seen = &net.clients[machine].keyframe_requests;
+    let elapsed = net.now - start;
+    assert!(!seen.is_empty(), "requests reach the publisher");
+    for pair in seen.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(490), "two requests {:?} apart", pair[1] - pair[0]);
+    }
+    let max = (elapsed.as_millis() / 500 + 1) as usize;
+    eprintln!("{} key-frame requests reached the publisher in {elapsed:?}", seen.len());
+    assert!(seen.len() <= max, "{} requests in {elapsed:?}", seen.len());
+    let stats = net.sfu.router().stats();
+    assert!(stats.keyframe_requests_suppressed > 1000, "{stats:?}");
+}
+
+#[test]
+fn garbage_on_the_shared_port_leaves_subscribers_served() {
+    let mut net = Net::new();
+    let machine = net.publish();
+    let player = net.subscribe(Role::Player);
+    net.connect();
+    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    let addrs = [net.clients[machine].addr, net.clients[player].addr];
+    for i in 0..200u64 {
+        let now = net.now;
+        net.clients[machine].send_rtp(now, true, 1 + i, i as u32 * 3000, vp8(i == 0, i));
+        // From the peers' own addresses: random bytes shaped as STUN, DTLS, RTP and RTCP.
+        for first in [0x00u8, 0x01, 0x16, 0x17, 0x80, 0x81, 0xc8] {
+            let len = (next() % 1400) as usize + 1;
+            let mut junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            junk[0] = first;
+            if first >= 0x80 && junk.len() > 1 {
+                junk[1] = [0x60, 0x6f, 0xc8, 0xc9, 0xcd, 0xce][(next() % 6) as usize];
+            }
+            let from = addrs[(next() % 2) as usize];
+            net.sfu.handle_datagram(now, from, &junk);
+        }
+        // And from strangers: not ours.
+        assert!(!net.sfu.handle_datagram(now, "203.0.113.9:1234".parse().unwrap(), &[0x80, 0x60, 0, 1]));
+        net.run(Duration::from_millis(5));
+    }
+    let c = &net.clients[player];
+    let video = c.rtp.iter().filter(|(m, ..)| *m == c.video).count();
+    assert!(video >= 198, "the player got {video} of 200 packets");
+    assert_eq!(net.sfu.peer_count(), 2);
+    let s = net.sfu.stats();
+    eprintln!("{s:?}");
+    assert!(s.datagrams_in > 1400, "the junk from peers' addresses reached their stacks");
+    assert_eq!(net.sfu.stats().panics, 0);
+}
