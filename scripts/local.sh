@@ -63,6 +63,7 @@ for i in 0 1 2; do
     # default config refuses them, as a relay on the internet must.
     RELAY_CLUSTER_TOKEN=$SIGNALING_CLUSTER_TOKEN "$bin/relay" --config configs/relay.toml \
         --listen "127.0.0.1:$((3478 + i))" --admin-listen "127.0.0.1:$((9090 + i))" \
+        --sfu-http-listen "127.0.0.1:$((8088 + i))" \
         --min-port $((40000 + i * 5000)) --max-port $((44999 + i * 5000)) \
         --signaling-url http://127.0.0.1:8080 --region "$region" --relay-id "local-$region" \
         --public-host 127.0.0.1 --allow-peer 127.0.0.0/8 \
@@ -92,9 +93,9 @@ cat <<EOF
 Local deployment running (logs in $state/logs/, Ctrl-C stops it):
 
   signaling     http://127.0.0.1:8080/v1/          metrics http://127.0.0.1:8080/metrics
-  relays        eu-central    udp 127.0.0.1:3478   metrics http://127.0.0.1:9090/metrics
-                us-east       udp 127.0.0.1:3479   metrics http://127.0.0.1:9091/metrics
-                ap-southeast  udp 127.0.0.1:3480   metrics http://127.0.0.1:9092/metrics
+  relays        eu-central    udp 127.0.0.1:3478   metrics http://127.0.0.1:9090/metrics   WHIP/WHEP http://127.0.0.1:8088
+                us-east       udp 127.0.0.1:3479   metrics http://127.0.0.1:9091/metrics   WHIP/WHEP http://127.0.0.1:8089
+                ap-southeast  udp 127.0.0.1:3480   metrics http://127.0.0.1:9092/metrics   WHIP/WHEP http://127.0.0.1:8090
 
 Tokens and the CLI's settings are in $state/env:
 

@@ -3,8 +3,10 @@
 //!
 //! - [`credentials`]: the TURN REST credential scheme (coturn's `use-auth-secret`), which
 //!   signaling mints and every relay verifies.
+//! - [`media`]: the tokens that open a relay SFU room (WHIP publish, WHEP watch).
 //! - [`heartbeat`]: what a relay reports every [`heartbeat::INTERVAL`] and what signaling answers
 //!   (commands and the current credential secrets), as JSON over HTTP.
 
 pub mod credentials;
 pub mod heartbeat;
+pub mod media;

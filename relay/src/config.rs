@@ -27,6 +27,7 @@ pub struct FileConfig {
     pub log: LogSection,
     pub shutdown: ShutdownSection,
     pub cluster: ClusterSection,
+    pub sfu: SfuSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -126,6 +127,14 @@ pub struct StaticUser {
 pub struct PeerSection {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
+}
+
+/// `[sfu]`: the selective forwarding unit on the shared UDP port.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SfuSection {
+    /// HTTP address of the WHIP/WHEP endpoints; "" = no SFU.
+    pub http_listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -256,6 +265,9 @@ pub struct Overrides {
     /// admin.listen: address of the metrics and health endpoint.
     #[arg(long, env = "RELAY_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
+    /// sfu.http_listen: address of the WHIP/WHEP endpoints ("" = no SFU).
+    #[arg(long, env = "RELAY_SFU_HTTP_LISTEN")]
+    pub sfu_http_listen: Option<String>,
     /// log.format: text or json.
     #[arg(long, env = "RELAY_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -340,6 +352,7 @@ impl FileConfig {
         set(&mut self.peers.allow, &o.allow_peers);
         set(&mut self.peers.deny, &o.deny_peers);
         set(&mut self.admin.listen, &o.admin_listen);
+        set(&mut self.sfu.http_listen, &o.sfu_http_listen);
         set(&mut self.log.format, &o.log_format);
         set(&mut self.log.level, &o.log_level);
         set(&mut self.shutdown.grace_secs, &o.shutdown_grace_secs);
@@ -400,6 +413,8 @@ pub struct Config {
     pub allow_peers: Vec<IpNet>,
     pub deny_peers: Vec<IpNet>,
     pub admin_listen: SocketAddr,
+    /// WHIP/WHEP HTTP address; `None` = no SFU.
+    pub sfu_http_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_grace: Duration,
@@ -544,6 +559,10 @@ impl Config {
             file.peers.allow.iter().map(|v| parse_net("peers.allow", v)).collect::<anyhow::Result<_>>()?;
         let deny_peers = file.peers.deny.iter().map(|v| parse_net("peers.deny", v)).collect::<anyhow::Result<_>>()?;
         let admin_listen = parse_key("admin.listen", &file.admin.listen)?;
+        let sfu_http_listen = match file.sfu.http_listen.trim() {
+            "" => None,
+            v => Some(parse_key("sfu.http_listen", v)?),
+        };
         let log_format = match file.log.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -574,6 +593,7 @@ impl Config {
             allow_peers,
             deny_peers,
             admin_listen,
+            sfu_http_listen,
             log_format,
             log_level: file.log.level.clone(),
             shutdown_grace: Duration::from_secs(file.shutdown.grace_secs),

@@ -6,113 +6,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::webrtc_client::{Client, vp8};
 use relay::sfu::{PeerId, Role, Sfu};
-use str0m::change::SdpAnswer;
-use str0m::channel::ChannelId;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::Input;
+use str0m::media::{Direction, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{RtpWrite, SeqNo};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+mod common;
 
 const MACHINE: &str = "cab-1";
-
-struct Client {
-    rtc: Rtc,
-    addr: SocketAddr,
-    video: Mid,
-    audio: Mid,
-    channel: ChannelId,
-    open: bool,
-    connected: bool,
-    /// (mid, sequence number, payload) of every RTP packet received.
-    rtp: Vec<(Mid, u64, Vec<u8>)>,
-    data: Vec<Vec<u8>>,
-    keyframe_requests: Vec<Instant>,
-    timeout: Instant,
-}
-
-impl Client {
-    /// A client with one video and one audio line in `direction` and a data channel; returns
-    /// it with its SDP offer.
-    fn new(now: Instant, port: u16, direction: Direction) -> (Self, String, str0m::change::SdpPendingOffer) {
-        let addr: SocketAddr = format!("10.0.0.1:{port}").parse().unwrap();
-        let mut rtc = RtcConfig::new().set_rtp_mode(true).clear_codecs().enable_vp8(true).enable_opus(true).build(now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-        let mut api = rtc.sdp_api();
-        let video = api.add_media(MediaKind::Video, direction, None, None, None);
-        let audio = api.add_media(MediaKind::Audio, direction, None, None, None);
-        let channel = api.add_channel("input".into());
-        let (offer, pending) = api.apply().unwrap();
-        let client = Self {
-            rtc,
-            addr,
-            video,
-            audio,
-            channel,
-            open: false,
-            connected: false,
-            rtp: Vec::new(),
-            data: Vec::new(),
-            keyframe_requests: Vec::new(),
-            timeout: now,
-        };
-        (client, offer.to_sdp_string(), pending)
-    }
-
-    fn accept(&mut self, pending: str0m::change::SdpPendingOffer, answer: &str) {
-        let answer = SdpAnswer::from_sdp_string(answer).unwrap();
-        self.rtc.sdp_api().accept_answer(pending, answer).unwrap();
-    }
-
-    /// Drains output: datagrams to the SFU go into `wire`.
-    fn poll(&mut self, now: Instant, wire: &mut Vec<(SocketAddr, Vec<u8>)>) {
-        loop {
-            match self.rtc.poll_output().unwrap() {
-                Output::Timeout(t) => {
-                    self.timeout = t;
-                    return;
-                }
-                Output::Transmit(t) => wire.push((self.addr, t.contents.to_vec())),
-                Output::Event(e) => match e {
-                    Event::Connected => self.connected = true,
-                    Event::ChannelOpen(..) => self.open = true,
-                    Event::ChannelData(d) => self.data.push(d.data),
-                    Event::RtpPacket(p) => {
-                        let mid = self.rtc.direct_api().stream_rx(&p.header.ssrc).map(|s| s.mid());
-                        if let Some(mid) = mid {
-                            self.rtp.push((mid, *p.seq_no, p.payload.to_vec()));
-                        }
-                    }
-                    Event::KeyframeRequest(_) => self.keyframe_requests.push(now),
-                    _ => {}
-                },
-            }
-        }
-    }
-
-    fn send_rtp(&mut self, now: Instant, video: bool, seq: u64, ts: u32, payload: Vec<u8>) {
-        let mid = if video { self.video } else { self.audio };
-        let pt = {
-            let want = if video { str0m::format::Codec::Vp8 } else { str0m::format::Codec::Opus };
-            self.rtc.codec_config().find(|p| p.spec().codec == want).unwrap().pt()
-        };
-        let mut api = self.rtc.direct_api();
-        let tx = api.stream_tx_by_mid(mid, None).expect("a sending stream");
-        tx.write_rtp(RtpWrite::new(pt, SeqNo::from(seq), ts, now, payload).marker(true).nackable(true));
-    }
-
-    fn send_data(&mut self, msg: &[u8]) {
-        let mut ch = self.rtc.channel(self.channel).expect("channel open");
-        assert!(ch.write(true, msg).unwrap());
-    }
-
-    fn request_keyframe(&mut self) {
-        let mut api = self.rtc.direct_api();
-        if let Some(rx) = api.stream_rx_by_mid(self.video, None) {
-            rx.request_keyframe(KeyframeRequestKind::Pli);
-        }
-    }
-}
 
 /// The SFU and its clients on a virtual network.
 struct Net {
@@ -130,7 +32,7 @@ impl Net {
     }
 
     fn publish(&mut self) -> usize {
-        let (mut c, offer, pending) = Client::new(self.now, 5000, Direction::SendOnly);
+        let (mut c, offer, pending) = Client::new(self.now, "10.0.0.1:5000".parse().unwrap(), Direction::SendOnly);
         let (id, answer) = self.sfu.publish(self.now, MACHINE, &offer).unwrap();
         c.accept(pending, &answer);
         self.clients.push(c);
@@ -139,8 +41,8 @@ impl Net {
     }
 
     fn subscribe(&mut self, role: Role) -> usize {
-        let port = 6000 + self.clients.len() as u16;
-        let (mut c, offer, pending) = Client::new(self.now, port, Direction::RecvOnly);
+        let addr = SocketAddr::new("10.0.0.1".parse().unwrap(), 6000 + self.clients.len() as u16);
+        let (mut c, offer, pending) = Client::new(self.now, addr, Direction::RecvOnly);
         let (id, answer) = self.sfu.subscribe(self.now, MACHINE, role, &offer).unwrap();
         c.accept(pending, &answer);
         self.clients.push(c);
@@ -195,15 +97,6 @@ impl Net {
             assert!(c.connected && c.open, "client {i} connected {} channel {}", c.connected, c.open);
         }
     }
-}
-
-/// A VP8 payload: descriptor with S=1, PID=0, then the payload header (P=0 for a key frame),
-/// then `seq` so the receiver can tell packets apart.
-fn vp8(key: bool, seq: u64) -> Vec<u8> {
-    let mut p = vec![0x10, if key { 0x00 } else { 0x01 }];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.resize(1000, 0xab);
-    p
 }
 
 #[test]

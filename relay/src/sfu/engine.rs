@@ -6,8 +6,9 @@
 //! the same port. HTTP (WHIP/WHEP) calls [`Sfu::publish`], [`Sfu::subscribe`] and
 //! [`Sfu::remove`]. A peer whose WebRTC stack fails or panics is ended alone and counted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use tracing::{debug, info, warn};
@@ -54,7 +55,6 @@ pub struct Sfu {
     /// arrive on a private address behind 1:1 NAT, since ICE matches them to the candidate.
     public: SocketAddr,
     peers: HashMap<PeerId, Entry>,
-    next_id: u64,
     by_ufrag: HashMap<String, PeerId>,
     by_addr: HashMap<SocketAddr, PeerId>,
     /// Machine → its publisher.
@@ -63,6 +63,8 @@ pub struct Sfu {
     transmits: Vec<Transmit>,
     forwards: Vec<Forward>,
     stats: SfuStats,
+    /// Our peers' ufrags, shared with the TURN workers that sort STUN checks on the shared port.
+    ufrags: Arc<RwLock<HashSet<String>>>,
 }
 
 impl Sfu {
@@ -71,7 +73,6 @@ impl Sfu {
         Self {
             public,
             peers: HashMap::new(),
-            next_id: 1,
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             publishers: HashMap::new(),
@@ -79,7 +80,14 @@ impl Sfu {
             transmits: Vec::new(),
             forwards: Vec::new(),
             stats: SfuStats::default(),
+            ufrags: Arc::default(),
         }
+    }
+
+    /// The set of our peers' ICE ufrags, kept up to date as peers come and go: a STUN Binding
+    /// request on the shared port whose USERNAME starts with one of them is the SFU's.
+    pub fn ufrags(&self) -> Arc<RwLock<HashSet<String>>> {
+        Arc::clone(&self.ufrags)
     }
 
     pub fn stats(&self) -> &SfuStats {
@@ -195,9 +203,16 @@ impl Sfu {
     }
 
     fn add(&mut self, peer: Peer, role: Option<Role>) -> PeerId {
-        let id = PeerId(self.next_id);
-        self.next_id += 1;
+        // Random ids: they end up in WHIP/WHEP resource URLs, which must not be guessable (one
+        // viewer must not be able to end another's subscription).
+        let id = loop {
+            let id = PeerId((rand::random::<u64>() >> 11) | 1);
+            if !self.peers.contains_key(&id) {
+                break id;
+            }
+        };
         self.by_ufrag.insert(peer.ufrag().to_owned(), id);
+        self.ufrags.write().unwrap_or_else(|e| e.into_inner()).insert(peer.ufrag().to_owned());
         self.peers.insert(id, Entry { peer, role, tracks: Vec::new(), track_audio: Vec::new() });
         self.stats.peers_created += 1;
         id
@@ -206,6 +221,7 @@ impl Sfu {
     fn forget(&mut self, id: PeerId) {
         if let Some(entry) = self.peers.remove(&id) {
             self.by_ufrag.remove(entry.peer.ufrag());
+            self.ufrags.write().unwrap_or_else(|e| e.into_inner()).remove(entry.peer.ufrag());
             self.by_addr.retain(|_, p| *p != id);
             if entry.role.is_none() {
                 self.publishers.retain(|_, p| *p != id);

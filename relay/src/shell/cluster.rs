@@ -217,6 +217,7 @@ impl Heartbeater {
                 warn!(version = secrets.version, empty, "signaling sent empty secrets; ignoring those");
             }
             let keys = merged_secrets(&secrets.keys, &self.settings.config_secrets);
+            self.control.set_media_keys(keys.clone());
             let credentials = Credentials::new(&self.settings.realm, &self.settings.users, keys);
             self.control.set_credentials(Arc::new(credentials));
             info!(

@@ -40,11 +40,28 @@ pub struct Control {
     workers: Vec<WorkerLink>,
     draining: Arc<AtomicBool>,
     reasons: Mutex<DrainReasons>,
+    /// The secrets media tokens (WHIP/WHEP) are checked with: the TURN REST secrets in force.
+    media_keys: Arc<std::sync::RwLock<Vec<Vec<u8>>>>,
 }
 
 impl Control {
     pub fn new(workers: Vec<WorkerLink>) -> Self {
-        Self { workers, draining: Arc::new(AtomicBool::new(false)), reasons: Mutex::new(DrainReasons::default()) }
+        Self {
+            workers,
+            draining: Arc::new(AtomicBool::new(false)),
+            reasons: Mutex::new(DrainReasons::default()),
+            media_keys: Arc::default(),
+        }
+    }
+
+    /// The secrets media tokens are checked with, shared with the WHIP/WHEP handlers.
+    pub fn media_keys(&self) -> Arc<std::sync::RwLock<Vec<Vec<u8>>>> {
+        Arc::clone(&self.media_keys)
+    }
+
+    /// Media tokens signed with any of `keys` are accepted from now on.
+    pub fn set_media_keys(&self, keys: Vec<Vec<u8>>) {
+        *self.media_keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
     }
 
     /// The effective drain state, for `/healthz` and the metrics.

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod control;
 pub mod metrics;
 pub mod run;
+pub mod sfu;
 pub mod udp;
 pub mod worker;
 

@@ -26,6 +26,7 @@ use super::admin::{self, AdminState};
 use super::cluster::{self, Heartbeater};
 use super::control::{Control, WorkerLink};
 use super::metrics::Metrics;
+use super::sfu;
 use super::udp;
 use super::worker::{SocketSettings, Worker};
 use crate::config::{Config, EXAMPLE_SECRET};
@@ -38,6 +39,8 @@ use crate::turn::{OwnAddresses, PortPool, Quotas, ServerConfig, Shared, TurnServ
 pub struct Relay {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// The WHIP/WHEP endpoint, when the SFU runs.
+    pub sfu_http: Option<SocketAddr>,
 }
 
 /// Tells the main thread when a worker exits, however it exits (including by panic).
@@ -133,6 +136,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let admin_listener = runtime.block_on(admin::bind(config.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
+    // The SFU shares the UDP port: it sends from a duplicate of the first listening socket and
+    // advertises the public address of that port as its one ICE candidate.
+    let sfu = match config.sfu_http_listen {
+        Some(addr) => {
+            let http = runtime
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("sfu.http_listen: cannot bind TCP {addr}"))?;
+            let public = SocketAddr::new(config.advertised_ip(), listen.port());
+            let socket = listeners[0].try_clone().context("duplicating the listening socket for the SFU")?;
+            let (handle, thread) = sfu::start(socket, public)?;
+            Some((handle, thread, http))
+        }
+        None => None,
+    };
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel();
     let now = Instant::now();
@@ -143,7 +160,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let server = TurnServer::new(Arc::clone(&server_config), Arc::clone(&shared), now, unix_now(), seed.random());
         stats.push(server.stats());
         let (tx, rx) = mpsc::channel();
-        let settings = SocketSettings { relay_ip: config.relay_ip, relay_buffer: config.relay_socket_buffer_bytes };
+        let settings = SocketSettings {
+            relay_ip: config.relay_ip,
+            relay_buffer: config.relay_socket_buffer_bytes,
+            sfu: sfu.as_ref().map(|(handle, ..)| handle.clone()),
+        };
         let (worker, waker) = Worker::new(listener, server, settings, rx).context("creating worker event loop")?;
         let notice = ExitNotice(i, exit_tx.clone());
         let thread = std::thread::Builder::new()
@@ -158,6 +179,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let control = Arc::new(Control::new(links));
+    control.set_media_keys(config.secrets.iter().filter(|s| !s.is_empty()).map(|s| s.as_bytes().to_vec()).collect());
+    let (sfu_handle, sfu_thread, sfu_http) = match sfu {
+        Some((handle, thread, http)) => (Some(handle), Some(thread), Some(http)),
+        None => (None, None, None),
+    };
+    let sfu_addr = sfu_http.as_ref().map(|l| l.local_addr()).transpose()?;
     let metrics = Arc::new(Metrics::new(stats, Arc::clone(&shared), control.draining_flag())?);
     let state = AdminState { metrics: Arc::clone(&metrics), draining: control.draining_flag() };
     let heartbeater = match &config.cluster {
@@ -182,7 +209,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         anyhow::Ok((term, int))
     })?;
-    let relay = Relay { listen, admin: admin_addr };
+    let relay = Relay { listen, admin: admin_addr, sfu_http: sfu_addr };
     print_banner(&config, &relay);
     info!(udp = %listen, admin = %admin_addr, workers = threads.len(), "relay started");
 
@@ -194,6 +221,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         });
         if let Some(heartbeater) = heartbeater {
             tokio::spawn(heartbeater.run());
+        }
+        if let (Some(http), Some(handle)) = (sfu_http, &sfu_handle) {
+            let state =
+                sfu::HttpState { sfu: handle.clone(), keys: control.media_keys(), draining: control.draining_flag() };
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(http, sfu::router(state)).await {
+                    error!(error = %e, "WHIP/WHEP listener failed");
+                }
+            });
         }
         tokio::select! {
             _ = int.recv() => {
@@ -227,7 +263,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Ok(())
     });
     control.stop();
-    for thread in threads {
+    if let Some(handle) = &sfu_handle {
+        handle.stop();
+    }
+    for thread in threads.into_iter().chain(sfu_thread) {
         let _ = thread.join();
     }
     outcome
@@ -248,6 +287,12 @@ fn print_banner(config: &Config, relay: &Relay) {
         config.relay_ip,
         config.advertised_ip()
     );
+    if let Some(http) = relay.sfu_http {
+        println!(
+            "  SFU         WHIP http://{http}/whip/{{machine}}, WHEP http://{http}/whep/{{session}} (media on udp {})",
+            relay.listen
+        );
+    }
     println!("  metrics     http://{}/metrics", relay.admin);
     println!("  health      http://{}/healthz", relay.admin);
     println!(

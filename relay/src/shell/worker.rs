@@ -26,6 +26,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 use tracing::{debug, error, warn};
 
+use super::sfu::SfuHandle;
 use super::udp::{self, RecvBatch, SendBatch, SendQueue, SendStats};
 use crate::turn::auth::Credentials;
 use crate::turn::stats::{DropReason, Stats};
@@ -101,6 +102,8 @@ pub struct SocketSettings {
     pub relay_ip: IpAddr,
     /// Buffer size of relay sockets (0 = kernel default).
     pub relay_buffer: usize,
+    /// The SFU sharing the listening port, if it runs: datagrams it claims go to it.
+    pub sfu: Option<SfuHandle>,
 }
 
 pub struct Worker {
@@ -255,6 +258,13 @@ impl Worker {
                     continue;
                 }
                 let from = ClientAddr(self.recv.source(i));
+                if let Some(sfu) = &self.settings.sfu
+                    && sfu.claims(self.recv.payload(i))
+                {
+                    sfu.datagram(from.0, self.recv.payload(i));
+                    self.forwards.push(None);
+                    continue;
+                }
                 let forward = self.server.handle_client(now, from, self.recv.payload(i), &mut sockets);
                 self.forwards.push(forward);
             }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod webrtc_client;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -53,7 +55,7 @@ impl RelayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
             .arg("--config")
             .arg(config_path(config))
-            .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--admin-listen", "127.0.0.1:0", "--sfu-http-listen", "127.0.0.1:0"])
             // Below Linux's ephemeral range (32768-60999), where the test's own peers and the
             // relay's port-0 listener land: a loopback peer on a relay port would be refused.
             .args(["--min-port", "10000", "--max-port", "30000"])

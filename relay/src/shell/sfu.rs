@@ -1,0 +1,371 @@
+//! The SFU's thread and its WHIP/WHEP HTTP endpoints.
+//!
+//! **One UDP port.** The TURN workers own the shared port. Each datagram a worker receives on
+//! its listening socket is sorted by its first byte (RFC 7983): 20-63 is DTLS and 128-191 is
+//! RTP/RTCP, which TURN never uses, so they go to the SFU; 0-3 is STUN, which goes to the SFU
+//! only when it is a Binding request whose USERNAME starts with one of the SFU peers' ICE
+//! ufrags; everything else (TURN requests, ChannelData) stays with the TURN core. The SFU
+//! thread owns the [`Sfu`] engine (all WebRTC peers of this relay), receives its datagrams over
+//! a channel and sends from a duplicate of a listening socket, so replies come from the same
+//! port.
+//!
+//! **HTTP.** `POST /whip/{machine}` (RFC 9725) publishes with a publisher media token for that
+//! machine; `POST /whep/{session}` subscribes with a player or spectator token for that session
+//! (its machine comes from the token). Both take `application/sdp` and answer `201 Created` with
+//! the SDP answer and a `Location` to `DELETE` at the end. Tokens are [`cluster::media`] tokens,
+//! checked against the relay's current TURN REST secrets. Errors are JSON `{"error": ...}` with
+//! a 4xx status that says what was wrong.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router as HttpRouter;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use cluster::media::{MediaClaims, MediaRole, TokenError};
+use mio::{Events, Poll, Token, Waker};
+use serde_json::json;
+use tracing::{error, info};
+
+use super::udp::{SendBatch, SendQueue};
+use crate::sfu::route::{PeerId, Role};
+use crate::sfu::webrtc::{Transmit, stun_ufrag};
+use crate::sfu::{Sfu, SfuStats};
+
+/// Largest SDP offer accepted (browsers' offers with simulcast are a few KiB).
+const MAX_SDP: usize = 64 * 1024;
+const WAKER: Token = Token(0);
+
+enum Input {
+    Datagram {
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    Publish {
+        machine: String,
+        offer: String,
+        reply: tokio::sync::oneshot::Sender<Result<(PeerId, String), String>>,
+    },
+    Subscribe {
+        machine: String,
+        role: Role,
+        offer: String,
+        reply: tokio::sync::oneshot::Sender<Result<(PeerId, String), String>>,
+    },
+    Remove {
+        machine: String,
+        id: PeerId,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    },
+    Stats {
+        reply: tokio::sync::oneshot::Sender<(SfuStats, crate::sfu::RouteStats, usize)>,
+    },
+    Stop,
+}
+
+/// A way into the SFU thread, for the TURN workers and the HTTP handlers.
+#[derive(Clone)]
+pub struct SfuHandle {
+    tx: Sender<Input>,
+    waker: Arc<Waker>,
+    ufrags: Arc<RwLock<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for SfuHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SfuHandle(..)")
+    }
+}
+
+impl SfuHandle {
+    fn send(&self, input: Input) -> bool {
+        let ok = self.tx.send(input).is_ok();
+        let _ = self.waker.wake();
+        ok
+    }
+
+    /// Whether a datagram from the shared port is the SFU's (see the module docs).
+    pub fn claims(&self, data: &[u8]) -> bool {
+        match data.first() {
+            Some(20..=63 | 128..=191) => true,
+            // A Binding request (type 0x0001) naming one of our peers' ufrags.
+            Some(0) if data.get(1) == Some(&1) => {
+                stun_ufrag(data).is_some_and(|u| self.ufrags.read().unwrap_or_else(|e| e.into_inner()).contains(&u))
+            }
+            _ => false,
+        }
+    }
+
+    /// Hands a datagram to the SFU thread (copied: the worker's buffer is reused at once).
+    pub fn datagram(&self, from: SocketAddr, data: &[u8]) {
+        self.send(Input::Datagram { from, data: data.to_vec() });
+    }
+
+    /// Stops the SFU thread.
+    pub fn stop(&self) {
+        self.send(Input::Stop);
+    }
+
+    async fn publish(&self, machine: String, offer: String) -> Result<(PeerId, String), String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if !self.send(Input::Publish { machine, offer, reply }) {
+            return Err("the SFU is not running".into());
+        }
+        rx.await.map_err(|_| "the SFU is not running".to_string())?
+    }
+
+    async fn subscribe(&self, machine: String, role: Role, offer: String) -> Result<(PeerId, String), String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if !self.send(Input::Subscribe { machine, role, offer, reply }) {
+            return Err("the SFU is not running".into());
+        }
+        rx.await.map_err(|_| "the SFU is not running".to_string())?
+    }
+
+    async fn remove(&self, machine: String, id: PeerId) -> bool {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Input::Remove { machine, id, reply }) && rx.await.unwrap_or(false)
+    }
+
+    /// The engine's and router's counters and the number of peers, for metrics.
+    pub async fn stats(&self) -> Option<(SfuStats, crate::sfu::RouteStats, usize)> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if !self.send(Input::Stats { reply }) {
+            return None;
+        }
+        rx.await.ok()
+    }
+}
+
+/// Starts the SFU thread. `socket` is a duplicate of a listening socket of the shared port;
+/// `public` is the address advertised as the SFU's ICE candidate.
+pub fn start(socket: UdpSocket, public: SocketAddr) -> anyhow::Result<(SfuHandle, std::thread::JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = mpsc::channel();
+    let sfu = Sfu::new(public);
+    let handle = SfuHandle { tx, waker, ufrags: sfu.ufrags() };
+    let thread = std::thread::Builder::new().name("relay-sfu".into()).spawn(move || run(sfu, poll, rx, socket))?;
+    Ok((handle, thread))
+}
+
+fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket) {
+    let mut events = Events::with_capacity(8);
+    let mut queue = SendQueue::new();
+    let mut out: Vec<Transmit> = Vec::new();
+    let fd = socket.as_raw_fd();
+    loop {
+        let now = Instant::now();
+        let timeout = sfu.poll_timeout().map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
+        if let Err(e) = poll.poll(&mut events, Some(timeout.min(Duration::from_secs(1))))
+            && e.kind() != std::io::ErrorKind::Interrupted
+        {
+            error!(error = %e, "SFU poll failed; SFU stopping");
+            return;
+        }
+        let now = Instant::now();
+        loop {
+            match rx.try_recv() {
+                Ok(Input::Datagram { from, data }) => {
+                    sfu.handle_datagram(now, from, &data);
+                }
+                Ok(Input::Publish { machine, offer, reply }) => {
+                    let _ = reply.send(sfu.publish(now, &machine, &offer).map_err(|e| e.to_string()));
+                }
+                Ok(Input::Subscribe { machine, role, offer, reply }) => {
+                    let _ = reply.send(sfu.subscribe(now, &machine, role, &offer).map_err(|e| e.to_string()));
+                }
+                Ok(Input::Remove { machine, id, reply }) => {
+                    let ours = sfu.machine_of(id) == Some(machine.as_str());
+                    let _ = reply.send(ours && sfu.remove(id));
+                }
+                Ok(Input::Stats { reply }) => {
+                    let _ = reply.send((sfu.stats().clone(), sfu.router().stats().clone(), sfu.peer_count()));
+                }
+                Ok(Input::Stop) | Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        if sfu.poll_timeout().is_some_and(|t| t <= now) {
+            sfu.handle_timeout(now);
+        }
+        sfu.drain_transmits(&mut out);
+        if !out.is_empty() {
+            {
+                let mut batch = SendBatch::new(&mut queue, fd);
+                for t in &out {
+                    batch.push(t.to, &t.data);
+                }
+                batch.flush();
+            }
+            out.clear();
+        }
+    }
+}
+
+/// What the HTTP handlers need.
+#[derive(Clone)]
+pub struct HttpState {
+    pub sfu: SfuHandle,
+    /// The secrets media tokens are checked with (the relay's current TURN REST secrets).
+    pub keys: Arc<RwLock<Vec<Vec<u8>>>>,
+    /// Draining relays take no new publishers or subscribers.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The WHIP/WHEP routes.
+pub fn router(state: HttpState) -> HttpRouter {
+    HttpRouter::new()
+        .route("/whip/{machine}", post(whip))
+        .route("/whip/{machine}/{peer}", delete(whip_delete))
+        .route("/whep/{session}", post(whep))
+        .route("/whep/{session}/{peer}", delete(whep_delete))
+        .fallback(|| async {
+            problem(StatusCode::NOT_FOUND, "no such endpoint (POST /whip/{machine}, POST /whep/{session})")
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_SDP))
+        .with_state(state)
+}
+
+/// A refusal: a 4xx/5xx status with a JSON body `{"error": reason}`.
+struct Problem(StatusCode, String);
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn problem(status: StatusCode, message: impl Into<String>) -> Problem {
+    Problem(status, message.into())
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The bearer token's claims, or the response refusing it.
+fn claims(state: &HttpState, headers: &HeaderMap) -> Result<MediaClaims, Problem> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| problem(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <media token>"))?;
+    let keys = state.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+    cluster::media::verify(&keys, token.trim(), now_unix()).map_err(|e| match e {
+        TokenError::NoKey => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        _ => problem(StatusCode::UNAUTHORIZED, e.to_string()),
+    })
+}
+
+/// The SDP offer of a request: `application/sdp`, UTF-8.
+fn offer(headers: &HeaderMap, body: &Bytes) -> Result<String, Problem> {
+    let sdp = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp")));
+    if !sdp {
+        return Err(problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be an SDP offer (Content-Type: application/sdp)",
+        ));
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| problem(StatusCode::BAD_REQUEST, "the SDP offer is not UTF-8"))
+}
+
+fn created(location: String, answer: String) -> Response {
+    let mut response = (StatusCode::CREATED, answer).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, v);
+    }
+    response
+}
+
+fn refuse_when_draining(state: &HttpState) -> Result<(), Problem> {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(problem(StatusCode::SERVICE_UNAVAILABLE, "this relay is draining"));
+    }
+    Ok(())
+}
+
+async fn whip(
+    State(state): State<HttpState>,
+    Path(machine): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let c = claims(&state, &headers)?;
+    if c.role != MediaRole::Publisher || c.machine != machine {
+        return Err(problem(StatusCode::FORBIDDEN, format!("this token does not publish machine {machine:?}")));
+    }
+    refuse_when_draining(&state)?;
+    let offer = offer(&headers, &body)?;
+    let (id, answer) =
+        state.sfu.publish(machine.clone(), offer).await.map_err(|e| problem(StatusCode::BAD_REQUEST, e))?;
+    info!(machine, peer = id.0, "WHIP publish");
+    Ok(created(format!("/whip/{machine}/{}", id.0), answer))
+}
+
+async fn whep(
+    State(state): State<HttpState>,
+    Path(session): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let c = claims(&state, &headers)?;
+    let role = match c.role {
+        MediaRole::Player => Role::Player,
+        MediaRole::Spectator => Role::Spectator,
+        MediaRole::Publisher => return Err(problem(StatusCode::FORBIDDEN, "a publisher token cannot subscribe")),
+    };
+    if c.session.as_deref() != Some(session.as_str()) {
+        return Err(problem(StatusCode::FORBIDDEN, format!("this token is not for session {session:?}")));
+    }
+    refuse_when_draining(&state)?;
+    let offer = offer(&headers, &body)?;
+    let (id, answer) =
+        state.sfu.subscribe(c.machine.clone(), role, offer).await.map_err(|e| problem(StatusCode::BAD_REQUEST, e))?;
+    info!(session, machine = c.machine, peer = id.0, ?role, "WHEP subscribe");
+    Ok(created(format!("/whep/{session}/{}", id.0), answer))
+}
+
+async fn whip_delete(
+    State(state): State<HttpState>,
+    Path((machine, peer)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let c = claims(&state, &headers)?;
+    if c.role != MediaRole::Publisher || c.machine != machine {
+        return Err(problem(StatusCode::FORBIDDEN, format!("this token does not publish machine {machine:?}")));
+    }
+    end(&state, machine, peer).await
+}
+
+async fn whep_delete(
+    State(state): State<HttpState>,
+    Path((session, peer)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let c = claims(&state, &headers)?;
+    if c.role == MediaRole::Publisher || c.session.as_deref() != Some(session.as_str()) {
+        return Err(problem(StatusCode::FORBIDDEN, format!("this token is not for session {session:?}")));
+    }
+    end(&state, c.machine, peer).await
+}
+
+async fn end(state: &HttpState, machine: String, peer: u64) -> Result<Response, Problem> {
+    if state.sfu.remove(machine, PeerId(peer)).await {
+        Ok(StatusCode::OK.into_response())
+    } else {
+        Err(problem(StatusCode::NOT_FOUND, "no such peer (already ended?)"))
+    }
+}

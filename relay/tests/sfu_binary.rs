@@ -1,0 +1,196 @@
+//! The SFU in the real relay binary: WHIP and WHEP over HTTP with media tokens, and media on the
+//! TURN port (one UDP port for both), driven by str0m clients on real loopback sockets.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use cluster::media::{MediaClaims, MediaRole};
+use common::webrtc_client::{Client, vp8};
+use common::{RelayProcess, unix_now};
+use str0m::Input;
+use str0m::media::{Direction, Mid};
+use str0m::net::{Protocol, Receive};
+
+mod common;
+
+/// configs/relay.toml's example secret: media tokens are signed with the TURN REST secrets.
+const SECRET: &str = "local-dev-secret-change-me";
+
+fn token(role: MediaRole, machine: &str, session: Option<&str>) -> String {
+    let claims = MediaClaims {
+        sub: "tester".into(),
+        machine: machine.into(),
+        session: session.map(Into::into),
+        role,
+        aud: String::new(),
+        iat: unix_now(),
+        exp: unix_now() + 600,
+    };
+    cluster::media::mint(SECRET.as_bytes(), claims).unwrap()
+}
+
+struct Http {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Http {
+    /// POSTs `body` as `content_type`; returns status, Location and body.
+    fn post(&self, path: &str, token: Option<&str>, content_type: &str, body: &str) -> (u16, Option<String>, String) {
+        self.rt.block_on(async {
+            let mut req = self
+                .client
+                .post(format!("{}{path}", self.base))
+                .header("content-type", content_type)
+                .body(body.to_owned());
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            let location = res.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
+            (status, location, res.text().await.unwrap())
+        })
+    }
+
+    fn delete(&self, path: &str, token: &str) -> u16 {
+        self.rt.block_on(async {
+            let res = self.client.delete(format!("{}{path}", self.base)).bearer_auth(token).send().await.unwrap();
+            res.status().as_u16()
+        })
+    }
+}
+
+/// A client on its own loopback socket, talking to the relay's UDP port.
+struct Peer {
+    client: Client,
+    socket: UdpSocket,
+    relay: SocketAddr,
+}
+
+impl Peer {
+    fn new(relay: SocketAddr, direction: Direction) -> (Self, String, str0m::change::SdpPendingOffer) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let (client, offer, pending) = Client::new(Instant::now(), socket.local_addr().unwrap(), direction);
+        (Self { client, socket, relay }, offer, pending)
+    }
+
+    /// Receives what is queued, runs timers, sends what the client wants to send.
+    fn pump(&mut self) {
+        let now = Instant::now();
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+            if let Ok(r) = Receive::new(Protocol::Udp, from, self.client.addr, &buf[..n]) {
+                self.client.rtc.handle_input(Input::Receive(now, r)).unwrap();
+            }
+        }
+        if self.client.timeout <= now {
+            self.client.rtc.handle_input(Input::Timeout(now)).unwrap();
+        }
+        let mut wire = Vec::new();
+        self.client.poll(now, &mut wire);
+        for (_, data) in wire {
+            self.socket.send_to(&data, self.relay).unwrap();
+        }
+    }
+}
+
+fn pump_all(peers: &mut [&mut Peer], d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        for p in peers.iter_mut() {
+            p.pump();
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+#[test]
+fn whip_publisher_and_whep_subscribers_share_the_turn_port() {
+    let relay = RelayProcess::start("relay.toml", &[]);
+    let banner: Vec<String> = relay.stdout.try_iter().collect();
+    let http = banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("SFU         WHIP http://"))
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no SFU line in the banner: {banner:?}"))
+        .to_owned();
+    let http = Http {
+        rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        client: reqwest::Client::new(),
+        base: format!("http://{http}"),
+    };
+    let sdp = "application/sdp";
+    let publisher_token = token(MediaRole::Publisher, "cab-1", None);
+    let player_token = token(MediaRole::Player, "cab-1", Some("s-1"));
+    let spectator_token = token(MediaRole::Spectator, "cab-1", Some("s-1"));
+
+    // Refusals, each with a JSON reason.
+    let (mut machine, offer, pending) = Peer::new(relay.udp, Direction::SendOnly);
+    for (path, tok, ctype, body, want) in [
+        ("/whip/cab-1", None, sdp, offer.as_str(), 401),
+        ("/whip/cab-1", Some("not-a-token"), sdp, offer.as_str(), 401),
+        ("/whip/cab-2", Some(publisher_token.as_str()), sdp, offer.as_str(), 403),
+        ("/whip/cab-1", Some(player_token.as_str()), sdp, offer.as_str(), 403),
+        ("/whip/cab-1", Some(publisher_token.as_str()), "text/plain", offer.as_str(), 415),
+        ("/whip/cab-1", Some(publisher_token.as_str()), sdp, "v=0 garbage", 400),
+        ("/whep/s-2", Some(player_token.as_str()), sdp, offer.as_str(), 403),
+        ("/whep/s-1", Some(publisher_token.as_str()), sdp, offer.as_str(), 403),
+        ("/nope", None, sdp, "", 404),
+    ] {
+        let (status, _, body) = http.post(path, tok, ctype, body);
+        assert_eq!(status, want, "{path}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    }
+
+    // The machine publishes; the answer's candidate is the TURN port.
+    let (status, location, answer) = http.post("/whip/cab-1", Some(&publisher_token), sdp, &offer);
+    assert_eq!(status, 201, "{answer}");
+    let machine_location = location.expect("a Location");
+    assert!(answer.contains(&format!("{} {} typ host", relay.udp.ip(), relay.udp.port())), "{answer}");
+    machine.client.accept(pending, &answer);
+
+    let mut viewers = Vec::new();
+    for tok in [&player_token, &spectator_token] {
+        let (mut peer, offer, pending) = Peer::new(relay.udp, Direction::RecvOnly);
+        let (status, location, answer) = http.post("/whep/s-1", Some(tok), sdp, &offer);
+        assert_eq!(status, 201, "{answer}");
+        peer.client.accept(pending, &answer);
+        viewers.push((peer, location.expect("a Location")));
+    }
+    let [(player, player_location), (spectator, _)] = &mut viewers[..] else { unreachable!() };
+    pump_all(&mut [&mut machine, player, spectator], Duration::from_secs(2));
+    for p in [&machine, &*player, &*spectator] {
+        assert!(p.client.connected && p.client.open, "ICE+DTLS {} channel {}", p.client.connected, p.client.open);
+    }
+
+    // 300 video packets at 200/s, a key frame first.
+    for i in 0..300u64 {
+        machine.client.send_rtp(Instant::now(), true, 100 + i, i as u32 * 450, vp8(i % 100 == 0, i));
+        pump_all(&mut [&mut machine, player, spectator], Duration::from_millis(5));
+    }
+    pump_all(&mut [&mut machine, player, spectator], Duration::from_millis(300));
+    for p in [&*player, &*spectator] {
+        let video: Vec<&(Mid, u64, Vec<u8>)> = p.client.rtp.iter().filter(|(m, ..)| *m == p.client.video).collect();
+        assert!(video.len() >= 297, "got {} of 300", video.len());
+        for pair in video.windows(2) {
+            assert!(pair[1].1 > pair[0].1, "in order");
+        }
+    }
+
+    // The seat: the player's input reaches the machine, the spectator's does not.
+    player.client.send_data(b"left");
+    spectator.client.send_data(b"right");
+    pump_all(&mut [&mut machine, player, spectator], Duration::from_millis(300));
+    assert_eq!(machine.client.data, vec![b"left".to_vec()]);
+
+    // DELETE ends a subscription once; a wrong token cannot end someone else's.
+    let path = player_location.clone();
+    assert_eq!(http.delete(&path, &publisher_token), 403);
+    assert_eq!(http.delete(&path, &player_token), 200);
+    assert_eq!(http.delete(&path, &player_token), 404);
+    assert_eq!(http.delete(&machine_location, &publisher_token), 200);
+}
