@@ -187,6 +187,20 @@ fn whip_publisher_and_whep_subscribers_share_the_turn_port() {
     pump_all(&mut [&mut machine, player, spectator], Duration::from_millis(300));
     assert_eq!(machine.client.data, vec![b"left".to_vec()]);
 
+    // Metrics: the machine's ingest bitrate while it sends, its subscribers, what was forwarded.
+    for i in 300..560u64 {
+        machine.client.send_rtp(Instant::now(), true, 100 + i, i as u32 * 450, vp8(false, i));
+        pump_all(&mut [&mut machine, player, spectator], Duration::from_millis(5));
+    }
+    let m = relay.metrics();
+    let bitrate = common::metric_value(&m, "relay_sfu_ingest_bitrate_bps{machine=\"cab-1\"}");
+    assert!(bitrate > 100_000.0, "ingest bitrate {bitrate}\n{m}");
+    assert_eq!(common::metric_value(&m, "relay_sfu_subscribers{machine=\"cab-1\"}"), 2.0);
+    assert_eq!(common::metric_value(&m, "relay_sfu_peers"), 3.0);
+    assert!(common::metric_value(&m, "relay_sfu_egress_packets_total") >= 594.0);
+    assert_eq!(common::metric_value(&m, "relay_sfu_inputs_dropped_total"), 1.0);
+    assert_eq!(common::metric_value(&m, "relay_sfu_peer_panics_total"), 0.0);
+
     // DELETE ends a subscription once; a wrong token cannot end someone else's.
     let path = player_location.clone();
     assert_eq!(http.delete(&path, &publisher_token), 403);

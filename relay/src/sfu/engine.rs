@@ -28,6 +28,8 @@ pub struct SfuStats {
     pub datagrams_in: u64,
     /// Datagrams matched to a peer that its stack refused.
     pub datagrams_refused: u64,
+    /// NACKs received from subscribers (answered by str0m's RTX from shared payloads).
+    pub nacks_received: u64,
 }
 
 /// Why a publish or subscribe request was refused.
@@ -314,6 +316,7 @@ impl Sfu {
                 self.router.request_keyframe(now, id, track);
                 self.deliver_to(now, queue);
             }
+            PeerEvent::Nacks(n) => self.stats.nacks_received += n,
             PeerEvent::Bandwidth(bps) => {
                 self.router.set_bandwidth(now, id, bps);
                 self.deliver_to(now, queue);

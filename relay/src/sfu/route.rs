@@ -171,6 +171,8 @@ struct Membership {
 
 struct Room {
     machine: String,
+    /// Payload bytes received from the publisher, for the ingest bitrate.
+    bytes_in: u64,
     publisher: Option<PeerId>,
     tracks: Vec<Track>,
     subscribers: Vec<Subscriber>,
@@ -334,6 +336,11 @@ impl Router {
         self.peers.get(&peer).map(|m| self.rooms[m.room].machine.as_str())
     }
 
+    /// Every room: machine, payload bytes received from its publisher so far, subscribers.
+    pub fn rooms(&self) -> impl Iterator<Item = (&str, u64, usize)> + '_ {
+        self.rooms.iter().map(|(_, r)| (r.machine.as_str(), r.bytes_in, r.subscribers.len()))
+    }
+
     /// Subscribers of `machine`'s room.
     pub fn subscribers(&self, machine: &str) -> Vec<(PeerId, Role)> {
         self.by_machine
@@ -379,6 +386,7 @@ impl Router {
         let r = &mut self.rooms[room];
         let Some(track) = r.tracks.get_mut(pkt.track) else { return };
         let Some(layer) = track.layers.get_mut(usize::from(pkt.layer)) else { return };
+        r.bytes_in += pkt.payload.len() as u64;
         self.stats.packets_in += 1;
         self.stats.bytes_in += pkt.payload.len() as u64;
         layer.rate.add(now, pkt.payload.len());
@@ -549,6 +557,7 @@ impl Router {
         }
         let room = self.rooms.insert(Room {
             machine: machine.to_owned(),
+            bytes_in: 0,
             publisher: None,
             tracks: Vec::new(),
             subscribers: Vec::new(),

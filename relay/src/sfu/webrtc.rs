@@ -25,6 +25,9 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 
 use super::keyframe::{Codec, is_keyframe};
 
+/// How often str0m reports per-media statistics (NACK counts).
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why a peer could not be created or must end.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -71,6 +74,9 @@ pub enum PeerEvent {
     Bandwidth(u64),
     /// A data-channel message from the peer.
     Data(Vec<u8>),
+    /// NACKs the peer (a subscriber) sent since the last report; str0m answers them with RTX
+    /// from its per-stream cache, which shares the payloads with every other subscriber.
+    Nacks(u64),
 }
 
 struct MediaLine {
@@ -78,6 +84,8 @@ struct MediaLine {
     kind: MediaKind,
     /// Simulcast RIDs in layer order (lowest first); empty without simulcast.
     rids: Vec<Rid>,
+    /// NACKs received for this line so far (str0m reports running totals).
+    nacks: u64,
 }
 
 /// One WebRTC peer of the SFU.
@@ -106,6 +114,7 @@ impl Peer {
                 .enable_h264(true)
                 .enable_vp8(true)
                 .enable_vp9(true)
+                .set_stats_interval(Some(STATS_INTERVAL))
                 .build(now);
             let candidate = Candidate::host(public, "udp").map_err(|e| PeerError::Rtc(e.to_string()))?;
             rtc.add_local_candidate(candidate);
@@ -201,7 +210,7 @@ impl Peer {
                     codec,
                     layers: rids.len().max(1),
                 });
-                self.media.push(MediaLine { mid: m.mid, kind: m.kind, rids });
+                self.media.push(MediaLine { mid: m.mid, kind: m.kind, rids, nacks: 0 });
             }
             Event::RtpPacket(p) => {
                 let ssrc = p.header.ssrc;
@@ -234,6 +243,14 @@ impl Peer {
                 self.channel.get_or_insert(id);
             }
             Event::ChannelData(d) => events.push(PeerEvent::Data(d.data)),
+            Event::MediaEgressStats(s) => {
+                if let Some(line) = self.media.iter_mut().find(|m| m.mid == s.mid)
+                    && s.nacks > line.nacks
+                {
+                    events.push(PeerEvent::Nacks(s.nacks - line.nacks));
+                    line.nacks = s.nacks;
+                }
+            }
             Event::ChannelClose(id) if self.channel == Some(id) => self.channel = None,
             _ => {}
         }

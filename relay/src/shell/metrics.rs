@@ -7,7 +7,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use super::sfu::{SfuHandle, SfuSnapshot};
 
 use crate::turn::Shared;
 use crate::turn::stats::{AuthFailure, Direction, DropReason, ERROR_CODES, Method, Stats};
@@ -30,6 +32,20 @@ pub struct Metrics {
     draining_gauge: IntGauge,
     counters: Vec<(IntCounter, Read)>,
     seen: Mutex<Seen>,
+    sfu: std::sync::OnceLock<SfuMetrics>,
+}
+
+/// Reads one SFU series from the SFU thread's latest snapshot.
+type SfuRead = fn(&SfuSnapshot) -> u64;
+
+/// The SFU's series, filled at scrape time from [`SfuHandle::snapshot`].
+struct SfuMetrics {
+    handle: SfuHandle,
+    peers: IntGauge,
+    ingest: IntGaugeVec,
+    subscribers: IntGaugeVec,
+    counters: Vec<(IntCounter, SfuRead)>,
+    seen: Mutex<Vec<u64>>,
 }
 
 impl Metrics {
@@ -126,7 +142,79 @@ impl Metrics {
             draining_gauge,
             counters,
             seen,
+            sfu: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Adds the SFU's series (once; later calls are ignored).
+    pub fn attach_sfu(&self, handle: SfuHandle) -> prometheus::Result<()> {
+        let registry = &self.registry;
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let per_machine = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let v = IntGaugeVec::new(Opts::new(name, help), &["machine"])?;
+            registry.register(Box::new(v.clone()))?;
+            Ok(v)
+        };
+        let mut counters: Vec<(IntCounter, SfuRead)> = Vec::new();
+        let mut counter = |name: &str, help: &str, read: SfuRead| -> prometheus::Result<()> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            counters.push((c, read));
+            Ok(())
+        };
+        counter("relay_sfu_ingest_packets_total", "RTP packets received from publishers.", |s| s.route.packets_in)?;
+        counter("relay_sfu_egress_packets_total", "RTP packets forwarded to subscribers.", |s| s.route.packets_out)?;
+        counter("relay_sfu_egress_bytes_total", "RTP payload bytes forwarded to subscribers.", |s| s.route.bytes_out)?;
+        counter(
+            "relay_sfu_held_back_packets_total",
+            "Packets not sent to a subscriber waiting for a key frame or another layer.",
+            |s| s.route.held_back,
+        )?;
+        counter(
+            "relay_sfu_nacks_total",
+            "NACKed packets from subscribers (answered with RTX from payloads shared per track).",
+            |s| s.stats.nacks_received,
+        )?;
+        counter(
+            "relay_sfu_keyframe_requests_forwarded_total",
+            "Key-frame requests sent to publishers (at most one per track layer per 500 ms).",
+            |s| s.route.keyframe_requests_forwarded,
+        )?;
+        counter(
+            "relay_sfu_keyframe_requests_suppressed_total",
+            "Subscribers' key-frame requests merged into one already sent or pending.",
+            |s| s.route.keyframe_requests_suppressed,
+        )?;
+        counter("relay_sfu_layer_switches_total", "Simulcast layer switches.", |s| s.route.layer_switches)?;
+        counter("relay_sfu_inputs_delivered_total", "Seat holders' messages delivered to machines.", |s| {
+            s.route.inputs_delivered
+        })?;
+        counter("relay_sfu_inputs_dropped_total", "Subscribers' messages dropped (not the seat holder).", |s| {
+            s.route.inputs_dropped
+        })?;
+        counter("relay_sfu_peers_created_total", "WebRTC peers created (WHIP and WHEP).", |s| s.stats.peers_created)?;
+        counter("relay_sfu_peers_lost_total", "Peers ended by ICE, an error or a panic of their stack.", |s| {
+            s.stats.peers_lost
+        })?;
+        counter("relay_sfu_peer_panics_total", "Peers ended because their WebRTC stack panicked.", |s| s.stats.panics)?;
+        let seen = Mutex::new(vec![0; counters.len()]);
+        let metrics = SfuMetrics {
+            handle,
+            peers: gauge("relay_sfu_peers", "WebRTC peers of the SFU (publishers and subscribers).")?,
+            ingest: per_machine(
+                "relay_sfu_ingest_bitrate_bps",
+                "Payload bitrate a machine publishes, over the last second (alert when it falls to 0).",
+            )?,
+            subscribers: per_machine("relay_sfu_subscribers", "Subscribers watching a machine.")?,
+            counters,
+            seen,
+        };
+        let _ = self.sfu.set(metrics);
+        Ok(())
     }
 
     /// Total active allocations over all workers.
@@ -172,6 +260,23 @@ impl Metrics {
         self.relay_sockets_open.set(self.workers.iter().map(|w| w.relay_sockets_open.get()).sum());
         self.relay_ports_free.set(self.shared.free_ports() as i64);
         self.draining_gauge.set(i64::from(self.draining.load(Ordering::Relaxed)));
+        if let Some(sfu) = self.sfu.get() {
+            let snap = sfu.handle.snapshot();
+            let mut seen = sfu.seen.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, (counter, read)) in sfu.counters.iter().enumerate() {
+                let total = read(&snap);
+                counter.inc_by(total.saturating_sub(seen[i]));
+                seen[i] = total.max(seen[i]);
+            }
+            sfu.peers.set(snap.peers as i64);
+            // Machines that left disappear from the per-machine series.
+            sfu.ingest.reset();
+            sfu.subscribers.reset();
+            for (machine, bps, subscribers) in &snap.machines {
+                sfu.ingest.with_label_values(&[machine.as_str()]).set(*bps as i64);
+                sfu.subscribers.with_label_values(&[machine.as_str()]).set(*subscribers as i64);
+            }
+        }
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed families.
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

@@ -186,6 +186,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let sfu_addr = sfu_http.as_ref().map(|l| l.local_addr()).transpose()?;
     let metrics = Arc::new(Metrics::new(stats, Arc::clone(&shared), control.draining_flag())?);
+    if let Some(handle) = &sfu_handle {
+        metrics.attach_sfu(handle.clone())?;
+    }
     let state = AdminState { metrics: Arc::clone(&metrics), draining: control.draining_flag() };
     let heartbeater = match &config.cluster {
         Some(cluster) => {

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router as HttpRouter;
@@ -37,7 +37,7 @@ use tracing::{error, info};
 use super::udp::{SendBatch, SendQueue};
 use crate::sfu::route::{PeerId, Role};
 use crate::sfu::webrtc::{Transmit, stun_ufrag};
-use crate::sfu::{Sfu, SfuStats};
+use crate::sfu::{RouteStats, Sfu, SfuStats};
 
 /// Largest SDP offer accepted (browsers' offers with simulcast are a few KiB).
 const MAX_SDP: usize = 64 * 1024;
@@ -64,11 +64,21 @@ enum Input {
         id: PeerId,
         reply: tokio::sync::oneshot::Sender<bool>,
     },
-    Stats {
-        reply: tokio::sync::oneshot::Sender<(SfuStats, crate::sfu::RouteStats, usize)>,
-    },
     Stop,
 }
+
+/// What the SFU thread publishes for `/metrics`, once per [`SNAPSHOT_INTERVAL`].
+#[derive(Debug, Default, Clone)]
+pub struct SfuSnapshot {
+    pub stats: SfuStats,
+    pub route: RouteStats,
+    pub peers: usize,
+    /// Per machine: ingest bitrate (payload bits per second over the last interval) and
+    /// subscribers.
+    pub machines: Vec<(String, u64, usize)>,
+}
+
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A way into the SFU thread, for the TURN workers and the HTTP handlers.
 #[derive(Clone)]
@@ -76,6 +86,7 @@ pub struct SfuHandle {
     tx: Sender<Input>,
     waker: Arc<Waker>,
     ufrags: Arc<RwLock<HashSet<String>>>,
+    snapshot: Arc<Mutex<SfuSnapshot>>,
 }
 
 impl std::fmt::Debug for SfuHandle {
@@ -108,6 +119,11 @@ impl SfuHandle {
         self.send(Input::Datagram { from, data: data.to_vec() });
     }
 
+    /// The latest figures (at most [`SNAPSHOT_INTERVAL`] old).
+    pub fn snapshot(&self) -> SfuSnapshot {
+        self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Stops the SFU thread.
     pub fn stop(&self) {
         self.send(Input::Stop);
@@ -133,15 +149,6 @@ impl SfuHandle {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(Input::Remove { machine, id, reply }) && rx.await.unwrap_or(false)
     }
-
-    /// The engine's and router's counters and the number of peers, for metrics.
-    pub async fn stats(&self) -> Option<(SfuStats, crate::sfu::RouteStats, usize)> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        if !self.send(Input::Stats { reply }) {
-            return None;
-        }
-        rx.await.ok()
-    }
 }
 
 /// Starts the SFU thread. `socket` is a duplicate of a listening socket of the shared port;
@@ -151,13 +158,17 @@ pub fn start(socket: UdpSocket, public: SocketAddr) -> anyhow::Result<(SfuHandle
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = mpsc::channel();
     let sfu = Sfu::new(public);
-    let handle = SfuHandle { tx, waker, ufrags: sfu.ufrags() };
-    let thread = std::thread::Builder::new().name("relay-sfu".into()).spawn(move || run(sfu, poll, rx, socket))?;
+    let snapshot = Arc::new(Mutex::new(SfuSnapshot::default()));
+    let handle = SfuHandle { tx, waker, ufrags: sfu.ufrags(), snapshot: Arc::clone(&snapshot) };
+    let thread =
+        std::thread::Builder::new().name("relay-sfu".into()).spawn(move || run(sfu, poll, rx, socket, &snapshot))?;
     Ok((handle, thread))
 }
 
-fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket) {
+fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, snapshot: &Mutex<SfuSnapshot>) {
     let mut events = Events::with_capacity(8);
+    let mut last_snapshot = Instant::now();
+    let mut last_bytes: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let mut queue = SendQueue::new();
     let mut out: Vec<Transmit> = Vec::new();
     let fd = socket.as_raw_fd();
@@ -186,15 +197,30 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket) {
                     let ours = sfu.machine_of(id) == Some(machine.as_str());
                     let _ = reply.send(ours && sfu.remove(id));
                 }
-                Ok(Input::Stats { reply }) => {
-                    let _ = reply.send((sfu.stats().clone(), sfu.router().stats().clone(), sfu.peer_count()));
-                }
                 Ok(Input::Stop) | Err(TryRecvError::Disconnected) => return,
                 Err(TryRecvError::Empty) => break,
             }
         }
         if sfu.poll_timeout().is_some_and(|t| t <= now) {
             sfu.handle_timeout(now);
+        }
+        if now.saturating_duration_since(last_snapshot) >= SNAPSHOT_INTERVAL {
+            let secs = now.saturating_duration_since(last_snapshot).as_secs_f64();
+            let mut machines = Vec::new();
+            let mut bytes_now = std::collections::HashMap::new();
+            for (machine, bytes, subscribers) in sfu.router().rooms() {
+                let before = last_bytes.get(machine).copied().unwrap_or(bytes);
+                machines.push((machine.to_owned(), ((bytes - before) as f64 * 8.0 / secs) as u64, subscribers));
+                bytes_now.insert(machine.to_owned(), bytes);
+            }
+            last_bytes = bytes_now;
+            last_snapshot = now;
+            *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = SfuSnapshot {
+                stats: sfu.stats().clone(),
+                route: sfu.router().stats().clone(),
+                peers: sfu.peer_count(),
+                machines,
+            };
         }
         sfu.drain_transmits(&mut out);
         if !out.is_empty() {
