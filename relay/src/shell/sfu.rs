@@ -19,7 +19,8 @@
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +43,8 @@ use crate::sfu::{RouteStats, Sfu, SfuStats};
 /// Largest SDP offer accepted (browsers' offers with simulcast are a few KiB).
 const MAX_SDP: usize = 64 * 1024;
 const WAKER: Token = Token(0);
+/// Inputs (mostly datagrams) waiting for the SFU thread, at most.
+const QUEUE: usize = 16_384;
 
 enum Input {
     Datagram {
@@ -83,7 +86,10 @@ const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 /// A way into the SFU thread, for the TURN workers and the HTTP handlers.
 #[derive(Clone)]
 pub struct SfuHandle {
-    tx: Sender<Input>,
+    tx: SyncSender<Input>,
+    /// Datagrams dropped because the SFU thread's queue was full (it is bounded, so a flood of
+    /// DTLS- or RTP-looking junk costs at most [`QUEUE`] buffers, not unbounded memory).
+    queue_full: Arc<AtomicU64>,
     waker: Arc<Waker>,
     ufrags: Arc<RwLock<HashSet<String>>>,
     snapshot: Arc<Mutex<SfuSnapshot>>,
@@ -97,9 +103,21 @@ impl std::fmt::Debug for SfuHandle {
 
 impl SfuHandle {
     fn send(&self, input: Input) -> bool {
-        let ok = self.tx.send(input).is_ok();
+        let ok = match self.tx.try_send(input) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.queue_full.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        };
         let _ = self.waker.wake();
         ok
+    }
+
+    /// Inputs dropped because the SFU thread's queue was full.
+    pub fn queue_full(&self) -> u64 {
+        self.queue_full.load(Ordering::Relaxed)
     }
 
     /// Whether a datagram from the shared port is the SFU's (see the module docs).
@@ -129,20 +147,27 @@ impl SfuHandle {
         self.send(Input::Stop);
     }
 
-    async fn publish(&self, machine: String, offer: String) -> Result<(PeerId, String), String> {
+    /// Publishes; `Err` is a refusal of the offer (400) or the SFU being unavailable (503).
+    async fn publish(&self, machine: String, offer: String) -> Result<(PeerId, String), Problem> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        if !self.send(Input::Publish { machine, offer, reply }) {
-            return Err("the SFU is not running".into());
-        }
-        rx.await.map_err(|_| "the SFU is not running".to_string())?
+        self.call(Input::Publish { machine, offer, reply }, rx).await
     }
 
-    async fn subscribe(&self, machine: String, role: Role, offer: String) -> Result<(PeerId, String), String> {
+    async fn subscribe(&self, machine: String, role: Role, offer: String) -> Result<(PeerId, String), Problem> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        if !self.send(Input::Subscribe { machine, role, offer, reply }) {
-            return Err("the SFU is not running".into());
+        self.call(Input::Subscribe { machine, role, offer, reply }, rx).await
+    }
+
+    async fn call(
+        &self,
+        input: Input,
+        rx: tokio::sync::oneshot::Receiver<Result<(PeerId, String), String>>,
+    ) -> Result<(PeerId, String), Problem> {
+        let unavailable = || problem(StatusCode::SERVICE_UNAVAILABLE, "the SFU is not running or is overloaded");
+        if !self.send(input) {
+            return Err(unavailable());
         }
-        rx.await.map_err(|_| "the SFU is not running".to_string())?
+        rx.await.map_err(|_| unavailable())?.map_err(|e| problem(StatusCode::BAD_REQUEST, e))
     }
 
     async fn remove(&self, machine: String, id: PeerId) -> bool {
@@ -156,10 +181,11 @@ impl SfuHandle {
 pub fn start(socket: UdpSocket, public: SocketAddr) -> anyhow::Result<(SfuHandle, std::thread::JoinHandle<()>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
     let sfu = Sfu::new(public);
     let snapshot = Arc::new(Mutex::new(SfuSnapshot::default()));
-    let handle = SfuHandle { tx, waker, ufrags: sfu.ufrags(), snapshot: Arc::clone(&snapshot) };
+    let handle =
+        SfuHandle { tx, queue_full: Arc::default(), waker, ufrags: sfu.ufrags(), snapshot: Arc::clone(&snapshot) };
     let thread =
         std::thread::Builder::new().name("relay-sfu".into()).spawn(move || run(sfu, poll, rx, socket, &snapshot))?;
     Ok((handle, thread))
@@ -335,8 +361,7 @@ async fn whip(
     }
     refuse_when_draining(&state)?;
     let offer = offer(&headers, &body)?;
-    let (id, answer) =
-        state.sfu.publish(machine.clone(), offer).await.map_err(|e| problem(StatusCode::BAD_REQUEST, e))?;
+    let (id, answer) = state.sfu.publish(machine.clone(), offer).await?;
     info!(machine, peer = id.0, "WHIP publish");
     Ok(created(format!("/whip/{machine}/{}", id.0), answer))
 }
@@ -358,8 +383,7 @@ async fn whep(
     }
     refuse_when_draining(&state)?;
     let offer = offer(&headers, &body)?;
-    let (id, answer) =
-        state.sfu.subscribe(c.machine.clone(), role, offer).await.map_err(|e| problem(StatusCode::BAD_REQUEST, e))?;
+    let (id, answer) = state.sfu.subscribe(c.machine.clone(), role, offer).await?;
     info!(session, machine = c.machine, peer = id.0, ?role, "WHEP subscribe");
     Ok(created(format!("/whep/{session}/{}", id.0), answer))
 }
