@@ -88,6 +88,10 @@ pub struct Heartbeat {
     /// Port of TURN over TLS, when the relay offers it.
     #[serde(default)]
     pub turn_tls_port: Option<u16>,
+    /// Public base URL of the relay's SFU (WHIP at `/whip/{machine}`, WHEP at
+    /// `/whep/{session}`), when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sfu_url: Option<String>,
     pub state: RelayState,
     pub load: Load,
     /// Version of the secret set the relay holds (0 = none received yet).
@@ -168,6 +172,7 @@ mod tests {
             public_host: "127.0.0.1".into(),
             turn_udp_port: 3478,
             turn_tls_port: None,
+            sfu_url: None,
             state: RelayState::Serving,
             load: Load::default(),
             secrets_version: 0,

@@ -135,6 +135,9 @@ pub struct PeerSection {
 pub struct SfuSection {
     /// HTTP address of the WHIP/WHEP endpoints; "" = no SFU.
     pub http_listen: String,
+    /// Public base URL of those endpoints as clients reach them (e.g. behind a TLS proxy);
+    /// "" = `http://<cluster.public_host>:<http_listen's port>`.
+    pub public_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -268,6 +271,9 @@ pub struct Overrides {
     /// sfu.http_listen: address of the WHIP/WHEP endpoints ("" = no SFU).
     #[arg(long, env = "RELAY_SFU_HTTP_LISTEN")]
     pub sfu_http_listen: Option<String>,
+    /// sfu.public_url: the WHIP/WHEP base URL clients use (default http://<public_host>:<port>).
+    #[arg(long, env = "RELAY_SFU_PUBLIC_URL")]
+    pub sfu_public_url: Option<String>,
     /// log.format: text or json.
     #[arg(long, env = "RELAY_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -353,6 +359,7 @@ impl FileConfig {
         set(&mut self.peers.deny, &o.deny_peers);
         set(&mut self.admin.listen, &o.admin_listen);
         set(&mut self.sfu.http_listen, &o.sfu_http_listen);
+        set(&mut self.sfu.public_url, &o.sfu_public_url);
         set(&mut self.log.format, &o.log_format);
         set(&mut self.log.level, &o.log_level);
         set(&mut self.shutdown.grace_secs, &o.shutdown_grace_secs);
@@ -415,6 +422,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// WHIP/WHEP HTTP address; `None` = no SFU.
     pub sfu_http_listen: Option<SocketAddr>,
+    /// The WHIP/WHEP base URL given to signaling; `None` = derived from the public host.
+    pub sfu_public_url: Option<String>,
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_grace: Duration,
@@ -563,6 +572,16 @@ impl Config {
             "" => None,
             v => Some(parse_key("sfu.http_listen", v)?),
         };
+        let sfu_public_url = match file.sfu.public_url.trim() {
+            "" => None,
+            v => {
+                let url: reqwest::Url = parse_key("sfu.public_url", v)?;
+                if !matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some() {
+                    bail!("sfu.public_url: expected an http or https URL without query or fragment, got {v:?}");
+                }
+                Some(v.trim_end_matches('/').to_owned())
+            }
+        };
         let log_format = match file.log.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -594,6 +613,7 @@ impl Config {
             deny_peers,
             admin_listen,
             sfu_http_listen,
+            sfu_public_url,
             log_format,
             log_level: file.log.level.clone(),
             shutdown_grace: Duration::from_secs(file.shutdown.grace_secs),
@@ -784,6 +804,9 @@ mod tests {
             (|f| f.peers.allow = vec!["10.0.0.0/33".into()], "peers.allow"),
             (|f| f.log.format = "xml".into(), "log.format"),
             (|f| f.admin.listen = "localhost".into(), "admin.listen"),
+            (|f| f.sfu.http_listen = "localhost:80".into(), "sfu.http_listen"),
+            (|f| f.sfu.public_url = "ftp://sfu.example.com".into(), "sfu.public_url"),
+            (|f| f.sfu.public_url = "https://sfu.example.com/?x=1".into(), "sfu.public_url"),
             (|f| f.relay.min_port = 3000, "relay.min_port"),
         ];
         for (mutate, key) in cases {

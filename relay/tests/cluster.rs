@@ -180,6 +180,13 @@ fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
         &["--signaling-url", &signaling.url],
         &[("RELAY_CLUSTER_TOKEN", TOKEN)],
     );
+    // The banner's SFU line comes before its cluster line.
+    let sfu_port = banner_line(&relay, "SFU ")
+        .split("WHIP http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .map(str::to_owned)
+        .expect("the SFU's port in the banner");
     let cluster_line = banner_line(&relay, "cluster ");
     for part in [signaling.url.as_str(), "\"relay-test-1\"", "\"test-1\""] {
         assert!(cluster_line.contains(part), "{part} in {cluster_line}");
@@ -193,6 +200,9 @@ fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
     assert_eq!(first.public_host, "127.0.0.1", "the advertised address by default");
     assert_eq!(first.turn_udp_port, relay.udp.port(), "the port actually bound, not the configured 0");
     assert_eq!(first.turn_tls_port, None);
+    // The SFU (the test relays run one on an ephemeral port) is announced with its base URL.
+    let sfu_url = first.sfu_url.clone().expect("the SFU's URL");
+    assert_eq!(sfu_url, format!("http://127.0.0.1:{sfu_port}"));
     assert_eq!(first.state, RelayState::Serving);
     assert_eq!(first.secrets_version, 0, "no secrets received yet");
     assert!((test_start..=unix_now()).contains(&first.started_at), "{}", first.started_at);

@@ -13,6 +13,7 @@
 //! | `GET /v1/sessions/{id}` | its player or machine, admin | the session and its event timeline |
 //! | `POST /v1/sessions/{id}/connected`, `POST /v1/sessions/{id}/end` | its player or machine, admin | progress and end |
 //! | `POST /v1/sessions/{id}/ice-config` | its player or machine | fresh credentials for the session's relay |
+//! | `POST /v1/sessions/{id}/watch` | player | WHEP URL and token for an `sfu` session (spectator unless it is the session's player) |
 //! | `GET /v1/ws` | player, machine | WebSocket: SDP and candidates between the parties (see [`crate::ws`]) |
 //! | `GET /v1/sessions` | admin | session history with filters |
 //! | `GET /v1/relays`, `POST /v1/relays/{id}/drain`, `/undrain`, `DELETE /v1/relays/{id}` | admin | the registry |
@@ -28,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cluster::heartbeat::{Command, Heartbeat, HeartbeatReply, RelayState};
+use cluster::media::{MediaClaims, MediaRole};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -38,7 +40,7 @@ use crate::auth::{Bearer, RelayAuth, Role, valid_subject};
 use crate::config::valid_relay_id;
 use crate::error::{ApiError, ApiResult};
 use crate::placement::{self, PlacementRequest};
-use crate::store::{CreateError, MachineRow, SessionFilter, SessionRow, new_id};
+use crate::store::{CreateError, MachineRow, RelayRow, SessionFilter, SessionRow, new_id};
 
 /// A JSON body whose rejections are API errors.
 pub struct Body<T>(pub T);
@@ -108,6 +110,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/sessions/{id}/connected", post(session_connected))
         .route("/v1/sessions/{id}/end", post(end_session))
         .route("/v1/sessions/{id}/ice-config", post(session_ice_config))
+        .route("/v1/sessions/{id}/watch", post(watch_session))
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/relays", get(list_relays))
         .route("/v1/relays/{id}", axum::routing::delete(remove_relay))
@@ -144,6 +147,11 @@ async fn relay_heartbeat(
     }
     if hb.public_host.is_empty() || hb.public_host.len() > 253 || hb.public_host.contains(['/', ' ', '?', '#', '@']) {
         return Err(ApiError::bad("public_host: must be a host name or IP address"));
+    }
+    if let Some(url) = &hb.sfu_url
+        && !valid_sfu_url(url)
+    {
+        return Err(ApiError::bad("sfu_url: must be an http or https URL without query or fragment"));
     }
     if hb.turn_udp_port == 0 || hb.version.len() > 64 || !hb.load.cpu.is_finite() {
         return Err(ApiError::bad("turn_udp_port, version or load is out of range"));
@@ -379,7 +387,15 @@ async fn machine_heartbeat(
             ..Default::default()
         })
         .await?;
-    Ok(Json(json!({ "heartbeat_secs": state.config.machine_heartbeat.as_secs(), "session": live.first() })))
+    // In an sfu session the machine publishes: where, and with what token.
+    let mut sfu = Value::Null;
+    if let Some(s) = live.first()
+        && let Some(base) = s.scores["sfu"]["url"].as_str()
+    {
+        let token = media_token(&state, &claims.sub, &claims.sub, Some(&s.id), MediaRole::Publisher).await?;
+        sfu = json!({ "relay": s.scores["sfu"]["relay"], "whip_url": format!("{base}/whip/{}", claims.sub), "token": token });
+    }
+    Ok(Json(json!({ "heartbeat_secs": state.config.machine_heartbeat.as_secs(), "session": live.first(), "sfu": sfu })))
 }
 
 fn machine_status(state: &AppState, m: &MachineRow, session: &Option<String>, now: i64) -> &'static str {
@@ -435,8 +451,8 @@ async fn create_session(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let claims = bearer.require(&[Role::Player])?.clone();
     let mode = req.mode.as_deref().unwrap_or("direct");
-    if mode != "direct" {
-        return Err(ApiError::bad(format!("mode: {mode:?} is not supported (direct)")));
+    if mode != "direct" && mode != "sfu" {
+        return Err(ApiError::bad(format!("mode: {mode:?} is not supported (direct, sfu)")));
     }
     let machine = state
         .store
@@ -451,7 +467,16 @@ async fn create_session(
     let placement = placement::place(&state, &req.placement, client_ip, Some(&machine)).await?;
     let id = new_id("ses");
     let sel = &placement.selection;
-    let scores = json!({ "score_ms": sel.score_ms, "scores": sel.scores, "alternates": sel.alternates });
+    let mut scores = json!({ "score_ms": sel.score_ms, "scores": sel.scores, "alternates": sel.alternates });
+    // SFU mode: the machine publishes to its home relay (the SFU relay in the region it reaches
+    // fastest); the player watches there, reaching it directly or through its own region's TURN.
+    let sfu_relay = if mode == "sfu" {
+        let relay = sfu_home(&state, &machine, &placement.relay).await?;
+        scores["sfu"] = json!({ "relay": relay.id, "region": relay.region, "url": relay.sfu_url });
+        Some(relay)
+    } else {
+        None
+    };
     let source = serde_json::to_value(sel.source)?.as_str().unwrap_or("unknown").to_owned();
     let row = SessionRow {
         id: id.clone(),
@@ -469,13 +494,16 @@ async fn create_session(
         end_reason: None,
         ended_by: None,
     };
-    let events = [
+    let mut events = vec![
         ("requested", json!({ "player": claims.sub, "machine": machine.id, "mode": mode })),
         (
             "region_chosen",
             json!({ "region": row.region, "relay": row.relay_id, "source": source, "score_ms": sel.score_ms, "scores": sel.scores }),
         ),
     ];
+    if let Some(r) = &sfu_relay {
+        events.push(("sfu_relay_chosen", json!({ "relay": r.id, "region": r.region })));
+    }
     match state.store.create_session(&row, &events).await {
         Ok(()) => {}
         Err(CreateError::Busy) => {
@@ -489,7 +517,15 @@ async fn create_session(
     // machine gets its own for the same relay: both legs of the media path meet there.
     let ice = placement::ice_config(&state, &placement, &id).await?;
     let machine_ice = placement::ice_config(&state, &placement, &id).await?;
-    let notice = json!({ "type": "session", "session": session_json(&row), "ice": machine_ice });
+    let mut notice = json!({ "type": "session", "session": session_json(&row), "ice": machine_ice });
+    let mut sfu = Value::Null;
+    if let Some(r) = &sfu_relay {
+        let base = r.sfu_url.as_deref().unwrap_or_default();
+        let publish = media_token(&state, &machine.id, &machine.id, Some(&id), MediaRole::Publisher).await?;
+        notice["sfu"] = json!({ "relay": r.id, "whip_url": format!("{base}/whip/{}", machine.id), "token": publish });
+        let watch = media_token(&state, &claims.sub, &machine.id, Some(&id), MediaRole::Player).await?;
+        sfu = json!({ "relay": r.id, "region": r.region, "whep_url": format!("{base}/whep/{id}"), "token": watch });
+    }
     crate::ws::deliver(&state, &crate::ws::Party { role: Role::Machine, id: machine.id.clone() }, &notice).await;
     Ok((
         StatusCode::CREATED,
@@ -502,8 +538,87 @@ async fn create_session(
             "selection": ice["selection"],
             "ice": ice,
             "alternates": ice["alternates"],
+            "sfu": sfu,
         })),
     ))
+}
+
+/// An SFU relay's base URL must be something a browser can POST to.
+fn valid_sfu_url(url: &str) -> bool {
+    url.len() <= 512
+        && reqwest::Url::parse(url).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.query().is_none()
+                && u.fragment().is_none()
+        })
+}
+
+/// The machine's home SFU relay: among relays in rotation that run an SFU, the one in the region
+/// the machine reaches fastest (its reported RTTs), else the session's relay if it runs one,
+/// else any.
+async fn sfu_home(state: &AppState, machine: &MachineRow, chosen: &RelayRow) -> ApiResult<RelayRow> {
+    let now = now_ms();
+    let relays: Vec<RelayRow> = state
+        .store
+        .relays()
+        .await?
+        .into_iter()
+        .filter(|r| r.sfu_url.is_some() && placement::takes_sessions(r, now))
+        .collect();
+    let by_rtt = relays
+        .iter()
+        .filter_map(|r| machine.rtts.get(&r.region).map(|rtt| (rtt, r)))
+        .min_by(|a, b| a.0.total_cmp(b.0).then(a.1.utilisation.total_cmp(&b.1.utilisation)))
+        .map(|(_, r)| r);
+    by_rtt
+        .or_else(|| relays.iter().find(|r| r.id == chosen.id))
+        .or_else(|| relays.iter().min_by(|a, b| a.utilisation.total_cmp(&b.utilisation)))
+        .cloned()
+        .ok_or_else(|| ApiError::Unavailable("no relay with an SFU is in rotation".into()))
+}
+
+/// A media token (WHIP/WHEP) signed with the newest TURN REST secret, which every relay holds.
+async fn media_token(
+    state: &AppState,
+    sub: &str,
+    machine: &str,
+    session: Option<&str>,
+    role: MediaRole,
+) -> ApiResult<String> {
+    let secrets = state.store.live_secrets(now_ms()).await?;
+    let secret =
+        secrets.keys.first().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no TURN secret in the store")))?;
+    let now = now_unix();
+    let claims = MediaClaims {
+        sub: sub.to_owned(),
+        machine: machine.to_owned(),
+        session: session.map(str::to_owned),
+        role,
+        aud: String::new(),
+        iat: now,
+        exp: now + state.config.credential_ttl.as_secs(),
+    };
+    cluster::media::mint(secret.as_bytes(), claims).map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
+}
+
+/// A spectator's way into an SFU session: a WHEP URL and a spectator token.
+async fn watch_session(
+    State(state): State<AppState>,
+    bearer: Bearer,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<Json<Value>> {
+    let claims = bearer.require(&[Role::Player])?.clone();
+    let s = state.store.session(&id).await?.ok_or_else(|| ApiError::not_found(format!("no session {id:?}")))?;
+    if s.ended_ms.is_some() {
+        return Err(ApiError::Conflict("session has ended".into()));
+    }
+    let (Some(relay), Some(base)) = (s.scores["sfu"]["relay"].as_str(), s.scores["sfu"]["url"].as_str()) else {
+        return Err(ApiError::Conflict("only sfu sessions can be watched".into()));
+    };
+    let role = if claims.sub == s.player { MediaRole::Player } else { MediaRole::Spectator };
+    let token = media_token(&state, &claims.sub, &s.machine_id, Some(&id), role).await?;
+    Ok(Json(json!({ "relay": relay, "whep_url": format!("{base}/whep/{id}"), "token": token, "role": role })))
 }
 
 /// The session if the caller may see it: admin, its player, or its machine.

@@ -25,6 +25,7 @@ use crate::config::StoreLocation;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/0001_initial.sql")),
     (2, "ws_messages", include_str!("../migrations/0002_ws_messages.sql")),
+    (3, "relay_sfu", include_str!("../migrations/0003_relay_sfu.sql")),
 ];
 
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct RelayRow {
     pub public_host: String,
     pub turn_udp_port: u16,
     pub turn_tls_port: Option<u16>,
+    /// Base URL of the relay's WHIP/WHEP endpoints, when it runs an SFU.
+    pub sfu_url: Option<String>,
     pub state: RelayState,
     pub admin_state: RelayState,
     pub load: cluster::heartbeat::Load,
@@ -225,12 +228,13 @@ impl Store {
     pub async fn relay_heartbeat(&self, hb: &Heartbeat, now_ms: i64) -> anyhow::Result<RelayRow> {
         sqlx::query(
             "INSERT INTO relays (id, region, version, public_host, turn_udp_port, turn_tls_port, state, \
-             admin_state, load_json, utilisation, started_at, first_seen_ms, last_seen_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'serving', $8, $9, $10, $11, $11) \
+             admin_state, load_json, utilisation, started_at, first_seen_ms, last_seen_ms, sfu_url) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'serving', $8, $9, $10, $11, $11, $12) \
              ON CONFLICT (id) DO UPDATE SET region = excluded.region, version = excluded.version, \
              public_host = excluded.public_host, turn_udp_port = excluded.turn_udp_port, \
              turn_tls_port = excluded.turn_tls_port, state = excluded.state, load_json = excluded.load_json, \
-             utilisation = excluded.utilisation, started_at = excluded.started_at, last_seen_ms = excluded.last_seen_ms",
+             utilisation = excluded.utilisation, started_at = excluded.started_at, last_seen_ms = excluded.last_seen_ms, \
+             sfu_url = excluded.sfu_url",
         )
         .bind(&hb.relay_id)
         .bind(&hb.region)
@@ -243,6 +247,7 @@ impl Store {
         .bind(hb.load.utilisation())
         .bind(hb.started_at as i64)
         .bind(now_ms)
+        .bind(hb.sfu_url.as_deref())
         .execute(&self.pool)
         .await?;
         self.relay(&hb.relay_id).await?.context("relay vanished after its heartbeat")
@@ -256,6 +261,7 @@ impl Store {
             public_host: row.try_get("public_host")?,
             turn_udp_port: u16::try_from(row.try_get::<i64, _>("turn_udp_port")?)?,
             turn_tls_port: row.try_get::<Option<i64>, _>("turn_tls_port")?.map(u16::try_from).transpose()?,
+            sfu_url: row.try_get("sfu_url")?,
             state: state_from(&row.try_get::<String, _>("state")?),
             admin_state: state_from(&row.try_get::<String, _>("admin_state")?),
             load: serde_json::from_str(&row.try_get::<String, _>("load_json")?)?,
@@ -267,7 +273,7 @@ impl Store {
     }
 
     const RELAY_COLUMNS: &str = "id, region, version, public_host, turn_udp_port, turn_tls_port, state, admin_state, \
-                                 load_json, utilisation, started_at, first_seen_ms, last_seen_ms";
+                                 load_json, utilisation, started_at, first_seen_ms, last_seen_ms, sfu_url";
 
     pub async fn relay(&self, id: &str) -> anyhow::Result<Option<RelayRow>> {
         let row = sqlx::query(&format!("SELECT {} FROM relays WHERE id = $1", Self::RELAY_COLUMNS))

@@ -329,6 +329,110 @@ async fn bad_input(s: &Signaling, admin: &str, player: &str, machine: &str) {
     assert_eq!(resp.status().as_u16(), 415);
 }
 
+/// A relay heartbeat that reports an SFU at `sfu_url`.
+async fn heartbeat_sfu(s: &Signaling, id: &str, region: &str, port: u16, sfu_url: Option<&str>) -> (u16, Value) {
+    let hb = json!({
+        "relay_id": id, "region": region, "version": "test", "public_host": "127.0.0.1",
+        "turn_udp_port": port, "state": "serving", "sfu_url": sfu_url,
+        "load": {"allocations": 0, "max_allocations": 100, "cpu": 0.1, "bandwidth_bps": 0, "bandwidth_cap_bps": 0},
+        "secrets_version": 0, "started_at": unix_now(),
+    });
+    s.call("POST", "/v1/relays/heartbeat", Some(common::CLUSTER_TOKEN), Some(hb)).await
+}
+
+/// SFU sessions: the machine's home SFU relay, WHEP/WHIP URLs and media tokens the relays verify
+/// with the TURN secret, spectators.
+async fn sfu_suite(backend: &str) {
+    use cluster::media::{MediaRole, verify};
+    let s = Signaling::start(backend, "");
+    let alice = s.token("alice", "player");
+    let bob = s.token("bob", "player");
+    let admin = s.token("ops", "admin");
+    let machine = s.token("cab-1", "machine");
+    for bad in ["ftp://127.0.0.1:8088", "http://127.0.0.1:8088/?q=1", "not a url"] {
+        let (st, body) = heartbeat_sfu(&s, "eu-1", "eu-central", 40001, Some(bad)).await;
+        assert_eq!(st, 400, "{bad}: {body}");
+    }
+    heartbeat_sfu(&s, "eu-1", "eu-central", 40001, Some("http://127.0.0.1:8088")).await;
+    heartbeat_sfu(&s, "us-1", "us-east", 40002, Some("https://sfu-us.example.com")).await;
+    heartbeat_sfu(&s, "ap-1", "ap-southeast", 40003, None).await;
+    let rtts = json!({ "name": "Cabinet 1", "rtts": { "eu-central": 90.0, "us-east": 30.0, "ap-southeast": 20.0 } });
+    let (st, body) = s.call("POST", "/v1/machines/register", Some(&machine), Some(rtts)).await;
+    assert_eq!(st, 200, "{body}");
+
+    let (st, body) =
+        s.call("POST", "/v1/sessions", Some(&alice), Some(json!({ "machine_id": "cab-1", "mode": "mesh" }))).await;
+    assert_eq!(st, 400, "{body}");
+    // The machine is nearest ap-southeast, which has no SFU: its home SFU is us-east.
+    let (st, session) = s
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(&alice),
+            Some(json!({ "machine_id": "cab-1", "mode": "sfu", "probes": probes(10.0, 80.0, 200.0) })),
+        )
+        .await;
+    assert_eq!(st, 201, "{session}");
+    let id = session["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(session["mode"], "sfu");
+    assert_eq!(session["sfu"]["relay"], "us-1");
+    assert_eq!(session["sfu"]["whep_url"], format!("https://sfu-us.example.com/whep/{id}"));
+    let keys = [SEED_SECRET.as_bytes().to_vec()];
+    let claims = verify(&keys, session["sfu"]["token"].as_str().unwrap(), unix_now()).unwrap();
+    assert_eq!((claims.role, claims.machine.as_str(), claims.sub.as_str()), (MediaRole::Player, "cab-1", "alice"));
+    assert_eq!(claims.session.as_deref(), Some(id.as_str()));
+    // The player still gets TURN for its own region, to reach the SFU through.
+    assert!(session["ice"]["iceServers"][0]["urls"][0].as_str().unwrap().starts_with("turn:"));
+
+    // The machine learns where to publish from its heartbeat.
+    let (_, hb) = s.call("POST", "/v1/machines/heartbeat", Some(&machine), Some(json!({}))).await;
+    assert_eq!(hb["sfu"]["whip_url"], "https://sfu-us.example.com/whip/cab-1");
+    let claims = verify(&keys, hb["sfu"]["token"].as_str().unwrap(), unix_now()).unwrap();
+    assert_eq!((claims.role, claims.machine.as_str()), (MediaRole::Publisher, "cab-1"));
+
+    // Spectators watch the same room; the session's player watching again is the player.
+    let (st, watch) = s.call("POST", &format!("/v1/sessions/{id}/watch"), Some(&bob), None).await;
+    assert_eq!(st, 200, "{watch}");
+    assert_eq!(watch["whep_url"], session["sfu"]["whep_url"]);
+    assert_eq!(verify(&keys, watch["token"].as_str().unwrap(), unix_now()).unwrap().role, MediaRole::Spectator);
+    let (_, again) = s.call("POST", &format!("/v1/sessions/{id}/watch"), Some(&alice), None).await;
+    assert_eq!(again["role"], "player");
+    assert_eq!(s.call("POST", "/v1/sessions/ses_nope/watch", Some(&bob), None).await.0, 404);
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{id}/watch"), Some(&machine), None).await.0, 403);
+
+    let (_, detail) = s.call("GET", &format!("/v1/sessions/{id}"), Some(&admin), None).await;
+    let kinds: Vec<&str> = detail["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["requested", "region_chosen", "sfu_relay_chosen"]);
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{id}/end"), Some(&alice), None).await.0, 200);
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{id}/watch"), Some(&bob), None).await.0, 409);
+
+    // A direct session cannot be watched.
+    let (st, direct) = s.call("POST", "/v1/sessions", Some(&alice), Some(json!({ "machine_id": "cab-1" }))).await;
+    assert_eq!(st, 201, "{direct}");
+    assert!(direct["sfu"].is_null());
+    let did = direct["session_id"].as_str().unwrap();
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{did}/watch"), Some(&bob), None).await.0, 409);
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{did}/end"), Some(&alice), None).await.0, 200);
+
+    // With no SFU relay in rotation an sfu session is refused (503), a direct one is not.
+    for id in ["eu-1", "us-1"] {
+        assert_eq!(s.call("POST", &format!("/v1/relays/{id}/drain"), Some(&admin), None).await.0, 200);
+    }
+    let (st, body) =
+        s.call("POST", "/v1/sessions", Some(&alice), Some(json!({ "machine_id": "cab-1", "mode": "sfu" }))).await;
+    assert_eq!(st, 503, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sfu_sessions_on_sqlite() {
+    sfu_suite("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sfu_sessions_on_postgres() {
+    sfu_suite("postgres").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_on_sqlite() {
     suite("sqlite").await;

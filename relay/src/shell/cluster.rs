@@ -54,6 +54,8 @@ pub struct Settings {
     pub config_secrets: Vec<String>,
     /// Unix seconds when the process started.
     pub started_at: u64,
+    /// Public base URL of the SFU's WHIP/WHEP endpoints, when it runs.
+    pub sfu_url: Option<String>,
 }
 
 pub struct Heartbeater {
@@ -156,6 +158,7 @@ impl Heartbeater {
             public_host: c.public_host.clone(),
             turn_udp_port: self.settings.turn_udp_port,
             turn_tls_port: None,
+            sfu_url: self.settings.sfu_url.clone(),
             state: self.control.state(),
             load: Load {
                 allocations: u64::try_from(self.metrics.allocations()).unwrap_or(0),

@@ -200,6 +200,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 users: config.users.clone(),
                 config_secrets: config.secrets.clone(),
                 started_at,
+                sfu_url: sfu_addr.map(|addr| sfu_public_url(&config, &cluster.public_host, addr)),
             };
             Some(Heartbeater::new(settings, Arc::clone(&control), Arc::clone(&metrics))?)
         }
@@ -273,6 +274,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let _ = thread.join();
     }
     outcome
+}
+
+/// The SFU's public base URL for signaling: `sfu.public_url` when set (behind a TLS proxy),
+/// else plain HTTP on the public host and the port the WHIP/WHEP listener bound.
+fn sfu_public_url(config: &Config, public_host: &str, bound: SocketAddr) -> String {
+    if let Some(url) = &config.sfu_public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = if public_host.contains(':') { format!("[{public_host}]") } else { public_host.to_owned() };
+    format!("http://{host}:{}", bound.port())
 }
 
 fn print_banner(config: &Config, relay: &Relay) {
