@@ -586,9 +586,7 @@ async fn media_token(
     session: Option<&str>,
     role: MediaRole,
 ) -> ApiResult<String> {
-    let secrets = state.store.live_secrets(now_ms()).await?;
-    let secret =
-        secrets.keys.first().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no TURN secret in the store")))?;
+    let secret = &placement::signing_secret(state).await?;
     let now = now_unix();
     let claims = MediaClaims {
         sub: sub.to_owned(),
@@ -828,9 +826,7 @@ async fn session_ice_config(
     let relay = state.store.relay(&s.relay_id).await?.filter(|r| placement::is_live(r, now_ms())).ok_or_else(|| {
         ApiError::Unavailable(format!("the session's relay {} is not live; start a new session", s.relay_id))
     })?;
-    let secrets = state.store.live_secrets(now_ms()).await?;
-    let secret =
-        secrets.keys.first().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no TURN secret in the store")))?;
+    let secret = &placement::signing_secret(&state).await?;
     let ttl = state.config.credential_ttl.as_secs();
     Ok(Json(json!({
         "iceServers": [placement::ice_server(&state, &relay, secret, &id)?],

@@ -193,13 +193,18 @@ pub struct RelayRef<'a> {
     pub host: &'a str,
 }
 
+/// The newest TURN REST secret: what credentials and media tokens are signed with (every relay
+/// holds it from its heartbeat replies).
+pub async fn signing_secret(state: &AppState) -> ApiResult<String> {
+    let secrets = state.store.live_secrets(now_ms()).await?;
+    secrets.keys.into_iter().next().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no TURN secret in the store")))
+}
+
 /// The ICE configuration: an `RTCConfiguration` (its `iceServers`, `iceTransportPolicy` and
 /// `bundlePolicy` go straight into `new RTCPeerConnection(...)`, which ignores the other members)
 /// plus what decided it and pre-minted alternates for failover without another request.
 pub async fn ice_config(state: &AppState, placement: &Placement, id: &str) -> ApiResult<Value> {
-    let secrets = state.store.live_secrets(now_ms()).await?;
-    let secret =
-        secrets.keys.first().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no TURN secret in the store")))?;
+    let secret = &signing_secret(state).await?;
     let ttl = state.config.credential_ttl.as_secs();
     let relay = &placement.relay;
     let alternates = placement

@@ -331,13 +331,9 @@ async fn bad_input(s: &Signaling, admin: &str, player: &str, machine: &str) {
 
 /// A relay heartbeat that reports an SFU at `sfu_url`.
 async fn heartbeat_sfu(s: &Signaling, id: &str, region: &str, port: u16, sfu_url: Option<&str>) -> (u16, Value) {
-    let hb = json!({
-        "relay_id": id, "region": region, "version": "test", "public_host": "127.0.0.1",
-        "turn_udp_port": port, "state": "serving", "sfu_url": sfu_url,
-        "load": {"allocations": 0, "max_allocations": 100, "cpu": 0.1, "bandwidth_bps": 0, "bandwidth_cap_bps": 0},
-        "secrets_version": 0, "started_at": unix_now(),
-    });
-    s.call("POST", "/v1/relays/heartbeat", Some(common::CLUSTER_TOKEN), Some(hb)).await
+    let mut hb = common::heartbeat_json(id, region, port, "serving", 0.1);
+    hb["sfu_url"] = json!(sfu_url);
+    s.call("POST", "/v1/relays/heartbeat", Some(CLUSTER_TOKEN), Some(hb)).await
 }
 
 /// SFU sessions: the machine's home SFU relay, WHEP/WHIP URLs and media tokens the relays verify

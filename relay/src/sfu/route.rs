@@ -451,13 +451,10 @@ impl Router {
         let Some(publisher) = r.publisher else { return };
         let Some(d) = r.subscribers.iter().find(|s| s.id == from).and_then(|s| s.down.get(track)) else { return };
         let layer = d.current.unwrap_or(d.target);
-        if let Some(l) = r.tracks.get_mut(track).and_then(|t| t.layers.get_mut(usize::from(layer))) {
-            if l.gate.request(now) {
-                self.stats.keyframe_requests_forwarded += 1;
-                self.requests.push_back(KeyframeRequest { publisher, track, layer });
-            } else {
-                self.stats.keyframe_requests_suppressed += 1;
-            }
+        if let Some(l) = r.tracks.get_mut(track).and_then(|t| t.layers.get_mut(usize::from(layer)))
+            && !ask(&mut l.gate, now, publisher, track, layer, &mut self.requests, &mut self.stats)
+        {
+            self.stats.keyframe_requests_suppressed += 1;
         }
     }
 
@@ -580,22 +577,14 @@ impl Router {
     fn review_room(&mut self, now: Instant, room: usize) {
         let r = &mut self.rooms[room];
         let Some(publisher) = r.publisher else { return };
+        // Audio first: what is left of a subscriber's estimate is shared by the video tracks.
+        let audio: u64 = r.tracks.iter().filter(|t| t.codec.is_audio()).map(|t| t.layers[0].rate.bps(now)).sum();
+        let video_tracks = r.tracks.iter().filter(|t| !t.codec.is_audio()).count().max(1) as u64;
+        // `subscribe` and `add_track` keep every subscriber's `down` as long as `tracks`.
         for sub in &mut r.subscribers {
-            if sub.down.len() < r.tracks.len() {
-                sub.down.resize_with(r.tracks.len(), DownTrack::default);
-            }
-            // Audio first: what is left of the estimate is for video.
-            let audio: u64 = r.tracks.iter().filter(|t| t.codec.is_audio()).map(|t| t.layers[0].rate.bps(now)).sum();
-            let mut budget = sub.bandwidth.map(|b| b.saturating_sub(audio));
-            let video_tracks = r.tracks.iter().filter(|t| !t.codec.is_audio()).count().max(1) as u64;
-            if let Some(b) = &mut budget {
-                *b /= video_tracks;
-            }
+            let budget = sub.bandwidth.map(|b| b.saturating_sub(audio) / video_tracks);
             for (ti, (t, d)) in r.tracks.iter_mut().zip(sub.down.iter_mut()).enumerate() {
-                let target = choose_layer(&t.layers, now, budget);
-                if d.target != target {
-                    d.target = target;
-                }
+                d.target = choose_layer(&t.layers, now, budget);
                 if d.current != Some(d.target) && !t.codec.is_audio() {
                     let l = &mut t.layers[usize::from(d.target)];
                     ask(&mut l.gate, now, publisher, ti, d.target, &mut self.requests, &mut self.stats);
@@ -628,9 +617,9 @@ impl DownTrack {
     }
 }
 
-/// The router's own request (a subscriber waits for a key frame): sent through `gate`, or left
-/// pending there until its interval ends. Not counted as suppressed: only subscribers' PLI/FIR
-/// are.
+/// A key-frame request through `gate`: sent now (true), or left pending there until its
+/// interval ends (false). Callers count subscribers' merged PLI/FIR as suppressed; the router's
+/// own requests (a subscriber waits for a key frame) are not.
 fn ask(
     gate: &mut KeyframeGate,
     now: Instant,
@@ -639,11 +628,13 @@ fn ask(
     layer: u8,
     queue: &mut VecDeque<KeyframeRequest>,
     stats: &mut RouteStats,
-) {
-    if gate.request(now) {
+) -> bool {
+    let sent = gate.request(now);
+    if sent {
         stats.keyframe_requests_forwarded += 1;
         queue.push_back(KeyframeRequest { publisher, track, layer });
     }
+    sent
 }
 
 /// The highest live layer whose measured bitrate fits `budget` (all of them without an

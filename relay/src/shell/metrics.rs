@@ -46,8 +46,6 @@ struct SfuMetrics {
     subscribers: IntGaugeVec,
     counters: Vec<(IntCounter, SfuRead)>,
     seen: Mutex<Vec<u64>>,
-    queue_full: IntCounter,
-    queue_full_seen: Mutex<u64>,
 }
 
 impl Metrics {
@@ -202,16 +200,14 @@ impl Metrics {
         counter("relay_sfu_peers_lost_total", "Peers ended by ICE, an error or a panic of their stack.", |s| {
             s.stats.peers_lost
         })?;
+        counter(
+            "relay_sfu_queue_full_total",
+            "Datagrams and requests dropped: the SFU thread's queue was full.",
+            |s| s.queue_full,
+        )?;
         counter("relay_sfu_peer_panics_total", "Peers ended because their WebRTC stack panicked.", |s| s.stats.panics)?;
         let seen = Mutex::new(vec![0; counters.len()]);
-        let queue_full = IntCounter::new(
-            "relay_sfu_queue_full_total",
-            "Datagrams and requests dropped because the SFU thread's queue was full.",
-        )?;
-        registry.register(Box::new(queue_full.clone()))?;
         let metrics = SfuMetrics {
-            queue_full,
-            queue_full_seen: Mutex::new(0),
             handle,
             peers: gauge("relay_sfu_peers", "WebRTC peers of the SFU (publishers and subscribers).")?,
             ingest: per_machine(
@@ -277,10 +273,6 @@ impl Metrics {
                 counter.inc_by(total.saturating_sub(seen[i]));
                 seen[i] = total.max(seen[i]);
             }
-            let full = sfu.handle.queue_full();
-            let mut full_seen = sfu.queue_full_seen.lock().unwrap_or_else(|e| e.into_inner());
-            sfu.queue_full.inc_by(full.saturating_sub(*full_seen));
-            *full_seen = full.max(*full_seen);
             sfu.peers.set(snap.peers as i64);
             // Machines that left disappear from the per-machine series.
             sfu.ingest.reset();

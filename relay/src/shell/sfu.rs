@@ -79,6 +79,8 @@ pub struct SfuSnapshot {
     /// Per machine: ingest bitrate (payload bits per second over the last interval) and
     /// subscribers.
     pub machines: Vec<(String, u64, usize)>,
+    /// Inputs dropped because the SFU thread's queue was full (counted by the senders).
+    pub queue_full: u64,
 }
 
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
@@ -115,11 +117,6 @@ impl SfuHandle {
         ok
     }
 
-    /// Inputs dropped because the SFU thread's queue was full.
-    pub fn queue_full(&self) -> u64 {
-        self.queue_full.load(Ordering::Relaxed)
-    }
-
     /// Whether a datagram from the shared port is the SFU's (see the module docs).
     pub fn claims(&self, data: &[u8]) -> bool {
         match data.first() {
@@ -137,9 +134,11 @@ impl SfuHandle {
         self.send(Input::Datagram { from, data: data.to_vec() });
     }
 
-    /// The latest figures (at most [`SNAPSHOT_INTERVAL`] old).
+    /// The latest figures (at most [`SNAPSHOT_INTERVAL`] old; `queue_full` is current).
     pub fn snapshot(&self) -> SfuSnapshot {
-        self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut snap = self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        snap.queue_full = self.queue_full.load(Ordering::Relaxed);
+        snap
     }
 
     /// Stops the SFU thread.
@@ -235,7 +234,8 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
             let mut machines = Vec::new();
             let mut bytes_now = std::collections::HashMap::new();
             for (machine, bytes, subscribers) in sfu.router().rooms() {
-                let before = last_bytes.get(machine).copied().unwrap_or(bytes);
+                // A room dropped and made again for the same machine counts from 0 again.
+                let before = last_bytes.get(machine).copied().filter(|&b| b <= bytes).unwrap_or(bytes);
                 machines.push((machine.to_owned(), ((bytes - before) as f64 * 8.0 / secs) as u64, subscribers));
                 bytes_now.insert(machine.to_owned(), bytes);
             }
@@ -246,6 +246,7 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
                 route: sfu.router().stats().clone(),
                 peers: sfu.peer_count(),
                 machines,
+                queue_full: 0,
             };
         }
         sfu.drain_transmits(&mut out);

@@ -172,14 +172,24 @@ impl Signaling {
     }
 
     pub async fn heartbeat(&self, id: &str, region: &str, port: u16, state: &str, cpu: f64) -> (u16, Value) {
-        let hb = json!({
-            "relay_id": id, "region": region, "version": "test", "public_host": "127.0.0.1",
-            "turn_udp_port": port, "state": state,
-            "load": {"allocations": 0, "max_allocations": 100, "cpu": cpu, "bandwidth_bps": 0, "bandwidth_cap_bps": 0},
-            "secrets_version": 0, "started_at": unix_now(),
-        });
-        self.call("POST", "/v1/relays/heartbeat", Some(CLUSTER_TOKEN), Some(hb)).await
+        self.call(
+            "POST",
+            "/v1/relays/heartbeat",
+            Some(CLUSTER_TOKEN),
+            Some(heartbeat_json(id, region, port, state, cpu)),
+        )
+        .await
     }
+}
+
+/// A relay heartbeat's body, as a relay sends it.
+pub fn heartbeat_json(id: &str, region: &str, port: u16, state: &str, cpu: f64) -> Value {
+    json!({
+        "relay_id": id, "region": region, "version": "test", "public_host": "127.0.0.1",
+        "turn_udp_port": port, "state": state,
+        "load": {"allocations": 0, "max_allocations": 100, "cpu": cpu, "bandwidth_bps": 0, "bandwidth_cap_bps": 0},
+        "secrets_version": 0, "started_at": unix_now(),
+    })
 }
 
 fn rand_suffix() -> u64 {
