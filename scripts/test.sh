@@ -6,6 +6,7 @@
 #                              integration and interop (coturn's turnutils) tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
+step() { echo "==> [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 
 # System packages the tests use:
 #   coturn      turnutils_uclient / turnutils_peer: the TURN client and echo peer nobody here wrote
@@ -16,7 +17,7 @@ command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
-    echo "==> installing ${need[*]}"
+    step "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -43,26 +44,27 @@ stop_postgres() {
     rm -rf "$pg_data"
 }
 trap stop_postgres EXIT
-echo "==> starting PostgreSQL on 127.0.0.1:$pg_port"
+step "starting PostgreSQL on 127.0.0.1:$pg_port"
 su postgres -c "$pg_bin/initdb -D $pg_data -A trust -U postgres" >/dev/null
 su postgres -c "$pg_bin/pg_ctl -D $pg_data -l $pg_data/log -w -o '-k $pg_data -p $pg_port -c listen_addresses=127.0.0.1 -c fsync=off' start" >/dev/null
 export SIGNALING_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 
-echo "==> cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "==> cargo clippy"
-cargo clippy --workspace --all-targets --release -- -D warnings
+step "cargo clippy"
+cargo clippy --workspace --all-targets --profile ci -- -D warnings
 
-# Tests run against release builds: the interop and fuzz tests push real traffic through the
-# relay binary, and one build serves clippy's dependencies, the binary and the tests.
-echo "==> cargo test"
-# The workspace's binaries are built once, up front, so tests that start one another's binaries
-# (signaling's end-to-end test runs the relay) find them current.
-cargo build --workspace --release --bins
-cargo test --workspace --release -- --test-threads 4
+# Tests run against optimised builds (profile `ci`: release without LTO, see Cargo.toml): the
+# interop and fuzz tests push real traffic through the relay binary. Everything, the workspace's
+# binaries included, is built in one pass before any test runs, so tests that start one another's
+# binaries (signaling's end-to-end test runs the relay) find them current.
+step "cargo test (build)"
+cargo test --workspace --profile ci --no-run
+step "cargo test (run)"
+cargo test --workspace --profile ci -- --test-threads 4
 
-echo "==> region selection on measured internet latencies (report)"
-cargo test --release -p geo --test simulation -- --nocapture --test-threads 1 2>&1 | grep -v "^test \|^running \|^$"
+step "region selection on measured internet latencies (report)"
+cargo test --profile ci -p geo --test simulation -- --nocapture --test-threads 1 2>&1 | grep -v "^test \|^running \|^$"
 
-echo "==> all tests passed"
+step "all tests passed"
