@@ -11,6 +11,7 @@
 mod raw;
 mod report;
 mod scenarios;
+mod sfu;
 mod stats;
 mod sys;
 mod targets;
@@ -149,6 +150,22 @@ enum Cmd {
         #[arg(long)]
         hold: Option<usize>,
     },
+    /// The SFU's fan-out: one publisher (a 720p-like 2.5 Mbit/s stream and Opus) to a growing
+    /// number of viewers, all efficient in-process WebRTC clients; loss, relay CPU per forwarded
+    /// packet, egress packets per second per core, latency.
+    Sfu {
+        #[command(flatten)]
+        common: Common,
+        /// Viewer counts to ramp through (stops after the first step with 1% loss or more).
+        #[arg(long, value_delimiter = ',', default_value = "10,25,50,100,150,200,300,400")]
+        viewers: Vec<usize>,
+        /// Seconds of streaming per step.
+        #[arg(long, default_value_t = 8.0)]
+        secs: f64,
+        /// Where to write sfu.json.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
     /// Prints the table of a saved `compare` run again (and rewrites its SVG next to it).
     Report {
         /// A compare.json written by `compare`.
@@ -229,6 +246,37 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Hold { server, count } => scenarios::hold(server, count),
+        Cmd::Sfu { common, viewers, secs, out } => {
+            let env = env(&common)?;
+            let (_server, target) = targets::start_ours_sfu(&env)?;
+            eprintln!(
+                "bench sfu: relay pid {} (SFU http://{}, media udp {}), {secs} s per step",
+                target.pid, target.http, target.udp
+            );
+            let report = sfu::ramp(&target, &viewers, secs, |s| {
+                eprintln!(
+                    "  {:>4} viewers: loss {:.3}%, egress {:.0} pkt/s, relay {:.2} cores ({:.2} µs/pkt, {:.0} pkt/s per core), \
+                     latency p50 {:.2} ms p99 {:.2} ms, bench {:.2} cores",
+                    s.viewers,
+                    s.loss * 100.0,
+                    s.egress_pps,
+                    s.relay_cores,
+                    s.cpu_us_per_packet,
+                    s.egress_pps_per_core,
+                    s.latency.p50_us / 1000.0,
+                    s.latency.p99_us / 1000.0,
+                    s.bench_cores
+                );
+            })?;
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("sfu.json"), serde_json::to_string_pretty(&report)?)?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", sfu::markdown(&report));
+            }
+            Ok(())
+        }
         Cmd::Report { from } => {
             let report: Report =
                 serde_json::from_slice(&std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?)?;

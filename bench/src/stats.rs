@@ -33,6 +33,11 @@ impl Latency {
         self.hist.saturating_record(nanos.max(1));
     }
 
+    /// Adds another histogram's samples.
+    pub fn merge(&mut self, other: &Latency) {
+        let _ = self.hist.add(&other.hist);
+    }
+
     pub fn count(&self) -> u64 {
         self.hist.len()
     }

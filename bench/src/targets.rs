@@ -345,3 +345,43 @@ fn start_raw(env: &Env, peer: SocketAddr, drop_every: u64, delay: Duration) -> a
     let rest = read_ready_line(&mut child, "raw forwarder ready udp://")?;
     Ok((child, rest.trim().parse()?))
 }
+
+/// Starts the relay with its SFU on (`bench sfu`): the bench's config plus an HTTP listener for
+/// WHIP/WHEP. Returns the process (killed when dropped) and where to reach it.
+pub fn start_ours_sfu(env: &Env) -> anyhow::Result<(Server, crate::sfu::Target)> {
+    let config = write_config(&env.dir, env.workers)?;
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str("\n[sfu]\nhttp_listen = \"127.0.0.1:0\"\n");
+    std::fs::write(&config, text)?;
+    let mut child = pinned(Command::new(&env.relay_bin), env)
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", env.relay_bin.display()))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let prefixes = ["STUN/TURN   udp://", "SFU         WHIP http://", "metrics     http://"];
+    let mut banner = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while banner.len() < prefixes.len() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .context("the relay did not print its SFU banner within 30 s")?;
+        for p in prefixes {
+            if let Some(rest) = line.trim().strip_prefix(p) {
+                banner.insert(p, rest.to_owned());
+            }
+        }
+    }
+    let (udp, http, admin) = crate::sfu::addresses(&banner)?;
+    let pid = child.id();
+    let server = Server { kind: Kind::Ours, addr: udp, pid: Some(pid), child: Some(child) };
+    Ok((server, crate::sfu::Target { pid, udp, http, admin, secret: SECRET.to_owned() }))
+}

@@ -97,3 +97,23 @@ fn latency_comes_from_the_samples() {
     }
     assert!(l["p50_us"].as_f64() <= l["p99_us"].as_f64() && l["p99_us"].as_f64() <= l["p999_us"].as_f64());
 }
+
+#[test]
+fn sfu_smoke_every_viewer_receives_the_stream() {
+    let dir = std::env::temp_dir().join(format!("bench-sfu-smoke-{}", std::process::id()));
+    let out = dir.to_str().unwrap();
+    let report = run_json(&["sfu", "--viewers", "2,4", "--secs", "2", "--out", out]);
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{report}");
+    for (s, viewers) in steps.iter().zip([2u64, 4]) {
+        assert_eq!(s["viewers"], viewers);
+        let sent = s["sent"].as_u64().unwrap();
+        // Two seconds of a 30 fps stream of 1,200-byte packets: hundreds of packets.
+        assert!(sent >= 200, "{s}");
+        assert!(s["delivered"].as_u64().unwrap() >= sent * viewers / 2, "the viewers got the stream: {s}");
+        assert!(s["egress_pps"].as_f64().unwrap() > 0.0 && s["relay_cores"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["latency"]["samples"].as_u64().unwrap() > 0, "{s}");
+    }
+    let saved: Value = serde_json::from_slice(&std::fs::read(dir.join("sfu.json")).unwrap()).unwrap();
+    assert_eq!(saved["steps"].as_array().unwrap().len(), 2);
+}

@@ -24,11 +24,14 @@ pub enum MediaRole {
     Player,
     /// Watches only.
     Spectator,
+    /// Signaling (or an admin through it): hands the machine's seat (`POST /seat/{machine}`).
+    Operator,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MediaClaims {
-    /// Who: the machine id for a publisher, the player's id otherwise.
+    /// Who: the machine id for a publisher, the viewer's id otherwise (the seat is handed to a
+    /// viewer by this id).
     pub sub: String,
     pub machine: String,
     /// The session a viewer belongs to.

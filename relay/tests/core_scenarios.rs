@@ -67,6 +67,7 @@ struct Options {
     secrets: Vec<&'static str>,
     ports: (u16, u16),
     rfc5766: bool,
+    sfu: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -79,6 +80,7 @@ impl Default for Options {
             secrets: vec![SECRET_A],
             ports: (MIN_PORT, MAX_PORT),
             rfc5766: false,
+            sfu: vec![],
         }
     }
 }
@@ -118,6 +120,7 @@ impl Harness {
             rfc5766_channel_numbers: o.rfc5766,
             peer_filter: PeerFilter::new(o.allow.iter().map(|a| a.parse().unwrap()).collect(), vec![]),
             own: OwnAddresses { ips: vec![relay_ip()], ports: vec![3478..=3478, o.ports.0..=o.ports.1] },
+            sfu: o.sfu.iter().map(|a| a.parse().unwrap()).collect(),
         };
         let shared = Arc::new(Shared::new(PortPool::new(o.ports.0, o.ports.1, 1), Quotas::new(o.per_user, o.total)));
         Self {
@@ -609,6 +612,57 @@ fn allow_list_opens_loopback_but_never_the_relay_itself() {
     assert_eq!(h.send_raw(c.addr, &send_indication("192.0.2.10:3478".parse().unwrap(), b"x")).0, None);
     assert_eq!(h.server.stats().dropped(DropReason::PeerBlocked), 1);
     assert!(h.send_raw(c.addr, &send_indication("192.0.2.10:4000".parse().unwrap(), b"x")).0.is_some());
+}
+
+#[test]
+fn the_sfu_on_the_listening_port_is_the_one_self_relay_allowed() {
+    // The SFU's candidate is on loopback, which the peer filter refuses (no allow list).
+    let mut h = Harness::with(Options { sfu: vec!["127.0.0.1:3478"], ..Default::default() });
+    let mut c = Client::rest("198.51.100.1:40000", T0_UNIX + 600, SECRET_A);
+    let port = c.relay_port(&mut h);
+    assert!(is_success(&c.call(&mut h, METHOD_CREATE_PERMISSION, &[&peer("127.0.0.1:3478")])));
+    assert!(is_success(&c.call(&mut h, METHOD_CHANNEL_BIND, &[&ChannelNumberAttr(0x4000), &peer("127.0.0.1:3478")])));
+    // The permission is for the IP, but only the SFU's port opens: no SSRF to loopback services.
+    let resp = c.call(&mut h, METHOD_CHANNEL_BIND, &[&ChannelNumberAttr(0x4001), &peer("127.0.0.1:5432")]);
+    assert_eq!(error_code(&resp), Some(403));
+    for other in ["127.0.0.2:3478", "127.0.0.1:5432"] {
+        let resp = c.call(&mut h, METHOD_CREATE_PERMISSION, &[&peer(other)]);
+        assert_eq!(error_code(&resp), Some(403), "CreatePermission to {other}");
+    }
+    let fwd = h.send_raw(c.addr, &send_indication("127.0.0.1:3478".parse().unwrap(), b"dtls")).0;
+    assert_eq!(fwd.map(|f| f.peer.0), Some("127.0.0.1:3478".parse().unwrap()));
+    assert_eq!(h.send_raw(c.addr, &send_indication("127.0.0.1:5432".parse().unwrap(), b"x")).0, None);
+    assert_eq!(h.server.stats().dropped(DropReason::PeerBlocked), 1);
+    let fwd = h.send_raw(c.addr, &channel_data(0x4000, b"rtp")).0;
+    assert_eq!(fwd.map(|f| f.peer.0), Some("127.0.0.1:3478".parse().unwrap()));
+    // What the SFU sends back reaches the client.
+    let (to, _) = h.peer_sends(port, "127.0.0.1:3478".parse().unwrap(), b"answer").expect("relayed to the client");
+    assert_eq!(to.0, c.addr);
+    // Datagrams from our own relay port at the listening port that the SFU did not take are
+    // dropped, whatever they are: the relay never allocates for itself.
+    let own: SocketAddr = SocketAddr::new(relay_ip(), port);
+    let me = Client::rest(&own.to_string(), T0_UNIX + 600, SECRET_A);
+    let allocate = me.build(METHOD_ALLOCATE, &[&udp()]);
+    for datagram in [allocate.raw.clone(), channel_data(0x4000, b"x")] {
+        let (fwd, responses) = h.send_raw(own, &datagram);
+        assert!(fwd.is_none() && responses.is_empty());
+    }
+    assert_eq!(h.server.stats().dropped(DropReason::SelfRelay), 2);
+}
+
+#[test]
+fn without_the_sfu_the_listening_port_stays_off_limits() {
+    let mut h = Harness::with(Options { allow: vec!["127.0.0.0/8"], ..Default::default() });
+    let mut c = Client::rest("198.51.100.1:40000", T0_UNIX + 600, SECRET_A);
+    let port = c.relay_port(&mut h);
+    let resp = c.call(&mut h, METHOD_CHANNEL_BIND, &[&ChannelNumberAttr(0x4000), &peer("127.0.0.1:3478")]);
+    assert_eq!(error_code(&resp), Some(403));
+    // With the SFU off, datagrams from our own addresses are not singled out.
+    let own: SocketAddr = SocketAddr::new(relay_ip(), port);
+    let me = Client::rest(&own.to_string(), T0_UNIX + 600, SECRET_A);
+    let allocate = me.build(METHOD_ALLOCATE, &[&udp()]);
+    assert_eq!(h.send_raw(own, &allocate.raw).1.len(), 1);
+    assert_eq!(h.server.stats().dropped(DropReason::SelfRelay), 0);
 }
 
 #[test]

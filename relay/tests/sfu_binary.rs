@@ -4,29 +4,17 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use cluster::media::{MediaClaims, MediaRole};
+use cluster::media::MediaRole;
+use common::RelayProcess;
 use common::webrtc_client::{Client, vp8};
-use common::{RelayProcess, unix_now};
 use str0m::Input;
 use str0m::media::{Direction, Mid};
 use str0m::net::{Protocol, Receive};
 
 mod common;
 
-/// configs/relay.toml's example secret: media tokens are signed with the TURN REST secrets.
-const SECRET: &str = "local-dev-secret-change-me";
-
 fn token(role: MediaRole, machine: &str, session: Option<&str>) -> String {
-    let claims = MediaClaims {
-        sub: "tester".into(),
-        machine: machine.into(),
-        session: session.map(Into::into),
-        role,
-        aud: String::new(),
-        iat: unix_now(),
-        exp: unix_now() + 600,
-    };
-    cluster::media::mint(SECRET.as_bytes(), claims).unwrap()
+    common::media_token(role, machine, session, "tester")
 }
 
 struct Http {
@@ -110,17 +98,10 @@ fn pump_all(peers: &mut [&mut Peer], d: Duration) {
 #[test]
 fn whip_publisher_and_whep_subscribers_share_the_turn_port() {
     let relay = RelayProcess::start("relay.toml", &[]);
-    let banner: Vec<String> = relay.stdout.try_iter().collect();
-    let http = banner
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("SFU         WHIP http://"))
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no SFU line in the banner: {banner:?}"))
-        .to_owned();
     let http = Http {
         rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
         client: reqwest::Client::new(),
-        base: format!("http://{http}"),
+        base: relay.sfu_http(),
     };
     let sdp = "application/sdp";
     let publisher_token = token(MediaRole::Publisher, "cab-1", None);
@@ -169,7 +150,7 @@ fn whip_publisher_and_whep_subscribers_share_the_turn_port() {
 
     // 300 video packets at 200/s, a key frame first.
     for i in 0..300u64 {
-        machine.client.send_rtp(Instant::now(), true, 100 + i, i as u32 * 450, vp8(i % 100 == 0, i));
+        machine.client.send_rtp(Instant::now(), true, 100 + i, i as u32 * 450, vp8(i.is_multiple_of(100), i));
         pump_all(&mut [&mut machine, player, spectator], Duration::from_millis(5));
     }
     pump_all(&mut [&mut machine, player, spectator], Duration::from_millis(300));
@@ -207,4 +188,131 @@ fn whip_publisher_and_whep_subscribers_share_the_turn_port() {
     assert_eq!(http.delete(&path, &player_token), 200);
     assert_eq!(http.delete(&path, &player_token), 404);
     assert_eq!(http.delete(&machine_location, &publisher_token), 200);
+}
+
+/// Junk shaped like the SFU's traffic: DTLS records, RTP, RTCP, STUN Binding requests naming a
+/// live ICE ufrag (with a bad MESSAGE-INTEGRITY), truncated and random datagrams.
+fn junk(rng: &mut impl rand::Rng, ufrag: &str) -> Vec<u8> {
+    let len = rng.random_range(1..1400);
+    let mut d: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+    match rng.random_range(0..6) {
+        0 => d[0] = rng.random_range(20..=63),
+        1 if len >= 13 => {
+            // A DTLS 1.2 record header: handshake or application data, any epoch and length.
+            d[0] = if rng.random() { 22 } else { 23 };
+            d[1] = 0xfe;
+            d[2] = 0xfd;
+        }
+        2 if len >= 12 => {
+            d[0] = 0x80 | (d[0] & 0x3f);
+            d[1] = rng.random_range(96..=127) | if rng.random() { 0x80 } else { 0 };
+        }
+        3 if len >= 8 => {
+            d[0] = 0x80 | (d[0] & 0x1f);
+            d[1] = rng.random_range(200..=206);
+        }
+        4 => {
+            // Binding request, USERNAME "<ufrag>:x", then garbage where the integrity goes.
+            let user = format!("{ufrag}:x");
+            let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+            m.extend((0..12).map(|_| rng.random::<u8>()));
+            m.extend_from_slice(&[0x00, 0x06, 0, user.len() as u8]);
+            m.extend_from_slice(user.as_bytes());
+            m.resize(m.len().next_multiple_of(4), 0);
+            m.extend_from_slice(&[0x00, 0x08, 0, 20]);
+            m.extend((0..20).map(|_| rng.random::<u8>()));
+            let body = (m.len() - 20) as u16;
+            m[2..4].copy_from_slice(&body.to_be_bytes());
+            m.truncate(rng.random_range(20..=m.len()));
+            d = m;
+        }
+        _ => {}
+    }
+    d
+}
+
+#[test]
+fn ten_seconds_of_junk_on_the_shared_port_leave_the_viewers_served() {
+    let relay = RelayProcess::start("relay.toml", &[]);
+    let http = Http {
+        rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        client: reqwest::Client::new(),
+        base: relay.sfu_http(),
+    };
+    let sdp = "application/sdp";
+    let (mut machine, offer, pending) = Peer::new(relay.udp, Direction::SendOnly);
+    let (status, _, answer) = http.post("/whip/cab-1", Some(&token(MediaRole::Publisher, "cab-1", None)), sdp, &offer);
+    assert_eq!(status, 201, "{answer}");
+    machine.client.accept(pending, &answer);
+    let ufrag = answer
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .expect("an ICE ufrag in the answer")
+        .to_owned();
+    let mut viewers = Vec::new();
+    for role in [MediaRole::Player, MediaRole::Spectator] {
+        let (mut peer, offer, pending) = Peer::new(relay.udp, Direction::RecvOnly);
+        let (status, _, answer) = http.post("/whep/s-1", Some(&token(role, "cab-1", Some("s-1"))), sdp, &offer);
+        assert_eq!(status, 201, "{answer}");
+        peer.client.accept(pending, &answer);
+        viewers.push(peer);
+    }
+    let [player, spectator] = &mut viewers[..] else { unreachable!() };
+    pump_all(&mut [&mut machine, player, spectator], Duration::from_secs(2));
+    assert!(player.client.connected && spectator.client.connected);
+
+    // Junk from 64 other sockets at about 5000 datagrams a second, in a thread, for 10 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = {
+        let (stop, ufrag, to) = (std::sync::Arc::clone(&stop), ufrag.clone(), relay.udp);
+        std::thread::spawn(move || {
+            let mut rng = rand::rng();
+            let sockets: Vec<UdpSocket> = (0..64).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for s in &sockets {
+                    let _ = s.send_to(&junk(&mut rng, &ufrag), to);
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(12));
+            }
+            sent
+        })
+    };
+    // Meanwhile the machine streams, and the viewers' and machine's own sockets also send junk
+    // now and then (as an attacker spoofing their addresses would).
+    let mut rng = rand::rng();
+    let start = Instant::now();
+    let mut per_second = Vec::new();
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(10) {
+        let second_start = player.client.rtp.len();
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            machine.client.send_rtp(Instant::now(), true, 100 + i, i as u32 * 450, vp8(i.is_multiple_of(100), i));
+            i += 1;
+            if i.is_multiple_of(10) {
+                for p in [&*player, &*spectator, &machine] {
+                    let _ = p.socket.send_to(&junk(&mut rng, &ufrag), p.relay);
+                }
+            }
+            pump_all(&mut [&mut machine, player, spectator], Duration::from_millis(5));
+        }
+        per_second.push(player.client.rtp.len() - second_start);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let junk_sent = sent.join().unwrap();
+    pump_all(&mut [&mut machine, player, spectator], Duration::from_millis(300));
+
+    // Every second of the ten, the viewers kept receiving; in all, nearly everything.
+    assert!(per_second.iter().all(|&n| n >= 100), "player's packets per second under junk: {per_second:?}");
+    for p in [&*player, &*spectator] {
+        let video = p.client.rtp.iter().filter(|(m, ..)| *m == p.client.video).count() as u64;
+        assert!(video * 100 >= i * 95, "received {video} of {i} under junk");
+    }
+    assert!(junk_sent >= 20_000, "only {junk_sent} junk datagrams sent");
+    let m = relay.metrics();
+    assert_eq!(common::metric_value(&m, "relay_sfu_peer_panics_total"), 0.0, "{m}");
+    assert_eq!(common::metric_value(&m, "relay_sfu_peers"), 3.0, "{m}");
+    println!("{junk_sent} junk datagrams in 10 s; player's packets per second: {per_second:?}");
 }

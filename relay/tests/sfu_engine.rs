@@ -43,7 +43,7 @@ impl Net {
     fn subscribe(&mut self, role: Role) -> usize {
         let addr = SocketAddr::new("10.0.0.1".parse().unwrap(), 6000 + self.clients.len() as u16);
         let (mut c, offer, pending) = Client::new(self.now, addr, Direction::RecvOnly);
-        let (id, answer) = self.sfu.subscribe(self.now, MACHINE, role, &offer).unwrap();
+        let (id, answer) = self.sfu.subscribe(self.now, MACHINE, role, "viewer", &offer).unwrap();
         c.accept(pending, &answer);
         self.clients.push(c);
         self.ids.push(id);

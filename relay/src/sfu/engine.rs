@@ -39,12 +39,20 @@ pub enum SfuError {
     Peer(#[from] PeerError),
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error("no subscriber {0:?} in machine {1:?}'s room")]
+    NoSubscriber(String, String),
 }
 
 struct Entry {
     peer: Peer,
     /// `None` for a publisher.
     role: Option<Role>,
+    /// Who the peer is (a viewer's id from its token; the machine for a publisher): the seat
+    /// is handed by it.
+    label: String,
+    /// Order of creation: of two peers with one label (a viewer who reconnected), the newer one
+    /// is handed the seat.
+    serial: u64,
     /// A publisher's media index → router track.
     tracks: Vec<Option<usize>>,
     /// A publisher's router tracks: audio or not, in track order.
@@ -67,6 +75,7 @@ pub struct Sfu {
     stats: SfuStats,
     /// Our peers' ufrags, shared with the TURN workers that sort STUN checks on the shared port.
     ufrags: Arc<RwLock<HashSet<String>>>,
+    serial: u64,
 }
 
 impl Sfu {
@@ -83,6 +92,7 @@ impl Sfu {
             forwards: Vec::new(),
             stats: SfuStats::default(),
             ufrags: Arc::default(),
+            serial: 0,
         }
     }
 
@@ -109,7 +119,7 @@ impl Sfu {
     /// already there (the machine reconnecting) is replaced.
     pub fn publish(&mut self, now: Instant, machine: &str, offer: &str) -> Result<(PeerId, String), SfuError> {
         let (peer, answer) = Peer::answer(now, offer, self.public)?;
-        let id = self.add(peer, None);
+        let id = self.add(peer, None, machine);
         if let Some(old) = self.router.publish(machine, id)? {
             self.forget(old);
         }
@@ -119,16 +129,18 @@ impl Sfu {
         Ok((id, answer))
     }
 
-    /// WHEP: a subscriber of `machine` with `offer`; returns the peer and the SDP answer.
+    /// WHEP: a subscriber of `machine` with `offer`, known as `label` (the viewer's id, by which
+    /// the seat is handed); returns the peer and the SDP answer.
     pub fn subscribe(
         &mut self,
         now: Instant,
         machine: &str,
         role: Role,
+        label: &str,
         offer: &str,
     ) -> Result<(PeerId, String), SfuError> {
         let (peer, answer) = Peer::answer(now, offer, self.public)?;
-        let id = self.add(peer, Some(role));
+        let id = self.add(peer, Some(role), label);
         if let Err(e) = self.router.subscribe(now, machine, id, role) {
             self.forget(id);
             return Err(e.into());
@@ -154,6 +166,31 @@ impl Sfu {
     /// Hands `machine`'s seat to a subscriber (or to nobody).
     pub fn hand_seat(&mut self, machine: &str, to: Option<PeerId>) -> Result<Option<PeerId>, RouteError> {
         self.router.hand_seat(machine, to)
+    }
+
+    /// Hands `machine`'s seat to the subscriber known as `label` (its newest peer, if it joined
+    /// more than once), or to nobody; returns the label of the previous holder.
+    pub fn hand_seat_to(&mut self, machine: &str, label: Option<&str>) -> Result<Option<String>, SfuError> {
+        let to = match label {
+            None => None,
+            Some(label) => Some(
+                self.router
+                    .subscribers(machine)
+                    .into_iter()
+                    .filter_map(|(id, _)| self.peers.get(&id).map(|e| (id, e)))
+                    .filter(|(_, e)| e.label == label)
+                    .max_by_key(|(_, e)| e.serial)
+                    .map(|(id, _)| id)
+                    .ok_or_else(|| SfuError::NoSubscriber(label.to_owned(), machine.to_owned()))?,
+            ),
+        };
+        let previous = self.router.hand_seat(machine, to)?;
+        Ok(previous.and_then(|p| self.peers.get(&p)).map(|e| e.label.clone()))
+    }
+
+    /// The label of whoever holds `machine`'s seat.
+    pub fn seat_holder(&self, machine: &str) -> Option<&str> {
+        self.router.seat(machine).and_then(|p| self.peers.get(&p)).map(|e| e.label.as_str())
     }
 
     /// Takes a datagram from the shared port if it is the SFU's: a STUN Binding request naming
@@ -204,7 +241,7 @@ impl Sfu {
         out.append(&mut self.transmits);
     }
 
-    fn add(&mut self, peer: Peer, role: Option<Role>) -> PeerId {
+    fn add(&mut self, peer: Peer, role: Option<Role>, label: &str) -> PeerId {
         // Random ids: they end up in WHIP/WHEP resource URLs, which must not be guessable (one
         // viewer must not be able to end another's subscription).
         let id = loop {
@@ -215,7 +252,16 @@ impl Sfu {
         };
         self.by_ufrag.insert(peer.ufrag().to_owned(), id);
         self.ufrags.write().unwrap_or_else(|e| e.into_inner()).insert(peer.ufrag().to_owned());
-        self.peers.insert(id, Entry { peer, role, tracks: Vec::new(), track_audio: Vec::new() });
+        self.serial += 1;
+        let entry = Entry {
+            peer,
+            role,
+            label: label.to_owned(),
+            serial: self.serial,
+            tracks: Vec::new(),
+            track_audio: Vec::new(),
+        };
+        self.peers.insert(id, entry);
         self.stats.peers_created += 1;
         id
     }

@@ -52,7 +52,9 @@ impl Drop for ExitNotice {
     }
 }
 
-fn server_config(config: &Config) -> anyhow::Result<ServerConfig> {
+/// The TURN core's settings; `listen` is the bound listening address (its port may have been 0
+/// in the config), `sfu` the SFU's candidates when it runs.
+fn server_config(config: &Config, listen: SocketAddr, sfu: Vec<SocketAddr>) -> anyhow::Result<ServerConfig> {
     let mut nonce_key = [0u8; 32];
     rand::rng().fill(&mut nonce_key);
     let credentials =
@@ -78,10 +80,8 @@ fn server_config(config: &Config) -> anyhow::Result<ServerConfig> {
         max_channels: config.max_channels,
         rfc5766_channel_numbers: config.rfc5766_channel_numbers,
         peer_filter: PeerFilter::new(config.allow_peers.clone(), config.deny_peers.clone()),
-        own: OwnAddresses {
-            ips: own_ips,
-            ports: vec![config.listen.port()..=config.listen.port(), config.ports.clone()],
-        },
+        own: OwnAddresses { ips: own_ips, ports: vec![listen.port()..=listen.port(), config.ports.clone()] },
+        sfu,
     })
 }
 
@@ -113,7 +113,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if config.secrets.is_empty() && config.cluster.is_some() {
         info!("auth.secrets is empty: TURN REST credentials are refused until signaling's first reply brings secrets");
     }
-    let server_config = Arc::new(server_config(&config)?);
     let mut seed = rand::rng();
     let shared = Arc::new(Shared::new(
         PortPool::new(*config.ports.start(), *config.ports.end(), seed.random()),
@@ -150,6 +149,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+
+    let sfu_candidates =
+        if sfu.is_some() { vec![SocketAddr::new(config.advertised_ip(), listen.port())] } else { Vec::new() };
+    let server_config = Arc::new(server_config(&config, listen, sfu_candidates)?);
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel();
     let now = Instant::now();

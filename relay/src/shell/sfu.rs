@@ -12,9 +12,12 @@
 //! **HTTP.** `POST /whip/{machine}` (RFC 9725) publishes with a publisher media token for that
 //! machine; `POST /whep/{session}` subscribes with a player or spectator token for that session
 //! (its machine comes from the token). Both take `application/sdp` and answer `201 Created` with
-//! the SDP answer and a `Location` to `DELETE` at the end. Tokens are [`cluster::media`] tokens,
-//! checked against the relay's current TURN REST secrets. Errors are JSON `{"error": ...}` with
-//! a 4xx status that says what was wrong.
+//! the SDP answer and a `Location` to `DELETE` at the end. `POST /seat/{machine}` with
+//! `{"to": viewer}` hands the machine's seat (an operator token, which signaling mints). Tokens
+//! are [`cluster::media`] tokens, checked against the relay's current TURN REST secrets. Errors
+//! are JSON `{"error": ...}` with a 4xx status that says what was wrong. Browsers call these
+//! from any origin (CORS allows every origin: the bearer token, not a cookie, is what
+//! authorizes, so another origin gains nothing).
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
@@ -59,6 +62,7 @@ enum Input {
     Subscribe {
         machine: String,
         role: Role,
+        label: String,
         offer: String,
         reply: tokio::sync::oneshot::Sender<Result<(PeerId, String), String>>,
     },
@@ -66,6 +70,11 @@ enum Input {
         machine: String,
         id: PeerId,
         reply: tokio::sync::oneshot::Sender<bool>,
+    },
+    HandSeat {
+        machine: String,
+        to: Option<String>,
+        reply: tokio::sync::oneshot::Sender<Result<Option<String>, String>>,
     },
     Stop,
 }
@@ -152,9 +161,25 @@ impl SfuHandle {
         self.call(Input::Publish { machine, offer, reply }, rx).await
     }
 
-    async fn subscribe(&self, machine: String, role: Role, offer: String) -> Result<(PeerId, String), Problem> {
+    async fn subscribe(
+        &self,
+        machine: String,
+        role: Role,
+        label: String,
+        offer: String,
+    ) -> Result<(PeerId, String), Problem> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.call(Input::Subscribe { machine, role, offer, reply }, rx).await
+        self.call(Input::Subscribe { machine, role, label, offer, reply }, rx).await
+    }
+
+    /// Hands the seat; `Ok` is the previous holder, `Err` a 404 (no such room or viewer).
+    async fn hand_seat(&self, machine: String, to: Option<String>) -> Result<Option<String>, Problem> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let unavailable = || problem(StatusCode::SERVICE_UNAVAILABLE, "the SFU is not running or is overloaded");
+        if !self.send(Input::HandSeat { machine, to, reply }) {
+            return Err(unavailable());
+        }
+        rx.await.map_err(|_| unavailable())?.map_err(|e| problem(StatusCode::NOT_FOUND, e))
     }
 
     async fn call(
@@ -215,8 +240,15 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
                 Ok(Input::Publish { machine, offer, reply }) => {
                     let _ = reply.send(sfu.publish(now, &machine, &offer).map_err(|e| e.to_string()));
                 }
-                Ok(Input::Subscribe { machine, role, offer, reply }) => {
-                    let _ = reply.send(sfu.subscribe(now, &machine, role, &offer).map_err(|e| e.to_string()));
+                Ok(Input::Subscribe { machine, role, label, offer, reply }) => {
+                    let _ = reply.send(sfu.subscribe(now, &machine, role, &label, &offer).map_err(|e| e.to_string()));
+                }
+                Ok(Input::HandSeat { machine, to, reply }) => {
+                    let result = sfu.hand_seat_to(&machine, to.as_deref()).map_err(|e| e.to_string());
+                    if result.is_ok() {
+                        info!(machine, to = to.as_deref().unwrap_or("nobody"), "seat handed");
+                    }
+                    let _ = reply.send(result);
                 }
                 Ok(Input::Remove { machine, id, reply }) => {
                     let ours = sfu.machine_of(id) == Some(machine.as_str());
@@ -280,10 +312,21 @@ pub fn router(state: HttpState) -> HttpRouter {
         .route("/whip/{machine}/{peer}", delete(whip_delete))
         .route("/whep/{session}", post(whep))
         .route("/whep/{session}/{peer}", delete(whep_delete))
+        .route("/seat/{machine}", post(seat))
         .fallback(|| async {
-            problem(StatusCode::NOT_FOUND, "no such endpoint (POST /whip/{machine}, POST /whep/{session})")
+            problem(
+                StatusCode::NOT_FOUND,
+                "no such endpoint (POST /whip/{machine}, POST /whep/{session}, POST /seat/{machine})",
+            )
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_SDP))
+        .layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(tower_http::cors::Any)
+                .allow_methods([axum::http::Method::POST, axum::http::Method::DELETE])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+                .expose_headers([header::LOCATION]),
+        )
         .with_state(state)
 }
 
@@ -377,14 +420,16 @@ async fn whep(
     let role = match c.role {
         MediaRole::Player => Role::Player,
         MediaRole::Spectator => Role::Spectator,
-        MediaRole::Publisher => return Err(problem(StatusCode::FORBIDDEN, "a publisher token cannot subscribe")),
+        MediaRole::Publisher | MediaRole::Operator => {
+            return Err(problem(StatusCode::FORBIDDEN, "only a player or spectator token subscribes"));
+        }
     };
     if c.session.as_deref() != Some(session.as_str()) {
         return Err(problem(StatusCode::FORBIDDEN, format!("this token is not for session {session:?}")));
     }
     refuse_when_draining(&state)?;
     let offer = offer(&headers, &body)?;
-    let (id, answer) = state.sfu.subscribe(c.machine.clone(), role, offer).await?;
+    let (id, answer) = state.sfu.subscribe(c.machine.clone(), role, c.sub.clone(), offer).await?;
     info!(session, machine = c.machine, peer = id.0, ?role, "WHEP subscribe");
     Ok(created(format!("/whep/{session}/{}", id.0), answer))
 }
@@ -407,7 +452,7 @@ async fn whep_delete(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let c = claims(&state, &headers)?;
-    if c.role == MediaRole::Publisher || c.session.as_deref() != Some(session.as_str()) {
+    if !matches!(c.role, MediaRole::Player | MediaRole::Spectator) || c.session.as_deref() != Some(session.as_str()) {
         return Err(problem(StatusCode::FORBIDDEN, format!("this token is not for session {session:?}")));
     }
     end(&state, c.machine, peer).await
@@ -419,4 +464,30 @@ async fn end(state: &HttpState, machine: String, peer: u64) -> Result<Response, 
     } else {
         Err(problem(StatusCode::NOT_FOUND, "no such peer (already ended?)"))
     }
+}
+
+/// `POST /seat/{machine}`: who holds the machine's seat.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeatRequest {
+    /// The viewer's id (the `sub` of its media token), or `null` for nobody.
+    to: Option<String>,
+}
+
+/// Hands `machine`'s seat to one of its viewers (by id) or to nobody; an operator token for the
+/// machine only. Answers `{"machine", "holder", "previous"}`.
+async fn seat(
+    State(state): State<HttpState>,
+    Path(machine): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let c = claims(&state, &headers)?;
+    if c.role != MediaRole::Operator || c.machine != machine {
+        return Err(problem(StatusCode::FORBIDDEN, format!("this token does not operate machine {machine:?}")));
+    }
+    let request: SeatRequest = serde_json::from_slice(&body)
+        .map_err(|e| problem(StatusCode::BAD_REQUEST, format!("expected {{\"to\": viewer id or null}}: {e}")))?;
+    let previous = state.sfu.hand_seat(machine.clone(), request.to.clone()).await?;
+    Ok(axum::Json(json!({ "machine": machine, "holder": request.to, "previous": previous })).into_response())
 }

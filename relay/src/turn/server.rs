@@ -162,6 +162,30 @@ pub struct ServerConfig {
     pub rfc5766_channel_numbers: bool,
     pub peer_filter: PeerFilter,
     pub own: OwnAddresses,
+    /// The SFU's ICE candidates on the listening port, when the SFU runs: the one place the
+    /// relay relays to itself, so that clients that only have TURN reach the SFU. They are
+    /// allowed as peers despite the peer filter and the self-relay rule, but only exactly (port
+    /// included; the permission this installs for their IP does not open its other ports to
+    /// Send or ChannelBind), and datagrams reaching the
+    /// listening port from the relay's own relay ports are the SFU's or dropped.
+    pub sfu: Vec<SocketAddr>,
+}
+
+impl ServerConfig {
+    /// Whether `ip` is the IP of one of the SFU's candidates.
+    fn sfu_ip(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.sfu.iter().any(|a| canonical(a.ip()) == ip)
+    }
+
+    /// Whether relaying to `peer` would be the relay sending to itself (or, for an SFU IP the
+    /// peer filter refuses, to anything but the SFU).
+    fn self_relay(&self, peer: SocketAddr) -> bool {
+        if self.sfu.contains(&peer) {
+            return false;
+        }
+        self.own.contains(peer) || (self.sfu_ip(peer.ip()) && self.peer_filter.check(peer.ip()).is_err())
+    }
 }
 
 /// Relay sockets, as the core asks for them.
@@ -342,6 +366,14 @@ impl TurnServer {
         packet: &[u8],
         sockets: &mut impl RelaySockets,
     ) -> Option<Forward> {
+        // With the SFU on, allocations may relay to the listening port; what arrives there from
+        // one of our relay ports and is not the SFU's (the shell gave the SFU its datagrams
+        // first) must not become a TURN request or ChannelData: no allocations of the relay
+        // by itself, no loops.
+        if !self.config.sfu.is_empty() && self.shared.is_relay_port(from.0.port()) && self.config.own.contains(from.0) {
+            self.stats.record_drop(DropReason::SelfRelay);
+            return None;
+        }
         match wire::classify(packet) {
             Kind::ChannelData => self.channel_data(now, from, packet),
             Kind::Stun => self.stun(now, from, packet, sockets),
@@ -495,7 +527,7 @@ impl TurnServer {
             return None;
         }
         // The permission covers an IP; the port is only known now, so the self-relay check is here.
-        if self.config.own.contains(send.peer) {
+        if self.config.self_relay(send.peer) {
             self.stats.record_drop(DropReason::PeerBlocked);
             return None;
         }
@@ -884,7 +916,12 @@ impl TurnServer {
     /// The error code for a peer address the relay must not use: 403 if filtered (RFC 8656 §9.1
     /// lets the server restrict peers), 443 if its family differs from the allocation's.
     fn check_peer(&self, peer: SocketAddr, check_port: bool) -> Result<(), u16> {
-        if self.config.peer_filter.check(peer.ip()).is_err() || (check_port && self.config.own.contains(peer)) {
+        // The SFU's candidate is allowed exactly, port included, even in CreatePermission (whose
+        // port RFC 8656 otherwise ignores; browsers put the candidate's port there): a loopback
+        // or private SFU address must not open its IP's other ports.
+        let sfu = self.config.sfu.contains(&peer);
+        if !sfu && (self.config.peer_filter.check(peer.ip()).is_err() || (check_port && self.config.own.contains(peer)))
+        {
             return Err(403);
         }
         if peer.is_ipv4() != self.config.relay_ip.is_ipv4() {

@@ -1,10 +1,12 @@
 //! State the per-core TURN servers share: the relay port pool and the allocation quotas.
 //!
 //! Both are touched only when an allocation is created or removed, never per packet, so a mutex
-//! each is the simple and sufficient choice; the packet paths stay lock-free.
+//! each is the simple and sufficient choice; the packet paths stay lock-free (the pool's
+//! taken-port bitmap is read with atomic loads).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -165,18 +167,44 @@ pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// port, so possibly on another worker) must find it, hence reservations live here too.
 #[derive(Debug)]
 pub struct Shared {
-    pub ports: Mutex<PortPool>,
+    ports: Mutex<PortPool>,
     pub quotas: Quotas,
     reservations: Mutex<HashMap<[u8; 8], (RelayPort, Instant)>>,
+    /// One bit per port: out of the pool (bound by an allocation or reserved). Read without a
+    /// lock, to tell datagrams from the relay's own relayed sockets (see
+    /// [`Shared::is_relay_port`]).
+    taken: Box<[AtomicU64]>,
 }
 
 impl Shared {
     pub fn new(ports: PortPool, quotas: Quotas) -> Self {
-        Self { ports: Mutex::new(ports), quotas, reservations: Mutex::default() }
+        let taken = (0..1024).map(|_| AtomicU64::new(0)).collect();
+        Self { ports: Mutex::new(ports), quotas, reservations: Mutex::default(), taken }
+    }
+
+    fn mark(&self, port: u16, taken: bool) {
+        let bit = 1u64 << (port % 64);
+        let word = &self.taken[usize::from(port / 64)];
+        if taken {
+            word.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            word.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `port` is one of the relay ports in use (by an allocation of any worker, or
+    /// reserved).
+    #[inline]
+    pub fn is_relay_port(&self, port: u16) -> bool {
+        self.taken[usize::from(port / 64)].load(Ordering::Relaxed) & (1u64 << (port % 64)) != 0
     }
 
     pub fn take_pair(&self) -> Option<(RelayPort, RelayPort)> {
         let pair = self.ports.lock().unwrap_or_else(|e| e.into_inner()).take_pair();
+        if let Some((a, b)) = pair {
+            self.mark(a, true);
+            self.mark(b, true);
+        }
         pair.map(|(a, b)| (RelayPort(a), RelayPort(b)))
     }
 
@@ -217,11 +245,17 @@ impl Shared {
     }
 
     pub fn take_port(&self, even: bool) -> Option<RelayPort> {
-        self.ports.lock().unwrap_or_else(|e| e.into_inner()).take(even).map(RelayPort)
+        let port = self.ports.lock().unwrap_or_else(|e| e.into_inner()).take(even);
+        if let Some(p) = port {
+            self.mark(p, true);
+        }
+        port.map(RelayPort)
     }
 
     pub fn put_port(&self, port: RelayPort) {
-        self.ports.lock().unwrap_or_else(|e| e.into_inner()).put(port.0);
+        let mut pool = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        self.mark(port.0, false);
+        pool.put(port.0);
     }
 
     pub fn free_ports(&self) -> usize {

@@ -77,6 +77,7 @@ label_enum! {
         NoChannel => "no_channel",
         NoPermission => "no_permission",
         PeerBlocked => "peer_blocked",
+        SelfRelay => "self_relay",
         UnknownAttribute => "unknown_attribute",
         SendBufferFull => "send_buffer_full",
         SendError => "send_error",

@@ -109,6 +109,18 @@ impl RelayProcess {
         }
     }
 
+    /// The base URL of the SFU's HTTP listener (`http://ADDR`), from the banner. Call it once:
+    /// it reads the banner lines.
+    pub fn sfu_http(&self) -> String {
+        let banner: Vec<String> = self.stdout.try_iter().collect();
+        let addr = banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("SFU         WHIP http://"))
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("no SFU line in the banner: {banner:?}"));
+        format!("http://{addr}")
+    }
+
     pub fn metrics(&self) -> String {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "5", &format!("http://{}/metrics", self.admin)])
@@ -295,4 +307,21 @@ pub fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&(data.len() as u16).to_be_bytes());
     v.extend_from_slice(data);
     v
+}
+
+/// configs/relay.toml's example secret: media tokens are signed with the TURN REST secrets.
+pub const MEDIA_SECRET: &str = "local-dev-secret-change-me";
+
+/// A media token for `sub`, signed with [`MEDIA_SECRET`], valid for 10 minutes.
+pub fn media_token(role: cluster::media::MediaRole, machine: &str, session: Option<&str>, sub: &str) -> String {
+    let claims = cluster::media::MediaClaims {
+        sub: sub.into(),
+        machine: machine.into(),
+        session: session.map(Into::into),
+        role,
+        aud: String::new(),
+        iat: unix_now(),
+        exp: unix_now() + 600,
+    };
+    cluster::media::mint(MEDIA_SECRET.as_bytes(), claims).expect("the secret is not empty")
 }

@@ -1,0 +1,291 @@
+//! The SFU with real browsers: headless Chromium (Debian's `chromium`, installed by
+//! scripts/test.sh) publishes its fake camera over WHIP; a second Chromium subscribes over WHEP
+//! and decodes it; a third subscribes with only the relay's TURN server and
+//! `iceTransportPolicy: "relay"`, so its media reaches the SFU through the relay's own TURN on
+//! the same UDP port. The pages report `getStats()` and data-channel messages back to this test
+//! over HTTP.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::response::Html;
+use axum::routing::{get, post};
+use cluster::media::MediaRole;
+use common::{RelayProcess, unix_now};
+use relay::turn::auth::rest_password;
+use serde_json::Value;
+
+mod common;
+
+const MACHINE: &str = "cab-1";
+const SESSION: &str = "s-1";
+
+const PUBLISHER: &str = r#"<!doctype html><title>machine</title><script>
+const q = new URLSearchParams(location.search);
+const report = (o) => fetch('/report/' + q.get('name'), {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify(o)});
+window.onerror = (m) => { report({error: String(m)}); };
+(async () => {
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({video: {width: 640, height: 360, frameRate: 30}, audio: true});
+    const pc = new RTCPeerConnection();
+    for (const track of stream.getTracks()) pc.addTransceiver(track, {direction: 'sendonly'});
+    const dc = pc.createDataChannel('input');
+    dc.onmessage = (e) => report({input: e.data});
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((done) => {
+      if (pc.iceGatheringState === 'complete') return done();
+      pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') done(); };
+      setTimeout(done, 3000);
+    });
+    const res = await fetch(q.get('whip'), {method: 'POST', body: pc.localDescription.sdp,
+      headers: {'content-type': 'application/sdp', 'authorization': 'Bearer ' + q.get('token')}});
+    if (res.status !== 201) return report({error: 'WHIP ' + res.status + ' ' + await res.text()});
+    await pc.setRemoteDescription({type: 'answer', sdp: await res.text()});
+    setInterval(async () => {
+      let frames = 0;
+      (await pc.getStats()).forEach((s) => { if (s.type === 'outbound-rtp' && s.kind === 'video') frames += s.framesEncoded || 0; });
+      report({state: pc.connectionState, framesEncoded: frames});
+    }, 500);
+  } catch (e) { report({error: String(e)}); }
+})();
+</script>"#;
+
+const VIEWER: &str = r#"<!doctype html><title>viewer</title><body><script>
+const q = new URLSearchParams(location.search);
+const name = q.get('name');
+const report = (o) => fetch('/report/' + name, {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify(o)});
+window.onerror = (m) => { report({error: String(m)}); };
+(async () => {
+  try {
+    const config = q.get('turn')
+      ? {iceServers: [{urls: q.get('turn'), username: q.get('user'), credential: q.get('pass')}], iceTransportPolicy: 'relay'}
+      : {};
+    const pc = new RTCPeerConnection(config);
+    pc.addTransceiver('video', {direction: 'recvonly'});
+    pc.addTransceiver('audio', {direction: 'recvonly'});
+    pc.ontrack = (e) => {
+      if (e.track.kind !== 'video') return;
+      const v = document.createElement('video');
+      v.muted = true; v.autoplay = true; v.playsInline = true;
+      v.srcObject = new MediaStream([e.track]);
+      document.body.appendChild(v);
+      v.play().catch(() => {});
+    };
+    const dc = pc.createDataChannel('input');
+    let n = 0;
+    dc.onopen = () => setInterval(() => dc.send(name + ' input ' + (n++)), 250);
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((done) => {
+      if (pc.iceGatheringState === 'complete') return done();
+      pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') done(); };
+      setTimeout(done, 3000);
+    });
+    const res = await fetch(q.get('whep'), {method: 'POST', body: pc.localDescription.sdp,
+      headers: {'content-type': 'application/sdp', 'authorization': 'Bearer ' + q.get('token')}});
+    if (res.status !== 201) return report({error: 'WHEP ' + res.status + ' ' + await res.text()});
+    await pc.setRemoteDescription({type: 'answer', sdp: await res.text()});
+    setInterval(async () => {
+      const stats = await pc.getStats();
+      let frames = 0, local = null;
+      stats.forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'video') frames += s.framesDecoded || 0;
+        if (s.type === 'transport' && s.selectedCandidatePairId) {
+          const pair = stats.get(s.selectedCandidatePairId);
+          const c = pair && stats.get(pair.localCandidateId);
+          if (c) local = c.candidateType;
+        }
+      });
+      report({state: pc.connectionState, framesDecoded: frames, localCandidate: local});
+    }, 500);
+  } catch (e) { report({error: String(e)}); }
+})();
+</script>"#;
+
+/// What each page reported, by page name.
+type Reports = Arc<Mutex<HashMap<String, Vec<Value>>>>;
+
+/// The pages and the report endpoint, on a loopback port; returns its address.
+fn serve_pages(reports: Reports) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let app = axum::Router::new()
+                .route("/publisher.html", get(|| async { Html(PUBLISHER) }))
+                .route("/viewer.html", get(|| async { Html(VIEWER) }))
+                .route(
+                    "/report/{name}",
+                    post(|State(r): State<Reports>, Path(name): Path<String>, axum::Json(v): axum::Json<Value>| async move {
+                        r.lock().unwrap().entry(name).or_default().push(v);
+                    }),
+                )
+                .with_state(reports);
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    addr
+}
+
+/// A headless Chromium on `url` with a fake camera and microphone, killed when dropped.
+struct Browser {
+    child: Child,
+    _profile: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Browser {
+    fn open(url: &str) -> Self {
+        let profile = std::env::temp_dir().join(format!("relay-chromium-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&profile).unwrap();
+        let child = Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromium is installed (scripts/test.sh installs the Debian package chromium)");
+        Self { child, _profile: TempDir(profile) }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(unix_now());
+    h.finish()
+}
+
+/// The latest report of `name` that has `key`, and every report's errors.
+fn latest(reports: &Reports, name: &str, key: &str) -> Option<Value> {
+    let r = reports.lock().unwrap();
+    let list = r.get(name)?;
+    if let Some(e) = list.iter().find_map(|v| v.get("error")) {
+        panic!("page {name} failed: {e}");
+    }
+    list.iter().rev().find(|v| v.get(key).is_some()).cloned()
+}
+
+fn wait_for(what: &str, timeout: Duration, reports: &Reports, mut done: impl FnMut(&Reports) -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if done(reports) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting for {what}; reports: {:?}", reports.lock().unwrap());
+}
+
+fn frames_decoded(reports: &Reports, name: &str) -> u64 {
+    latest(reports, name, "framesDecoded").and_then(|v| v["framesDecoded"].as_u64()).unwrap_or(0)
+}
+
+fn url(base: &str, query: &[(&str, &str)]) -> String {
+    let mut u = reqwest::Url::parse(base).unwrap();
+    u.query_pairs_mut().extend_pairs(query);
+    u.to_string()
+}
+
+#[test]
+fn chromium_publishes_over_whip_and_chromium_watches_directly_and_through_turn_only() {
+    let relay = RelayProcess::start("relay.toml", &[]);
+    let sfu = relay.sfu_http();
+    let reports: Reports = Arc::default();
+    let pages = serve_pages(Arc::clone(&reports));
+
+    let publisher = common::media_token(MediaRole::Publisher, MACHINE, None, MACHINE);
+    let _machine = Browser::open(&url(
+        &format!("http://{pages}/publisher.html"),
+        &[("name", "machine"), ("whip", &format!("{sfu}/whip/{MACHINE}")), ("token", &publisher)],
+    ));
+    wait_for("the machine to publish", Duration::from_secs(30), &reports, |r| {
+        latest(r, "machine", "framesEncoded").is_some_and(|v| v["state"] == "connected")
+    });
+
+    // The player watches directly; the spectator has only the relay's TURN server (UDP), with
+    // TURN REST credentials as signaling would hand out.
+    let whep = format!("{sfu}/whep/{SESSION}");
+    let player = common::media_token(MediaRole::Player, MACHINE, Some(SESSION), "player");
+    let _player = Browser::open(&url(
+        &format!("http://{pages}/viewer.html"),
+        &[("name", "player"), ("whep", &whep), ("token", &player)],
+    ));
+    let spectator = common::media_token(MediaRole::Spectator, MACHINE, Some(SESSION), "spectator");
+    let username = format!("{}:spectator", unix_now() + 600);
+    let password = rest_password(common::MEDIA_SECRET.as_bytes(), &username);
+    let turn = format!("turn:{}?transport=udp", relay.udp);
+    let _spectator = Browser::open(&url(
+        &format!("http://{pages}/viewer.html"),
+        &[
+            ("name", "spectator"),
+            ("whep", &whep),
+            ("token", &spectator),
+            ("turn", &turn),
+            ("user", &username),
+            ("pass", &password),
+        ],
+    ));
+
+    // Both decode video, and keep decoding.
+    for name in ["player", "spectator"] {
+        wait_for(&format!("{name} to decode frames"), Duration::from_secs(40), &reports, |r| {
+            frames_decoded(r, name) >= 30
+        });
+    }
+    let before: Vec<u64> = ["player", "spectator"].iter().map(|n| frames_decoded(&reports, n)).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for (name, before) in ["player", "spectator"].iter().zip(before) {
+        let now = frames_decoded(&reports, name);
+        assert!(now > before + 10, "{name}: framesDecoded {before} -> {now}");
+    }
+    let candidate = |name: &str| latest(&reports, name, "localCandidate").map(|v| v["localCandidate"].clone());
+    assert_eq!(candidate("spectator"), Some(Value::from("relay")), "the spectator's media goes through TURN");
+    assert_ne!(candidate("player"), Some(Value::from("relay")));
+
+    // The player's inputs reach the machine's page; the spectator's never do.
+    wait_for("the player's input at the machine", Duration::from_secs(10), &reports, |r| {
+        r.lock().unwrap().get("machine").is_some_and(|l| l.iter().any(|v| v.get("input").is_some()))
+    });
+    let inputs: Vec<String> = reports.lock().unwrap()["machine"]
+        .iter()
+        .filter_map(|v| v.get("input").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    assert!(inputs.iter().all(|i| i.starts_with("player input ")), "{inputs:?}");
+
+    // The TURN path is really this relay's: one allocation, relaying both ways.
+    let metrics = relay.metrics();
+    assert!(common::metric_value(&metrics, "relay_allocations_created_total") >= 1.0, "{metrics}");
+    assert_eq!(common::metric_value(&metrics, "relay_sfu_subscribers{machine=\"cab-1\"}"), 2.0, "{metrics}");
+    assert!(common::metric_value(&metrics, "relay_sfu_inputs_dropped_total") >= 1.0, "{metrics}");
+    assert_eq!(common::metric_value(&metrics, "relay_sfu_peer_panics_total"), 0.0);
+}
