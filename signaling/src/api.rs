@@ -14,6 +14,7 @@
 //! | `POST /v1/sessions/{id}/connected`, `POST /v1/sessions/{id}/end` | its player or machine, admin | progress and end |
 //! | `POST /v1/sessions/{id}/ice-config` | its player or machine | fresh credentials for the session's relay |
 //! | `POST /v1/sessions/{id}/watch` | player | WHEP URL and token for an `sfu` session (spectator unless it is the session's player) |
+//! | `POST /v1/sessions/{id}/seat` | admin, its player | hand an `sfu` session's seat to a viewer (`{"to": id}`) or to nobody |
 //! | `GET /v1/ws` | player, machine | WebSocket: SDP and candidates between the parties (see [`crate::ws`]) |
 //! | `GET /v1/sessions` | admin | session history with filters |
 //! | `GET /v1/relays`, `POST /v1/relays/{id}/drain`, `/undrain`, `DELETE /v1/relays/{id}` | admin | the registry |
@@ -111,6 +112,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/sessions/{id}/end", post(end_session))
         .route("/v1/sessions/{id}/ice-config", post(session_ice_config))
         .route("/v1/sessions/{id}/watch", post(watch_session))
+        .route("/v1/sessions/{id}/seat", post(hand_seat))
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/relays", get(list_relays))
         .route("/v1/relays/{id}", axum::routing::delete(remove_relay))
@@ -617,6 +619,63 @@ async fn watch_session(
     let role = if claims.sub == s.player { MediaRole::Player } else { MediaRole::Spectator };
     let token = media_token(&state, &claims.sub, &s.machine_id, Some(&id), role).await?;
     Ok(Json(json!({ "relay": relay, "whep_url": format!("{base}/whep/{id}"), "token": token, "role": role })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandSeat {
+    /// The viewer's id (a player id, as in its media token), or `null` for nobody.
+    to: Option<String>,
+}
+
+/// Hands an `sfu` session's seat (whose inputs reach the machine) to one of its viewers, or to
+/// nobody: an admin, or the session's player giving it away. Signaling asks the session's SFU
+/// relay with an operator media token and records a `seat` event on the session.
+async fn hand_seat(
+    State(state): State<AppState>,
+    bearer: Bearer,
+    PathParam(id): PathParam<String>,
+    Body(req): Body<HandSeat>,
+) -> ApiResult<Json<Value>> {
+    let s = visible_session(&state, &bearer, &id).await?;
+    if !(bearer.is_admin() || (bearer.0.role == Role::Player && bearer.0.sub == s.player)) {
+        return Err(ApiError::Forbidden("only an admin or the session's player hands the seat".into()));
+    }
+    if s.ended_ms.is_some() {
+        return Err(ApiError::Conflict("session has ended".into()));
+    }
+    if req.to.as_deref().is_some_and(|to| !valid_subject(to)) {
+        return Err(ApiError::bad("to: a viewer id (1-128 printable characters, no ':'), or null"));
+    }
+    let Some(base) = s.scores["sfu"]["url"].as_str() else {
+        return Err(ApiError::Conflict("only sfu sessions have a seat".into()));
+    };
+    let mut url = reqwest::Url::parse(base).map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+    url.path_segments_mut()
+        .map_err(|()| ApiError::Internal(anyhow::anyhow!("SFU URL {base} cannot take a path")))?
+        .pop_if_empty()
+        .extend(["seat", s.machine_id.as_str()]);
+    let token = media_token(&state, "signaling", &s.machine_id, Some(&id), MediaRole::Operator).await?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))?;
+    let unreachable = |e: reqwest::Error| ApiError::Unavailable(format!("the session's SFU relay did not answer: {e}"));
+    let res = client.post(url).bearer_auth(token).json(&json!({ "to": req.to })).send().await.map_err(unreachable)?;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or_default();
+    let reason = body["error"].as_str().unwrap_or("no reason given").to_owned();
+    match status.as_u16() {
+        200 => {}
+        404 => return Err(ApiError::not_found(format!("the SFU relay: {reason}"))),
+        _ => return Err(ApiError::Unavailable(format!("the SFU relay answered {status}: {reason}"))),
+    }
+    let by = bearer.0.role.as_str();
+    let detail = json!({ "to": req.to, "previous": body["previous"], "by": by });
+    state.store.add_event(&id, "seat", &detail, now_ms()).await?;
+    info!(session = %id, to = req.to.as_deref().unwrap_or("nobody"), by, "seat handed");
+    Ok(Json(json!({ "session": id, "holder": req.to, "previous": body["previous"] })))
 }
 
 /// The session if the caller may see it: admin, its player, or its machine.

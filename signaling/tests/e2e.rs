@@ -2,7 +2,8 @@
 //! signaling; a player's ICE config names the relay its probes favour and its TURN credential
 //! allocates there with an independent client (webrtc-rs `turn`), while an expired one is
 //! refused; a killed relay leaves ICE configs within 6 s; `relayctl relays drain` stops new
-//! sessions on a relay.
+//! sessions on a relay. In `sfu` mode, `relayctl sessions seat` hands the seat through signaling
+//! to the session's SFU relay.
 
 mod common;
 
@@ -50,7 +51,7 @@ impl Relay {
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--workers", "1"])
             .args(["--min-port", &ports.0.to_string(), "--max-port", &ports.1.to_string()])
             .args(["--signaling-url", signaling, "--region", region, "--relay-id", id, "--public-host", "127.0.0.1"])
-            .args(["--allow-peer", "127.0.0.0/8"])
+            .args(["--allow-peer", "127.0.0.0/8", "--sfu-http-listen", "127.0.0.1:0"])
             .env("RELAY_CLUSTER_TOKEN", CLUSTER_TOKEN)
             .env("RELAY_LOG_LEVEL", "warn")
             .stdout(Stdio::piped())
@@ -244,4 +245,83 @@ async fn relays_register_and_serve_the_ice_configs_signaling_hands_out() {
     }
     let refused = allocate_and_relay(&ice).await;
     assert!(refused.is_err(), "an expired credential allocated");
+}
+
+/// An SDP offer from a real WebRTC stack (str0m): video and audio in `direction`, and a data
+/// channel, as a WHIP publisher or WHEP viewer sends.
+fn offer(direction: str0m::media::Direction) -> String {
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut rtc = str0m::RtcConfig::new().build(Instant::now());
+    rtc.add_local_candidate(str0m::Candidate::host(addr, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(str0m::media::MediaKind::Video, direction, None, None, None);
+    api.add_media(str0m::media::MediaKind::Audio, direction, None, None, None);
+    api.add_channel("input".into());
+    api.apply().unwrap().0.to_sdp_string()
+}
+
+async fn post_sdp(url: &str, token: &str, sdp: String) -> u16 {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let res = client.post(url).bearer_auth(token).header("content-type", "application/sdp").body(sdp).send().await;
+    res.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayctl_hands_an_sfu_sessions_seat_through_the_relay() {
+    use str0m::media::Direction;
+    let s = Signaling::start("sqlite", "");
+    let admin = s.token("ops", "admin");
+    let alice = s.token("alice", "player");
+    let bob = s.token("bob", "player");
+    let machine = s.token("cab-1", "machine");
+    let _relay = Relay::start(&s.url, "eu-1", "eu-central", (31000, 31999));
+    eventually(Duration::from_secs(10), || async {
+        let (_, relays) = s.call("GET", "/v1/relays", Some(&admin), None).await;
+        relays["relays"].as_array().is_some_and(|r| r.iter().any(|r| r["sfu_url"].is_string())).then_some(())
+    })
+    .await
+    .expect("the relay registers with its SFU URL");
+    let rtts = json!({ "name": "Cabinet 1", "rtts": { "eu-central": 20.0 } });
+    assert_eq!(s.call("POST", "/v1/machines/register", Some(&machine), Some(rtts)).await.0, 200);
+    let body = json!({ "machine_id": "cab-1", "mode": "sfu", "probes": probes_favouring("eu-central") });
+    let (st, session) = s.call("POST", "/v1/sessions", Some(&alice), Some(body)).await;
+    assert_eq!(st, 201, "{session}");
+    let id = session["session_id"].as_str().unwrap().to_owned();
+
+    // The machine publishes, the player and a spectator subscribe (the SFU takes them into the
+    // room on their offers; ICE need not complete for the seat).
+    let (_, hb) = s.call("POST", "/v1/machines/heartbeat", Some(&machine), Some(json!({}))).await;
+    let whip = hb["sfu"]["whip_url"].as_str().unwrap();
+    assert_eq!(post_sdp(whip, hb["sfu"]["token"].as_str().unwrap(), offer(Direction::SendOnly)).await, 201);
+    let whep = session["sfu"]["whep_url"].as_str().unwrap();
+    assert_eq!(post_sdp(whep, session["sfu"]["token"].as_str().unwrap(), offer(Direction::RecvOnly)).await, 201);
+    let (_, watch) = s.call("POST", &format!("/v1/sessions/{id}/watch"), Some(&bob), None).await;
+    assert_eq!(post_sdp(whep, watch["token"].as_str().unwrap(), offer(Direction::RecvOnly)).await, 201);
+
+    // Only an admin or the session's player hands the seat, to a viewer that is there.
+    let seat = format!("/v1/sessions/{id}/seat");
+    assert_eq!(s.call("POST", &seat, Some(&bob), Some(json!({ "to": "bob" }))).await.0, 404);
+    assert_eq!(s.call("POST", &seat, Some(&machine), Some(json!({ "to": "bob" }))).await.0, 403);
+    assert_eq!(s.call("POST", &seat, Some(&admin), Some(json!({ "seat": "bob" }))).await.0, 400);
+    let (st, body) = s.call("POST", &seat, Some(&admin), Some(json!({ "to": "carol" }))).await;
+    assert_eq!(st, 404, "{body}");
+    let (code, out) = relayctl(&s, &admin, &["sessions", "seat", &id, "--to", "bob"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("the seat is now bob's (was alice's)"), "{out}");
+    // The player can take it back; or nobody can hold it.
+    let (st, body) = s.call("POST", &seat, Some(&alice), Some(json!({ "to": "alice" }))).await;
+    assert_eq!((st, body["previous"].as_str()), (200, Some("bob")), "{body}");
+    let (code, out) = relayctl(&s, &admin, &["sessions", "seat", &id, "--nobody"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("the seat is now nobody's (was alice's)"), "{out}");
+    let (_, detail) = s.call("GET", &format!("/v1/sessions/{id}"), Some(&admin), None).await;
+    let seats = detail["events"].as_array().unwrap().iter().filter(|e| e["kind"] == "seat").count();
+    assert_eq!(seats, 3, "{detail}");
+    // An ended session, and a session that is not sfu, have no seat.
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{id}/end"), Some(&alice), None).await.0, 200);
+    assert_eq!(s.call("POST", &seat, Some(&admin), Some(json!({ "to": "bob" }))).await.0, 409);
+    let (_, direct) = s.call("POST", "/v1/sessions", Some(&alice), Some(json!({ "machine_id": "cab-1" }))).await;
+    let did = direct["session_id"].as_str().unwrap();
+    let (st, _) = s.call("POST", &format!("/v1/sessions/{did}/seat"), Some(&admin), Some(json!({ "to": "bob" }))).await;
+    assert_eq!(st, 409);
 }

@@ -134,6 +134,16 @@ enum SessionsAction {
     List(SessionFilter),
     /// One session and its event timeline
     Show { id: SessionId },
+    /// Hand an sfu session's seat (whose inputs reach the machine) to one of its viewers
+    Seat {
+        id: SessionId,
+        /// The viewer's id (its player id)
+        #[arg(long, conflicts_with = "nobody", required_unless_present = "nobody")]
+        to: Option<String>,
+        /// Leave the seat empty: nobody's inputs reach the machine
+        #[arg(long)]
+        nobody: bool,
+    },
     /// End a session
     End {
         id: SessionId,
@@ -384,6 +394,10 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
         Command::Sessions { action: Some(SessionsAction::Show { id }), .. } => {
             let v = api.get(&["v1", "sessions", &id.0], &[]).await;
             show(v.with_context(|| format!("showing session {}", id.0))?, render::session)
+        }
+        Command::Sessions { action: Some(SessionsAction::Seat { id, to, nobody: _ }), .. } => {
+            let v = api.post(&["v1", "sessions", &id.0, "seat"], &json!({ "to": to })).await;
+            show(v.with_context(|| format!("handing the seat of session {}", id.0))?, render::seat)
         }
         Command::Sessions { action: Some(SessionsAction::End { id, reason }), .. } => {
             let body = match reason {

@@ -382,6 +382,16 @@ fn key_values(d: &Value) -> String {
     }
 }
 
+pub fn seat(v: &Value) -> String {
+    let who = |x: &Value| if x.is_null() { "nobody".to_owned() } else { clean(&text(x)) };
+    format!(
+        "session {}: the seat is now {}'s (was {}'s)\n",
+        clean(&text(&v["session"])),
+        who(&v["holder"]),
+        who(&v["previous"])
+    )
+}
+
 pub fn ended(v: &Value) -> String {
     format!(
         "session {} ended ({}, by {}) after {}\n",
