@@ -286,7 +286,7 @@ fn ten_seconds_of_junk_on_the_shared_port_leave_the_viewers_served() {
     let mut per_second = Vec::new();
     let mut i = 0u64;
     while start.elapsed() < Duration::from_secs(10) {
-        let second_start = player.client.rtp.len();
+        let (received_before, sent_before) = (player.client.rtp.len(), i);
         let until = Instant::now() + Duration::from_secs(1);
         while Instant::now() < until {
             machine.client.send_rtp(Instant::now(), true, 100 + i, i as u32 * 450, vp8(i.is_multiple_of(100), i));
@@ -298,14 +298,18 @@ fn ten_seconds_of_junk_on_the_shared_port_leave_the_viewers_served() {
             }
             pump_all(&mut [&mut machine, player, spectator], Duration::from_millis(5));
         }
-        per_second.push(player.client.rtp.len() - second_start);
+        per_second.push(((player.client.rtp.len() - received_before) as u64, i - sent_before));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let junk_sent = sent.join().unwrap();
     pump_all(&mut [&mut machine, player, spectator], Duration::from_millis(300));
 
-    // Every second of the ten, the viewers kept receiving; in all, nearly everything.
-    assert!(per_second.iter().all(|&n| n >= 100), "player's packets per second under junk: {per_second:?}");
+    // Every second of the ten, the player kept receiving what was sent (a ratio, not a rate:
+    // on a loaded machine this loop may send fewer); in all, nearly everything.
+    assert!(
+        per_second.iter().all(|&(got, sent)| got * 10 >= sent * 8),
+        "player's (received, sent) per second under junk: {per_second:?}"
+    );
     for p in [&*player, &*spectator] {
         let video = p.client.rtp.iter().filter(|(m, ..)| *m == p.client.video).count() as u64;
         assert!(video * 100 >= i * 95, "received {video} of {i} under junk");
@@ -314,5 +318,5 @@ fn ten_seconds_of_junk_on_the_shared_port_leave_the_viewers_served() {
     let m = relay.metrics();
     assert_eq!(common::metric_value(&m, "relay_sfu_peer_panics_total"), 0.0, "{m}");
     assert_eq!(common::metric_value(&m, "relay_sfu_peers"), 3.0, "{m}");
-    println!("{junk_sent} junk datagrams in 10 s; player's packets per second: {per_second:?}");
+    println!("{junk_sent} junk datagrams in 10 s; player's (received, sent) per second: {per_second:?}");
 }

@@ -263,10 +263,10 @@ fn chromium_publishes_over_whip_and_chromium_watches_directly_and_through_turn_o
         });
     }
     let before: Vec<u64> = ["player", "spectator"].iter().map(|n| frames_decoded(&reports, n)).collect();
-    std::thread::sleep(Duration::from_secs(2));
     for (name, before) in ["player", "spectator"].iter().zip(before) {
-        let now = frames_decoded(&reports, name);
-        assert!(now > before + 10, "{name}: framesDecoded {before} -> {now}");
+        wait_for(&format!("{name}'s framesDecoded to grow past {before}"), Duration::from_secs(20), &reports, |r| {
+            frames_decoded(r, name) > before + 10
+        });
     }
     let candidate = |name: &str| latest(&reports, name, "localCandidate").map(|v| v["localCandidate"].clone());
     assert_eq!(candidate("spectator"), Some(Value::from("relay")), "the spectator's media goes through TURN");
