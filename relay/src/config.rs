@@ -136,8 +136,12 @@ pub struct SfuSection {
     /// HTTP address of the WHIP/WHEP endpoints; "" = no SFU.
     pub http_listen: String,
     /// Public base URL of those endpoints as clients reach them (e.g. behind a TLS proxy);
-    /// "" = `http://<cluster.public_host>:<http_listen's port>`.
+    /// "" = `http(s)://<cluster.public_host>:<http_listen's port>`.
     pub public_url: String,
+    /// PEM certificate chain for HTTPS on http_listen; "" = plain HTTP (e.g. behind a proxy).
+    pub tls_cert: String,
+    /// PEM private key of tls_cert.
+    pub tls_key: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -274,6 +278,12 @@ pub struct Overrides {
     /// sfu.public_url: the WHIP/WHEP base URL clients use (default http://<public_host>:<port>).
     #[arg(long, env = "RELAY_SFU_PUBLIC_URL")]
     pub sfu_public_url: Option<String>,
+    /// sfu.tls_cert: PEM certificate chain; with sfu.tls_key, the WHIP/WHEP listener speaks HTTPS.
+    #[arg(long, env = "RELAY_SFU_TLS_CERT")]
+    pub sfu_tls_cert: Option<String>,
+    /// sfu.tls_key: PEM private key of sfu.tls_cert.
+    #[arg(long, env = "RELAY_SFU_TLS_KEY")]
+    pub sfu_tls_key: Option<String>,
     /// log.format: text or json.
     #[arg(long, env = "RELAY_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -360,6 +370,8 @@ impl FileConfig {
         set(&mut self.admin.listen, &o.admin_listen);
         set(&mut self.sfu.http_listen, &o.sfu_http_listen);
         set(&mut self.sfu.public_url, &o.sfu_public_url);
+        set(&mut self.sfu.tls_cert, &o.sfu_tls_cert);
+        set(&mut self.sfu.tls_key, &o.sfu_tls_key);
         set(&mut self.log.format, &o.log_format);
         set(&mut self.log.level, &o.log_level);
         set(&mut self.shutdown.grace_secs, &o.shutdown_grace_secs);
@@ -424,6 +436,8 @@ pub struct Config {
     pub sfu_http_listen: Option<SocketAddr>,
     /// The WHIP/WHEP base URL given to signaling; `None` = derived from the public host.
     pub sfu_public_url: Option<String>,
+    /// HTTPS on the WHIP/WHEP listener: certificate chain and key files.
+    pub sfu_tls: Option<(PathBuf, PathBuf)>,
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_grace: Duration,
@@ -582,6 +596,12 @@ impl Config {
                 Some(v.trim_end_matches('/').to_owned())
             }
         };
+        let sfu_tls = match (file.sfu.tls_cert.trim(), file.sfu.tls_key.trim()) {
+            ("", "") => None,
+            ("", _) => bail!("sfu.tls_cert: required with sfu.tls_key"),
+            (_, "") => bail!("sfu.tls_key: required with sfu.tls_cert"),
+            (cert, key) => Some((PathBuf::from(cert), PathBuf::from(key))),
+        };
         let log_format = match file.log.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -614,6 +634,7 @@ impl Config {
             admin_listen,
             sfu_http_listen,
             sfu_public_url,
+            sfu_tls,
             log_format,
             log_level: file.log.level.clone(),
             shutdown_grace: Duration::from_secs(file.shutdown.grace_secs),

@@ -320,3 +320,59 @@ fn ten_seconds_of_junk_on_the_shared_port_leave_the_viewers_served() {
     assert_eq!(common::metric_value(&m, "relay_sfu_peers"), 3.0, "{m}");
     println!("{junk_sent} junk datagrams in 10 s; player's (received, sent) per second: {per_second:?}");
 }
+
+#[test]
+fn whip_over_https_with_the_configured_certificate() {
+    let dir = std::env::temp_dir().join(format!("relay-sfu-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+
+    // Bad TLS settings fail at start, naming the key.
+    let missing = dir.join("missing.pem");
+    for (args, key_name) in [
+        (vec!["--sfu-tls-cert", missing.to_str().unwrap(), "--sfu-tls-key", key.to_str().unwrap()], "sfu.tls_cert"),
+        (vec!["--sfu-tls-cert", cert.to_str().unwrap(), "--sfu-tls-key", cert.to_str().unwrap()], "sfu.tls_key"),
+        (vec!["--sfu-tls-cert", cert.to_str().unwrap()], "sfu.tls_key"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+            .arg("--config")
+            .arg(common::config_path("relay.toml"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--sfu-http-listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(key_name), "{args:?}: {stderr}");
+    }
+
+    let relay = RelayProcess::start(
+        "relay.toml",
+        &["--sfu-tls-cert", cert.to_str().unwrap(), "--sfu-tls-key", key.to_str().unwrap()],
+    );
+    let base = relay.sfu_http();
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    let trusted = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap();
+    let http = Http {
+        rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        client: reqwest::Client::builder().add_root_certificate(trusted).no_proxy().build().unwrap(),
+        base,
+    };
+    let (mut machine, offer, pending) = Peer::new(relay.udp, Direction::SendOnly);
+    let publisher = token(MediaRole::Publisher, "cab-1", None);
+    let (status, _, body) = http.post("/whip/cab-1", None, "application/sdp", &offer);
+    assert_eq!(status, 401, "{body}");
+    let (status, location, answer) = http.post("/whip/cab-1", Some(&publisher), "application/sdp", &offer);
+    assert_eq!(status, 201, "{answer}");
+    machine.client.accept(pending, &answer);
+    pump_all(&mut [&mut machine], Duration::from_secs(1));
+    assert!(machine.client.connected, "ICE and DTLS with the SFU after WHIP over HTTPS");
+    assert_eq!(http.delete(&location.unwrap(), &publisher), 200);
+    // A client that does not trust the certificate gets nowhere.
+    let untrusting = reqwest::Client::builder().no_proxy().build().unwrap();
+    let refused = http.rt.block_on(untrusting.post(format!("{}/whip/cab-1", http.base)).send());
+    assert!(refused.is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,6 +7,7 @@ pub mod control;
 pub mod metrics;
 pub mod run;
 pub mod sfu;
+pub mod tls;
 pub mod udp;
 pub mod worker;
 

@@ -142,10 +142,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             let http = runtime
                 .block_on(tokio::net::TcpListener::bind(addr))
                 .with_context(|| format!("sfu.http_listen: cannot bind TCP {addr}"))?;
+            let tls = match &config.sfu_tls {
+                Some((cert, key)) => Some(super::tls::server_config(cert, key)?),
+                None => None,
+            };
             let public = SocketAddr::new(config.advertised_ip(), listen.port());
             let socket = listeners[0].try_clone().context("duplicating the listening socket for the SFU")?;
             let (handle, thread) = sfu::start(socket, public)?;
-            Some((handle, thread, http))
+            Some((handle, thread, (http, tls)))
         }
         None => None,
     };
@@ -187,7 +191,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Some((handle, thread, http)) => (Some(handle), Some(thread), Some(http)),
         None => (None, None, None),
     };
-    let sfu_addr = sfu_http.as_ref().map(|l| l.local_addr()).transpose()?;
+    let sfu_addr = sfu_http.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let metrics = Arc::new(Metrics::new(stats, Arc::clone(&shared), control.draining_flag())?);
     if let Some(handle) = &sfu_handle {
         metrics.attach_sfu(handle.clone())?;
@@ -229,14 +233,27 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         if let Some(heartbeater) = heartbeater {
             tokio::spawn(heartbeater.run());
         }
-        if let (Some(http), Some(handle)) = (sfu_http, &sfu_handle) {
+        if let (Some((http, tls)), Some(handle)) = (sfu_http, &sfu_handle) {
             let state =
                 sfu::HttpState { sfu: handle.clone(), keys: control.media_keys(), draining: control.draining_flag() };
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(http, sfu::router(state)).await {
-                    error!(error = %e, "WHIP/WHEP listener failed");
+            let router = sfu::router(state);
+            match tls {
+                Some(tls) => {
+                    let listener = super::tls::TlsListener::new(http, tls)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(listener, router).await {
+                            error!(error = %e, "WHIP/WHEP listener failed");
+                        }
+                    });
                 }
-            });
+                None => {
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(http, router).await {
+                            error!(error = %e, "WHIP/WHEP listener failed");
+                        }
+                    });
+                }
+            }
         }
         tokio::select! {
             _ = int.recv() => {
@@ -280,13 +297,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// The SFU's public base URL for signaling: `sfu.public_url` when set (behind a TLS proxy),
-/// else plain HTTP on the public host and the port the WHIP/WHEP listener bound.
+/// else HTTP or HTTPS (with `sfu.tls_cert`) on the public host and the port the WHIP/WHEP
+/// listener bound.
 fn sfu_public_url(config: &Config, public_host: &str, bound: SocketAddr) -> String {
     if let Some(url) = &config.sfu_public_url {
         return url.trim_end_matches('/').to_owned();
     }
     let host = if public_host.contains(':') { format!("[{public_host}]") } else { public_host.to_owned() };
-    format!("http://{host}:{}", bound.port())
+    format!("{}://{host}:{}", sfu_scheme(config), bound.port())
+}
+
+fn sfu_scheme(config: &Config) -> &'static str {
+    if config.sfu_tls.is_some() { "https" } else { "http" }
 }
 
 fn print_banner(config: &Config, relay: &Relay) {
@@ -306,8 +328,9 @@ fn print_banner(config: &Config, relay: &Relay) {
     );
     if let Some(http) = relay.sfu_http {
         println!(
-            "  SFU         WHIP http://{http}/whip/{{machine}}, WHEP http://{http}/whep/{{session}} (media on udp {})",
-            relay.listen
+            "  SFU         WHIP {scheme}://{http}/whip/{{machine}}, WHEP {scheme}://{http}/whep/{{session}} (media on udp {})",
+            relay.listen,
+            scheme = sfu_scheme(config),
         );
     }
     println!("  metrics     http://{}/metrics", relay.admin);

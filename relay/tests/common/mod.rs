@@ -109,16 +109,17 @@ impl RelayProcess {
         }
     }
 
-    /// The base URL of the SFU's HTTP listener (`http://ADDR`), from the banner. Call it once:
-    /// it reads the banner lines.
+    /// The base URL of the SFU's HTTP listener (`http://ADDR` or `https://ADDR`), from the
+    /// banner. Call it once: it reads the banner lines.
     pub fn sfu_http(&self) -> String {
         let banner: Vec<String> = self.stdout.try_iter().collect();
-        let addr = banner
+        let (scheme, rest) = banner
             .iter()
-            .find_map(|l| l.trim().strip_prefix("SFU         WHIP http://"))
-            .and_then(|rest| rest.split('/').next())
+            .find_map(|l| l.trim().strip_prefix("SFU         WHIP "))
+            .and_then(|rest| rest.split_once("://"))
             .unwrap_or_else(|| panic!("no SFU line in the banner: {banner:?}"));
-        format!("http://{addr}")
+        let addr = rest.split('/').next().unwrap_or_default();
+        format!("{scheme}://{addr}")
     }
 
     pub fn metrics(&self) -> String {
