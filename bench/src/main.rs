@@ -253,21 +253,8 @@ fn main() -> anyhow::Result<()> {
                 "bench sfu: relay pid {} (SFU http://{}, media udp {}), {secs} s per step",
                 target.pid, target.http, target.udp
             );
-            let report = sfu::ramp(&target, &viewers, secs, |s| {
-                eprintln!(
-                    "  {:>4} viewers: loss {:.3}%, egress {:.0} pkt/s, relay {:.2} cores ({:.2} µs/pkt, {:.0} pkt/s per core), \
-                     latency p50 {:.2} ms p99 {:.2} ms, bench {:.2} cores",
-                    s.viewers,
-                    s.loss * 100.0,
-                    s.egress_pps,
-                    s.relay_cores,
-                    s.cpu_us_per_packet,
-                    s.egress_pps_per_core,
-                    s.latency.p50_us / 1000.0,
-                    s.latency.p99_us / 1000.0,
-                    s.bench_cores
-                );
-            })?;
+            eprint!("{}", sfu::HEADER);
+            let report = sfu::ramp(&target, &viewers, secs, |s| eprint!("{}", sfu::row(s)))?;
             std::fs::create_dir_all(&out)?;
             std::fs::write(out.join("sfu.json"), serde_json::to_string_pretty(&report)?)?;
             if common.json {

@@ -226,15 +226,7 @@ pub struct Target {
 
 fn token(secret: &str, role: cluster::media::MediaRole, machine: &str, session: Option<&str>, sub: &str) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let claims = cluster::media::MediaClaims {
-        sub: sub.into(),
-        machine: machine.into(),
-        session: session.map(Into::into),
-        role,
-        aud: String::new(),
-        iat: now,
-        exp: now + 3600,
-    };
+    let claims = cluster::media::MediaClaims::new(sub, machine, session, role, now, 3600);
     cluster::media::mint(secret.as_bytes(), claims).expect("a non-empty secret")
 }
 
@@ -415,33 +407,39 @@ pub fn ramp(
     Ok(SfuReport { steps, max_viewers, best_egress_pps_per_core: best })
 }
 
+/// The head of [`markdown`]'s table.
+pub const HEADER: &str = "| viewers | video pkts sent | delivered | loss | egress pkt/s | relay cores | relay µs/pkt | egress pkt/s per core | latency p50 / p99 (ms) | bench cores |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+
 /// The report as a markdown table.
 pub fn markdown(r: &SfuReport) -> String {
-    let mut out = String::from(
-        "| viewers | video pkts sent | delivered | loss | egress pkt/s | relay cores | relay µs/pkt | egress pkt/s per core | latency p50 / p99 (ms) | bench cores |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-    );
+    let mut out = String::from(HEADER);
     for s in &r.steps {
-        out.push_str(&format!(
-            "| {} | {} | {} | {:.3}% | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} / {:.2} | {:.2} |\n",
-            s.viewers,
-            s.sent,
-            s.delivered,
-            s.loss * 100.0,
-            s.egress_pps,
-            s.relay_cores,
-            s.cpu_us_per_packet,
-            s.egress_pps_per_core,
-            s.latency.p50_us / 1000.0,
-            s.latency.p99_us / 1000.0,
-            s.bench_cores,
-        ));
+        out.push_str(&row(s));
     }
     out.push_str(&format!(
         "\nMost viewers with under 1% loss: {}; best egress rate per relay core: {:.0} packets/s.\n",
         r.max_viewers, r.best_egress_pps_per_core
     ));
     out
+}
+
+/// One step as a row of [`markdown`]'s table (also the bench's progress line).
+pub fn row(s: &SfuStep) -> String {
+    format!(
+        "| {} | {} | {} | {:.3}% | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} / {:.2} | {:.2} |\n",
+        s.viewers,
+        s.sent,
+        s.delivered,
+        s.loss * 100.0,
+        s.egress_pps,
+        s.relay_cores,
+        s.cpu_us_per_packet,
+        s.egress_pps_per_core,
+        s.latency.p50_us / 1000.0,
+        s.latency.p99_us / 1000.0,
+        s.bench_cores,
+    )
 }
 
 /// Parses the banner lines the relay printed into the addresses the bench needs.

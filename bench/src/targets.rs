@@ -264,7 +264,8 @@ fn read_ready_line(child: &mut Child, prefix: &'static str) -> anyhow::Result<St
     rx.recv_timeout(Duration::from_secs(30)).with_context(|| format!("no {prefix:?} line from the server"))
 }
 
-fn write_config(dir: &Path, workers: usize) -> anyhow::Result<PathBuf> {
+/// The relay config equivalent to coturn's command line, plus `extra` TOML at the end.
+fn write_config(dir: &Path, workers: usize, extra: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join("relay.toml");
     let text = format!(
         r#"# Written by the bench: equivalent to the coturn command line it runs.
@@ -297,19 +298,24 @@ level = "warn"
         min = RELAY_PORTS.0,
         max = RELAY_PORTS.1,
     );
-    std::fs::write(&path, text)?;
+    std::fs::write(&path, text + extra)?;
     Ok(path)
 }
 
-fn start_ours(env: &Env) -> anyhow::Result<(Child, SocketAddr)> {
-    let config = write_config(&env.dir, env.workers)?;
-    let mut child = pinned(Command::new(&env.relay_bin), env)
+/// The relay binary on the bench's config plus `extra`, stdout piped for its banner.
+fn spawn_ours(env: &Env, extra: &str) -> anyhow::Result<Child> {
+    let config = write_config(&env.dir, env.workers, extra)?;
+    pinned(Command::new(&env.relay_bin), env)
         .arg("--config")
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .with_context(|| format!("starting {}", env.relay_bin.display()))?;
+        .with_context(|| format!("starting {}", env.relay_bin.display()))
+}
+
+fn start_ours(env: &Env) -> anyhow::Result<(Child, SocketAddr)> {
+    let mut child = spawn_ours(env, "")?;
     let rest = read_ready_line(&mut child, "STUN/TURN   udp://")?;
     let addr = rest.split_whitespace().next().context("address in banner")?.parse()?;
     Ok((child, addr))
@@ -349,17 +355,7 @@ fn start_raw(env: &Env, peer: SocketAddr, drop_every: u64, delay: Duration) -> a
 /// Starts the relay with its SFU on (`bench sfu`): the bench's config plus an HTTP listener for
 /// WHIP/WHEP. Returns the process (killed when dropped) and where to reach it.
 pub fn start_ours_sfu(env: &Env) -> anyhow::Result<(Server, crate::sfu::Target)> {
-    let config = write_config(&env.dir, env.workers)?;
-    let mut text = std::fs::read_to_string(&config)?;
-    text.push_str("\n[sfu]\nhttp_listen = \"127.0.0.1:0\"\n");
-    std::fs::write(&config, text)?;
-    let mut child = pinned(Command::new(&env.relay_bin), env)
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", env.relay_bin.display()))?;
+    let mut child = spawn_ours(env, "\n[sfu]\nhttp_listen = \"127.0.0.1:0\"\n")?;
     let stdout = child.stdout.take().context("child stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

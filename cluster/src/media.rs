@@ -43,6 +43,21 @@ pub struct MediaClaims {
     pub exp: u64,
 }
 
+impl MediaClaims {
+    /// Claims issued at `now_unix`, valid for `ttl_secs` (`aud` is set when minted).
+    pub fn new(sub: &str, machine: &str, session: Option<&str>, role: MediaRole, now_unix: u64, ttl_secs: u64) -> Self {
+        Self {
+            sub: sub.to_owned(),
+            machine: machine.to_owned(),
+            session: session.map(str::to_owned),
+            role,
+            aud: String::new(),
+            iat: now_unix,
+            exp: now_unix + ttl_secs,
+        }
+    }
+}
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {

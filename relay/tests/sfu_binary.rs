@@ -24,6 +24,10 @@ struct Http {
 }
 
 impl Http {
+    fn new(base: String, client: reqwest::Client) -> Self {
+        Self { rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(), client, base }
+    }
+
     /// POSTs `body` as `content_type`; returns status, Location and body.
     fn post(&self, path: &str, token: Option<&str>, content_type: &str, body: &str) -> (u16, Option<String>, String) {
         self.rt.block_on(async {
@@ -98,11 +102,7 @@ fn pump_all(peers: &mut [&mut Peer], d: Duration) {
 #[test]
 fn whip_publisher_and_whep_subscribers_share_the_turn_port() {
     let relay = RelayProcess::start("relay.toml", &[]);
-    let http = Http {
-        rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
-        client: reqwest::Client::new(),
-        base: relay.sfu_http(),
-    };
+    let http = Http::new(relay.sfu_http(), reqwest::Client::new());
     let sdp = "application/sdp";
     let publisher_token = token(MediaRole::Publisher, "cab-1", None);
     let player_token = token(MediaRole::Player, "cab-1", Some("s-1"));
@@ -234,11 +234,7 @@ fn junk(rng: &mut impl rand::Rng, ufrag: &str) -> Vec<u8> {
 #[test]
 fn ten_seconds_of_junk_on_the_shared_port_leave_the_viewers_served() {
     let relay = RelayProcess::start("relay.toml", &[]);
-    let http = Http {
-        rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
-        client: reqwest::Client::new(),
-        base: relay.sfu_http(),
-    };
+    let http = Http::new(relay.sfu_http(), reqwest::Client::new());
     let sdp = "application/sdp";
     let (mut machine, offer, pending) = Peer::new(relay.udp, Direction::SendOnly);
     let (status, _, answer) = http.post("/whip/cab-1", Some(&token(MediaRole::Publisher, "cab-1", None)), sdp, &offer);
@@ -355,11 +351,7 @@ fn whip_over_https_with_the_configured_certificate() {
     let base = relay.sfu_http();
     assert!(base.starts_with("https://127.0.0.1:"), "{base}");
     let trusted = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap();
-    let http = Http {
-        rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
-        client: reqwest::Client::builder().add_root_certificate(trusted).no_proxy().build().unwrap(),
-        base,
-    };
+    let http = Http::new(base, reqwest::Client::builder().add_root_certificate(trusted).no_proxy().build().unwrap());
     let (mut machine, offer, pending) = Peer::new(relay.udp, Direction::SendOnly);
     let publisher = token(MediaRole::Publisher, "cab-1", None);
     let (status, _, body) = http.post("/whip/cab-1", None, "application/sdp", &offer);

@@ -24,10 +24,29 @@ mod common;
 const MACHINE: &str = "cab-1";
 const SESSION: &str = "s-1";
 
-const PUBLISHER: &str = r#"<!doctype html><title>machine</title><script>
+/// What both pages share: `q` (the query), `report` (POST to the test), and `exchange`, which
+/// offers, waits for ICE gathering, POSTs the offer to a WHIP/WHEP URL with a bearer token and
+/// applies the answer (false, after reporting, if the server refused).
+const COMMON: &str = r#"<script>
 const q = new URLSearchParams(location.search);
 const report = (o) => fetch('/report/' + q.get('name'), {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify(o)});
 window.onerror = (m) => { report({error: String(m)}); };
+async function exchange(pc, url) {
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    if (pc.iceGatheringState === 'complete') return done();
+    pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') done(); };
+    setTimeout(done, 3000);
+  });
+  const res = await fetch(url, {method: 'POST', body: pc.localDescription.sdp,
+    headers: {'content-type': 'application/sdp', 'authorization': 'Bearer ' + q.get('token')}});
+  if (res.status !== 201) { report({error: url + ' answered ' + res.status + ' ' + await res.text()}); return false; }
+  await pc.setRemoteDescription({type: 'answer', sdp: await res.text()});
+  return true;
+}
+</script>"#;
+
+const PUBLISHER: &str = r#"<title>machine</title><script>
 (async () => {
   try {
     const stream = await navigator.mediaDevices.getUserMedia({video: {width: 640, height: 360, frameRate: 30}, audio: true});
@@ -35,16 +54,7 @@ window.onerror = (m) => { report({error: String(m)}); };
     for (const track of stream.getTracks()) pc.addTransceiver(track, {direction: 'sendonly'});
     const dc = pc.createDataChannel('input');
     dc.onmessage = (e) => report({input: e.data});
-    await pc.setLocalDescription(await pc.createOffer());
-    await new Promise((done) => {
-      if (pc.iceGatheringState === 'complete') return done();
-      pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') done(); };
-      setTimeout(done, 3000);
-    });
-    const res = await fetch(q.get('whip'), {method: 'POST', body: pc.localDescription.sdp,
-      headers: {'content-type': 'application/sdp', 'authorization': 'Bearer ' + q.get('token')}});
-    if (res.status !== 201) return report({error: 'WHIP ' + res.status + ' ' + await res.text()});
-    await pc.setRemoteDescription({type: 'answer', sdp: await res.text()});
+    if (!await exchange(pc, q.get('whip'))) return;
     setInterval(async () => {
       let frames = 0;
       (await pc.getStats()).forEach((s) => { if (s.type === 'outbound-rtp' && s.kind === 'video') frames += s.framesEncoded || 0; });
@@ -54,11 +64,8 @@ window.onerror = (m) => { report({error: String(m)}); };
 })();
 </script>"#;
 
-const VIEWER: &str = r#"<!doctype html><title>viewer</title><body><script>
-const q = new URLSearchParams(location.search);
+const VIEWER: &str = r#"<title>viewer</title><body><script>
 const name = q.get('name');
-const report = (o) => fetch('/report/' + name, {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify(o)});
-window.onerror = (m) => { report({error: String(m)}); };
 (async () => {
   try {
     const config = q.get('turn')
@@ -78,16 +85,7 @@ window.onerror = (m) => { report({error: String(m)}); };
     const dc = pc.createDataChannel('input');
     let n = 0;
     dc.onopen = () => setInterval(() => dc.send(name + ' input ' + (n++)), 250);
-    await pc.setLocalDescription(await pc.createOffer());
-    await new Promise((done) => {
-      if (pc.iceGatheringState === 'complete') return done();
-      pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') done(); };
-      setTimeout(done, 3000);
-    });
-    const res = await fetch(q.get('whep'), {method: 'POST', body: pc.localDescription.sdp,
-      headers: {'content-type': 'application/sdp', 'authorization': 'Bearer ' + q.get('token')}});
-    if (res.status !== 201) return report({error: 'WHEP ' + res.status + ' ' + await res.text()});
-    await pc.setRemoteDescription({type: 'answer', sdp: await res.text()});
+    if (!await exchange(pc, q.get('whep'))) return;
     setInterval(async () => {
       const stats = await pc.getStats();
       let frames = 0, local = null;
@@ -117,8 +115,8 @@ fn serve_pages(reports: Reports) -> SocketAddr {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             let app = axum::Router::new()
-                .route("/publisher.html", get(|| async { Html(PUBLISHER) }))
-                .route("/viewer.html", get(|| async { Html(VIEWER) }))
+                .route("/publisher.html", get(|| async { Html(format!("<!doctype html>{COMMON}{PUBLISHER}")) }))
+                .route("/viewer.html", get(|| async { Html(format!("<!doctype html>{COMMON}{VIEWER}")) }))
                 .route(
                     "/report/{name}",
                     post(|State(r): State<Reports>, Path(name): Path<String>, axum::Json(v): axum::Json<Value>| async move {

@@ -590,15 +590,7 @@ async fn media_token(
 ) -> ApiResult<String> {
     let secret = &placement::signing_secret(state).await?;
     let now = now_unix();
-    let claims = MediaClaims {
-        sub: sub.to_owned(),
-        machine: machine.to_owned(),
-        session: session.map(str::to_owned),
-        role,
-        aud: String::new(),
-        iat: now,
-        exp: now + state.config.credential_ttl.as_secs(),
-    };
+    let claims = MediaClaims::new(sub, machine, session, role, now, state.config.credential_ttl.as_secs());
     cluster::media::mint(secret.as_bytes(), claims).map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
 }
 

@@ -158,7 +158,7 @@ impl SfuHandle {
     /// Publishes; `Err` is a refusal of the offer (400) or the SFU being unavailable (503).
     async fn publish(&self, machine: String, offer: String) -> Result<(PeerId, String), Problem> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.call(Input::Publish { machine, offer, reply }, rx).await
+        self.call(Input::Publish { machine, offer, reply }, rx, StatusCode::BAD_REQUEST).await
     }
 
     async fn subscribe(
@@ -169,29 +169,28 @@ impl SfuHandle {
         offer: String,
     ) -> Result<(PeerId, String), Problem> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.call(Input::Subscribe { machine, role, label, offer, reply }, rx).await
+        self.call(Input::Subscribe { machine, role, label, offer, reply }, rx, StatusCode::BAD_REQUEST).await
     }
 
     /// Hands the seat; `Ok` is the previous holder, `Err` a 404 (no such room or viewer).
     async fn hand_seat(&self, machine: String, to: Option<String>) -> Result<Option<String>, Problem> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let unavailable = || problem(StatusCode::SERVICE_UNAVAILABLE, "the SFU is not running or is overloaded");
-        if !self.send(Input::HandSeat { machine, to, reply }) {
-            return Err(unavailable());
-        }
-        rx.await.map_err(|_| unavailable())?.map_err(|e| problem(StatusCode::NOT_FOUND, e))
+        self.call(Input::HandSeat { machine, to, reply }, rx, StatusCode::NOT_FOUND).await
     }
 
-    async fn call(
+    /// Sends `input` and waits for its reply; a refusal becomes `refused` with the SFU's reason,
+    /// a full queue or a stopped SFU 503.
+    async fn call<T>(
         &self,
         input: Input,
-        rx: tokio::sync::oneshot::Receiver<Result<(PeerId, String), String>>,
-    ) -> Result<(PeerId, String), Problem> {
+        rx: tokio::sync::oneshot::Receiver<Result<T, String>>,
+        refused: StatusCode,
+    ) -> Result<T, Problem> {
         let unavailable = || problem(StatusCode::SERVICE_UNAVAILABLE, "the SFU is not running or is overloaded");
         if !self.send(input) {
             return Err(unavailable());
         }
-        rx.await.map_err(|_| unavailable())?.map_err(|e| problem(StatusCode::BAD_REQUEST, e))
+        rx.await.map_err(|_| unavailable())?.map_err(|e| problem(refused, e))
     }
 
     async fn remove(&self, machine: String, id: PeerId) -> bool {

@@ -315,14 +315,6 @@ pub const MEDIA_SECRET: &str = "local-dev-secret-change-me";
 
 /// A media token for `sub`, signed with [`MEDIA_SECRET`], valid for 10 minutes.
 pub fn media_token(role: cluster::media::MediaRole, machine: &str, session: Option<&str>, sub: &str) -> String {
-    let claims = cluster::media::MediaClaims {
-        sub: sub.into(),
-        machine: machine.into(),
-        session: session.map(Into::into),
-        role,
-        aud: String::new(),
-        iat: unix_now(),
-        exp: unix_now() + 600,
-    };
+    let claims = cluster::media::MediaClaims::new(sub, machine, session, role, unix_now(), 600);
     cluster::media::mint(MEDIA_SECRET.as_bytes(), claims).expect("the secret is not empty")
 }
