@@ -28,6 +28,76 @@ pub struct FileConfig {
     pub shutdown: ShutdownSection,
     pub cluster: ClusterSection,
     pub sfu: SfuSection,
+    pub tcp: TcpSection,
+    pub tls: TlsSection,
+    pub limits: LimitsSection,
+}
+
+/// `[tcp]`: TURN over TCP (RFC 8656 framing), with UDP relays toward peers.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpSection {
+    pub enabled: bool,
+    /// "" = server.listen's address and port.
+    pub listen: String,
+}
+
+impl Default for TcpSection {
+    fn default() -> Self {
+        Self { enabled: true, listen: String::new() }
+    }
+}
+
+/// `[tls]`: TURN over TLS (turns:), on when `cert` and `key` are set.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Addresses of the TLS listeners; empty = server.listen's IP on port 443.
+    pub listen: Vec<String>,
+    pub cert: String,
+    pub key: String,
+    /// How often the files are checked for a renewal (0 = only on reload).
+    pub watch_secs: u64,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self { listen: Vec::new(), cert: String::new(), key: String::new(), watch_secs: 60 }
+    }
+}
+
+/// `[limits]`: abuse controls.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Answers per second to one source IP (an IPv6 /64) that has no allocation and sent no
+    /// credentials (401 challenges, Binding responses); 0 = no limit.
+    pub unauthenticated_per_ip: u32,
+    /// The same answers per second from the whole relay; 0 = no limit.
+    pub unauthenticated_total: u32,
+    /// Open TCP/TLS connections from one IP; 0 = no limit.
+    pub connections_per_ip: u32,
+    /// Open TCP/TLS connections in all; 0 = no limit.
+    pub connections_total: u32,
+    /// Time a TCP/TLS connection has to complete its TLS handshake and send a first message.
+    pub handshake_timeout_secs: u64,
+    /// A TCP/TLS connection without an allocation is closed after this long without a message.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            // A browser's ICE gathering costs one or two unauthenticated answers per TURN URL; 50/s
+            // lets a few hundred users behind one NAT start at once and a flood get nothing useful.
+            unauthenticated_per_ip: 50,
+            unauthenticated_total: 5000,
+            connections_per_ip: 64,
+            connections_total: 20_000,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -284,6 +354,42 @@ pub struct Overrides {
     /// sfu.tls_key: PEM private key of sfu.tls_cert.
     #[arg(long, env = "RELAY_SFU_TLS_KEY")]
     pub sfu_tls_key: Option<String>,
+    /// tcp.enabled: TURN over TCP.
+    #[arg(long = "tcp", env = "RELAY_TCP")]
+    pub tcp_enabled: Option<bool>,
+    /// tcp.listen: TCP address ("" = server.listen's).
+    #[arg(long, env = "RELAY_TCP_LISTEN")]
+    pub tcp_listen: Option<String>,
+    /// tls.listen: TLS addresses (repeatable; default server.listen's IP, port 443).
+    #[arg(long = "tls-listen", env = "RELAY_TLS_LISTEN", value_delimiter = ',')]
+    pub tls_listen: Option<Vec<String>>,
+    /// tls.cert: PEM certificate chain for TURN over TLS (with tls.key).
+    #[arg(long, env = "RELAY_TLS_CERT")]
+    pub tls_cert: Option<String>,
+    /// tls.key: PEM private key of tls.cert.
+    #[arg(long, env = "RELAY_TLS_KEY")]
+    pub tls_key: Option<String>,
+    /// tls.watch_secs: how often the certificate files are checked for renewal (0 = never).
+    #[arg(long, env = "RELAY_TLS_WATCH_SECS")]
+    pub tls_watch_secs: Option<u64>,
+    /// limits.unauthenticated_per_ip: answers per second per source without credentials.
+    #[arg(long, env = "RELAY_UNAUTHENTICATED_PER_IP")]
+    pub unauthenticated_per_ip: Option<u32>,
+    /// limits.unauthenticated_total: such answers per second in all.
+    #[arg(long, env = "RELAY_UNAUTHENTICATED_TOTAL")]
+    pub unauthenticated_total: Option<u32>,
+    /// limits.connections_per_ip: open TCP/TLS connections per source IP.
+    #[arg(long, env = "RELAY_CONNECTIONS_PER_IP")]
+    pub connections_per_ip: Option<u32>,
+    /// limits.connections_total: open TCP/TLS connections in all.
+    #[arg(long, env = "RELAY_CONNECTIONS_TOTAL")]
+    pub connections_total: Option<u32>,
+    /// limits.handshake_timeout_secs: TLS handshake and first message deadline.
+    #[arg(long, env = "RELAY_HANDSHAKE_TIMEOUT_SECS")]
+    pub handshake_timeout_secs: Option<u64>,
+    /// limits.idle_timeout_secs: idle TCP/TLS connections without an allocation are closed.
+    #[arg(long, env = "RELAY_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
     /// log.format: text or json.
     #[arg(long, env = "RELAY_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -372,6 +478,19 @@ impl FileConfig {
         set(&mut self.sfu.public_url, &o.sfu_public_url);
         set(&mut self.sfu.tls_cert, &o.sfu_tls_cert);
         set(&mut self.sfu.tls_key, &o.sfu_tls_key);
+        set(&mut self.tcp.enabled, &o.tcp_enabled);
+        set(&mut self.tcp.listen, &o.tcp_listen);
+        set(&mut self.tls.listen, &o.tls_listen);
+        set(&mut self.tls.cert, &o.tls_cert);
+        set(&mut self.tls.key, &o.tls_key);
+        set(&mut self.tls.watch_secs, &o.tls_watch_secs);
+        let l = &mut self.limits;
+        set(&mut l.unauthenticated_per_ip, &o.unauthenticated_per_ip);
+        set(&mut l.unauthenticated_total, &o.unauthenticated_total);
+        set(&mut l.connections_per_ip, &o.connections_per_ip);
+        set(&mut l.connections_total, &o.connections_total);
+        set(&mut l.handshake_timeout_secs, &o.handshake_timeout_secs);
+        set(&mut l.idle_timeout_secs, &o.idle_timeout_secs);
         set(&mut self.log.format, &o.log_format);
         set(&mut self.log.level, &o.log_level);
         set(&mut self.shutdown.grace_secs, &o.shutdown_grace_secs);
@@ -408,7 +527,7 @@ pub enum LogFormat {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub listen: SocketAddr,
     pub workers: usize,
@@ -443,6 +562,32 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Heartbeats to signaling; `None` for a standalone relay.
     pub cluster: Option<ClusterConfig>,
+    /// TURN over TCP: the listening address (`None` = off).
+    pub tcp_listen: Option<SocketAddr>,
+    /// TURN over TLS: listening addresses, certificate chain and key files (`None` = off).
+    pub tls: Option<TlsConfig>,
+    pub limits: Limits,
+}
+
+/// The validated `[tls]` section, when TLS is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub listen: Vec<SocketAddr>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `None` = the files are re-read only on reload.
+    pub watch: Option<Duration>,
+}
+
+/// The validated `[limits]` section (0 = no limit where a count).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub unauthenticated_per_ip: u32,
+    pub unauthenticated_total: u32,
+    pub connections_per_ip: u32,
+    pub connections_total: u32,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 /// The validated `[cluster]` section.
@@ -602,6 +747,43 @@ impl Config {
             (_, "") => bail!("sfu.tls_key: required with sfu.tls_cert"),
             (cert, key) => Some((PathBuf::from(cert), PathBuf::from(key))),
         };
+        let tcp_listen = match (file.tcp.enabled, file.tcp.listen.trim()) {
+            (false, _) => None,
+            (true, "") => Some(listen),
+            (true, v) => Some(parse_key("tcp.listen", v)?),
+        };
+        let tls = match (file.tls.cert.trim(), file.tls.key.trim()) {
+            ("", "") => None,
+            ("", _) => bail!("tls.cert: required with tls.key"),
+            (_, "") => bail!("tls.key: required with tls.cert"),
+            (cert, key) => {
+                let listen = if file.tls.listen.is_empty() {
+                    vec![SocketAddr::new(listen.ip(), 443)]
+                } else {
+                    file.tls.listen.iter().map(|v| parse_key("tls.listen", v)).collect::<anyhow::Result<_>>()?
+                };
+                let watch = (file.tls.watch_secs > 0).then(|| Duration::from_secs(file.tls.watch_secs));
+                Some(TlsConfig { listen, cert: PathBuf::from(cert), key: PathBuf::from(key), watch })
+            }
+        };
+        if file.tls.cert.trim().is_empty() && !file.tls.listen.is_empty() {
+            bail!("tls.listen: set tls.cert and tls.key to serve TURN over TLS");
+        }
+        let l = &file.limits;
+        if l.handshake_timeout_secs == 0 {
+            bail!("limits.handshake_timeout_secs: must be positive");
+        }
+        if l.idle_timeout_secs == 0 {
+            bail!("limits.idle_timeout_secs: must be positive");
+        }
+        let limits = Limits {
+            unauthenticated_per_ip: l.unauthenticated_per_ip,
+            unauthenticated_total: l.unauthenticated_total,
+            connections_per_ip: l.connections_per_ip,
+            connections_total: l.connections_total,
+            handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
+            idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+        };
         let log_format = match file.log.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -639,6 +821,9 @@ impl Config {
             log_level: file.log.level.clone(),
             shutdown_grace: Duration::from_secs(file.shutdown.grace_secs),
             cluster,
+            tcp_listen,
+            tls,
+            limits,
         })
     }
 

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use relay::config::{Config, LogFormat, Overrides};
+use relay::shell::reload::{Hooks, SetLogLevel};
 use relay::turn::auth::{rest_password, rest_username};
 use tracing_subscriber::EnvFilter;
 
@@ -55,8 +56,14 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Cmd::Run) {
         Cmd::Run => {
-            init_logging(&config);
-            match relay::shell::run(config) {
+            let set_log_level = init_logging(&config);
+            let (path, overrides) = (cli.config.clone(), cli.overrides.clone());
+            let hooks = Hooks {
+                // A reload reads the same file, environment and flags as the start did.
+                load: Box::new(move || Config::load(path.as_ref(), &overrides).map(|(_, config)| config)),
+                set_log_level,
+            };
+            match relay::shell::run(config, hooks) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -99,13 +106,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Sets up logging; returns what changes the filter later (reload of `log.level`).
+fn init_logging(config: &Config) -> SetLogLevel {
     // Validated in Config::from_file, so this parse succeeds.
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    // The reload handle's type depends on the format, hence a closure per branch.
+    macro_rules! reloading {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |level: &str| {
+                handle.reload(EnvFilter::try_new(level)?)?;
+                Ok(())
+            })
+        }};
+    }
     match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => reloading!(builder),
+        LogFormat::Json => reloading!(builder.json().with_current_span(true).with_span_list(false)),
     }
 }

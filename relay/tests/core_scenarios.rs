@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay::turn::auth::{Credentials, NonceSource, long_term_key, rest_password};
+use relay::turn::limit::Rates;
 use relay::turn::peer_filter::PeerFilter;
 use relay::turn::stats::{AuthFailure, Direction, DropReason};
 use relay::turn::wire::{self, PEER_HEADROOM, PEER_TAILROOM};
@@ -68,6 +69,7 @@ struct Options {
     ports: (u16, u16),
     rfc5766: bool,
     sfu: Vec<&'static str>,
+    unauthenticated: Rates,
 }
 
 impl Default for Options {
@@ -81,6 +83,7 @@ impl Default for Options {
             ports: (MIN_PORT, MAX_PORT),
             rfc5766: false,
             sfu: vec![],
+            unauthenticated: Rates::OFF,
         }
     }
 }
@@ -121,6 +124,7 @@ impl Harness {
             peer_filter: PeerFilter::new(o.allow.iter().map(|a| a.parse().unwrap()).collect(), vec![]),
             own: OwnAddresses { ips: vec![relay_ip()], ports: vec![3478..=3478, o.ports.0..=o.ports.1] },
             sfu: o.sfu.iter().map(|a| a.parse().unwrap()).collect(),
+            unauthenticated: o.unauthenticated,
         };
         let shared = Arc::new(Shared::new(PortPool::new(o.ports.0, o.ports.1, 1), Quotas::new(o.per_user, o.total)));
         Self {
@@ -978,4 +982,46 @@ fn relay_socket_opens_at_the_first_permission_and_a_stolen_port_gives_508() {
     // Expiry closes only the socket that was opened.
     h.advance(600);
     assert_eq!(h.events(), vec![Event::RelayClosed(RelayPort(used_port))]);
+}
+
+#[test]
+fn unauthenticated_answers_are_capped_per_source_without_state() {
+    let rates = Rates { per_source: 20.0, total: 0.0 };
+    let mut h = Harness::with(Options { unauthenticated: rates, ..Default::default() });
+    // A spoofed flood: unsigned Allocates from 5000 ports of one address.
+    let mut answered = 0;
+    for port in 0..5000u16 {
+        let c = Client::rest(&format!("198.51.100.7:{}", 10_000 + port), T0_UNIX + 600, SECRET_A);
+        let (_, out) = h.send_raw(c.addr, &c.build(METHOD_ALLOCATE, &[&udp()]).raw);
+        answered += out.len();
+    }
+    assert_eq!(answered, 20, "one second's burst, then nothing within the same second");
+    assert_eq!(h.server.stats().dropped(DropReason::RateLimited), 4980);
+    assert_eq!(h.server.allocation_count(), 0, "no state for unauthenticated requests");
+    // Another source is answered, and a real client there completes its allocation.
+    let mut other = Client::rest("198.51.100.8:5000", T0_UNIX + 600, SECRET_A);
+    other.relay_port(&mut h);
+    // The flooded source's bucket refills with time: a real client behind it gets through.
+    h.advance(1);
+    let mut victim = Client::rest("198.51.100.7:9999", T0_UNIX + 600, SECRET_A);
+    victim.relay_port(&mut h);
+    // Answers to a source that has an allocation are not limited (its 401s and 438s matter).
+    for _ in 0..100 {
+        let resp = h.request(victim.addr, &victim.build(METHOD_BINDING, &[]));
+        assert!(is_success(&resp));
+    }
+}
+
+#[test]
+fn closing_a_client_removes_its_allocation() {
+    let mut h = Harness::new();
+    let mut c = Client::rest("198.51.100.1:40000", T0_UNIX + 600, SECRET_A);
+    let port = c.relay_port(&mut h);
+    let resp = c.call(&mut h, METHOD_CREATE_PERMISSION, &[&peer("93.184.216.50:9")]);
+    assert!(is_success(&resp));
+    assert!(h.server.has_allocation(ClientAddr(c.addr)));
+    h.server.close_client(ClientAddr(c.addr));
+    assert!(!h.server.has_allocation(ClientAddr(c.addr)));
+    assert_eq!(h.events(), vec![Event::RelayClosed(RelayPort(port))]);
+    assert!(h.peer_sends(port, "93.184.216.50:9".parse().unwrap(), b"late").is_none());
 }

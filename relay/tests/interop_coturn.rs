@@ -1,7 +1,7 @@
 //! Interop with a TURN client nobody here wrote: coturn's `turnutils_uclient`, with
 //! `turnutils_peer` as the echo peer, against the relay started from
 //! `configs/relay-loopback.toml` (loopback peers allowed), authenticating with the TURN REST
-//! secret (`-W`). `scripts/test.sh` installs the Debian `coturn` package for these tools; if they
+//! secret (`-W`), over UDP, TCP (`-t`) and TLS (`-t -S`, a test certificate). `scripts/test.sh` installs the Debian `coturn` package for these tools; if they
 //! are missing the tests fail, saying so, rather than skip.
 
 mod common;
@@ -65,11 +65,12 @@ struct Report {
     output: String,
 }
 
-/// Runs exactly `turnutils_uclient -W <secret> -e 127.0.0.1 -n 1000 -m 10 -l 170 [extra] 127.0.0.1`
+/// Runs exactly `turnutils_uclient -W <secret> -e 127.0.0.1 -n <n> -m 10 -l 170 [extra] 127.0.0.1`
 /// (default ports: the relay on 3478, the peer on 3480) and parses its "Total lost packets" line.
-fn uclient(extra: &[&str]) -> Report {
+/// 10 clients × n messages of 170 bytes, every 20 ms.
+fn uclient(n: u32, extra: &[&str]) -> Report {
     let out = Command::new(tool("turnutils_uclient"))
-        .args(["-W", SECRET, "-e", "127.0.0.1", "-n", "1000", "-m", "10", "-l", "170"])
+        .args(["-W", SECRET, "-e", "127.0.0.1", "-n", &n.to_string(), "-m", "10", "-l", "170"])
         .args(extra)
         .arg("127.0.0.1")
         .output()
@@ -91,9 +92,13 @@ fn relayed(relay: &RelayProcess) -> (f64, f64) {
     )
 }
 
-/// Both modes in one test: they share the default ports 3478 and 3480.
+/// The tests share turnutils_peer's port 3480, so they take turns.
+static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// UDP and TCP, both modes each, in one test: they share the default ports 3478 and 3480.
 #[test]
-fn uclient_channel_and_send_indication_modes_ten_clients_zero_loss() {
+fn uclient_udp_and_tcp_channel_and_send_indication_modes_zero_loss() {
+    let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
     if UdpSocket::bind("127.0.0.1:3478").is_err() {
         panic!("UDP port 3478 is taken (a relay or coturn running here?); the interop test needs it");
     }
@@ -101,7 +106,7 @@ fn uclient_channel_and_send_indication_modes_ten_clients_zero_loss() {
     let _peer = start_peer();
 
     // Channel mode: uclient binds channels and sends ChannelData.
-    let report = uclient(&[]);
+    let report = uclient(1000, &[]);
     assert_eq!(report.lost, 0, "channel mode lost packets:\n{}", report.output);
     let (to_peer, to_client) = relayed(&relay);
     // 10 clients x 1000 messages each way (uclient's RTCP sessions add a few more).
@@ -110,9 +115,50 @@ fn uclient_channel_and_send_indication_modes_ten_clients_zero_loss() {
     assert!(binds >= 10.0, "channel mode bound channels: {binds}");
 
     // Send-indication mode (-s): no channels, Send and Data indications.
-    let report = uclient(&["-s"]);
+    let report = uclient(1000, &["-s"]);
     assert_eq!(report.lost, 0, "send-indication mode lost packets:\n{}", report.output);
     let (to_peer2, to_client2) = relayed(&relay);
     assert!(to_peer2 - to_peer >= 10_000.0 && to_client2 - to_client >= 10_000.0);
     assert_eq!(relay.metric("relay_requests_total{method=\"channel_bind\"}"), binds, "-s binds no channels");
+
+    // TURN over TCP (-t) on the same port, channels, then Send indications.
+    let before = relayed(&relay);
+    let report = uclient(400, &["-t"]);
+    assert_eq!(report.lost, 0, "TCP lost packets:\n{}", report.output);
+    let report = uclient(400, &["-t", "-s"]);
+    assert_eq!(report.lost, 0, "TCP send-indication mode lost packets:\n{}", report.output);
+    let after = relayed(&relay);
+    // 10 clients × 400 messages each way, twice.
+    assert!(after.0 - before.0 >= 8_000.0 && after.1 - before.1 >= 8_000.0, "{before:?} -> {after:?}");
+    let accepted = relay.metric("relay_connections_total{event=\"accepted\"}");
+    assert!(accepted >= 20.0, "uclient connected over TCP: {accepted}");
+    assert_eq!(relay.metric("relay_connections_total{event=\"bad_framing\"}"), 0.0);
+    assert_eq!(relay.metric("relay_dropped_packets_total{reason=\"send_buffer_full\"}"), 0.0);
+}
+
+/// TURN over TLS: uclient's `-t -S` against the TLS listener (rustls, a generated certificate)
+/// on an ephemeral port, channels and then Send indications. It takes turns with the test above
+/// for turnutils_peer's port.
+#[test]
+fn uclient_over_tls_zero_loss() {
+    let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = common::temp_dir("uclient-tls");
+    let (cert, key) = common::test_certificate(&dir, "turn");
+    let relay = RelayProcess::start(
+        "relay-loopback.toml",
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--tls-listen", "127.0.0.1:0"],
+    );
+    let tls = relay.tls[0];
+    let _peer = start_peer();
+    let port = tls.port().to_string();
+    let report = uclient(400, &["-t", "-S", "-p", &port]);
+    assert_eq!(report.lost, 0, "TLS lost packets:\n{}", report.output);
+    let report = uclient(400, &["-t", "-S", "-s", "-p", &port]);
+    assert_eq!(report.lost, 0, "TLS send-indication mode lost packets:\n{}", report.output);
+    let (to_peer, to_client) = relayed(&relay);
+    assert!(to_peer >= 8_000.0 && to_client >= 8_000.0, "{to_peer} / {to_client}");
+    let m = relay.metrics();
+    assert_eq!(common::metric_value(&m, "relay_allocations_active"), 0.0, "closed connections free their allocations");
+    assert_eq!(common::metric_value(&m, "relay_connections_open"), 0.0);
+    std::fs::remove_dir_all(dir).ok();
 }

@@ -319,12 +319,8 @@ fn ten_seconds_of_junk_on_the_shared_port_leave_the_viewers_served() {
 
 #[test]
 fn whip_over_https_with_the_configured_certificate() {
-    let dir = std::env::temp_dir().join(format!("relay-sfu-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let dir = common::temp_dir("sfu-tls");
+    let (cert, key) = common::test_certificate(&dir, "sfu");
 
     // Bad TLS settings fail at start, naming the key.
     let missing = dir.join("missing.pem");
@@ -350,7 +346,7 @@ fn whip_over_https_with_the_configured_certificate() {
     );
     let base = relay.sfu_http();
     assert!(base.starts_with("https://127.0.0.1:"), "{base}");
-    let trusted = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap();
+    let trusted = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
     let http = Http::new(base, reqwest::Client::builder().add_root_certificate(trusted).no_proxy().build().unwrap());
     let (mut machine, offer, pending) = Peer::new(relay.udp, Direction::SendOnly);
     let publisher = token(MediaRole::Publisher, "cab-1", None);

@@ -27,7 +27,6 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::control::Control;
 use super::metrics::{ClusterMetrics, Metrics};
 use crate::config::ClusterConfig;
-use crate::turn::auth::Credentials;
 
 /// How long one heartbeat may take, connection included. Equal to the default interval, so a
 /// hanging signaling still sees a heartbeat attempt about every interval.
@@ -48,10 +47,6 @@ pub struct Settings {
     pub turn_udp_port: u16,
     /// allocations.max_total (0 = unlimited).
     pub max_allocations: u64,
-    /// What credentials are rebuilt from when signaling's secrets change.
-    pub realm: String,
-    pub users: Vec<(String, String)>,
-    pub config_secrets: Vec<String>,
     /// Unix seconds when the process started.
     pub started_at: u64,
     /// Public base URL of the SFU's WHIP/WHEP endpoints, when it runs.
@@ -219,10 +214,7 @@ impl Heartbeater {
             if empty > 0 {
                 warn!(version = secrets.version, empty, "signaling sent empty secrets; ignoring those");
             }
-            let keys = merged_secrets(&secrets.keys, &self.settings.config_secrets);
-            self.control.set_media_keys(keys.clone());
-            let credentials = Credentials::new(&self.settings.realm, &self.settings.users, keys);
-            self.control.set_credentials(Arc::new(credentials));
+            self.control.set_signaling_secrets(&secrets.keys);
             info!(
                 version = secrets.version,
                 previous = self.secrets_version,
@@ -240,18 +232,6 @@ fn next_interval(interval_ms: u64) -> Duration {
         return INTERVAL;
     }
     Duration::from_millis(interval_ms).clamp(MIN_INTERVAL, MAX_INTERVAL)
-}
-
-/// The REST secrets to accept: signaling's (newest first, as it sends them), then the config's,
-/// without empty keys (anyone could sign with those) or repeats.
-fn merged_secrets(signaling: &[String], config: &[String]) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = Vec::with_capacity(signaling.len() + config.len());
-    for key in signaling.iter().chain(config) {
-        if !key.is_empty() && !out.iter().any(|k| k == key.as_bytes()) {
-            out.push(key.as_bytes().to_vec());
-        }
-    }
-    out
 }
 
 fn is_loopback_host(url: &reqwest::Url) -> bool {
@@ -430,14 +410,6 @@ mod tests {
         assert_eq!(next_interval(1), MIN_INTERVAL);
         assert_eq!(next_interval(600_000), MAX_INTERVAL);
         assert_eq!(next_interval(0), INTERVAL, "0 = not given");
-    }
-
-    #[test]
-    fn signaling_secrets_come_first_without_empties_or_repeats() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let merged = merged_secrets(&s(&["new", "", "old"]), &s(&["conf", "old"]));
-        assert_eq!(merged, vec![b"new".to_vec(), b"old".to_vec(), b"conf".to_vec()]);
-        assert!(merged_secrets(&[], &[]).is_empty());
     }
 
     #[test]

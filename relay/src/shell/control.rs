@@ -1,5 +1,10 @@
-//! What the main thread and the cluster task use to steer running workers: whether they take new
-//! allocations, and which credentials they accept.
+//! What the main thread, the cluster task and a reload use to steer running workers: whether
+//! they take new allocations, which credentials they accept, and their settings.
+//!
+//! Credentials have two sources: the config (`auth.*`, re-read on reload) and signaling's
+//! secrets (heartbeat replies). Either changing rebuilds them from both: signaling's secrets
+//! first (newest), then the config's, then the static users. Running allocations keep the key
+//! they were created with.
 //!
 //! Two things drain the relay: SIGTERM (shutdown) and signaling's drain command. They are kept
 //! apart so that signaling's undrain cannot reverse a shutdown: the relay drains while either asks.
@@ -14,6 +19,16 @@ use cluster::heartbeat::RelayState;
 
 use super::worker::Command;
 use crate::turn::auth::Credentials;
+
+/// Where credentials come from.
+#[derive(Debug, Clone, Default)]
+struct AuthSources {
+    realm: String,
+    users: Vec<(String, String)>,
+    config_secrets: Vec<String>,
+    /// `None` until signaling's first secrets.
+    signaling_secrets: Option<Vec<String>>,
+}
 
 /// Why the relay takes no new allocations, if it does not.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,6 +57,7 @@ pub struct Control {
     reasons: Mutex<DrainReasons>,
     /// The secrets media tokens (WHIP/WHEP) are checked with: the TURN REST secrets in force.
     media_keys: Arc<std::sync::RwLock<Vec<Vec<u8>>>>,
+    auth: Mutex<AuthSources>,
 }
 
 impl Control {
@@ -51,7 +67,36 @@ impl Control {
             draining: Arc::new(AtomicBool::new(false)),
             reasons: Mutex::new(DrainReasons::default()),
             media_keys: Arc::default(),
+            auth: Mutex::default(),
         }
+    }
+
+    /// The config's credentials (at start and on reload). Workers get credentials built from
+    /// these and signaling's secrets; media tokens are checked with the same secrets.
+    pub fn set_config_auth(&self, realm: &str, users: &[(String, String)], secrets: &[String]) {
+        let mut auth = self.auth.lock().unwrap_or_else(|e| e.into_inner());
+        auth.realm = realm.to_owned();
+        auth.users = users.to_vec();
+        auth.config_secrets = secrets.to_vec();
+        self.apply_auth(&auth);
+    }
+
+    /// Signaling's secrets (newest first), from a heartbeat reply.
+    pub fn set_signaling_secrets(&self, secrets: &[String]) {
+        let mut auth = self.auth.lock().unwrap_or_else(|e| e.into_inner());
+        auth.signaling_secrets = Some(secrets.to_vec());
+        self.apply_auth(&auth);
+    }
+
+    fn apply_auth(&self, auth: &AuthSources) {
+        let keys = merged_secrets(auth.signaling_secrets.as_deref().unwrap_or_default(), &auth.config_secrets);
+        self.set_media_keys(keys.clone());
+        self.set_credentials(Arc::new(Credentials::new(&auth.realm, &auth.users, keys)));
+    }
+
+    /// Sends a command to every worker (settings on reload).
+    pub fn broadcast(&self, command: Command) {
+        self.tell_all(&command);
     }
 
     /// The secrets media tokens are checked with, shared with the WHIP/WHEP handlers.
@@ -123,6 +168,18 @@ impl Control {
     }
 }
 
+/// The REST secrets to accept: signaling's (newest first, as it sends them), then the config's,
+/// without empty keys (anyone could sign with those) or repeats.
+fn merged_secrets(signaling: &[String], config: &[String]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(signaling.len() + config.len());
+    for key in signaling.iter().chain(config) {
+        if !key.is_empty() && !out.iter().any(|k| k == key.as_bytes()) {
+            out.push(key.as_bytes().to_vec());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +225,24 @@ mod tests {
         control.set_signaling_drain(false);
         assert_eq!(drained(&rx), vec![true]);
         assert_eq!(control.reasons(), DrainReasons { shutdown: true, signaling: false });
+    }
+
+    #[test]
+    fn signaling_secrets_come_first_without_empties_or_repeats() {
+        let merged = merged_secrets(&["new".into(), "".into(), "old".into()], &["old".into(), "cfg".into()]);
+        assert_eq!(merged, vec![b"new".to_vec(), b"old".to_vec(), b"cfg".to_vec()]);
+        assert!(merged_secrets(&[], &[]).is_empty());
+    }
+
+    #[test]
+    fn config_and_signaling_secrets_both_count_after_either_changes() {
+        let (control, rx, _poll) = control();
+        control.set_config_auth("r", &[], &["cfg".into()]);
+        control.set_signaling_secrets(&["sig".into()]);
+        control.set_config_auth("r", &[], &["cfg2".into()]);
+        let keys = control.media_keys().read().unwrap().clone();
+        assert_eq!(keys, vec![b"sig".to_vec(), b"cfg2".to_vec()], "signaling's stay when the config is reloaded");
+        assert_eq!(rx.try_iter().filter(|c| matches!(c, Command::SetCredentials(_))).count(), 3);
     }
 
     #[test]

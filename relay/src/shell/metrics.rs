@@ -12,7 +12,7 @@ use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVe
 use super::sfu::{SfuHandle, SfuSnapshot};
 
 use crate::turn::Shared;
-use crate::turn::stats::{AuthFailure, Direction, DropReason, ERROR_CODES, Method, Stats};
+use crate::turn::stats::{AuthFailure, ConnEvent, Direction, DropReason, ERROR_CODES, Method, Stats};
 
 /// Reads one series' value from one worker's counters.
 type Read = Box<dyn Fn(&Stats) -> u64 + Send + Sync>;
@@ -29,6 +29,7 @@ pub struct Metrics {
     allocations_active: IntGauge,
     relay_sockets_open: IntGauge,
     relay_ports_free: IntGauge,
+    connections_open: IntGauge,
     draining_gauge: IntGauge,
     counters: Vec<(IntCounter, Read)>,
     seen: Mutex<Seen>,
@@ -49,7 +50,14 @@ struct SfuMetrics {
 }
 
 impl Metrics {
-    pub fn new(workers: Vec<Arc<Stats>>, shared: Arc<Shared>, draining: Arc<AtomicBool>) -> prometheus::Result<Self> {
+    /// `workers` holds the counters of every `TurnServer`: the UDP workers' and the TCP/TLS
+    /// listeners'; `threads` is the number of UDP worker threads.
+    pub fn new(
+        workers: Vec<Arc<Stats>>,
+        threads: usize,
+        shared: Arc<Shared>,
+        draining: Arc<AtomicBool>,
+    ) -> prometheus::Result<Self> {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
             let g = IntGauge::new(name, help)?;
@@ -64,7 +72,8 @@ impl Metrics {
         let relay_ports_free = gauge("relay_relay_ports_free", "Relay ports free in the configured range.")?;
         let draining_gauge = gauge("relay_draining", "1 while the relay drains (takes no new allocations).")?;
         let workers_gauge = gauge("relay_workers", "Worker threads (one SO_REUSEPORT socket each).")?;
-        workers_gauge.set(workers.len() as i64);
+        workers_gauge.set(threads as i64);
+        let connections_open = gauge("relay_connections_open", "TURN over TCP and TLS connections open.")?;
 
         let mut counters: Vec<(IntCounter, Read)> = Vec::new();
         let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
@@ -126,6 +135,11 @@ impl Metrics {
             ERROR_CODES.iter().map(u16::to_string).collect(),
             |s, i| s.error_responses[i].get(),
         );
+        labelled(
+            vec("relay_connections_total", "TURN over TCP and TLS connections, by what happened.", "event")?,
+            ConnEvent::ALL.iter().map(|x| x.as_str().to_owned()).collect(),
+            |s, i| s.connections[i].get(),
+        );
 
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
@@ -139,6 +153,7 @@ impl Metrics {
             allocations_active,
             relay_sockets_open,
             relay_ports_free,
+            connections_open,
             draining_gauge,
             counters,
             seen,
@@ -264,6 +279,7 @@ impl Metrics {
         self.allocations_active.set(self.allocations());
         self.relay_sockets_open.set(self.workers.iter().map(|w| w.relay_sockets_open.get()).sum());
         self.relay_ports_free.set(self.shared.free_ports() as i64);
+        self.connections_open.set(self.workers.iter().map(|w| w.connections_open.get()).sum());
         self.draining_gauge.set(i64::from(self.draining.load(Ordering::Relaxed)));
         if let Some(sfu) = self.sfu.get() {
             let snap = sfu.handle.snapshot();

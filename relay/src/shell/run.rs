@@ -5,6 +5,9 @@
 //!   refreshed, `/healthz` turns 503, and the process exits when the last allocation is gone or
 //!   `shutdown.grace_secs` have passed, whichever is first.
 //! - SIGINT (or a second signal during the drain) exits at once.
+//! - SIGHUP (or `POST /reload` on the admin listener) re-reads the configuration and applies
+//!   what can change live (`shell::reload`); renewed TLS certificate files are picked up on
+//!   their own every `tls.watch_secs`.
 //! - With `cluster.signaling_url` set, a task on this thread's runtime heartbeats to signaling
 //!   (`shell::cluster`), which can drain and undrain the relay and rotate its TURN REST secrets
 //!   without a restart. Signaling's drain keeps the process running; it is no shutdown.
@@ -26,11 +29,14 @@ use super::admin::{self, AdminState};
 use super::cluster::{self, Heartbeater};
 use super::control::{Control, WorkerLink};
 use super::metrics::Metrics;
+use super::reload::{self, Hooks, Live};
 use super::sfu;
+use super::stream::{self, ConnTable, StreamListener, StreamSettings, StreamWorker, Transport};
 use super::udp;
 use super::worker::{SocketSettings, Worker};
 use crate::config::{Config, EXAMPLE_SECRET};
 use crate::turn::auth::{Credentials, NonceSource};
+use crate::turn::limit::Rates;
 use crate::turn::peer_filter::PeerFilter;
 use crate::turn::{OwnAddresses, PortPool, Quotas, ServerConfig, Shared, TurnServer};
 
@@ -41,6 +47,10 @@ pub struct Relay {
     pub admin: SocketAddr,
     /// The WHIP/WHEP endpoint, when the SFU runs.
     pub sfu_http: Option<SocketAddr>,
+    /// TURN over TCP, when on.
+    pub tcp: Option<SocketAddr>,
+    /// TURN over TLS.
+    pub tls: Vec<SocketAddr>,
 }
 
 /// Tells the main thread when a worker exits, however it exits (including by panic).
@@ -52,37 +62,103 @@ impl Drop for ExitNotice {
     }
 }
 
-/// The TURN core's settings; `listen` is the bound listening address (its port may have been 0
-/// in the config), `sfu` the SFU's candidates when it runs.
-fn server_config(config: &Config, listen: SocketAddr, sfu: Vec<SocketAddr>) -> anyhow::Result<ServerConfig> {
-    let mut nonce_key = [0u8; 32];
-    rand::rng().fill(&mut nonce_key);
-    let credentials =
-        Credentials::new(&config.realm, &config.users, config.secrets.iter().map(|s| s.as_bytes().to_vec()).collect());
-    let mut own_ips = vec![config.listen.ip(), config.relay_ip];
-    own_ips.extend(config.external_ip);
-    // With a wildcard listen address every local address reaches the relay.
-    match if_addrs::get_if_addrs() {
-        Ok(ifaces) => own_ips.extend(ifaces.into_iter().map(|i| i.ip())),
-        Err(e) => warn!(error = %e, "cannot list local addresses; self-relay check covers only configured ones"),
+/// What the TURN core's settings are built from besides the config: fixed for the process.
+#[derive(Clone)]
+struct CoreBase {
+    nonce_key: [u8; 32],
+    epoch: Instant,
+    own: OwnAddresses,
+    sfu: Vec<SocketAddr>,
+    /// The `limits.unauthenticated_total` share of each core is 1/cores of it.
+    cores: usize,
+}
+
+impl CoreBase {
+    /// `listen` is the bound UDP address (its port may have been 0 in the config), `sfu` the
+    /// SFU's candidates when it runs.
+    fn new(config: &Config, listen: SocketAddr, sfu: Vec<SocketAddr>) -> Self {
+        let mut nonce_key = [0u8; 32];
+        rand::rng().fill(&mut nonce_key);
+        let mut own_ips = vec![config.listen.ip(), config.relay_ip];
+        own_ips.extend(config.external_ip);
+        // With a wildcard listen address every local address reaches the relay.
+        match if_addrs::get_if_addrs() {
+            Ok(ifaces) => own_ips.extend(ifaces.into_iter().map(|i| i.ip())),
+            Err(e) => warn!(error = %e, "cannot list local addresses; self-relay check covers only configured ones"),
+        }
+        own_ips.sort_unstable();
+        own_ips.dedup();
+        Self {
+            nonce_key,
+            epoch: Instant::now(),
+            own: OwnAddresses { ips: own_ips, ports: vec![listen.port()..=listen.port(), config.ports.clone()] },
+            sfu,
+            cores: config.workers.max(1),
+        }
     }
-    own_ips.sort_unstable();
-    own_ips.dedup();
-    Ok(ServerConfig {
-        software: config.software.clone(),
-        credentials,
-        nonces: NonceSource::new(nonce_key, Instant::now(), config.nonce_lifetime),
-        relay_ip: config.relay_ip,
-        advertised_ip: config.advertised_ip(),
-        default_lifetime: config.default_lifetime,
-        max_lifetime: config.max_lifetime,
-        max_permissions: config.max_permissions,
-        max_channels: config.max_channels,
-        rfc5766_channel_numbers: config.rfc5766_channel_numbers,
-        peer_filter: PeerFilter::new(config.allow_peers.clone(), config.deny_peers.clone()),
-        own: OwnAddresses { ips: own_ips, ports: vec![listen.port()..=listen.port(), config.ports.clone()] },
-        sfu,
-    })
+
+    /// The TURN core's settings under `config`.
+    fn server_config(&self, config: &Config) -> ServerConfig {
+        let credentials = Credentials::new(
+            &config.realm,
+            &config.users,
+            config.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        );
+        let limits = &config.limits;
+        ServerConfig {
+            software: config.software.clone(),
+            credentials,
+            nonces: NonceSource::new(self.nonce_key, self.epoch, config.nonce_lifetime),
+            relay_ip: config.relay_ip,
+            advertised_ip: config.advertised_ip(),
+            default_lifetime: config.default_lifetime,
+            max_lifetime: config.max_lifetime,
+            max_permissions: config.max_permissions,
+            max_channels: config.max_channels,
+            rfc5766_channel_numbers: config.rfc5766_channel_numbers,
+            peer_filter: PeerFilter::new(config.allow_peers.clone(), config.deny_peers.clone()),
+            own: self.own.clone(),
+            sfu: self.sfu.clone(),
+            unauthenticated: Rates {
+                per_source: limits.unauthenticated_per_ip as f32,
+                total: limits.unauthenticated_total as f32 / self.cores as f32,
+            },
+        }
+    }
+}
+
+/// Binds the TCP and TLS listening sockets: `workers` SO_REUSEPORT sockets per address, the
+/// first deciding the port where the config says 0 (TCP on server.listen's address then takes
+/// the UDP port). Returns the sockets per worker and the bound addresses.
+#[allow(clippy::type_complexity)]
+fn bind_streams(
+    config: &Config,
+    udp: SocketAddr,
+) -> anyhow::Result<(Vec<Vec<StreamListener>>, Option<SocketAddr>, Vec<SocketAddr>)> {
+    let mut wanted: Vec<(SocketAddr, Transport, &str)> = Vec::new();
+    if let Some(tcp) = config.tcp_listen {
+        let tcp = if tcp == config.listen { udp } else { tcp };
+        wanted.push((tcp, Transport::Tcp, "tcp.listen"));
+    }
+    for addr in config.tls.iter().flat_map(|t| &t.listen) {
+        wanted.push((*addr, Transport::Tls, "tls.listen"));
+    }
+    let mut per_worker: Vec<Vec<StreamListener>> = (0..config.workers).map(|_| Vec::new()).collect();
+    let (mut tcp, mut tls) = (None, Vec::new());
+    for (addr, transport, key) in wanted {
+        let first = stream::bind_listener(addr).with_context(|| format!("{key}: cannot bind TCP {addr}"))?;
+        let bound = first.local_addr()?;
+        per_worker[0].push(StreamListener { socket: first, transport });
+        for worker in per_worker.iter_mut().skip(1) {
+            let socket = stream::bind_listener(bound).with_context(|| format!("{key}: cannot bind TCP {bound}"))?;
+            worker.push(StreamListener { socket, transport });
+        }
+        match transport {
+            Transport::Tcp => tcp = Some(bound),
+            Transport::Tls => tls.push(bound),
+        }
+    }
+    Ok((per_worker, tcp, tls))
 }
 
 /// Raises the open-file limit to its hard maximum: every allocation holds a socket.
@@ -103,8 +179,8 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Runs the relay until a signal ends it. Blocks the calling thread.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the relay until a signal ends it. Blocks the calling thread. `hooks` serve reloads.
+pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
     let started_at = unix_now();
     raise_fd_limit();
     if config.secrets.iter().any(|s| s == EXAMPLE_SECRET) && !config.advertised_ip().is_loopback() {
@@ -143,7 +219,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 .block_on(tokio::net::TcpListener::bind(addr))
                 .with_context(|| format!("sfu.http_listen: cannot bind TCP {addr}"))?;
             let tls = match &config.sfu_tls {
-                Some((cert, key)) => Some(super::tls::server_config(cert, key)?),
+                Some((cert, key)) => {
+                    let tls = super::tls::server_config(cert, key, super::tls::SFU_KEYS, &[b"http/1.1"])?;
+                    Some(Arc::new(std::sync::RwLock::new(tls)))
+                }
                 None => None,
             };
             let public = SocketAddr::new(config.advertised_ip(), listen.port());
@@ -156,7 +235,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let sfu_candidates =
         if sfu.is_some() { vec![SocketAddr::new(config.advertised_ip(), listen.port())] } else { Vec::new() };
-    let server_config = Arc::new(server_config(&config, listen, sfu_candidates)?);
+    let base = CoreBase::new(&config, listen, sfu_candidates);
+    let server_config = Arc::new(base.server_config(&config));
+    let (stream_listeners, tcp_addr, tls_addrs) = bind_streams(&config, listen)?;
+    let turn_tls = match &config.tls {
+        Some(t) => Some(super::tls::server_config(&t.cert, &t.key, super::tls::TURN_KEYS, &[])?),
+        None => None,
+    };
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel();
     let now = Instant::now();
@@ -184,28 +269,68 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         threads.push(thread);
         links.push(WorkerLink { commands: tx, waker });
     }
+    // TURN over TCP and TLS: as many threads as UDP workers, each with a core per listener.
+    let stream_settings = StreamSettings {
+        relay_ip: config.relay_ip,
+        relay_buffer: config.relay_socket_buffer_bytes,
+        limits: reload::conn_limits(&config),
+        table: Arc::new(ConnTable::default()),
+        tls: turn_tls,
+    };
+    for (i, listeners) in stream_listeners.into_iter().enumerate().filter(|(_, l)| !l.is_empty()) {
+        let mut with_cores = Vec::new();
+        for l in listeners {
+            let server =
+                TurnServer::new(Arc::clone(&server_config), Arc::clone(&shared), now, unix_now(), seed.random());
+            stats.push(server.stats());
+            with_cores.push((l, server));
+        }
+        let (tx, rx) = mpsc::channel();
+        let (worker, waker) =
+            StreamWorker::new(with_cores, stream_settings.clone(), rx).context("creating TCP/TLS event loop")?;
+        let notice = ExitNotice(config.workers + i, exit_tx.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("relay-stream-{i}"))
+            .spawn(move || {
+                let _notice = notice;
+                worker.run();
+            })
+            .context("spawning TCP/TLS worker thread")?;
+        threads.push(thread);
+        links.push(WorkerLink { commands: tx, waker });
+    }
 
     let control = Arc::new(Control::new(links));
-    control.set_media_keys(config.secrets.iter().filter(|s| !s.is_empty()).map(|s| s.as_bytes().to_vec()).collect());
+    control.set_config_auth(&config.realm, &config.users, &config.secrets);
     let (sfu_handle, sfu_thread, sfu_http) = match sfu {
         Some((handle, thread, http)) => (Some(handle), Some(thread), Some(http)),
         None => (None, None, None),
     };
     let sfu_addr = sfu_http.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
-    let metrics = Arc::new(Metrics::new(stats, Arc::clone(&shared), control.draining_flag())?);
+    let metrics = Arc::new(Metrics::new(stats, config.workers, Arc::clone(&shared), control.draining_flag())?);
     if let Some(handle) = &sfu_handle {
         metrics.attach_sfu(handle.clone())?;
     }
-    let state = AdminState { metrics: Arc::clone(&metrics), draining: control.draining_flag() };
+    let sfu_cell = sfu_http.as_ref().and_then(|(_, tls)| tls.clone());
+    let live = {
+        let base = base.clone();
+        Arc::new(Live::new(
+            hooks,
+            config.clone(),
+            Box::new(move |c| base.server_config(c)),
+            Arc::clone(&control),
+            Arc::clone(&shared),
+            sfu_cell,
+        ))
+    };
+    let state =
+        AdminState { metrics: Arc::clone(&metrics), draining: control.draining_flag(), live: Arc::clone(&live) };
     let heartbeater = match &config.cluster {
         Some(cluster) => {
             let settings = cluster::Settings {
                 cluster: cluster.clone(),
                 turn_udp_port: listen.port(),
                 max_allocations: u64::from(config.max_total),
-                realm: config.realm.clone(),
-                users: config.users.clone(),
-                config_secrets: config.secrets.clone(),
                 started_at,
                 sfu_url: sfu_addr.map(|addr| sfu_public_url(&config, &cluster.public_host, addr)),
             };
@@ -215,12 +340,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     // Handlers go in before the banner: whoever reads "ready" may signal us right away, and a
     // signal before the handler exists would kill the process without draining.
-    let (mut term, mut int) = runtime.block_on(async {
+    let (mut term, mut int, mut hup) = runtime.block_on(async {
         let term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        anyhow::Ok((term, int))
+        let hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        anyhow::Ok((term, int, hup))
     })?;
-    let relay = Relay { listen, admin: admin_addr, sfu_http: sfu_addr };
+    let relay = Relay { listen, admin: admin_addr, sfu_http: sfu_addr, tcp: tcp_addr, tls: tls_addrs };
     print_banner(&config, &relay);
     info!(udp = %listen, admin = %admin_addr, workers = threads.len(), "relay started");
 
@@ -255,13 +381,32 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
         }
-        tokio::select! {
-            _ = int.recv() => {
-                info!("SIGINT: exiting now");
-                return Ok(());
+        // Certificate renewals are looked for this often (an hour when neither listener has TLS:
+        // the timer then finds nothing to do).
+        let watch = config.tls.as_ref().and_then(|t| t.watch).unwrap_or(Duration::from_secs(3600));
+        let mut watch = tokio::time::interval_at(tokio::time::Instant::now() + watch, watch);
+        loop {
+            tokio::select! {
+                _ = int.recv() => {
+                    info!("SIGINT: exiting now");
+                    return Ok(());
+                }
+                Some(i) = exit_rx.recv() => anyhow::bail!("worker {i} exited unexpectedly"),
+                _ = hup.recv() => {
+                    let live = Arc::clone(&live);
+                    // Reading files: off the runtime's only thread.
+                    match tokio::task::spawn_blocking(move || live.reload()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => error!("SIGHUP: reload failed, settings unchanged: {e:#}"),
+                        Err(e) => error!(error = %e, "SIGHUP: reload task failed"),
+                    }
+                }
+                _ = watch.tick() => {
+                    let live = Arc::clone(&live);
+                    let _ = tokio::task::spawn_blocking(move || live.check_certificates()).await;
+                }
+                _ = term.recv() => break,
             }
-            Some(i) = exit_rx.recv() => anyhow::bail!("worker {i} exited unexpectedly"),
-            _ = term.recv() => {}
         }
         let deadline = tokio::time::Instant::now() + config.shutdown_grace;
         info!(allocations = metrics.allocations(), grace_s = config.shutdown_grace.as_secs(), "SIGTERM: draining");
@@ -274,13 +419,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 _ = term.recv() => { info!("second SIGTERM: exiting now"); break; }
                 Some(i) = exit_rx.recv() => anyhow::bail!("worker {i} exited unexpectedly"),
             }
-            let left = metrics.allocations();
+            let left = metrics.allocations() + sfu_handle.as_ref().map_or(0, |h| h.snapshot().peers as i64);
             if left == 0 {
-                info!("drained: no allocations left");
+                info!("drained: no allocations or SFU sessions left");
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                warn!(allocations = left, "grace period over: exiting with allocations still active");
+                warn!(sessions = left, "grace period over: exiting with allocations or SFU sessions still active");
                 break;
             }
         }
@@ -319,6 +464,12 @@ fn print_banner(config: &Config, relay: &Relay) {
     let uri_host = if host.is_ipv6() { format!("[{host}]") } else { host.to_string() };
     println!("relay {} ready", env!("CARGO_PKG_VERSION"));
     println!("  STUN/TURN   udp://{}  ({} worker threads)", relay.listen, config.workers);
+    if let Some(tcp) = relay.tcp {
+        println!("  TURN/TCP    tcp://{tcp}");
+    }
+    for tls in &relay.tls {
+        println!("  TURN/TLS    tls://{tls}");
+    }
     println!(
         "  relay ports {}-{} on {}, advertised as {}",
         config.ports.start(),
@@ -335,10 +486,12 @@ fn print_banner(config: &Config, relay: &Relay) {
     }
     println!("  metrics     http://{}/metrics", relay.admin);
     println!("  health      http://{}/healthz", relay.admin);
-    println!(
-        "  ICE server  {{\"urls\": [\"stun:{uri_host}:{0}\", \"turn:{uri_host}:{0}?transport=udp\"], ...}}",
-        relay.listen.port()
-    );
+    let mut urls = vec![format!("stun:{uri_host}:{}", relay.listen.port())];
+    urls.push(format!("turn:{uri_host}:{}?transport=udp", relay.listen.port()));
+    urls.extend(relay.tcp.map(|a| format!("turn:{uri_host}:{}?transport=tcp", a.port())));
+    // turns: needs the certificate's host name; the address stands in for it here.
+    urls.extend(relay.tls.first().map(|a| format!("turns:{uri_host}:{}?transport=tcp", a.port())));
+    println!("  ICE server  {{\"urls\": {}, ...}}", serde_json::to_string(&urls).unwrap_or_default());
     match &config.cluster {
         Some(c) => println!(
             "  cluster     signaling {} as relay {:?} in region {:?}, public host {}",

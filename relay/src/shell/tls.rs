@@ -1,6 +1,8 @@
-//! HTTPS for the SFU's WHIP/WHEP listener: rustls with a certificate chain and key from PEM
-//! files (`sfu.tls_cert`, `sfu.tls_key`), so a game page served over https can call the relay
-//! without a proxy in front. Handshakes run in their own tasks with a deadline and a cap on how
+//! TLS settings from PEM files, for TURN over TLS (`tls.cert`, `tls.key`, served by
+//! `shell::stream`) and for HTTPS on the SFU's WHIP/WHEP listener (`sfu.tls_cert`,
+//! `sfu.tls_key`), so a game page served over https can call the relay without a proxy in front.
+//!
+//! For WHIP/WHEP Handshakes run in their own tasks with a deadline and a cap on how
 //! many run at once, so a slow or silent client holds up nobody else; the finished streams are
 //! handed to axum through [`TlsListener`].
 
@@ -23,26 +25,40 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at most; further connections wait to be accepted.
 const MAX_HANDSHAKES: usize = 256;
 
-/// The rustls server settings from the PEM files; errors name the config key at fault.
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// Which config keys name the files, for error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Keys {
+    pub cert: &'static str,
+    pub key: &'static str,
+}
+
+pub const TURN_KEYS: Keys = Keys { cert: "tls.cert", key: "tls.key" };
+pub const SFU_KEYS: Keys = Keys { cert: "sfu.tls_cert", key: "sfu.tls_key" };
+
+/// The rustls server settings (TLS 1.2 and 1.3) from the PEM files; errors name the config key
+/// at fault. `alpn` is what the server agrees to (empty: no ALPN, whatever the client offers).
+pub fn server_config(cert: &Path, key: &Path, keys: Keys, alpn: &[&[u8]]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_file_iter(cert).and_then(|certs| certs.collect::<Result<_, _>>()).map_err(|e| {
-            anyhow::anyhow!("sfu.tls_cert: cannot read a PEM certificate chain from {}: {e}", cert.display())
+            anyhow::anyhow!("{}: cannot read a PEM certificate chain from {}: {e}", keys.cert, cert.display())
         })?;
     if certs.is_empty() {
-        bail!("sfu.tls_cert: no certificate in {}", cert.display());
+        bail!("{}: no certificate in {}", keys.cert, cert.display());
     }
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| anyhow::anyhow!("sfu.tls_key: cannot read a PEM private key from {}: {e}", key.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: cannot read a PEM private key from {}: {e}", keys.key, key.display()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .context("sfu.tls_cert: TLS settings")?
+        .with_context(|| format!("{}: TLS settings", keys.cert))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("sfu.tls_key: does not match sfu.tls_cert, or is of an unsupported kind")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        .with_context(|| format!("{}: does not match {}, or is of an unsupported kind", keys.key, keys.cert))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
+
+/// The current TLS settings of a listener, replaced when the files are renewed.
+pub type TlsCell = Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>;
 
 /// TLS connections whose handshake completed, for `axum::serve`.
 pub struct TlsListener {
@@ -52,10 +68,10 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Accepts on `tcp` in a background task (call within a Tokio runtime).
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+    /// Each connection gets the settings in `config` at the time it is accepted.
+    pub fn new(tcp: TcpListener, config: TlsCell) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
         let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
@@ -72,7 +88,8 @@ impl TlsListener {
                 if tx.is_closed() {
                     return;
                 }
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let current = Arc::clone(&config.read().unwrap_or_else(|e| e.into_inner()));
+                let (acceptor, tx) = (TlsAcceptor::from(current), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {

@@ -31,7 +31,7 @@ use super::udp::{self, RecvBatch, SendBatch, SendQueue, SendStats};
 use crate::turn::auth::Credentials;
 use crate::turn::stats::{DropReason, Stats};
 use crate::turn::wire::PEER_HEADROOM;
-use crate::turn::{ClientAddr, Event, Forward, PeerAddr, RelayPort, RelaySockets, ToClient, TurnServer};
+use crate::turn::{ClientAddr, Event, Forward, PeerAddr, RelayPort, RelaySockets, ServerConfig, ToClient, TurnServer};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -48,8 +48,14 @@ pub enum Command {
     /// Stop (true) or resume (false) accepting new allocations: SIGTERM, or signaling's drain
     /// command. The main thread decides which wins (`shell::control`).
     SetDraining(bool),
-    /// Accept these credentials for new allocations from now on (secrets from signaling).
+    /// Accept these credentials for new allocations from now on (secrets from signaling, reload).
     SetCredentials(Arc<Credentials>),
+    /// New core settings (reload): peer filter, lifetimes, caps, rate limits.
+    SetConfig(Arc<ServerConfig>),
+    /// A renewed TLS certificate for new connections (TCP/TLS workers only).
+    SetTls(Arc<rustls::ServerConfig>),
+    /// New connection limits (TCP/TLS workers only).
+    SetConnLimits(super::stream::ConnLimits),
     /// Exit the loop now.
     Stop,
 }
@@ -60,23 +66,32 @@ impl std::fmt::Debug for Command {
             Self::SetDraining(on) => f.debug_tuple("SetDraining").field(on).finish(),
             // Credentials hold keys: never print them.
             Self::SetCredentials(_) => f.write_str("SetCredentials(..)"),
+            Self::SetConfig(_) => f.write_str("SetConfig(..)"),
+            Self::SetTls(_) => f.write_str("SetTls(..)"),
+            Self::SetConnLimits(l) => f.debug_tuple("SetConnLimits").field(l).finish(),
             Self::Stop => f.write_str("Stop"),
         }
     }
 }
 
-struct Relay {
-    socket: UdpSocket,
-    port: RelayPort,
+/// An allocation's relay socket, owned by the worker whose core created the allocation.
+pub(super) struct Relay {
+    pub socket: UdpSocket,
+    pub port: RelayPort,
+    /// Which of the worker's cores owns the allocation (TCP/TLS workers run one per listener).
+    pub owner: usize,
 }
 
 /// The relay sockets of one worker, lent to the core so it can open one during an Allocate.
-struct Sockets<'a> {
-    registry: &'a Registry,
-    relays: &'a mut Slab<Relay>,
-    by_port: &'a mut [u32],
-    ip: IpAddr,
-    buffer: usize,
+pub(super) struct Sockets<'a> {
+    pub registry: &'a Registry,
+    pub relays: &'a mut Slab<Relay>,
+    pub by_port: &'a mut [u32],
+    pub ip: IpAddr,
+    pub buffer: usize,
+    /// Token of slab entry 0; entry `k` is registered as `token_base + k`.
+    pub token_base: usize,
+    pub owner: usize,
 }
 
 impl RelaySockets for Sockets<'_> {
@@ -89,9 +104,9 @@ impl RelaySockets for Sockets<'_> {
         let std = udp::bind_relay(SocketAddr::new(self.ip, port.0), self.buffer, self.buffer)?;
         let mut socket = UdpSocket::from_std(std);
         let entry = self.relays.vacant_entry();
-        self.registry.register(&mut socket, Token(FIRST_RELAY + entry.key()), Interest::READABLE)?;
+        self.registry.register(&mut socket, Token(self.token_base + entry.key()), Interest::READABLE)?;
         self.by_port[usize::from(port.0)] = entry.key() as u32 + 1;
-        entry.insert(Relay { socket, port });
+        entry.insert(Relay { socket, port, owner: self.owner });
         Ok(())
     }
 }
@@ -213,6 +228,8 @@ impl Worker {
             match self.commands.try_recv() {
                 Ok(Command::SetDraining(on)) => self.server.set_draining(on),
                 Ok(Command::SetCredentials(credentials)) => self.server.set_credentials(credentials),
+                Ok(Command::SetConfig(config)) => self.server.set_config(config),
+                Ok(Command::SetTls(_) | Command::SetConnLimits(_)) => {}
                 Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
             }
@@ -239,7 +256,7 @@ impl Worker {
         for _ in 0..BUDGET {
             let n = match self.recv.recv(self.listener.as_raw_fd()) {
                 Ok(n) => n,
-                Err(e) => return self.recv_error(e),
+                Err(e) => return recv_error(&self.stats, e),
             };
             let drained = n < udp::BATCH;
             let now = self.now;
@@ -250,6 +267,8 @@ impl Worker {
                 by_port: &mut self.by_port,
                 ip: self.settings.relay_ip,
                 buffer: self.settings.relay_buffer,
+                token_base: FIRST_RELAY,
+                owner: 0,
             };
             for i in 0..n {
                 if self.recv.truncated(i) {
@@ -312,7 +331,7 @@ impl Worker {
             let port = relay.port;
             let n = match self.recv.recv(relay.socket.as_raw_fd()) {
                 Ok(n) => n,
-                Err(e) => return self.recv_error(e),
+                Err(e) => return recv_error(&self.stats, e),
             };
             let drained = n < udp::BATCH;
             let now = self.now;
@@ -352,25 +371,6 @@ impl Worker {
             count_send(&self.stats, &stats);
         }
         true
-    }
-
-    /// WouldBlock ends a socket's turn. An ICMP error reported by a previous send (possible on
-    /// relay sockets) is consumed by this call and counted; the socket keeps its turn, since
-    /// datagrams may be queued behind the error and mio is edge-triggered. Anything else ends it.
-    fn recv_error(&self, e: io::Error) -> bool {
-        use io::ErrorKind::{ConnectionRefused, ConnectionReset, HostUnreachable, NetworkUnreachable, WouldBlock};
-        match e.kind() {
-            WouldBlock => false,
-            ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable => {
-                self.stats.record_drop(DropReason::SendError);
-                true
-            }
-            _ => {
-                debug!(error = %e, "recvmmsg");
-                self.stats.record_drop(DropReason::SendError);
-                false
-            }
-        }
     }
 
     /// Sends queued control responses and closes the sockets of removed allocations.
@@ -445,7 +445,26 @@ impl Outbox {
     }
 }
 
-fn count_send(stats: &Stats, sent: &SendStats) {
+/// WouldBlock ends a socket's turn. An ICMP error reported by a previous send (possible on
+/// relay sockets) is consumed by this call and counted; the socket keeps its turn, since
+/// datagrams may be queued behind the error and mio is edge-triggered. Anything else ends it.
+pub(super) fn recv_error(stats: &Stats, e: io::Error) -> bool {
+    use io::ErrorKind::{ConnectionRefused, ConnectionReset, HostUnreachable, NetworkUnreachable, WouldBlock};
+    match e.kind() {
+        WouldBlock => false,
+        ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable => {
+            stats.record_drop(DropReason::SendError);
+            true
+        }
+        _ => {
+            debug!(error = %e, "recvmmsg");
+            stats.record_drop(DropReason::SendError);
+            false
+        }
+    }
+}
+
+pub(super) fn count_send(stats: &Stats, sent: &SendStats) {
     stats.dropped[DropReason::SendBufferFull as usize].add(sent.dropped_full as u64);
     stats.dropped[DropReason::SendError as usize].add(sent.dropped_error as u64);
 }

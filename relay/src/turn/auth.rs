@@ -150,6 +150,11 @@ impl NonceSource {
         self.lifetime
     }
 
+    /// The same source (nonces it issued stay valid) with another lifetime (config reload).
+    pub fn with_lifetime(&self, lifetime: Duration) -> Self {
+        Self { lifetime, ..self.clone() }
+    }
+
     pub fn issue(&self, now: Instant, client: SocketAddr) -> String {
         let issued = now.saturating_duration_since(self.epoch).as_secs();
         let mac = self.mac(issued, client);

@@ -4,6 +4,7 @@
 
 pub mod allocation;
 pub mod auth;
+pub mod limit;
 pub mod peer_filter;
 pub mod server;
 pub mod shared;

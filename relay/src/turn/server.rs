@@ -38,6 +38,16 @@
 //! - Attributes after MESSAGE-INTEGRITY (other than FINGERPRINT) are ignored (RFC 8489 §14.5),
 //!   so an on-path attacker cannot append a LIFETIME to a signed Refresh.
 //! - Draining (SIGTERM): new Allocates get 508 Insufficient Capacity, everything else continues.
+//! - Answers to sources without an allocation that carry no MESSAGE-INTEGRITY (401 challenges,
+//!   400s, Binding responses) are rate-limited per source and in total ([`SourceLimiter`]): a
+//!   spoofed flood gets a capped trickle of answers, never an amplified stream. Over the limit
+//!   the request is dropped and counted (`rate_limited`); a real client retransmits.
+//!
+//! The core knows nothing of transports. Over TCP and TLS the shell frames messages out of the
+//! stream and runs one `TurnServer` per listening socket, so the client address alone (the peer
+//! of one connection) identifies the 5-tuple; when a connection closes the shell calls
+//! [`TurnServer::close_client`], since an allocation lives no longer than its connection
+//! (RFC 8656 §3.1).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -57,6 +67,7 @@ use tracing::{debug, info, warn};
 
 use super::allocation::{Allocation, BindConflict};
 use super::auth::{CredentialKind, Credentials, Key, NonceSource, verify_integrity};
+use super::limit::{Rates, SourceLimiter};
 use super::peer_filter::{PeerFilter, canonical};
 use super::shared::{QuotaError, Shared};
 use super::stats::{AuthFailure, Direction, DropReason, Method, Stats};
@@ -169,6 +180,8 @@ pub struct ServerConfig {
     /// Send or ChannelBind), and datagrams reaching the
     /// listening port from the relay's own relay ports are the SFU's or dropped.
     pub sfu: Vec<SocketAddr>,
+    /// Caps on answers to unauthenticated requests, per source IP and per core in total.
+    pub unauthenticated: Rates,
 }
 
 impl ServerConfig {
@@ -266,11 +279,15 @@ pub struct TurnServer {
     draining: bool,
     /// State of the generator for Data indication transaction ids (SplitMix64).
     txid_state: u64,
+    limiter: SourceLimiter,
+    /// `now` of the input being handled, for the limiter.
+    clock: Instant,
 }
 
 impl TurnServer {
     /// `unix_now` is the unix time at `now`; `seed` seeds the transaction ids of Data indications.
     pub fn new(config: Arc<ServerConfig>, shared: Arc<Shared>, now: Instant, unix_now: u64, seed: u64) -> Self {
+        let limiter = SourceLimiter::new(config.unauthenticated, now);
         Self {
             credentials: Arc::new(config.credentials.clone()),
             config,
@@ -287,6 +304,8 @@ impl TurnServer {
             wall: (now, unix_now),
             draining: false,
             txid_state: seed,
+            limiter,
+            clock: now,
         }
     }
 
@@ -308,6 +327,26 @@ impl TurnServer {
     /// they were created with, so removing a secret does not drop a running session.
     pub fn set_credentials(&mut self, credentials: Arc<Credentials>) {
         self.credentials = credentials;
+    }
+
+    /// Replaces the settings (config reload): peer filter, lifetimes, caps and limits apply to
+    /// requests from now on; allocations keep what they already have (their permissions,
+    /// channels and lifetimes). Credentials are replaced separately (`set_credentials`).
+    pub fn set_config(&mut self, config: Arc<ServerConfig>) {
+        self.limiter.set_rates(config.unauthenticated);
+        self.config = config;
+    }
+
+    /// Whether `client` has an allocation (expired or not yet swept counts).
+    pub fn has_allocation(&self, client: ClientAddr) -> bool {
+        self.by_client.contains_key(&client)
+    }
+
+    /// The client's connection is gone (TCP, TLS): its allocation goes with it (RFC 8656 §3.1).
+    pub fn close_client(&mut self, client: ClientAddr) {
+        if let Some(&slot) = self.by_client.get(&client) {
+            self.remove(slot, "connection closed");
+        }
     }
 
     /// Stop (or resume) accepting new allocations; existing ones keep working.
@@ -374,6 +413,7 @@ impl TurnServer {
             self.stats.record_drop(DropReason::SelfRelay);
             return None;
         }
+        self.clock = now;
         match wire::classify(packet) {
             Kind::ChannelData => self.channel_data(now, from, packet),
             Kind::Stun => self.stun(now, from, packet, sockets),
@@ -1066,6 +1106,11 @@ impl TurnServer {
     }
 
     fn send(&mut self, to: ClientAddr, reply: Reply, key: Option<&Key>) {
+        // Unauthenticated answers to sources without an allocation: the reflection vector.
+        if key.is_none() && !self.by_client.contains_key(&to) && !self.limiter.allow(to.0.ip(), self.clock) {
+            self.stats.record_drop(DropReason::RateLimited);
+            return;
+        }
         if let Some(code) = reply.code {
             self.stats.error_response(code);
         }

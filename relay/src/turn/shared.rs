@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -120,23 +120,30 @@ struct QuotaState {
 /// Allocation counts per username and in total, with their limits (0 means no limit).
 #[derive(Debug)]
 pub struct Quotas {
-    per_user: u32,
-    total: u32,
+    per_user: AtomicU32,
+    total: AtomicU32,
     state: Mutex<QuotaState>,
 }
 
 impl Quotas {
     pub fn new(per_user: u32, total: u32) -> Self {
-        Self { per_user, total, state: Mutex::default() }
+        Self { per_user: AtomicU32::new(per_user), total: AtomicU32::new(total), state: Mutex::default() }
+    }
+
+    /// New limits (config reload). Allocations over a lowered limit stay; new ones wait.
+    pub fn set_limits(&self, per_user: u32, total: u32) {
+        self.per_user.store(per_user, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
     }
 
     pub fn acquire(&self, user: &Username) -> Result<(), QuotaError> {
+        let (per_user, total) = (self.per_user.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed));
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if self.total != 0 && s.total >= self.total {
+        if total != 0 && s.total >= total {
             return Err(QuotaError::Total);
         }
         let n = s.users.get(user).copied().unwrap_or(0);
-        if self.per_user != 0 && n >= self.per_user {
+        if per_user != 0 && n >= per_user {
             return Err(QuotaError::User);
         }
         s.users.insert(user.clone(), n + 1);

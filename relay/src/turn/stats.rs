@@ -81,6 +81,22 @@ label_enum! {
         UnknownAttribute => "unknown_attribute",
         SendBufferFull => "send_buffer_full",
         SendError => "send_error",
+        RateLimited => "rate_limited",
+    }
+}
+
+label_enum! {
+    /// What happened to TCP and TLS connections (the shell counts these; the core has none).
+    ConnEvent {
+        Accepted => "accepted",
+        RefusedPerIp => "refused_per_ip",
+        RefusedTotal => "refused_total",
+        HandshakeFailed => "handshake_failed",
+        HandshakeTimeout => "handshake_timeout",
+        BadFraming => "bad_framing",
+        IdleClosed => "idle_closed",
+        ClosedByClient => "closed_by_client",
+        Error => "error",
     }
 }
 
@@ -125,6 +141,9 @@ pub struct Stats {
     pub dropped: [Counter; DropReason::COUNT],
     pub requests: [Counter; Method::COUNT],
     pub error_responses: [Counter; ERROR_CODES.len()],
+    /// TCP and TLS connections open, and what happened to them.
+    pub connections_open: Gauge,
+    pub connections: [Counter; ConnEvent::COUNT],
 }
 
 impl Stats {
@@ -147,6 +166,10 @@ impl Stats {
         if let Some(i) = ERROR_CODES.iter().position(|&c| c == code) {
             self.error_responses[i].inc();
         }
+    }
+
+    pub fn connection(&self, event: ConnEvent) {
+        self.connections[event as usize].inc();
     }
 
     pub fn dropped(&self, reason: DropReason) -> u64 {

@@ -32,6 +32,10 @@ pub struct RelayProcess {
     pub child: Child,
     pub udp: SocketAddr,
     pub admin: SocketAddr,
+    /// TURN over TCP, if on.
+    pub tcp: Option<SocketAddr>,
+    /// TURN over TLS listeners.
+    pub tls: Vec<SocketAddr>,
     /// Lines the relay wrote to stderr (its logs), collected in the background.
     pub logs: mpsc::Receiver<String>,
     /// Lines the relay wrote to stdout (its banner).
@@ -85,22 +89,30 @@ impl RelayProcess {
         std::thread::spawn(move || {
             let mut udp = None;
             let mut admin = None;
+            let mut tcp = None;
+            let mut tls = Vec::new();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = stdout_tx.send(line.clone());
                 if let Some(rest) = line.trim().strip_prefix("STUN/TURN   udp://") {
                     udp = rest.split_whitespace().next().and_then(|a| a.parse::<SocketAddr>().ok());
                 }
+                if let Some(rest) = line.trim().strip_prefix("TURN/TCP    tcp://") {
+                    tcp = rest.parse::<SocketAddr>().ok();
+                }
+                if let Some(addr) = line.trim().strip_prefix("TURN/TLS    tls://").and_then(|a| a.parse().ok()) {
+                    tls.push(addr);
+                }
                 if let Some(rest) = line.trim().strip_prefix("metrics     http://") {
                     admin = rest.strip_suffix("/metrics").and_then(|a| a.parse::<SocketAddr>().ok());
                 }
                 if let (Some(u), Some(a)) = (udp, admin) {
-                    let _ = tx.send((u, a));
+                    let _ = tx.send((u, a, tcp, std::mem::take(&mut tls)));
                     udp = None;
                 }
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok((udp, admin)) => Self { child, udp, admin, logs, stdout: stdout_rx },
+            Ok((udp, admin, tcp, tls)) => Self { child, udp, admin, tcp, tls, logs, stdout: stdout_rx },
             Err(_) => {
                 let _ = child.kill();
                 let logs: Vec<String> = logs.try_iter().collect();
@@ -180,6 +192,24 @@ impl Drop for RelayProcess {
             eprintln!("relay exit status: {status:?}; its logs:\n{}", logs.join("\n"));
         }
     }
+}
+
+/// A self-signed certificate for 127.0.0.1, ::1 and localhost, written as PEM files into `dir`
+/// under `name`; returns the certificate and key paths.
+pub fn test_certificate(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let cert = rcgen::generate_simple_self_signed(names).expect("rcgen makes a certificate");
+    let (cert_path, key_path) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+/// A fresh directory under the system's temp dir, removed by the caller when it likes.
+pub fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("relay-test-{label}-{}-{}", std::process::id(), unix_now()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 pub fn metric_value(text: &str, series: &str) -> f64 {

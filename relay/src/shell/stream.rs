@@ -1,0 +1,827 @@
+//! TURN over TCP and over TLS (RFC 8656 §3.1, with UDP relays toward peers), for players whose
+//! networks block UDP: one thread per core, each with its own SO_REUSEPORT socket on every TCP
+//! and TLS listening address, driven by a mio loop like the UDP workers.
+//!
+//! **One core per listening socket.** A TURN allocation is named by its 5-tuple; on a stream
+//! transport the client address of a connection is unique only per listening address (a client
+//! may use one source port towards 3478 and 443 at once). So each listener of a worker has its
+//! own `TurnServer`, and the client address identifies the connection within it. The relay port
+//! pool and quotas are shared with the UDP workers, as always.
+//!
+//! **Framing (RFC 8656 §12.5):** on the stream, a message whose first two bits are 00 is STUN
+//! (20-byte header plus its length); 01 is ChannelData (4-byte header plus its length, padded to
+//! a multiple of 4). Anything else cannot be resynchronised, so it closes the connection, as do
+//! frames over [`MAX_FRAME`]. What the relay sends to a client is framed the same way, ChannelData
+//! padded. Messages reach the core one frame at a time, exactly as datagrams would.
+//!
+//! **TLS** is rustls driven without blocking (`read_tls`/`process_new_packets`/`write_tls`), TLS
+//! 1.2 and 1.3. A renewed certificate (reload) applies to new connections; open ones keep the
+//! session they negotiated, so a renewal drops nothing.
+//!
+//! **Back-pressure.** Relayed data for a client whose connection cannot take it (its send queue
+//! holds [`MAX_QUEUED`] bytes) is dropped a whole message at a time and counted, as a full UDP
+//! socket buffer would drop it; the stream never carries a partial message.
+//!
+//! **Limits:** connections per source IP and in total (shared by all workers), a deadline for
+//! the TLS handshake and the first message, and an idle timeout for connections without an
+//! allocation. An allocation lives as long as its connection: when the connection closes, the
+//! allocation is removed.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tracing::{debug, error, warn};
+
+use super::udp::{self, RecvBatch};
+use super::worker::{Command, Relay, Sockets, recv_error};
+use crate::turn::stats::{ConnEvent, DropReason, Stats};
+use crate::turn::wire::{CHANNEL_DATA_HEADER, PEER_HEADROOM, STUN_HEADER};
+use crate::turn::{ClientAddr, Event, PeerAddr, TurnServer};
+
+/// The largest message accepted on a stream. A relayed datagram larger than a UDP worker's
+/// receive buffer would be dropped there too; 4 KiB leaves room for any MTU.
+pub const MAX_FRAME: usize = 4096;
+/// Bytes queued for one client at most; relayed data beyond it is dropped and counted.
+pub const MAX_QUEUED: usize = 256 * 1024;
+/// Plaintext handed to rustls at once, when it has nothing left to send.
+const TLS_CHUNK: usize = 64 * 1024;
+/// Bytes read from one connection per turn of the loop before the others get theirs.
+const READ_BUDGET: usize = 256 * 1024;
+
+const WAKER: Token = Token(0);
+const FIRST_LISTENER: usize = 1;
+const FIRST_CONN: usize = 1 << 16;
+const FIRST_RELAY: usize = 1 << 40;
+/// The loop wakes at least this often: timers, the wall clock, commands.
+const TICK: Duration = Duration::from_secs(1);
+
+/// How a listening socket's connections talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+}
+
+/// Limits on connections; counts of 0 mean no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    pub per_ip: u32,
+    pub total: u32,
+    /// TLS handshake done and a first message framed within this long of accepting.
+    pub handshake_timeout: Duration,
+    /// Closed after this long without a message, unless it holds an allocation.
+    pub idle_timeout: Duration,
+}
+
+/// Open connections per source IP and in total, over all TCP/TLS workers. Touched on accept and
+/// close only.
+#[derive(Debug, Default)]
+pub struct ConnTable {
+    inner: Mutex<(HashMap<IpAddr, u32>, u32)>,
+}
+
+impl ConnTable {
+    /// Counts a new connection from `ip`, unless a limit says no.
+    fn open(&self, ip: IpAddr, limits: &ConnLimits) -> Result<(), ConnEvent> {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (per_ip, total) = &mut *guard;
+        if limits.total != 0 && *total >= limits.total {
+            return Err(ConnEvent::RefusedTotal);
+        }
+        let n = per_ip.entry(ip).or_insert(0);
+        if limits.per_ip != 0 && *n >= limits.per_ip {
+            return Err(ConnEvent::RefusedPerIp);
+        }
+        *n += 1;
+        *total += 1;
+        Ok(())
+    }
+
+    fn close(&self, ip: IpAddr) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (per_ip, total) = &mut *guard;
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+            *total -= 1;
+        }
+    }
+}
+
+/// A listening socket, bound before the workers start.
+pub struct StreamListener {
+    pub socket: std::net::TcpListener,
+    pub transport: Transport,
+}
+
+struct Listener {
+    socket: TcpListener,
+    transport: Transport,
+    server: TurnServer,
+    stats: Arc<Stats>,
+    /// Client address → connection key.
+    clients: HashMap<SocketAddr, usize, foldhash::fast::RandomState>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+    tls: Option<Box<rustls::ServerConnection>>,
+    /// Received plaintext not yet framed.
+    inbuf: Vec<u8>,
+    /// Framed messages for the client; `out[sent..]` is still to go.
+    out: Vec<u8>,
+    sent: usize,
+    accepted: Instant,
+    /// When the last complete message arrived (`None`: none yet).
+    last_message: Option<Instant>,
+}
+
+impl Conn {
+    fn queued(&self) -> usize {
+        self.out.len() - self.sent
+    }
+}
+
+/// What a frame at the start of a buffer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// Need more bytes to tell.
+    Incomplete,
+    /// A message of `len` bytes (what the core sees) taking `wire` bytes of the stream (with
+    /// ChannelData's padding).
+    Message { len: usize, wire: usize },
+    /// Not STUN or ChannelData, or over [`MAX_FRAME`]: the stream cannot continue.
+    Invalid,
+}
+
+/// Frames the next message of a TURN stream (RFC 8656 §12.5, RFC 8489 §6.2.2).
+pub fn frame(buf: &[u8]) -> Frame {
+    let Some(&first) = buf.first() else { return Frame::Incomplete };
+    let stun = match first >> 6 {
+        0 => true,
+        1 => false,
+        _ => return Frame::Invalid,
+    };
+    let Some(header) = buf.get(..4) else { return Frame::Incomplete };
+    let body = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let (len, wire) = if stun {
+        // The STUN length counts the attributes, always a multiple of 4, and the magic cookie
+        // follows (RFC 8489 §5): a TLS ClientHello sent to the TCP port fails here.
+        if body % 4 != 0 || buf.get(4..8).is_some_and(|c| c != crate::turn::wire::MAGIC_COOKIE.to_be_bytes()) {
+            return Frame::Invalid;
+        }
+        (STUN_HEADER + body, STUN_HEADER + body)
+    } else {
+        let len = CHANNEL_DATA_HEADER + body;
+        (len, len.next_multiple_of(4))
+    };
+    if wire > MAX_FRAME {
+        return Frame::Invalid;
+    }
+    if buf.len() < wire {
+        // A ChannelData message is complete without its padding only at the very end of what
+        // arrived; wait for the padding so the next message starts where it should.
+        return Frame::Incomplete;
+    }
+    Frame::Message { len, wire }
+}
+
+/// Settings every stream worker shares.
+#[derive(Clone)]
+pub struct StreamSettings {
+    pub relay_ip: IpAddr,
+    pub relay_buffer: usize,
+    pub limits: ConnLimits,
+    pub table: Arc<ConnTable>,
+    /// For TLS listeners; `None` when there are none.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+pub struct StreamWorker {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    conns: Slab<Conn>,
+    relays: Slab<Relay>,
+    by_port: Vec<u32>,
+    settings: StreamSettings,
+    commands: Receiver<Command>,
+    recv: RecvBatch,
+    scratch: Box<[u8]>,
+    /// Connections with data left to read after their budget.
+    pending: Vec<usize>,
+    /// Connections that got relayed data in the current batch (kept to reuse its allocation).
+    touched: Vec<usize>,
+    now: Instant,
+    next_tick: Instant,
+}
+
+impl StreamWorker {
+    /// A worker serving `listeners` (each paired with its own core).
+    pub fn new(
+        listeners: Vec<(StreamListener, TurnServer)>,
+        settings: StreamSettings,
+        commands: Receiver<Command>,
+    ) -> io::Result<(Self, Arc<Waker>)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut out = Vec::new();
+        for (i, (l, server)) in listeners.into_iter().enumerate() {
+            l.socket.set_nonblocking(true)?;
+            let mut socket = TcpListener::from_std(l.socket);
+            poll.registry().register(&mut socket, Token(FIRST_LISTENER + i), Interest::READABLE)?;
+            let stats = server.stats();
+            out.push(Listener { socket, transport: l.transport, server, stats, clients: HashMap::default() });
+        }
+        let now = Instant::now();
+        let worker = Self {
+            poll,
+            listeners: out,
+            conns: Slab::new(),
+            relays: Slab::new(),
+            by_port: vec![0; usize::from(u16::MAX) + 1],
+            settings,
+            commands,
+            recv: RecvBatch::new(PEER_HEADROOM),
+            scratch: vec![0; 64 * 1024].into_boxed_slice(),
+            pending: Vec::new(),
+            touched: Vec::new(),
+            now,
+            next_tick: now + TICK,
+        };
+        Ok((worker, waker))
+    }
+
+    /// Runs until told to stop.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.pending.is_empty() {
+                let next = self.listeners.iter().filter_map(|l| l.server.poll_timeout()).min();
+                let due = next.map_or(TICK, |t| t.saturating_duration_since(self.now));
+                due.min(self.next_tick.saturating_duration_since(self.now))
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                error!(error = %e, "poll failed; TCP/TLS worker stopping");
+                return;
+            }
+            self.now = Instant::now();
+            if !self.handle_commands() {
+                return;
+            }
+            for event in &events {
+                match event.token().0 {
+                    0 => {}
+                    t if t >= FIRST_RELAY => self.serve_relay(t - FIRST_RELAY),
+                    t if t >= FIRST_CONN => {
+                        let key = t - FIRST_CONN;
+                        if event.is_writable() {
+                            self.flush(key);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.serve_conn(key);
+                        }
+                    }
+                    t => self.accept(t - FIRST_LISTENER),
+                }
+            }
+            for key in std::mem::take(&mut self.pending) {
+                self.serve_conn(key);
+            }
+            let now = self.now;
+            for l in 0..self.listeners.len() {
+                if self.listeners[l].server.poll_timeout().is_some_and(|t| t <= now) {
+                    self.listeners[l].server.handle_timeout(now);
+                    self.after_core(l);
+                }
+            }
+            if now >= self.next_tick {
+                self.tick(now);
+                self.next_tick = now + TICK;
+            }
+        }
+    }
+
+    /// Returns false when the worker must stop.
+    fn handle_commands(&mut self) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::SetDraining(on)) => self.listeners.iter_mut().for_each(|l| l.server.set_draining(on)),
+                Ok(Command::SetCredentials(c)) => {
+                    self.listeners.iter_mut().for_each(|l| l.server.set_credentials(Arc::clone(&c)));
+                }
+                Ok(Command::SetConfig(c)) => {
+                    self.listeners.iter_mut().for_each(|l| l.server.set_config(Arc::clone(&c)))
+                }
+                Ok(Command::SetTls(tls)) => self.settings.tls = Some(tls),
+                Ok(Command::SetConnLimits(limits)) => self.settings.limits = limits,
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    /// Once a second: deadlines of connections, the cores' wall clocks.
+    fn tick(&mut self, now: Instant) {
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        for l in &mut self.listeners {
+            l.server.set_wall_clock(now, unix);
+        }
+        let limits = self.settings.limits;
+        let expired: Vec<(usize, ConnEvent)> = self
+            .conns
+            .iter()
+            .filter_map(|(key, c)| {
+                let event = match c.last_message {
+                    None if now.saturating_duration_since(c.accepted) >= limits.handshake_timeout => {
+                        ConnEvent::HandshakeTimeout
+                    }
+                    Some(last)
+                        if now.saturating_duration_since(last) >= limits.idle_timeout
+                            && !self.listeners[c.listener].server.has_allocation(ClientAddr(c.peer)) =>
+                    {
+                        ConnEvent::IdleClosed
+                    }
+                    _ => return None,
+                };
+                Some((key, event))
+            })
+            .collect();
+        for (key, event) in expired {
+            self.close(key, event);
+        }
+    }
+
+    fn accept(&mut self, l: usize) {
+        if l >= self.listeners.len() {
+            return;
+        }
+        loop {
+            let listener = &self.listeners[l];
+            let (mut stream, peer) = match listener.socket.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: the next readiness event retries.
+                    warn!(error = %e, "accepting a TCP connection");
+                    return;
+                }
+            };
+            let stats = &listener.stats;
+            if let Err(refused) = self.settings.table.open(peer.ip(), &self.settings.limits) {
+                stats.connection(refused);
+                continue;
+            }
+            let tls = match listener.transport {
+                Transport::Tcp => None,
+                Transport::Tls => {
+                    let Some(config) = &self.settings.tls else {
+                        self.settings.table.close(peer.ip());
+                        continue;
+                    };
+                    match rustls::ServerConnection::new(Arc::clone(config)) {
+                        Ok(c) => Some(Box::new(c)),
+                        Err(e) => {
+                            warn!(error = %e, "creating a TLS session");
+                            self.settings.table.close(peer.ip());
+                            continue;
+                        }
+                    }
+                }
+            };
+            // Small messages, latency-bound: no Nagle.
+            let _ = stream.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(FIRST_CONN + key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!(error = %e, "registering a TCP connection");
+                self.settings.table.close(peer.ip());
+                continue;
+            }
+            entry.insert(Conn {
+                stream,
+                peer,
+                listener: l,
+                tls,
+                inbuf: Vec::new(),
+                out: Vec::new(),
+                sent: 0,
+                accepted: self.now,
+                last_message: None,
+            });
+            let listener = &mut self.listeners[l];
+            // A client address still mapped belongs to a connection that closed without the
+            // worker noticing yet; the new one takes over.
+            if let Some(old) = listener.clients.insert(peer, key) {
+                debug!(%peer, old, "client address reused before its old connection closed");
+            }
+            listener.stats.connections_open.add(1);
+            listener.stats.connection(ConnEvent::Accepted);
+        }
+    }
+
+    /// Reads what a connection has (up to the budget), frames it and hands the messages to the
+    /// core; closes the connection on end of stream or error.
+    fn serve_conn(&mut self, key: usize) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            let read = match &mut conn.tls {
+                None => match conn.stream.read(&mut self.scratch) {
+                    Ok(0) => Err(ConnEvent::ClosedByClient),
+                    Ok(n) => {
+                        conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                        Ok(n)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => Err(ConnEvent::Error),
+                },
+                Some(tls) => read_tls(tls, &mut conn.stream, &mut conn.inbuf),
+            };
+            let n = match read {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(event) => {
+                    // What arrived before the end still counts.
+                    self.process(key);
+                    self.close(key, event);
+                    return;
+                }
+            };
+            if !self.process(key) {
+                return;
+            }
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                self.pending.push(key);
+                break;
+            }
+        }
+        // A TLS handshake may have produced records to send.
+        self.flush(key);
+    }
+
+    /// Hands every complete message in the connection's buffer to the core. False if the
+    /// connection was closed (bad framing).
+    fn process(&mut self, key: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        let l = conn.listener;
+        let peer = ClientAddr(conn.peer);
+        let mut inbuf = std::mem::take(&mut conn.inbuf);
+        let mut at = 0;
+        let mut framed = false;
+        loop {
+            match frame(&inbuf[at..]) {
+                Frame::Incomplete => break,
+                Frame::Invalid => {
+                    self.listeners[l].stats.connection(ConnEvent::BadFraming);
+                    self.close(key, ConnEvent::Error);
+                    return false;
+                }
+                Frame::Message { len, wire } => {
+                    let message = &inbuf[at..at + len];
+                    framed = true;
+                    let listener = &mut self.listeners[l];
+                    let mut sockets = Sockets {
+                        registry: self.poll.registry(),
+                        relays: &mut self.relays,
+                        by_port: &mut self.by_port,
+                        ip: self.settings.relay_ip,
+                        buffer: self.settings.relay_buffer,
+                        token_base: FIRST_RELAY,
+                        owner: l,
+                    };
+                    if let Some(f) = listener.server.handle_client(self.now, peer, message, &mut sockets) {
+                        let relay = self.by_port[usize::from(f.port.0)]
+                            .checked_sub(1)
+                            .and_then(|k| self.relays.get(k as usize));
+                        match relay {
+                            Some(relay) => {
+                                if let Err(e) = udp::send_one(relay.socket.as_raw_fd(), f.peer.0, &message[f.payload]) {
+                                    let reason = if e.kind() == io::ErrorKind::WouldBlock {
+                                        DropReason::SendBufferFull
+                                    } else {
+                                        DropReason::SendError
+                                    };
+                                    listener.stats.record_drop(reason);
+                                }
+                            }
+                            None => listener.stats.record_drop(DropReason::NoAllocation),
+                        }
+                    }
+                    at += wire;
+                    self.after_core(l);
+                }
+            }
+        }
+        inbuf.drain(..at);
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        if framed {
+            conn.last_message = Some(self.now);
+        }
+        // Keep the buffer's allocation (unless a large frame grew it) for the next read.
+        if inbuf.is_empty() && inbuf.capacity() > 2 * MAX_FRAME {
+            inbuf = Vec::new();
+        }
+        conn.inbuf = inbuf;
+        true
+    }
+
+    /// Routes the core's responses to their connections and closes removed allocations' sockets.
+    fn after_core(&mut self, l: usize) {
+        while let Some(t) = self.listeners[l].server.poll_transmit() {
+            if let Some(&key) = self.listeners[l].clients.get(&t.to.0) {
+                enqueue(&mut self.conns, &self.listeners[l].stats, key, &t.payload, false);
+                self.flush(key);
+            }
+        }
+        while let Some(event) = self.listeners[l].server.poll_event() {
+            match event {
+                Event::RelayClosed(port) => {
+                    let key = std::mem::take(&mut self.by_port[usize::from(port.0)]);
+                    if let Some(k) = key.checked_sub(1) {
+                        let mut relay = self.relays.remove(k as usize);
+                        if let Err(e) = self.poll.registry().deregister(&mut relay.socket) {
+                            warn!(error = %e, %port, "deregistering relay socket");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes what is queued for the connection until the socket is full; closes it on error.
+    fn flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let result = match &mut conn.tls {
+            None => {
+                let mut result = Ok(());
+                while conn.sent < conn.out.len() {
+                    match conn.stream.write(&conn.out[conn.sent..]) {
+                        Ok(0) => {
+                            result = Err(ConnEvent::Error);
+                            break;
+                        }
+                        Ok(n) => conn.sent += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            result = Err(ConnEvent::Error);
+                            break;
+                        }
+                    }
+                }
+                result
+            }
+            Some(tls) => write_tls(tls, &mut conn.stream, &conn.out, &mut conn.sent),
+        };
+        if conn.sent == conn.out.len() {
+            conn.out.clear();
+            conn.sent = 0;
+            if conn.out.capacity() > MAX_QUEUED {
+                conn.out = Vec::new();
+            }
+        } else if conn.sent > MAX_QUEUED {
+            conn.out.drain(..conn.sent);
+            conn.sent = 0;
+        }
+        if let Err(event) = result {
+            self.close(key, event);
+        }
+    }
+
+    fn close(&mut self, key: usize, event: ConnEvent) {
+        let Some(mut conn) = self.conns.try_remove(key) else { return };
+        if let Some(tls) = &mut conn.tls
+            && !tls.is_handshaking()
+        {
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut conn.stream);
+        }
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.settings.table.close(conn.peer.ip());
+        let l = conn.listener;
+        let listener = &mut self.listeners[l];
+        if listener.clients.get(&conn.peer) == Some(&key) {
+            listener.clients.remove(&conn.peer);
+            listener.server.close_client(ClientAddr(conn.peer));
+        }
+        listener.stats.connections_open.add(-1);
+        listener.stats.connection(event);
+        self.pending.retain(|&k| k != key);
+        self.after_core(l);
+    }
+
+    /// Receives from a relay socket and queues each datagram, framed by the core, for its client.
+    fn serve_relay(&mut self, key: usize) {
+        for _ in 0..8 {
+            let Some(relay) = self.relays.get(key) else { return };
+            let (port, l) = (relay.port, relay.owner);
+            let n = match self.recv.recv(relay.socket.as_raw_fd()) {
+                Ok(n) => n,
+                Err(e) => {
+                    if recv_error(&self.listeners[l].stats, e) {
+                        continue;
+                    }
+                    return;
+                }
+            };
+            let mut touched = std::mem::take(&mut self.touched);
+            let listener = &mut self.listeners[l];
+            for i in 0..n {
+                if self.recv.truncated(i) {
+                    listener.stats.record_drop(DropReason::Truncated);
+                    continue;
+                }
+                let from = PeerAddr(self.recv.source(i));
+                let (buf, payload) = self.recv.buf_mut(i);
+                let Some(to) = listener.server.handle_peer(self.now, port, from, buf, payload) else {
+                    continue;
+                };
+                let Some(&conn) = listener.clients.get(&to.client.0) else {
+                    listener.stats.record_drop(DropReason::NoAllocation);
+                    continue;
+                };
+                enqueue(&mut self.conns, &listener.stats, conn, &self.recv.buf(i)[to.message], true);
+                if !touched.contains(&conn) {
+                    touched.push(conn);
+                }
+            }
+            for &conn in &touched {
+                self.flush(conn);
+            }
+            touched.clear();
+            self.touched = touched;
+            if n < udp::BATCH {
+                return;
+            }
+        }
+    }
+}
+
+/// Queues a message for a client, padded to a multiple of 4 (ChannelData over a stream, RFC 8656
+/// §12.5; STUN messages already are). Relayed data (`droppable`) is dropped when the queue is
+/// full; responses always go.
+fn enqueue(conns: &mut Slab<Conn>, stats: &Stats, key: usize, message: &[u8], droppable: bool) {
+    let Some(conn) = conns.get_mut(key) else { return };
+    if droppable && conn.queued() + message.len() > MAX_QUEUED {
+        stats.record_drop(DropReason::SendBufferFull);
+        return;
+    }
+    conn.out.extend_from_slice(message);
+    let pad = message.len().next_multiple_of(4) - message.len();
+    conn.out.extend_from_slice(&[0u8; 3][..pad]);
+}
+
+/// Reads TLS records from the socket into rustls and the plaintext they carry into `inbuf`.
+/// `Ok(0)`: nothing more to read now.
+fn read_tls(
+    tls: &mut rustls::ServerConnection,
+    stream: &mut TcpStream,
+    inbuf: &mut Vec<u8>,
+) -> Result<usize, ConnEvent> {
+    let closed = match tls.read_tls(stream) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+        Err(_) => return Err(ConnEvent::Error),
+    };
+    let state = match tls.process_new_packets() {
+        Ok(state) => state,
+        Err(e) => {
+            debug!(error = %e, "TLS error");
+            // Tell the client why (an alert), best effort.
+            let _ = tls.write_tls(stream);
+            return Err(ConnEvent::HandshakeFailed);
+        }
+    };
+    let plain = state.plaintext_bytes_to_read();
+    if plain > 0 {
+        let start = inbuf.len();
+        inbuf.resize(start + plain, 0);
+        match tls.reader().read(&mut inbuf[start..]) {
+            Ok(n) => inbuf.truncate(start + n),
+            Err(_) => inbuf.truncate(start),
+        }
+    }
+    if closed || state.peer_has_closed() {
+        return Err(ConnEvent::ClosedByClient);
+    }
+    // Something was read (records, maybe only handshake); ask again.
+    Ok(plain.max(1))
+}
+
+/// Hands queued plaintext to rustls (only when it has nothing left to send, so its buffer stays
+/// small) and writes records until the socket is full.
+fn write_tls(
+    tls: &mut rustls::ServerConnection,
+    stream: &mut TcpStream,
+    out: &[u8],
+    sent: &mut usize,
+) -> Result<(), ConnEvent> {
+    loop {
+        if !tls.wants_write() && *sent < out.len() && !tls.is_handshaking() {
+            let chunk = (out.len() - *sent).min(TLS_CHUNK);
+            match tls.writer().write(&out[*sent..*sent + chunk]) {
+                Ok(n) => *sent += n,
+                Err(_) => return Err(ConnEvent::Error),
+            }
+        }
+        if !tls.wants_write() {
+            return Ok(());
+        }
+        match tls.write_tls(stream) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(ConnEvent::Error),
+        }
+    }
+}
+
+/// Binds a TCP listening socket with SO_REUSEPORT (so every worker has its own) and a backlog
+/// of 1024.
+pub fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        // An IPv6 wildcard serves IPv4 too (dual stack), as the UDP listener does.
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_stun_and_padded_channel_data() {
+        // STUN: header says 8 bytes of attributes.
+        let mut stun = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
+        stun.extend_from_slice(&[0; 12 + 8]);
+        assert_eq!(frame(&stun), Frame::Message { len: 28, wire: 28 });
+        assert_eq!(frame(&stun[..27]), Frame::Incomplete);
+        assert_eq!(frame(&stun[..2]), Frame::Incomplete);
+        assert_eq!(frame(&[]), Frame::Incomplete);
+        // ChannelData with 5 bytes of data takes 12 bytes of stream (3 of padding).
+        let cd = [0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0];
+        assert_eq!(frame(&cd), Frame::Message { len: 9, wire: 12 });
+        assert_eq!(frame(&cd[..9]), Frame::Incomplete, "waits for the padding");
+        // Neither STUN nor ChannelData: the stream is lost.
+        assert_eq!(frame(&[0x80, 0, 0, 0]), Frame::Invalid);
+        let client_hello = [0x16, 3, 1, 0, 0xc8, 1, 0, 0, 0xc4, 3, 3];
+        assert_eq!(frame(&client_hello), Frame::Invalid, "a TLS record on the TCP port is not STUN");
+        // A STUN length that is not a multiple of 4.
+        assert_eq!(frame(&[0x00, 0x01, 0x00, 0x05]), Frame::Invalid);
+        // Over the cap.
+        assert_eq!(frame(&[0x40, 0x00, 0xFF, 0xFF]), Frame::Invalid);
+    }
+
+    #[test]
+    fn connection_table_enforces_both_limits() {
+        let t = ConnTable::default();
+        let limits = ConnLimits {
+            per_ip: 2,
+            total: 3,
+            handshake_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        };
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(t.open(a, &limits), Ok(()));
+        assert_eq!(t.open(a, &limits), Ok(()));
+        assert_eq!(t.open(a, &limits), Err(ConnEvent::RefusedPerIp));
+        assert_eq!(t.open(b, &limits), Ok(()));
+        assert_eq!(t.open(b, &limits), Err(ConnEvent::RefusedTotal));
+        t.close(a);
+        assert_eq!(t.open(b, &limits), Ok(()));
+    }
+}
