@@ -5,16 +5,11 @@
 //! the same UDP port. The pages report `getStats()` and data-channel messages back to this test
 //! over HTTP.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::response::Html;
-use axum::routing::{get, post};
 use cluster::media::MediaRole;
+use common::browser::{Browser, Reports, latest, serve_pages, url, wait_for};
 use common::{RelayProcess, unix_now};
 use relay::turn::auth::rest_password;
 use serde_json::Value;
@@ -103,115 +98,8 @@ const name = q.get('name');
 })();
 </script>"#;
 
-/// What each page reported, by page name.
-type Reports = Arc<Mutex<HashMap<String, Vec<Value>>>>;
-
-/// The pages and the report endpoint, on a loopback port; returns its address.
-fn serve_pages(reports: Reports) -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let app = axum::Router::new()
-                .route("/publisher.html", get(|| async { Html(format!("<!doctype html>{COMMON}{PUBLISHER}")) }))
-                .route("/viewer.html", get(|| async { Html(format!("<!doctype html>{COMMON}{VIEWER}")) }))
-                .route(
-                    "/report/{name}",
-                    post(|State(r): State<Reports>, Path(name): Path<String>, axum::Json(v): axum::Json<Value>| async move {
-                        r.lock().unwrap().entry(name).or_default().push(v);
-                    }),
-                )
-                .with_state(reports);
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    addr
-}
-
-/// A headless Chromium on `url` with a fake camera and microphone, killed when dropped.
-struct Browser {
-    child: Child,
-    _profile: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Browser {
-    fn open(url: &str) -> Self {
-        let profile = std::env::temp_dir().join(format!("relay-chromium-{}-{}", std::process::id(), rand_suffix()));
-        std::fs::create_dir_all(&profile).unwrap();
-        let child = Command::new("chromium")
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream",
-                "--autoplay-policy=no-user-gesture-required",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromium is installed (scripts/test.sh installs the Debian package chromium)");
-        Self { child, _profile: TempDir(profile) }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(unix_now());
-    h.finish()
-}
-
-/// The latest report of `name` that has `key`, and every report's errors.
-fn latest(reports: &Reports, name: &str, key: &str) -> Option<Value> {
-    let r = reports.lock().unwrap();
-    let list = r.get(name)?;
-    if let Some(e) = list.iter().find_map(|v| v.get("error")) {
-        panic!("page {name} failed: {e}");
-    }
-    list.iter().rev().find(|v| v.get(key).is_some()).cloned()
-}
-
-fn wait_for(what: &str, timeout: Duration, reports: &Reports, mut done: impl FnMut(&Reports) -> bool) {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if done(reports) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out waiting for {what}; reports: {:?}", reports.lock().unwrap());
-}
-
 fn frames_decoded(reports: &Reports, name: &str) -> u64 {
     latest(reports, name, "framesDecoded").and_then(|v| v["framesDecoded"].as_u64()).unwrap_or(0)
-}
-
-fn url(base: &str, query: &[(&str, &str)]) -> String {
-    let mut u = reqwest::Url::parse(base).unwrap();
-    u.query_pairs_mut().extend_pairs(query);
-    u.to_string()
 }
 
 #[test]
@@ -219,7 +107,13 @@ fn chromium_publishes_over_whip_and_chromium_watches_directly_and_through_turn_o
     let relay = RelayProcess::start("relay.toml", &[]);
     let sfu = relay.sfu_http();
     let reports: Reports = Arc::default();
-    let pages = serve_pages(Arc::clone(&reports));
+    let pages = serve_pages(
+        vec![
+            ("/publisher.html", format!("<!doctype html>{COMMON}{PUBLISHER}")),
+            ("/viewer.html", format!("<!doctype html>{COMMON}{VIEWER}")),
+        ],
+        Arc::clone(&reports),
+    );
 
     let publisher = common::media_token(MediaRole::Publisher, MACHINE, None, MACHINE);
     let _machine = Browser::open(&url(

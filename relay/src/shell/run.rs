@@ -91,7 +91,7 @@ impl CoreBase {
         Self {
             nonce_key,
             epoch: Instant::now(),
-            own: OwnAddresses { ips: own_ips, ports: vec![listen.port()..=listen.port(), config.ports.clone()] },
+            own: OwnAddresses { ips: own_ips, ports: vec![listen.port()..=listen.port()] },
             sfu,
             cores: config.workers.max(1),
         }

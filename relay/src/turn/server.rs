@@ -138,16 +138,21 @@ pub struct OwnAddresses {
     /// The listening and relay IPs and every local interface address (loopback and unspecified
     /// addresses always count as own).
     pub ips: Vec<IpAddr>,
-    /// The listening port(s) and the relay port range.
+    /// The UDP listening port(s). Relay ports are not among them: relaying from one allocation
+    /// to another on the same relay is what two clients that both need TURN do (ICE between two
+    /// relayed candidates), and it cannot loop, since what reaches a relay port goes to that
+    /// allocation's client.
     pub ports: Vec<RangeInclusive<u16>>,
 }
 
 impl OwnAddresses {
     pub fn contains(&self, addr: SocketAddr) -> bool {
-        if !self.ports.iter().any(|r| r.contains(&addr.port())) {
-            return false;
-        }
-        let ip = canonical(addr.ip());
+        self.ports.iter().any(|r| r.contains(&addr.port())) && self.has_ip(addr.ip())
+    }
+
+    /// Whether `ip` is one of the relay's addresses.
+    pub fn has_ip(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
         ip.is_loopback() || ip.is_unspecified() || self.ips.iter().any(|own| canonical(*own) == ip)
     }
 }
@@ -409,7 +414,10 @@ impl TurnServer {
         // one of our relay ports and is not the SFU's (the shell gave the SFU its datagrams
         // first) must not become a TURN request or ChannelData: no allocations of the relay
         // by itself, no loops.
-        if !self.config.sfu.is_empty() && self.shared.is_relay_port(from.0.port()) && self.config.own.contains(from.0) {
+        if !self.config.sfu.is_empty()
+            && self.shared.is_relay_port(from.0.port())
+            && self.config.own.has_ip(from.0.ip())
+        {
             self.stats.record_drop(DropReason::SelfRelay);
             return None;
         }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod webrtc_client;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,129 @@
+//! Headless Chromium for tests: serve pages on loopback, open them in Chromium (Debian's
+//! `chromium`, installed by scripts/test.sh) with a fake camera and microphone, and collect what
+//! the pages report back over HTTP (`POST /report/{name}` with a JSON body).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::response::Html;
+use axum::routing::{get, post};
+use serde_json::Value;
+
+/// What each page reported, by page name.
+pub type Reports = Arc<Mutex<HashMap<String, Vec<Value>>>>;
+
+/// Serves `pages` (path → HTML) and the report endpoint on a loopback port; returns its address.
+pub fn serve_pages(pages: Vec<(&'static str, String)>, reports: Reports) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let mut app = axum::Router::new().route(
+                "/report/{name}",
+                post(
+                    |State(r): State<Reports>, Path(name): Path<String>, axum::Json(v): axum::Json<Value>| async move {
+                        r.lock().unwrap().entry(name).or_default().push(v);
+                    },
+                ),
+            );
+            for (path, html) in pages {
+                app = app.route(path, get(move || async move { Html(html) }));
+            }
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app.with_state(reports)).await.unwrap();
+        });
+    });
+    addr
+}
+
+/// A headless Chromium on a URL, killed when dropped.
+pub struct Browser {
+    child: Child,
+    _profile: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Browser {
+    pub fn open(url: &str) -> Self {
+        Self::open_with(url, &[])
+    }
+
+    /// With extra command-line flags.
+    pub fn open_with(url: &str, flags: &[&str]) -> Self {
+        let profile = std::env::temp_dir().join(format!("relay-chromium-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&profile).unwrap();
+        let child = Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required",
+            ])
+            .args(flags)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromium is installed (scripts/test.sh installs the Debian package chromium)");
+        Self { child, _profile: TempDir(profile) }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(super::unix_now());
+    h.finish()
+}
+
+/// The latest report of `name` that has `key`; panics on any report with an error.
+pub fn latest(reports: &Reports, name: &str, key: &str) -> Option<Value> {
+    let r = reports.lock().unwrap();
+    let list = r.get(name)?;
+    if let Some(e) = list.iter().find_map(|v| v.get("error")) {
+        panic!("page {name} failed: {e}");
+    }
+    list.iter().rev().find(|v| v.get(key).is_some()).cloned()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, reports: &Reports, mut done: impl FnMut(&Reports) -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if done(reports) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting for {what}; reports: {:?}", reports.lock().unwrap());
+}
+
+/// `base` with `query` appended, encoded.
+pub fn url(base: &str, query: &[(&str, &str)]) -> String {
+    let mut u = reqwest::Url::parse(base).unwrap();
+    u.query_pairs_mut().extend_pairs(query);
+    u.to_string()
+}
