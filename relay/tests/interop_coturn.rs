@@ -69,8 +69,13 @@ struct Report {
 /// (default ports: the relay on 3478, the peer on 3480) and parses its "Total lost packets" line.
 /// 10 clients × n messages of 170 bytes, every 20 ms.
 fn uclient(n: u32, extra: &[&str]) -> Report {
+    uclient_with(SECRET, n, extra)
+}
+
+/// `uclient` with another TURN REST secret.
+fn uclient_with(secret: &str, n: u32, extra: &[&str]) -> Report {
     let out = Command::new(tool("turnutils_uclient"))
-        .args(["-W", SECRET, "-e", "127.0.0.1", "-n", &n.to_string(), "-m", "10", "-l", "170"])
+        .args(["-W", secret, "-e", "127.0.0.1", "-n", &n.to_string(), "-m", "10", "-l", "170"])
         .args(extra)
         .arg("127.0.0.1")
         .output()
@@ -160,5 +165,126 @@ fn uclient_over_tls_zero_loss() {
     let m = relay.metrics();
     assert_eq!(common::metric_value(&m, "relay_allocations_active"), 0.0, "closed connections free their allocations");
     assert_eq!(common::metric_value(&m, "relay_connections_open"), 0.0);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The SHA-256 fingerprint of the certificate a TLS server at `addr` presents now (openssl).
+fn served_fingerprint(addr: std::net::SocketAddr) -> String {
+    let script = format!(
+        "openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
+    );
+    let out = Command::new("sh").arg("-c").arg(script).output().expect("sh and openssl (scripts/test.sh installs openssl)");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(text.contains("Fingerprint="), "no certificate from {addr}: {text}");
+    text
+}
+
+fn file_fingerprint(cert: &std::path::Path) -> String {
+    let out = Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(cert).output().expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn rotation_config(secret: &str, cert: &std::path::Path, key: &std::path::Path) -> String {
+    format!(
+        r#"[server]
+workers = 2
+[allocations]
+max_per_user = 0
+max_total = 0
+rfc5766_channel_numbers = true
+[auth]
+secrets = ["{secret}"]
+[peers]
+allow = ["127.0.0.0/8"]
+[tls]
+cert = "{}"
+key = "{}"
+listen = ["127.0.0.1:0"]
+watch_secs = 1
+"#,
+        cert.display(),
+        key.display()
+    )
+}
+
+/// While uclient relays over UDP and over TLS (10 clients each), the TURN REST secret is replaced
+/// and the certificate files are renewed, then SIGHUP: neither session loses a packet, new TLS
+/// connections get the new certificate, new allocations need the new secret. Then the files are
+/// renewed again without any signal, and the relay picks them up by itself (`tls.watch_secs`).
+#[test]
+fn secret_and_certificate_rotation_during_live_traffic_lose_nothing() {
+    let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = common::temp_dir("rotation");
+    let (cert_a, key_a) = common::test_certificate(&dir, "a");
+    let (cert_b, key_b) = common::test_certificate(&dir, "b");
+    let (cert_c, key_c) = common::test_certificate(&dir, "c");
+    // The relay reads the live paths; renewals copy new files over them, as certbot's do.
+    let (cert, key) = (dir.join("live.crt"), dir.join("live.key"));
+    std::fs::copy(&cert_a, &cert).unwrap();
+    std::fs::copy(&key_a, &key).unwrap();
+    let config = dir.join("relay.toml");
+    std::fs::write(&config, rotation_config("old-secret", &cert, &key)).unwrap();
+    let mut relay = RelayProcess::start(config.to_str().unwrap(), &[]);
+    let (udp, tls) = (relay.udp, relay.tls[0]);
+    assert_eq!(served_fingerprint(tls), file_fingerprint(&cert_a));
+    let _peer = start_peer();
+
+    // 10 UDP and 10 TLS clients, 600 messages each (12 s), on the old secret and certificate.
+    let (udp_port, tls_port) = (udp.port().to_string(), tls.port().to_string());
+    let over_udp = std::thread::spawn(move || uclient_with("old-secret", 600, &["-p", &udp_port]));
+    let over_tls = std::thread::spawn(move || uclient_with("old-secret", 600, &["-t", "-S", "-p", &tls_port]));
+    std::thread::sleep(Duration::from_secs(4));
+    let relayed_before = relayed(&relay);
+
+    // Rotate: a new secret only (the old one removed), new certificate files; SIGHUP.
+    std::fs::write(&config, rotation_config("new-secret", &cert, &key)).unwrap();
+    std::fs::copy(&cert_b, &cert).unwrap();
+    std::fs::copy(&key_b, &key).unwrap();
+    // SAFETY: kill(2) with the pid of our child.
+    unsafe {
+        libc::kill(relay.child.id() as i32, libc::SIGHUP);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !relay.logs.try_iter().any(|l| l.contains("configuration reloaded")) {
+        assert!(std::time::Instant::now() < deadline, "no reload logged after SIGHUP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(served_fingerprint(tls), file_fingerprint(&cert_b), "new TLS connections get the new certificate");
+    let mut old = common::RawClient::rest(udp, "old-secret", 600, "relay");
+    assert_eq!(old.allocate(), Err(401), "the removed secret no longer makes allocations");
+    let mut new = common::RawClient::rest(udp, "new-secret", 600, "relay");
+    assert!(new.allocate().is_ok(), "the new secret does");
+    // The admin endpoint reloads too; nothing is left to apply.
+    let out = Command::new("curl")
+        .args(["-sS", "-X", "POST", &format!("http://{}/reload", relay.admin)])
+        .output()
+        .expect("curl");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report, serde_json::json!({"applied": [], "restart_required": []}));
+
+    let udp_report = over_udp.join().unwrap();
+    let tls_report = over_tls.join().unwrap();
+    assert_eq!(udp_report.lost, 0, "UDP lost packets across the rotation:\n{}", udp_report.output);
+    assert_eq!(tls_report.lost, 0, "TLS lost packets across the rotation:\n{}", tls_report.output);
+    let relayed_after = relayed(&relay);
+    assert!(relayed_after.0 - relayed_before.0 >= 1000.0, "traffic went on after the rotation: {relayed_before:?} -> {relayed_after:?}");
+
+    // A renewal with no signal at all: picked up within tls.watch_secs (1 s here).
+    std::fs::copy(&cert_c, &cert).unwrap();
+    std::fs::copy(&key_c, &key).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while served_fingerprint(tls) != file_fingerprint(&cert_c) {
+        assert!(std::time::Instant::now() < deadline, "the renewed certificate was not picked up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A bad reload (a config that does not validate) changes nothing and says why.
+    std::fs::write(&config, "[server]\nworkers = \"two\"\n").unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "-X", "POST", &format!("http://{}/reload", relay.admin)])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("400") && text.contains("workers"), "{text}");
+    assert!(common::RawClient::rest(udp, "new-secret", 600, "relay").allocate().is_ok(), "still serving");
     std::fs::remove_dir_all(dir).ok();
 }
