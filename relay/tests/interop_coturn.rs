@@ -170,17 +170,21 @@ fn uclient_over_tls_zero_loss() {
 
 /// The SHA-256 fingerprint of the certificate a TLS server at `addr` presents now (openssl).
 fn served_fingerprint(addr: std::net::SocketAddr) -> String {
-    let script = format!(
-        "openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256"
-    );
-    let out = Command::new("sh").arg("-c").arg(script).output().expect("sh and openssl (scripts/test.sh installs openssl)");
+    let script =
+        format!("openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256");
+    let out =
+        Command::new("sh").arg("-c").arg(script).output().expect("sh and openssl (scripts/test.sh installs openssl)");
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(text.contains("Fingerprint="), "no certificate from {addr}: {text}");
     text
 }
 
 fn file_fingerprint(cert: &std::path::Path) -> String {
-    let out = Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(cert).output().expect("openssl");
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert)
+        .output()
+        .expect("openssl");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -267,7 +271,10 @@ fn secret_and_certificate_rotation_during_live_traffic_lose_nothing() {
     assert_eq!(udp_report.lost, 0, "UDP lost packets across the rotation:\n{}", udp_report.output);
     assert_eq!(tls_report.lost, 0, "TLS lost packets across the rotation:\n{}", tls_report.output);
     let relayed_after = relayed(&relay);
-    assert!(relayed_after.0 - relayed_before.0 >= 1000.0, "traffic went on after the rotation: {relayed_before:?} -> {relayed_after:?}");
+    assert!(
+        relayed_after.0 - relayed_before.0 >= 1000.0,
+        "traffic went on after the rotation: {relayed_before:?} -> {relayed_after:?}"
+    );
 
     // A renewal with no signal at all: picked up within tls.watch_secs (1 s here).
     std::fs::copy(&cert_c, &cert).unwrap();

@@ -287,6 +287,8 @@ pub struct TurnServer {
     limiter: SourceLimiter,
     /// `now` of the input being handled, for the limiter.
     clock: Instant,
+    /// The request being handled already took its token from the limiter.
+    limit_checked: bool,
 }
 
 impl TurnServer {
@@ -311,6 +313,7 @@ impl TurnServer {
             txid_state: seed,
             limiter,
             clock: now,
+            limit_checked: false,
         }
     }
 
@@ -602,6 +605,16 @@ impl TurnServer {
             _ => Method::Other,
         };
         self.stats.requests[label as usize].inc();
+        // An unsigned request from a source without an allocation can only get an
+        // unauthenticated answer: ask the limiter before doing any work for it (a flood's case).
+        self.limit_checked = false;
+        if frame.integrity_at.is_none() && !self.by_client.contains_key(&from) {
+            if !self.limiter.allow(from.0.ip(), self.clock) {
+                self.stats.record_drop(DropReason::RateLimited);
+                return;
+            }
+            self.limit_checked = true;
+        }
         if label == Method::Other {
             // RFC 8489 §6.3.1.1 leaves unknown methods to the usage; TURN servers answer 400.
             return self.error(from, frame, 400, None);
@@ -1115,7 +1128,11 @@ impl TurnServer {
 
     fn send(&mut self, to: ClientAddr, reply: Reply, key: Option<&Key>) {
         // Unauthenticated answers to sources without an allocation: the reflection vector.
-        if key.is_none() && !self.by_client.contains_key(&to) && !self.limiter.allow(to.0.ip(), self.clock) {
+        if key.is_none()
+            && !self.limit_checked
+            && !self.by_client.contains_key(&to)
+            && !self.limiter.allow(to.0.ip(), self.clock)
+        {
             self.stats.record_drop(DropReason::RateLimited);
             return;
         }
