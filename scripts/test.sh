@@ -12,11 +12,13 @@ step() { echo "==> [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 #   coturn      turnutils_uclient / turnutils_peer: the TURN client and echo peer nobody here wrote
 #   curl        the metrics test scrapes /metrics the way an operator would
 #   postgresql  signaling's API suite runs on PostgreSQL as well as on embedded SQLite
-#   chromium    the SFU's real-browser tests (WHIP publish, WHEP watch, TURN-only watch)
+#   chromium    the real-browser tests (WHIP publish, WHEP watch, TURN-only watch, turns: only)
+#   openssl     the rotation test reads which certificate the TLS listener presents
 need=()
 command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
     step "installing ${need[*]}"
@@ -29,7 +31,7 @@ if ((${#need[@]})); then
         systemctl disable --now coturn >/dev/null 2>&1 || true
     fi
 fi
-for tool in turnutils_uclient turnutils_peer curl chromium; do
+for tool in turnutils_uclient turnutils_peer curl chromium openssl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 

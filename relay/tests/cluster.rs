@@ -174,10 +174,21 @@ fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
     let test_start = unix_now();
     let mut signaling = Signaling::start(reply(vec![], 0, &[]));
     let config = write_config();
+    // With TURN over TLS on, so the heartbeat reports its port for signaling's turns: URL.
+    let (cert, key) = common::test_certificate(config.parent().unwrap(), "heartbeat");
     let mut relay = RelayProcess::start_with(
         config.to_str().unwrap(),
         "127.0.0.1:0",
-        &["--signaling-url", &signaling.url],
+        &[
+            "--signaling-url",
+            &signaling.url,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-listen",
+            "127.0.0.1:0",
+        ],
         &[("RELAY_CLUSTER_TOKEN", TOKEN)],
     );
     // The banner's SFU line comes before its cluster line.
@@ -199,7 +210,7 @@ fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
     assert_eq!(first.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(first.public_host, "127.0.0.1", "the advertised address by default");
     assert_eq!(first.turn_udp_port, relay.udp.port(), "the port actually bound, not the configured 0");
-    assert_eq!(first.turn_tls_port, None);
+    assert_eq!(first.turn_tls_port, Some(relay.tls[0].port()), "the TLS listener's bound port");
     // The SFU (the test relays run one on an ephemeral port) is announced with its base URL.
     let sfu_url = first.sfu_url.clone().expect("the SFU's URL");
     assert_eq!(sfu_url, format!("http://127.0.0.1:{sfu_port}"));

@@ -228,7 +228,7 @@ fn secret_and_certificate_rotation_during_live_traffic_lose_nothing() {
     std::fs::copy(&key_a, &key).unwrap();
     let config = dir.join("relay.toml");
     std::fs::write(&config, rotation_config("old-secret", &cert, &key)).unwrap();
-    let mut relay = RelayProcess::start(config.to_str().unwrap(), &[]);
+    let relay = RelayProcess::start(config.to_str().unwrap(), &[]);
     let (udp, tls) = (relay.udp, relay.tls[0]);
     assert_eq!(served_fingerprint(tls), file_fingerprint(&cert_a));
     let _peer = start_peer();

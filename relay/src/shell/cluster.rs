@@ -45,6 +45,9 @@ pub struct Settings {
     pub cluster: ClusterConfig,
     /// The port the listening sockets actually bound (server.listen may say 0).
     pub turn_udp_port: u16,
+    /// The first TURN-over-TLS listener's port, when TLS is on: signaling lists
+    /// `turns:HOST:PORT?transport=tcp` beside the UDP URL.
+    pub turn_tls_port: Option<u16>,
     /// allocations.max_total (0 = unlimited).
     pub max_allocations: u64,
     /// Unix seconds when the process started.
@@ -152,7 +155,7 @@ impl Heartbeater {
             version: env!("CARGO_PKG_VERSION").into(),
             public_host: c.public_host.clone(),
             turn_udp_port: self.settings.turn_udp_port,
-            turn_tls_port: None,
+            turn_tls_port: self.settings.turn_tls_port,
             sfu_url: self.settings.sfu_url.clone(),
             state: self.control.state(),
             load: Load {

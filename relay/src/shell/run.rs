@@ -330,6 +330,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
             let settings = cluster::Settings {
                 cluster: cluster.clone(),
                 turn_udp_port: listen.port(),
+                turn_tls_port: tls_addrs.first().map(SocketAddr::port),
                 max_allocations: u64::from(config.max_total),
                 started_at,
                 sfu_url: sfu_addr.map(|addr| sfu_public_url(&config, &cluster.public_host, addr)),
