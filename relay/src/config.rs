@@ -129,6 +129,11 @@ pub struct RelaySection {
     pub ip: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_ip: Option<String>,
+    /// A second, IPv6 relay address beside an IPv4 relay.ip (dual stack, RFC 6156).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_ipv6: Option<String>,
     pub min_port: u16,
     pub max_port: u16,
     pub socket_buffer_bytes: usize,
@@ -139,7 +144,15 @@ impl Default for RelaySection {
         // RFC 8656 §7.2 recommends the dynamic range 49152-65535. A 1 MiB buffer per relay socket
         // rides out scheduling hiccups at high packet rates; it is a limit, not an allocation:
         // the kernel charges only for datagrams actually queued.
-        Self { ip: None, external_ip: None, min_port: 49152, max_port: 65535, socket_buffer_bytes: 1 << 20 }
+        Self {
+            ip: None,
+            external_ip: None,
+            ipv6: None,
+            external_ipv6: None,
+            min_port: 49152,
+            max_port: 65535,
+            socket_buffer_bytes: 1 << 20,
+        }
     }
 }
 
@@ -294,6 +307,12 @@ pub struct Overrides {
     /// relay.external_ip: public address advertised behind 1:1 NAT.
     #[arg(long, env = "RELAY_EXTERNAL_IP")]
     pub external_ip: Option<String>,
+    /// relay.ipv6: an IPv6 relay address beside an IPv4 relay.ip (dual stack).
+    #[arg(long, env = "RELAY_RELAY_IPV6")]
+    pub relay_ipv6: Option<String>,
+    /// relay.external_ipv6: public IPv6 address advertised for relay.ipv6.
+    #[arg(long, env = "RELAY_EXTERNAL_IPV6")]
+    pub external_ipv6: Option<String>,
     /// relay.min_port: lowest relay port.
     #[arg(long, env = "RELAY_MIN_PORT")]
     pub min_port: Option<u16>,
@@ -448,6 +467,12 @@ impl FileConfig {
         if o.external_ip.is_some() {
             self.relay.external_ip = o.external_ip.clone();
         }
+        if o.relay_ipv6.is_some() {
+            self.relay.ipv6 = o.relay_ipv6.clone();
+        }
+        if o.external_ipv6.is_some() {
+            self.relay.external_ipv6 = o.external_ipv6.clone();
+        }
         set(&mut self.relay.min_port, &o.min_port);
         set(&mut self.relay.max_port, &o.max_port);
         set(&mut self.relay.socket_buffer_bytes, &o.relay_socket_buffer_bytes);
@@ -536,6 +561,8 @@ pub struct Config {
     pub socket_buffer_bytes: usize,
     pub relay_ip: IpAddr,
     pub external_ip: Option<IpAddr>,
+    /// The IPv6 relay address (bind, advertised) beside an IPv4 relay_ip.
+    pub relay_ipv6: Option<(IpAddr, IpAddr)>,
     pub ports: RangeInclusive<u16>,
     pub relay_socket_buffer_bytes: usize,
     pub default_lifetime: Duration,
@@ -679,6 +706,30 @@ impl Config {
             }
             None => None,
         };
+        let relay_ipv6 = match (&file.relay.ipv6, &file.relay.external_ipv6) {
+            (None, None) => None,
+            (None, Some(_)) => bail!("relay.external_ipv6: needs relay.ipv6"),
+            (Some(ip), external) => {
+                let ip: IpAddr = parse_key("relay.ipv6", ip)?;
+                if !ip.is_ipv6() || ip.is_unspecified() || ip.is_multicast() {
+                    bail!("relay.ipv6: {ip} is not a unicast IPv6 address");
+                }
+                if relay_ip.is_ipv6() {
+                    bail!("relay.ipv6: relay.ip {relay_ip} is IPv6 already; relay.ipv6 adds IPv6 to an IPv4 relay");
+                }
+                let advertised = match external {
+                    Some(v) => {
+                        let e: IpAddr = parse_key("relay.external_ipv6", v)?;
+                        if !e.is_ipv6() {
+                            bail!("relay.external_ipv6: {e} is not an IPv6 address");
+                        }
+                        e
+                    }
+                    None => ip,
+                };
+                Some((ip, advertised))
+            }
+        };
         let (min, max) = (file.relay.min_port, file.relay.max_port);
         if min == 0 || min > max {
             bail!("relay.min_port/relay.max_port: need 1 <= min_port <= max_port, got {min}..{max}");
@@ -799,6 +850,7 @@ impl Config {
             socket_buffer_bytes: file.server.socket_buffer_bytes,
             relay_ip,
             external_ip,
+            relay_ipv6,
             ports: min..=max,
             relay_socket_buffer_bytes: file.relay.socket_buffer_bytes,
             default_lifetime: Duration::from_secs(a.default_lifetime_secs),

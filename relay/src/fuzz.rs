@@ -47,11 +47,11 @@ const CHANNEL: u16 = 0x4000;
 struct Sockets(HashSet<u16>);
 
 impl RelaySockets for Sockets {
-    fn probe(&mut self, _port: RelayPort) -> io::Result<()> {
+    fn probe(&mut self, _ip: std::net::IpAddr, _port: RelayPort) -> io::Result<()> {
         Ok(())
     }
 
-    fn open(&mut self, port: RelayPort) -> io::Result<()> {
+    fn open(&mut self, _ip: std::net::IpAddr, port: RelayPort) -> io::Result<()> {
         if self.0.insert(port.0) { Ok(()) } else { Err(io::ErrorKind::AddrInUse.into()) }
     }
 }
@@ -65,6 +65,7 @@ fn core(now: Instant) -> TurnServer {
         nonces: NonceSource::new([7; 32], now, Duration::from_secs(600)),
         relay_ip: ip,
         advertised_ip: ip,
+        relay_ip_other: None,
         default_lifetime: Duration::from_secs(600),
         max_lifetime: Duration::from_secs(3600),
         max_permissions: 4,

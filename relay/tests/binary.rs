@@ -343,3 +343,48 @@ fn json_logs_carry_one_span_per_allocation() {
         assert_eq!(e["span"]["client"], client.socket.local_addr().unwrap().to_string());
     }
 }
+
+/// IPv6 and dual stack (RFC 6156) on the real binary: one `[::]` listener serves both families;
+/// an IPv6 client gets an IPv6 relayed address and relays to an IPv6 peer on ::1 (allowed by the
+/// loopback config), an IPv4 client gets IPv4, and IPv6's non-global ranges stay refused.
+#[test]
+fn dual_stack_listener_relays_each_family_and_refuses_ipv6_private_ranges() {
+    let relay =
+        RelayProcess::start_on("relay-loopback.toml", "[::]:0", &["--relay-ip", "127.0.0.1", "--relay-ipv6", "::1"]);
+    let port = relay.udp.port();
+    let v6_server: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let v4_server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let mut c6 = RawClient::rest(v6_server, LOOPBACK_SECRET, 600, REALM);
+    let relayed6 = c6.allocate().expect("IPv6 allocate");
+    assert_eq!(relayed6.ip(), "::1".parse::<std::net::IpAddr>().unwrap(), "the family the client came with");
+    let peer = UdpSocket::bind("[::1]:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let resp =
+        c6.call(METHOD_CHANNEL_BIND, &[&ChannelNumber(0x4000), &peer_attr(&peer.local_addr().unwrap().to_string())]);
+    assert_eq!(error_code(&resp), None);
+    let mut buf = [0u8; 2048];
+    for i in 0..20u8 {
+        c6.socket.send_to(&channel_data(0x4000, &[i; 100]), v6_server).unwrap();
+        let (n, from) = peer.recv_from(&mut buf).expect("the IPv6 peer receives");
+        assert_eq!((n, from), (100, relayed6));
+        peer.send_to(&[i; 50], relayed6).unwrap();
+        let (n, _) = c6.socket.recv_from(&mut buf).expect("the IPv6 client receives");
+        assert_eq!(&buf[..n], &channel_data(0x4000, &[i; 50])[..]);
+    }
+    // IPv6 peers outside the allow list are refused as IPv4 ones are; IPv4 peers get 443.
+    for blocked in ["[fe80::1]:9", "[fd00::1]:9", "[::]:9", "[2001:db8::1]:9", "[ff02::1]:9"] {
+        let resp = c6.call(METHOD_CREATE_PERMISSION, &[&peer_attr(blocked)]);
+        assert_eq!(error_code(&resp), Some(403), "{blocked}");
+    }
+    let resp = c6.call(METHOD_CREATE_PERMISSION, &[&peer_attr("127.0.0.1:9")]);
+    assert_eq!(error_code(&resp), Some(443));
+
+    // The same port over IPv4 gives IPv4.
+    let mut c4 = RawClient::rest(v4_server, LOOPBACK_SECRET, 600, REALM);
+    let relayed4 = c4.allocate().expect("IPv4 allocate");
+    assert_eq!(relayed4.ip(), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    let m = relay.metrics();
+    assert_eq!(metric_value(&m, "relay_allocations_active"), 2.0);
+    assert_eq!(metric_value(&m, "relay_workers"), 4.0, "two per family");
+}

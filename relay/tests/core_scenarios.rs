@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use relay::turn::RelayIp;
 use relay::turn::auth::{Credentials, NonceSource, long_term_key, rest_password};
 use relay::turn::limit::Rates;
 use relay::turn::peer_filter::PeerFilter;
@@ -42,20 +43,23 @@ const MAX_PORT: u16 = 50099;
 struct FakeSockets {
     open: HashSet<u16>,
     busy: HashSet<u16>,
+    /// Every address a relay socket was opened on.
+    opened: Vec<SocketAddr>,
 }
 
 impl RelaySockets for FakeSockets {
-    fn probe(&mut self, port: RelayPort) -> io::Result<()> {
+    fn probe(&mut self, _ip: std::net::IpAddr, port: RelayPort) -> io::Result<()> {
         if self.busy.contains(&port.0) || self.open.contains(&port.0) {
             return Err(io::ErrorKind::AddrInUse.into());
         }
         Ok(())
     }
 
-    fn open(&mut self, port: RelayPort) -> io::Result<()> {
+    fn open(&mut self, ip: std::net::IpAddr, port: RelayPort) -> io::Result<()> {
         if self.busy.contains(&port.0) || !self.open.insert(port.0) {
             return Err(io::ErrorKind::AddrInUse.into());
         }
+        self.opened.push(SocketAddr::new(ip, port.0));
         Ok(())
     }
 }
@@ -70,6 +74,7 @@ struct Options {
     rfc5766: bool,
     sfu: Vec<&'static str>,
     unauthenticated: Rates,
+    relay_ip_other: Option<RelayIp>,
 }
 
 impl Default for Options {
@@ -84,6 +89,7 @@ impl Default for Options {
             rfc5766: false,
             sfu: vec![],
             unauthenticated: Rates::OFF,
+            relay_ip_other: None,
         }
     }
 }
@@ -116,6 +122,7 @@ impl Harness {
             nonces: NonceSource::new([5; 32], t0, Duration::from_secs(600)),
             relay_ip: relay_ip(),
             advertised_ip: "203.0.113.1".parse().unwrap(),
+            relay_ip_other: o.relay_ip_other,
             default_lifetime: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             max_permissions: o.max_permissions,
@@ -1028,4 +1035,56 @@ fn closing_a_client_removes_its_allocation() {
     assert!(!h.server.has_allocation(ClientAddr(c.addr)));
     assert_eq!(h.events(), vec![Event::RelayClosed(RelayPort(port))]);
     assert!(h.peer_sends(port, "93.184.216.50:9".parse().unwrap(), b"late").is_none());
+}
+
+/// RFC 6156 on a dual-stack relay: the family asked for, else the client's own; peers of the
+/// other family get 443; IPv6's non-global ranges are refused like IPv4's.
+#[test]
+fn dual_stack_relay_allocates_the_family_asked_for_or_the_clients() {
+    let v6 = RelayIp { bind: "2001:db8::10".parse().unwrap(), advertised: "2001:db8:1::1".parse().unwrap() };
+    let mut h = Harness::with(Options { relay_ip_other: Some(v6), ..Default::default() });
+    let relayed = |resp: &Message| {
+        let mut r = RelayedAddress::default();
+        r.get_from(resp).unwrap();
+        SocketAddr::new(r.ip, r.port)
+    };
+    // An IPv4 client that does not ask gets IPv4; one that asks for IPv6 gets it.
+    let mut c4 = Client::rest("198.51.100.1:40000", T0_UNIX + 600, SECRET_A);
+    let a4 = relayed(&c4.allocate(&mut h));
+    assert_eq!(a4.ip(), "203.0.113.1".parse::<IpAddr>().unwrap());
+    let mut c4v6 = Client::rest("198.51.100.1:40001", T0_UNIX + 600, SECRET_A);
+    let family = turn::proto::reqfamily::REQUESTED_FAMILY_IPV6;
+    let resp = c4v6.call(&mut h, METHOD_ALLOCATE, &[&udp(), &family]);
+    assert_eq!(relayed(&resp).ip(), v6.advertised, "REQUESTED-ADDRESS-FAMILY IPv6");
+    // An IPv6 client that does not ask gets IPv6 (what browsers reaching us over IPv6 expect).
+    let mut c6 = Client::rest("[2001:db8:2::7]:40000", T0_UNIX + 600, SECRET_A);
+    let a6 = relayed(&c6.allocate(&mut h));
+    assert_eq!(a6.ip(), v6.advertised);
+    let mut xma = stun::xoraddr::XorMappedAddress::default();
+    // The IPv6 allocation relays to IPv6 peers only, from the IPv6 relay address.
+    assert!(is_success(&c6.call(&mut h, METHOD_CREATE_PERMISSION, &[&peer("[2606:4700::1111]:9")])));
+    assert_eq!(h.sockets.opened.last().copied(), Some(SocketAddr::new(v6.bind, a6.port())));
+    let resp = c6.call(&mut h, METHOD_CREATE_PERMISSION, &[&peer("93.184.216.34:9")]);
+    assert_eq!(error_code(&resp), Some(443));
+    for blocked in
+        ["[::1]:9", "[fe80::1]:9", "[fc00::1]:9", "[2001:db8::99]:9", "[::ffff:127.0.0.1]:9", "[64:ff9b::a00:1]:9"]
+    {
+        let resp = c6.call(&mut h, METHOD_CHANNEL_BIND, &[&ChannelNumberAttr(0x4000), &peer(blocked)]);
+        assert_eq!(error_code(&resp), Some(403), "{blocked}");
+    }
+    // The IPv4 allocation the other way round.
+    let resp = c4.call(&mut h, METHOD_CREATE_PERMISSION, &[&peer("[2606:4700::1111]:9")]);
+    assert_eq!(error_code(&resp), Some(443));
+    // A Refresh asking for the other family: 443 (RFC 8656 §7.3).
+    let resp = c6.call(&mut h, METHOD_REFRESH, &[&turn::proto::reqfamily::REQUESTED_FAMILY_IPV4]);
+    assert_eq!(error_code(&resp), Some(443));
+    let _ = xma.get_from(&c6.call(&mut h, METHOD_BINDING, &[]));
+    assert_eq!(SocketAddr::new(xma.ip, xma.port), c6.addr);
+
+    // An IPv4-only relay: IPv6 asked for is 440; an IPv6 client that does not ask gets IPv4.
+    let mut h = Harness::new();
+    let mut c = Client::rest("198.51.100.1:40000", T0_UNIX + 600, SECRET_A);
+    assert_eq!(error_code(&c.call(&mut h, METHOD_ALLOCATE, &[&udp(), &family])), Some(440));
+    let mut c6 = Client::rest("[2001:db8:2::7]:40000", T0_UNIX + 600, SECRET_A);
+    assert_eq!(relayed(&c6.allocate(&mut h)).ip(), "203.0.113.1".parse::<IpAddr>().unwrap());
 }

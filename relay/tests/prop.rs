@@ -19,11 +19,11 @@ use relay::turn::{
 struct Sockets(HashSet<u16>);
 
 impl RelaySockets for Sockets {
-    fn probe(&mut self, port: RelayPort) -> io::Result<()> {
+    fn probe(&mut self, _ip: std::net::IpAddr, port: RelayPort) -> io::Result<()> {
         if self.0.contains(&port.0) { Err(io::ErrorKind::AddrInUse.into()) } else { Ok(()) }
     }
 
-    fn open(&mut self, port: RelayPort) -> io::Result<()> {
+    fn open(&mut self, _ip: std::net::IpAddr, port: RelayPort) -> io::Result<()> {
         if self.0.insert(port.0) { Ok(()) } else { Err(io::ErrorKind::AddrInUse.into()) }
     }
 }
@@ -36,6 +36,7 @@ fn server() -> TurnServer {
         nonces: NonceSource::new([1; 32], now, Duration::from_secs(600)),
         relay_ip: "192.0.2.1".parse().unwrap(),
         advertised_ip: "192.0.2.1".parse().unwrap(),
+        relay_ip_other: None,
         default_lifetime: Duration::from_secs(600),
         max_lifetime: Duration::from_secs(3600),
         max_permissions: 4,

@@ -170,6 +170,7 @@ impl Live {
             workers => "server.workers",
             socket_buffer_bytes => "server.socket_buffer_bytes",
             relay_ip => "relay.ip",
+            relay_ipv6 => "relay.ipv6",
             external_ip => "relay.external_ip",
             ports => "relay.min_port/relay.max_port",
             relay_socket_buffer_bytes => "relay.socket_buffer_bytes",

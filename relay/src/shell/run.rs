@@ -15,7 +15,7 @@
 //!   with an error, so the supervisor restarts it instead of leaving a silent hole in the
 //!   SO_REUSEPORT group.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -38,12 +38,14 @@ use crate::config::{Config, EXAMPLE_SECRET};
 use crate::turn::auth::{Credentials, NonceSource};
 use crate::turn::limit::Rates;
 use crate::turn::peer_filter::PeerFilter;
-use crate::turn::{OwnAddresses, PortPool, Quotas, ServerConfig, Shared, TurnServer};
+use crate::turn::{OwnAddresses, PortPool, Quotas, RelayIp, ServerConfig, Shared, TurnServer};
 
 /// Addresses the relay actually bound, for the start-up banner and for tests.
 #[derive(Debug, Clone)]
 pub struct Relay {
     pub listen: SocketAddr,
+    /// The IPv4 half of a dual-stack `[::]` listener.
+    pub listen_v4: Option<SocketAddr>,
     pub admin: SocketAddr,
     /// The WHIP/WHEP endpoint, when the SFU runs.
     pub sfu_http: Option<SocketAddr>,
@@ -81,6 +83,7 @@ impl CoreBase {
         rand::rng().fill(&mut nonce_key);
         let mut own_ips = vec![config.listen.ip(), config.relay_ip];
         own_ips.extend(config.external_ip);
+        own_ips.extend(config.relay_ipv6.iter().flat_map(|(bind, advertised)| [*bind, *advertised]));
         // With a wildcard listen address every local address reaches the relay.
         match if_addrs::get_if_addrs() {
             Ok(ifaces) => own_ips.extend(ifaces.into_iter().map(|i| i.ip())),
@@ -111,6 +114,7 @@ impl CoreBase {
             nonces: NonceSource::new(self.nonce_key, self.epoch, config.nonce_lifetime),
             relay_ip: config.relay_ip,
             advertised_ip: config.advertised_ip(),
+            relay_ip_other: config.relay_ipv6.map(|(bind, advertised)| RelayIp { bind, advertised }),
             default_lifetime: config.default_lifetime,
             max_lifetime: config.max_lifetime,
             max_permissions: config.max_permissions,
@@ -207,6 +211,20 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
                 .with_context(|| format!("server.listen: cannot bind UDP {listen}"))?,
         );
     }
+    // Dual stack: `[::]` serves IPv4 too, with a second group of workers on 0.0.0.0 and the same
+    // port (IPv6 sockets are v6-only here, so every worker sees one family of clients).
+    let mut listen_v4 = None;
+    if listen.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), listen.port());
+        for _ in 0..config.workers {
+            listeners.push(
+                udp::bind_listener(v4, config.socket_buffer_bytes, config.socket_buffer_bytes)
+                    .with_context(|| format!("server.listen: cannot bind UDP {v4} (dual stack with {listen})"))?,
+            );
+        }
+        listen_v4 = Some(v4);
+    }
+    let udp_workers = listeners.len();
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let admin_listener = runtime.block_on(admin::bind(config.admin_listen))?;
@@ -226,7 +244,13 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
                 None => None,
             };
             let public = SocketAddr::new(config.advertised_ip(), listen.port());
-            let socket = listeners[0].try_clone().context("duplicating the listening socket for the SFU")?;
+            // The SFU's candidate is the advertised address: its socket must be of that family
+            // (with a dual-stack listener, the IPv4 group's for an IPv4 address).
+            let family = listeners
+                .iter()
+                .find(|l| l.local_addr().is_ok_and(|a| a.is_ipv6() == public.is_ipv6()))
+                .unwrap_or(&listeners[0]);
+            let socket = family.try_clone().context("duplicating the listening socket for the SFU")?;
             let (handle, thread) = sfu::start(socket, public)?;
             Some((handle, thread, (http, tls)))
         }
@@ -253,7 +277,6 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
         stats.push(server.stats());
         let (tx, rx) = mpsc::channel();
         let settings = SocketSettings {
-            relay_ip: config.relay_ip,
             relay_buffer: config.relay_socket_buffer_bytes,
             sfu: sfu.as_ref().map(|(handle, ..)| handle.clone()),
         };
@@ -271,7 +294,6 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
     }
     // TURN over TCP and TLS: as many threads as UDP workers, each with a core per listener.
     let stream_settings = StreamSettings {
-        relay_ip: config.relay_ip,
         relay_buffer: config.relay_socket_buffer_bytes,
         limits: reload::conn_limits(&config),
         table: Arc::new(ConnTable::default()),
@@ -288,7 +310,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
         let (tx, rx) = mpsc::channel();
         let (worker, waker) =
             StreamWorker::new(with_cores, stream_settings.clone(), rx).context("creating TCP/TLS event loop")?;
-        let notice = ExitNotice(config.workers + i, exit_tx.clone());
+        let notice = ExitNotice(udp_workers + i, exit_tx.clone());
         let thread = std::thread::Builder::new()
             .name(format!("relay-stream-{i}"))
             .spawn(move || {
@@ -307,7 +329,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
         None => (None, None, None),
     };
     let sfu_addr = sfu_http.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
-    let metrics = Arc::new(Metrics::new(stats, config.workers, Arc::clone(&shared), control.draining_flag())?);
+    let metrics = Arc::new(Metrics::new(stats, udp_workers, Arc::clone(&shared), control.draining_flag())?);
     if let Some(handle) = &sfu_handle {
         metrics.attach_sfu(handle.clone())?;
     }
@@ -347,7 +369,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
         let hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         anyhow::Ok((term, int, hup))
     })?;
-    let relay = Relay { listen, admin: admin_addr, sfu_http: sfu_addr, tcp: tcp_addr, tls: tls_addrs };
+    let relay = Relay { listen, listen_v4, admin: admin_addr, sfu_http: sfu_addr, tcp: tcp_addr, tls: tls_addrs };
     print_banner(&config, &relay);
     info!(udp = %listen, admin = %admin_addr, workers = threads.len(), "relay started");
 
@@ -465,6 +487,9 @@ fn print_banner(config: &Config, relay: &Relay) {
     let uri_host = if host.is_ipv6() { format!("[{host}]") } else { host.to_string() };
     println!("relay {} ready", env!("CARGO_PKG_VERSION"));
     println!("  STUN/TURN   udp://{}  ({} worker threads)", relay.listen, config.workers);
+    if let Some(v4) = relay.listen_v4 {
+        println!("  STUN/TURN   udp://{v4}  (dual stack, {} worker threads)", config.workers);
+    }
     if let Some(tcp) = relay.tcp {
         println!("  TURN/TCP    tcp://{tcp}");
     }

@@ -201,7 +201,6 @@ pub fn frame(buf: &[u8]) -> Frame {
 /// Settings every stream worker shares.
 #[derive(Clone)]
 pub struct StreamSettings {
-    pub relay_ip: IpAddr,
     pub relay_buffer: usize,
     pub limits: ConnLimits,
     pub table: Arc<ConnTable>,
@@ -374,7 +373,9 @@ impl StreamWorker {
         loop {
             let listener = &self.listeners[l];
             let (mut stream, peer) = match listener.socket.accept() {
-                Ok(accepted) => accepted,
+                // A dual-stack listener reports IPv4 clients as IPv4-mapped IPv6: the core (and
+                // XOR-MAPPED-ADDRESS) see them as the IPv4 addresses they are.
+                Ok((stream, peer)) => (stream, SocketAddr::new(peer.ip().to_canonical(), peer.port())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -507,7 +508,6 @@ impl StreamWorker {
                         registry: self.poll.registry(),
                         relays: &mut self.relays,
                         by_port: &mut self.by_port,
-                        ip: self.settings.relay_ip,
                         buffer: self.settings.relay_buffer,
                         token_base: FIRST_RELAY,
                         owner: l,

@@ -87,7 +87,6 @@ pub(super) struct Sockets<'a> {
     pub registry: &'a Registry,
     pub relays: &'a mut Slab<Relay>,
     pub by_port: &'a mut [u32],
-    pub ip: IpAddr,
     pub buffer: usize,
     /// Token of slab entry 0; entry `k` is registered as `token_base + k`.
     pub token_base: usize,
@@ -95,13 +94,13 @@ pub(super) struct Sockets<'a> {
 }
 
 impl RelaySockets for Sockets<'_> {
-    fn probe(&mut self, port: RelayPort) -> io::Result<()> {
+    fn probe(&mut self, ip: IpAddr, port: RelayPort) -> io::Result<()> {
         // Bound and closed at once: the port is free now, and the pool keeps it ours.
-        udp::bind_relay(SocketAddr::new(self.ip, port.0), 0, 0).map(drop)
+        udp::bind_relay(SocketAddr::new(ip, port.0), 0, 0).map(drop)
     }
 
-    fn open(&mut self, port: RelayPort) -> io::Result<()> {
-        let std = udp::bind_relay(SocketAddr::new(self.ip, port.0), self.buffer, self.buffer)?;
+    fn open(&mut self, ip: IpAddr, port: RelayPort) -> io::Result<()> {
+        let std = udp::bind_relay(SocketAddr::new(ip, port.0), self.buffer, self.buffer)?;
         let mut socket = UdpSocket::from_std(std);
         let entry = self.relays.vacant_entry();
         self.registry.register(&mut socket, Token(self.token_base + entry.key()), Interest::READABLE)?;
@@ -114,7 +113,6 @@ impl RelaySockets for Sockets<'_> {
 /// Settings of a worker's sockets.
 #[derive(Debug, Clone)]
 pub struct SocketSettings {
-    pub relay_ip: IpAddr,
     /// Buffer size of relay sockets (0 = kernel default).
     pub relay_buffer: usize,
     /// The SFU sharing the listening port, if it runs: datagrams it claims go to it.
@@ -265,7 +263,6 @@ impl Worker {
                 registry: self.poll.registry(),
                 relays: &mut self.relays,
                 by_port: &mut self.by_port,
-                ip: self.settings.relay_ip,
                 buffer: self.settings.relay_buffer,
                 token_base: FIRST_RELAY,
                 owner: 0,

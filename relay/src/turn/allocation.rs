@@ -42,6 +42,8 @@ pub enum BindConflict {
 #[derive(Debug)]
 pub struct Allocation {
     pub client: ClientAddr,
+    /// The address the relay socket binds to; its family is the allocation's (RFC 6156).
+    pub relay_ip: IpAddr,
     pub port: RelayPort,
     pub username: Username,
     pub key: Key,
@@ -62,6 +64,7 @@ impl Allocation {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: ClientAddr,
+        relay_ip: IpAddr,
         port: RelayPort,
         username: Username,
         key: Key,
@@ -72,6 +75,7 @@ impl Allocation {
     ) -> Self {
         Self {
             client,
+            relay_ip,
             port,
             username,
             key,
@@ -175,6 +179,7 @@ mod tests {
     fn alloc(now: Instant) -> Allocation {
         Allocation::new(
             ClientAddr("192.0.2.1:1000".parse().unwrap()),
+            "192.0.2.10".parse().unwrap(),
             RelayPort(50000),
             Username::new("u"),
             [0; 16],

@@ -12,6 +12,6 @@ pub mod stats;
 pub mod types;
 pub mod wire;
 
-pub use server::{Event, Forward, OwnAddresses, RelaySockets, ServerConfig, ToClient, Transmit, TurnServer};
+pub use server::{Event, Forward, OwnAddresses, RelayIp, RelaySockets, ServerConfig, ToClient, Transmit, TurnServer};
 pub use shared::{PortPool, Quotas, Shared};
 pub use types::{ChannelNumber, ClientAddr, PeerAddr, RelayPort, Username};

@@ -169,6 +169,8 @@ pub struct ServerConfig {
     pub relay_ip: IpAddr,
     /// The address put in XOR-RELAYED-ADDRESS: the public address behind 1:1 NAT, else `relay_ip`.
     pub advertised_ip: IpAddr,
+    /// A relay address of the other family, for dual-stack relays (RFC 6156).
+    pub relay_ip_other: Option<RelayIp>,
     /// RFC 8656 §7.2: lifetime when the client asks for less or nothing (600 s).
     pub default_lifetime: Duration,
     pub max_lifetime: Duration,
@@ -189,7 +191,20 @@ pub struct ServerConfig {
     pub unauthenticated: Rates,
 }
 
+/// A relay address: what relay sockets bind to and what clients are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayIp {
+    pub bind: IpAddr,
+    pub advertised: IpAddr,
+}
+
 impl ServerConfig {
+    /// The relay address of the family asked for, if the relay has one.
+    pub fn relay_for(&self, v6: bool) -> Option<RelayIp> {
+        let primary = RelayIp { bind: self.relay_ip, advertised: self.advertised_ip };
+        [Some(primary), self.relay_ip_other].into_iter().flatten().find(|r| r.bind.is_ipv6() == v6)
+    }
+
     /// Whether `ip` is the IP of one of the SFU's candidates.
     fn sfu_ip(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
@@ -208,11 +223,11 @@ impl ServerConfig {
 
 /// Relay sockets, as the core asks for them.
 pub trait RelaySockets {
-    /// Checks that `relay_ip:port` can be bound right now, without keeping it (Allocate). An
+    /// Checks that `ip:port` can be bound right now, without keeping it (Allocate). An
     /// `AddrInUse` error makes the core try another port.
-    fn probe(&mut self, port: RelayPort) -> io::Result<()>;
-    /// Binds `relay_ip:port` for an allocation and starts receiving on it (first permission).
-    fn open(&mut self, port: RelayPort) -> io::Result<()>;
+    fn probe(&mut self, ip: IpAddr, port: RelayPort) -> io::Result<()>;
+    /// Binds `ip:port` for an allocation and starts receiving on it (first permission).
+    fn open(&mut self, ip: IpAddr, port: RelayPort) -> io::Result<()>;
 }
 
 /// Client to peer: relay port `port` sends `packet[payload]` to `peer`.
@@ -779,12 +794,21 @@ impl TurnServer {
             // RFC 8656 §7.2: a token with EVEN-PORT or REQUESTED-ADDRESS-FAMILY is a bad request.
             return self.error(from, frame, 400, key);
         }
-        match family {
-            None => {}
-            Some([1, _, _, _]) if self.config.relay_ip.is_ipv4() => {}
-            Some([2, _, _, _]) if self.config.relay_ip.is_ipv6() => {}
-            Some(_) => return self.error(from, frame, 440, key),
-        }
+        // RFC 6156: the family asked for, or 440 if the relay has none of it. Unasked, the family
+        // the client came in with (browsers ask only for IPv6, and only when they reach the
+        // server over IPv6), else whatever the relay has.
+        let relay = match family {
+            None => {
+                let v6 = from.0.ip().to_canonical().is_ipv6();
+                self.config.relay_for(v6).or_else(|| self.config.relay_for(!v6))
+            }
+            Some([1, _, _, _]) => self.config.relay_for(false),
+            Some([2, _, _, _]) => self.config.relay_for(true),
+            Some(_) => None,
+        };
+        let Some(relay) = relay else {
+            return self.error(from, frame, 440, key);
+        };
         if self.draining {
             return self.error(from, frame, 508, key);
         }
@@ -815,7 +839,7 @@ impl TurnServer {
                 return self.error(from, frame, 508, key);
             }
         }
-        let Some((port, reservation)) = self.open_relay(now, choice, sockets) else {
+        let Some((port, reservation)) = self.open_relay(now, choice, relay.bind, sockets) else {
             self.shared.quotas.release(&auth.username);
             return self.error(from, frame, 508, key);
         };
@@ -824,6 +848,7 @@ impl TurnServer {
         let span = tracing::info_span!("allocation", client = %from, relay = %port, user = %auth.username);
         let mut alloc = Allocation::new(
             from,
+            relay.bind,
             port,
             auth.username,
             auth.key,
@@ -833,7 +858,7 @@ impl TurnServer {
             span,
         );
         let mut reply = Reply::success(frame);
-        reply.add(&turn::proto::relayaddr::RelayedAddress { ip: self.config.advertised_ip, port: port.0 });
+        reply.add(&turn::proto::relayaddr::RelayedAddress { ip: relay.advertised, port: port.0 });
         reply.add(&turn::proto::lifetime::Lifetime(lifetime));
         reply.add(&XorMappedAddress { ip: from.0.ip(), port: from.0.port() });
         if let Some(token) = reservation {
@@ -874,10 +899,11 @@ impl TurnServer {
         &mut self,
         now: Instant,
         choice: PortChoice,
+        ip: IpAddr,
         sockets: &mut impl RelaySockets,
     ) -> Option<(RelayPort, Option<[u8; 8]>)> {
         if let PortChoice::Reserved(port) = choice {
-            return match sockets.probe(port) {
+            return match sockets.probe(ip, port) {
                 Ok(()) => Some((port, None)),
                 Err(e) => {
                     debug!(%port, error = %e, "reserved relay port unavailable");
@@ -900,7 +926,7 @@ impl TurnServer {
                 },
                 PortChoice::Reserved(_) => unreachable!("handled above"),
             };
-            match sockets.probe(port) {
+            match sockets.probe(ip, port) {
                 Ok(()) => {
                     let token = next.map(|next| {
                         let token: [u8; 8] = self.next_transaction_id()[..8].try_into().expect("12 > 8 bytes");
@@ -943,7 +969,8 @@ impl TurnServer {
             return self.error(from, frame, 437, key);
         };
         if let Some(family) = attr(msg, ATTR_REQUESTED_ADDRESS_FAMILY) {
-            let ours = if self.config.relay_ip.is_ipv4() { 1 } else { 2 };
+            let alloc = self.slots[slot as usize].as_ref().expect("by_client points at live slots");
+            let ours = if alloc.relay_ip.is_ipv4() { 1 } else { 2 };
             if family.first() != Some(&ours) {
                 return self.error(from, frame, 443, key);
             }
@@ -976,7 +1003,7 @@ impl TurnServer {
 
     /// The error code for a peer address the relay must not use: 403 if filtered (RFC 8656 §9.1
     /// lets the server restrict peers), 443 if its family differs from the allocation's.
-    fn check_peer(&self, peer: SocketAddr, check_port: bool) -> Result<(), u16> {
+    fn check_peer(&self, peer: SocketAddr, check_port: bool, relay_ip: IpAddr) -> Result<(), u16> {
         // The SFU's candidate is allowed exactly, port included, even in CreatePermission (whose
         // port RFC 8656 otherwise ignores; browsers put the candidate's port there): a loopback
         // or private SFU address must not open its IP's other ports.
@@ -985,7 +1012,7 @@ impl TurnServer {
         {
             return Err(403);
         }
-        if peer.is_ipv4() != self.config.relay_ip.is_ipv4() {
+        if peer.is_ipv4() != relay_ip.is_ipv4() {
             return Err(443);
         }
         Ok(())
@@ -1009,7 +1036,8 @@ impl TurnServer {
             Ok(peers) if !peers.is_empty() => peers,
             Ok(_) | Err(_) => return self.error(from, frame, 400, key),
         };
-        if let Some(code) = peers.iter().find_map(|p| self.check_peer(*p, false).err()) {
+        let relay_ip = self.slots[slot as usize].as_ref().expect("by_client points at live slots").relay_ip;
+        if let Some(code) = peers.iter().find_map(|p| self.check_peer(*p, false, relay_ip).err()) {
             if code == 403 {
                 debug!(client = %from, "CreatePermission to a forbidden peer");
             }
@@ -1061,7 +1089,8 @@ impl TurnServer {
         let (Some(number), Some(peer)) = (number, peer) else {
             return self.error(from, frame, 400, key);
         };
-        if let Err(code) = self.check_peer(peer, true) {
+        let relay_ip = self.slots[slot as usize].as_ref().expect("by_client points at live slots").relay_ip;
+        if let Err(code) = self.check_peer(peer, true, relay_ip) {
             return self.error(from, frame, code, key);
         }
         let (max_channels, max_permissions) = (self.config.max_channels, self.config.max_permissions);
@@ -1092,7 +1121,7 @@ impl TurnServer {
         if alloc.bound {
             return true;
         }
-        match sockets.open(alloc.port) {
+        match sockets.open(alloc.relay_ip, alloc.port) {
             Ok(()) => {
                 alloc.bound = true;
                 self.stats.relay_sockets_open.add(1);

@@ -235,7 +235,8 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn new(server: SocketAddr, username: &str, password: &str, realm: &str) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind client socket");
+        let local = if server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" };
+        let socket = UdpSocket::bind(local).expect("bind client socket");
         socket.set_read_timeout(Some(Duration::from_secs(2))).expect("set timeout");
         Self {
             socket,
