@@ -34,6 +34,58 @@ fn default_config_refuses_internal_peers() {
     assert_eq!(relay.metric("relay_error_responses_total{code=\"403\"}"), 5.0);
 }
 
+/// The same refusals over TCP and over TLS: the peer checks do not depend on how the client
+/// reached the relay.
+#[test]
+fn default_config_refuses_internal_peers_over_tcp_and_tls() {
+    let dir = common::temp_dir("ssrf-tls");
+    let (cert, key) = common::test_certificate(&dir, "ssrf");
+    let relay = RelayProcess::start(
+        "relay.toml",
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap(), "--tls-listen", "127.0.0.1:0"],
+    );
+    let tcp = relay.tcp.expect("TCP is on by default");
+    assert_eq!(tcp.port(), relay.udp.port(), "TCP shares the UDP port number");
+    for (name, mut client) in [
+        ("tcp", RawClient::rest_tcp(tcp, DEFAULT_SECRET, 600, REALM)),
+        ("tls", RawClient::rest_tls(relay.tls[0], DEFAULT_SECRET, 600, REALM, &cert)),
+    ] {
+        let relayed = client.allocate().unwrap_or_else(|e| panic!("{name}: Allocate got {e}"));
+        assert_eq!(relayed.ip(), relay.udp.ip(), "{name}: a UDP relay on the relay's address");
+        for peer in [
+            "127.0.0.1:9",
+            "127.0.0.1:3478",
+            "10.0.0.1:9",
+            "192.168.1.1:9",
+            "169.254.169.254:80",
+            "0.0.0.0:9",
+            "[::ffff:127.0.0.1]:9",
+            "[::1]:9",
+            "[64:ff9b::a9fe:a9fe]:80",
+            "[fd00::1]:9",
+        ] {
+            let resp = client.call(METHOD_CREATE_PERMISSION, &[&peer_attr(peer)]);
+            assert_eq!(error_code(&resp), Some(403), "{name}: CreatePermission to {peer}");
+            let resp = client.call(METHOD_CHANNEL_BIND, &[&ChannelNumber(0x4000), &peer_attr(peer)]);
+            assert_eq!(error_code(&resp), Some(403), "{name}: ChannelBind to {peer}");
+        }
+        let resp = client.call(METHOD_CREATE_PERMISSION, &[&peer_attr("8.8.8.8:53")]);
+        assert_eq!(error_code(&resp), None, "{name}: a global address is fine");
+    }
+    // Both clients are gone (dropped after their turn): their connections closed, and their
+    // allocations with them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relay.metric("relay_allocations_active") != 0.0 {
+        assert!(Instant::now() < deadline, "allocations outlived their connections");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = relay.metrics();
+    assert_eq!(metric_value(&m, "relay_connections_open"), 0.0, "{m}");
+    assert_eq!(metric_value(&m, "relay_connections_total{event=\"accepted\"}"), 2.0, "{m}");
+    assert_eq!(metric_value(&m, "relay_connections_total{event=\"closed_by_client\"}"), 2.0, "{m}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn auth_failures_get_the_right_codes_and_both_secrets_work() {
     let relay = RelayProcess::start("relay.toml", &["--auth-secret", "old-secret", "--auth-secret", "new-secret"]);
@@ -46,17 +98,20 @@ fn auth_failures_get_the_right_codes_and_both_secrets_work() {
     // Tampered nonce, correctly signed: 438, and the 438 carries a nonce that works.
     let mut tampered = RawClient::rest(relay.udp, "new-secret", 600, REALM);
     let udp = turn::proto::reqtrans::RequestedTransport { protocol: turn::proto::PROTO_UDP };
-    let challenge = tampered.exchange(&tampered.build(stun::message::METHOD_ALLOCATE, &[&udp]));
+    let request = tampered.build(stun::message::METHOD_ALLOCATE, &[&udp]);
+    let challenge = tampered.exchange(&request);
     assert_eq!(error_code(&challenge), Some(401));
     let nonce = stun::textattrs::TextAttribute::get_from_as(&challenge, stun::attributes::ATTR_NONCE).unwrap().text;
     let mut bytes = nonce.into_bytes();
     bytes[30] = if bytes[30] == b'0' { b'1' } else { b'0' };
     tampered.nonce = Some(String::from_utf8(bytes).unwrap());
-    let resp = tampered.exchange(&tampered.build(stun::message::METHOD_ALLOCATE, &[&udp]));
+    let request = tampered.build(stun::message::METHOD_ALLOCATE, &[&udp]);
+    let resp = tampered.exchange(&request);
     assert_eq!(error_code(&resp), Some(438));
     let fresh = stun::textattrs::TextAttribute::get_from_as(&resp, stun::attributes::ATTR_NONCE).unwrap().text;
     tampered.nonce = Some(fresh);
-    let resp = tampered.exchange(&tampered.build(stun::message::METHOD_ALLOCATE, &[&udp]));
+    let request = tampered.build(stun::message::METHOD_ALLOCATE, &[&udp]);
+    let resp = tampered.exchange(&request);
     assert_eq!(error_code(&resp), None, "the fresh nonce from the 438 works");
     // A credential signed by either secret is accepted.
     for secret in ["old-secret", "new-secret"] {

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use relay::turn::auth::{long_term_key, rest_password};
@@ -223,9 +223,16 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
 }
 
-/// A minimal, blocking STUN/TURN client over one UDP socket, for driving the relay by hand.
+/// A byte stream to the relay (TCP or TLS over TCP).
+pub trait Stream: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> Stream for T {}
+
+/// A minimal, blocking STUN/TURN client over one UDP socket (or, with `stream`, over TCP or TLS
+/// with RFC 8656 framing), for driving the relay by hand.
 pub struct RawClient {
     pub socket: UdpSocket,
+    /// When set, requests go over this stream instead of `socket`.
+    pub stream: Option<Box<dyn Stream>>,
     pub server: SocketAddr,
     pub username: String,
     pub key: [u8; 16],
@@ -240,6 +247,7 @@ impl RawClient {
         socket.set_read_timeout(Some(Duration::from_secs(2))).expect("set timeout");
         Self {
             socket,
+            stream: None,
             server,
             username: username.into(),
             key: long_term_key(username, realm, password),
@@ -274,8 +282,59 @@ impl RawClient {
         m
     }
 
+    /// Like `rest`, over TCP to `server`.
+    pub fn rest_tcp(server: SocketAddr, secret: &str, ttl: i64, realm: &str) -> Self {
+        let mut c = Self::rest(server, secret, ttl, realm);
+        let tcp = std::net::TcpStream::connect(server).expect("TCP connect to the relay");
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.stream = Some(Box::new(tcp));
+        c
+    }
+
+    /// Like `rest`, over TLS to `server`, trusting the PEM certificate `cert` for "localhost".
+    pub fn rest_tls(server: SocketAddr, secret: &str, ttl: i64, realm: &str, cert: &std::path::Path) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from_pem_file(cert).expect("a PEM certificate")).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let session = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let tcp = std::net::TcpStream::connect(server).expect("TCP connect to the relay");
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut c = Self::rest(server, secret, ttl, realm);
+        c.stream = Some(Box::new(rustls::StreamOwned::new(session, tcp)));
+        c
+    }
+
+    /// One framed message from the stream (RFC 8656 §12.5: STUN, or padded ChannelData).
+    fn read_frame(stream: &mut dyn Stream) -> Vec<u8> {
+        let mut header = [0u8; 4];
+        stream.read_exact(&mut header).expect("a message from the relay");
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let body = if header[0] >> 6 == 0 { 16 + len } else { len.next_multiple_of(4) };
+        let mut message = header.to_vec();
+        message.resize(4 + body, 0);
+        stream.read_exact(&mut message[4..]).expect("the rest of the message");
+        message
+    }
+
     /// Sends `msg` and returns the response with the same transaction id (retrying on loss).
-    pub fn exchange(&self, msg: &Message) -> Message {
+    pub fn exchange(&mut self, msg: &Message) -> Message {
+        if let Some(stream) = self.stream.as_deref_mut() {
+            stream.write_all(&msg.raw).expect("write to the relay");
+            stream.flush().expect("flush");
+            loop {
+                let frame = Self::read_frame(stream);
+                let mut resp = Message::new();
+                if resp.unmarshal_binary(&frame).is_ok() && resp.transaction_id == msg.transaction_id {
+                    return resp;
+                }
+            }
+        }
         for _ in 0..5 {
             self.socket.send_to(&msg.raw, self.server).expect("send");
             let deadline = Instant::now() + Duration::from_millis(500);
@@ -294,7 +353,8 @@ impl RawClient {
     /// A request with the 401/438 dance a real client does.
     pub fn call(&mut self, method: Method, attrs: &[&dyn Setter]) -> Message {
         for _ in 0..3 {
-            let resp = self.exchange(&self.build(method, attrs));
+            let request = self.build(method, attrs);
+            let resp = self.exchange(&request);
             if matches!(error_code(&resp), Some(401 | 438))
                 && let Ok(n) = TextAttribute::get_from_as(&resp, ATTR_NONCE)
                 && self.nonce.as_deref() != Some(n.text.as_str())
