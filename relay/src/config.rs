@@ -83,6 +83,10 @@ pub struct LimitsSection {
     pub handshake_timeout_secs: u64,
     /// A TCP/TLS connection without an allocation is closed after this long without a message.
     pub idle_timeout_secs: u64,
+    /// Relayed bandwidth of one allocation, both directions together, in kbit/s; 0 = no cap.
+    pub allocation_kbps: u64,
+    /// Relayed bandwidth of the whole relay in Mbit/s; 0 = no cap.
+    pub total_mbps: u64,
 }
 
 impl Default for LimitsSection {
@@ -96,6 +100,8 @@ impl Default for LimitsSection {
             connections_total: 20_000,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 60,
+            allocation_kbps: 0,
+            total_mbps: 0,
         }
     }
 }
@@ -409,6 +415,12 @@ pub struct Overrides {
     /// limits.idle_timeout_secs: idle TCP/TLS connections without an allocation are closed.
     #[arg(long, env = "RELAY_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// limits.allocation_kbps: bandwidth cap per allocation in kbit/s (0 = none).
+    #[arg(long, env = "RELAY_ALLOCATION_KBPS")]
+    pub allocation_kbps: Option<u64>,
+    /// limits.total_mbps: bandwidth cap of the relay in Mbit/s (0 = none).
+    #[arg(long, env = "RELAY_TOTAL_MBPS")]
+    pub total_mbps: Option<u64>,
     /// log.format: text or json.
     #[arg(long, env = "RELAY_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -516,6 +528,8 @@ impl FileConfig {
         set(&mut l.connections_total, &o.connections_total);
         set(&mut l.handshake_timeout_secs, &o.handshake_timeout_secs);
         set(&mut l.idle_timeout_secs, &o.idle_timeout_secs);
+        set(&mut l.allocation_kbps, &o.allocation_kbps);
+        set(&mut l.total_mbps, &o.total_mbps);
         set(&mut self.log.format, &o.log_format);
         set(&mut self.log.level, &o.log_level);
         set(&mut self.shutdown.grace_secs, &o.shutdown_grace_secs);
@@ -615,6 +629,9 @@ pub struct Limits {
     pub connections_total: u32,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Bits per second; 0 = no cap.
+    pub allocation_bps: u64,
+    pub total_bps: u64,
 }
 
 /// The validated `[cluster]` section.
@@ -834,6 +851,14 @@ impl Config {
             connections_total: l.connections_total,
             handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
             idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+            allocation_bps: l
+                .allocation_kbps
+                .checked_mul(1000)
+                .with_context(|| format!("limits.allocation_kbps: {} is too large", l.allocation_kbps))?,
+            total_bps: l
+                .total_mbps
+                .checked_mul(1_000_000)
+                .with_context(|| format!("limits.total_mbps: {} is too large", l.total_mbps))?,
         };
         let log_format = match file.log.format.as_str() {
             "text" => LogFormat::Text,

@@ -75,6 +75,7 @@ fn core(now: Instant) -> TurnServer {
         own: OwnAddresses { ips: vec![ip], ports: vec![3478..=3478] },
         sfu: vec!["127.0.0.1:3478".parse().expect("an address")],
         unauthenticated: Rates { per_source: 100.0, total: 1000.0 },
+        bandwidth: crate::turn::limit::Bandwidth { per_allocation_bps: 8_000_000, total_bps: 0 },
     };
     let shared = Arc::new(Shared::new(PortPool::new(50000, 50009, 3), Quotas::new(4, 8)));
     TurnServer::new(Arc::new(config), shared, now, 1_800_000_000, 1)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use relay::turn::RelayIp;
 use relay::turn::auth::{Credentials, NonceSource, long_term_key, rest_password};
-use relay::turn::limit::Rates;
+use relay::turn::limit::{Bandwidth, Rates};
 use relay::turn::peer_filter::PeerFilter;
 use relay::turn::stats::{AuthFailure, Direction, DropReason};
 use relay::turn::wire::{self, PEER_HEADROOM, PEER_TAILROOM};
@@ -75,6 +75,7 @@ struct Options {
     sfu: Vec<&'static str>,
     unauthenticated: Rates,
     relay_ip_other: Option<RelayIp>,
+    bandwidth: Bandwidth,
 }
 
 impl Default for Options {
@@ -90,6 +91,7 @@ impl Default for Options {
             sfu: vec![],
             unauthenticated: Rates::OFF,
             relay_ip_other: None,
+            bandwidth: Bandwidth::default(),
         }
     }
 }
@@ -132,6 +134,7 @@ impl Harness {
             own: OwnAddresses { ips: vec![relay_ip()], ports: vec![3478..=3478] },
             sfu: o.sfu.iter().map(|a| a.parse().unwrap()).collect(),
             unauthenticated: o.unauthenticated,
+            bandwidth: o.bandwidth,
         };
         let shared = Arc::new(Shared::new(PortPool::new(o.ports.0, o.ports.1, 1), Quotas::new(o.per_user, o.total)));
         Self {
@@ -1087,4 +1090,41 @@ fn dual_stack_relay_allocates_the_family_asked_for_or_the_clients() {
     assert_eq!(error_code(&c.call(&mut h, METHOD_ALLOCATE, &[&udp(), &family])), Some(440));
     let mut c6 = Client::rest("[2001:db8:2::7]:40000", T0_UNIX + 600, SECRET_A);
     assert_eq!(relayed(&c6.allocate(&mut h)).ip(), "203.0.113.1".parse::<IpAddr>().unwrap());
+}
+
+/// A per-allocation cap (both directions together) and a core-wide one, on a virtual clock.
+#[test]
+fn bandwidth_caps_drop_what_exceeds_them_and_refill_with_time() {
+    // 800 kbit/s = 100,000 bytes/s per allocation; a burst of one second's worth.
+    let bandwidth = Bandwidth { per_allocation_bps: 800_000, total_bps: 0 };
+    let mut h = Harness::with(Options { allow: vec!["127.0.0.0/8"], bandwidth, ..Default::default() });
+    let mut c = Client::rest("198.51.100.1:40000", T0_UNIX + 600, SECRET_A);
+    let port = c.relay_port(&mut h);
+    assert!(is_success(&c.call(&mut h, METHOD_CHANNEL_BIND, &[&ChannelNumberAttr(0x4000), &peer("127.0.0.1:9")])));
+    let payload = [7u8; 1000];
+    let sent = (0..150).filter(|_| h.send_raw(c.addr, &channel_data(0x4000, &payload)).0.is_some()).count();
+    assert_eq!(sent, 100, "one second's worth passes at once");
+    // The peer's direction draws from the same bucket.
+    assert!(h.peer_sends(port, "127.0.0.1:9".parse().unwrap(), &payload).is_none());
+    assert_eq!(h.server.stats().dropped(DropReason::BandwidthCap), 51);
+    h.advance(1);
+    let back = (0..150).filter(|_| h.peer_sends(port, "127.0.0.1:9".parse().unwrap(), &payload).is_some()).count();
+    assert_eq!(back, 100, "refilled after a second");
+    // Another allocation has its own bucket.
+    let mut d = Client::rest("198.51.100.2:40000", T0_UNIX + 600, SECRET_A);
+    d.relay_port(&mut h);
+    assert!(is_success(&d.call(&mut h, METHOD_CHANNEL_BIND, &[&ChannelNumberAttr(0x4000), &peer("127.0.0.1:9")])));
+    assert!(h.send_raw(d.addr, &channel_data(0x4000, &payload)).0.is_some());
+
+    // A core-wide cap binds all allocations together.
+    let bandwidth = Bandwidth { per_allocation_bps: 0, total_bps: 800_000 };
+    let mut h = Harness::with(Options { allow: vec!["127.0.0.0/8"], bandwidth, ..Default::default() });
+    let mut passed = 0;
+    for i in 0..3 {
+        let mut c = Client::rest(&format!("198.51.100.{}:40000", i + 1), T0_UNIX + 600, SECRET_A);
+        c.relay_port(&mut h);
+        assert!(is_success(&c.call(&mut h, METHOD_CHANNEL_BIND, &[&ChannelNumberAttr(0x4000), &peer("127.0.0.1:9")])));
+        passed += (0..60).filter(|_| h.send_raw(c.addr, &channel_data(0x4000, &payload)).0.is_some()).count();
+    }
+    assert_eq!(passed, 100, "three clients share one second's worth");
 }

@@ -46,6 +46,7 @@ fn server() -> TurnServer {
         own: OwnAddresses { ips: vec!["192.0.2.1".parse().unwrap()], ports: vec![3478..=3478, 50000..=50009] },
         sfu: Vec::new(),
         unauthenticated: relay::turn::limit::Rates::OFF,
+        bandwidth: Default::default(),
     };
     let shared = Arc::new(Shared::new(PortPool::new(50000, 50009, 3), Quotas::new(0, 0)));
     TurnServer::new(Arc::new(config), shared, now, 1_800_000_000, 1)

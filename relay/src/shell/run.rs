@@ -36,7 +36,7 @@ use super::udp;
 use super::worker::{SocketSettings, Worker};
 use crate::config::{Config, EXAMPLE_SECRET};
 use crate::turn::auth::{Credentials, NonceSource};
-use crate::turn::limit::Rates;
+use crate::turn::limit::{Bandwidth, Rates};
 use crate::turn::peer_filter::PeerFilter;
 use crate::turn::{OwnAddresses, PortPool, Quotas, RelayIp, ServerConfig, Shared, TurnServer};
 
@@ -126,6 +126,11 @@ impl CoreBase {
             unauthenticated: Rates {
                 per_source: limits.unauthenticated_per_ip as f32,
                 total: limits.unauthenticated_total as f32 / self.cores as f32,
+            },
+            // Each core (UDP worker, or TCP/TLS listener of a worker) gets an even share.
+            bandwidth: Bandwidth {
+                per_allocation_bps: limits.allocation_bps,
+                total_bps: limits.total_bps.div_ceil(self.cores as u64),
             },
         }
     }

@@ -56,6 +56,8 @@ pub struct Allocation {
     pub allocate_transaction: [u8; 12],
     pub allocate_response: Vec<u8>,
     pub span: tracing::Span,
+    /// The per-allocation bandwidth cap, when one is configured.
+    pub bandwidth: Option<super::limit::ByteBucket>,
     permissions: Vec<Permission>,
     channels: Vec<Channel>,
 }
@@ -85,6 +87,7 @@ impl Allocation {
             allocate_transaction,
             allocate_response: Vec::new(),
             span,
+            bandwidth: None,
             permissions: Vec::new(),
             channels: Vec::new(),
         }

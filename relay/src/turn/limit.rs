@@ -126,6 +126,50 @@ impl SourceLimiter {
     }
 }
 
+/// Bandwidth caps in bits per second (0 = none): per allocation (both directions together) and
+/// per core in total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Bandwidth {
+    pub per_allocation_bps: u64,
+    pub total_bps: u64,
+}
+
+/// A token bucket of bytes: `rate` bytes per second, holding at most one second's worth (at
+/// least ten full-size datagrams, so a video key frame passes a small cap in one piece).
+#[derive(Debug, Clone, Copy)]
+pub struct ByteBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl ByteBucket {
+    /// `None` for 0 (no cap).
+    pub fn new(bits_per_second: u64, now: Instant) -> Option<Self> {
+        (bits_per_second > 0).then(|| {
+            let rate = bits_per_second as f64 / 8.0;
+            let burst = rate.max(15_000.0);
+            Self { rate, burst, tokens: burst, last: now }
+        })
+    }
+
+    /// Takes `bytes` if the bucket holds them.
+    #[inline]
+    pub fn take(&mut self, bytes: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        let bytes = bytes as f64;
+        if self.tokens >= bytes {
+            self.tokens -= bytes;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +213,21 @@ mod tests {
         let mut l = SourceLimiter::new(Rates { per_source: 10.0, total: 100.0 }, t0);
         let allowed = (0..10_000u32).filter(|i| l.allow(IpAddr::V4((0x0A00_0000 + i).into()), t0)).count();
         assert_eq!(allowed, 100);
+    }
+
+    #[test]
+    fn byte_bucket_passes_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        assert!(ByteBucket::new(0, t0).is_none(), "0 is no cap");
+        // 800 kbit/s = 100,000 bytes/s, burst one second's worth.
+        let mut b = ByteBucket::new(800_000, t0).unwrap();
+        let passed = (0..200).filter(|_| b.take(1000, t0)).count();
+        assert_eq!(passed, 100);
+        let passed = (0..200).filter(|_| b.take(1000, t0 + Duration::from_millis(100))).count();
+        assert_eq!(passed, 10);
+        // A small cap still lets ten full-size datagrams through at once.
+        let mut small = ByteBucket::new(8_000, t0).unwrap();
+        assert_eq!((0..20).filter(|_| small.take(1500, t0)).count(), 10);
     }
 
     #[test]

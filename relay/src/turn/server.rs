@@ -67,7 +67,7 @@ use tracing::{debug, info, warn};
 
 use super::allocation::{Allocation, BindConflict};
 use super::auth::{CredentialKind, Credentials, Key, NonceSource, verify_integrity};
-use super::limit::{Rates, SourceLimiter};
+use super::limit::{Bandwidth, ByteBucket, Rates, SourceLimiter};
 use super::peer_filter::{PeerFilter, canonical};
 use super::shared::{QuotaError, Shared};
 use super::stats::{AuthFailure, Direction, DropReason, Method, Stats};
@@ -189,6 +189,8 @@ pub struct ServerConfig {
     pub sfu: Vec<SocketAddr>,
     /// Caps on answers to unauthenticated requests, per source IP and per core in total.
     pub unauthenticated: Rates,
+    /// Caps on relayed bandwidth, per allocation and per core in total.
+    pub bandwidth: Bandwidth,
 }
 
 /// A relay address: what relay sockets bind to and what clients are told.
@@ -304,12 +306,15 @@ pub struct TurnServer {
     clock: Instant,
     /// The request being handled already took its token from the limiter.
     limit_checked: bool,
+    /// This core's share of the relay-wide bandwidth cap.
+    total_bandwidth: Option<ByteBucket>,
 }
 
 impl TurnServer {
     /// `unix_now` is the unix time at `now`; `seed` seeds the transaction ids of Data indications.
     pub fn new(config: Arc<ServerConfig>, shared: Arc<Shared>, now: Instant, unix_now: u64, seed: u64) -> Self {
         let limiter = SourceLimiter::new(config.unauthenticated, now);
+        let total_bandwidth = ByteBucket::new(config.bandwidth.total_bps, now);
         Self {
             credentials: Arc::new(config.credentials.clone()),
             config,
@@ -329,6 +334,7 @@ impl TurnServer {
             limiter,
             clock: now,
             limit_checked: false,
+            total_bandwidth,
         }
     }
 
@@ -357,7 +363,24 @@ impl TurnServer {
     /// channels and lifetimes). Credentials are replaced separately (`set_credentials`).
     pub fn set_config(&mut self, config: Arc<ServerConfig>) {
         self.limiter.set_rates(config.unauthenticated);
+        if config.bandwidth.total_bps != self.config.bandwidth.total_bps {
+            self.total_bandwidth = ByteBucket::new(config.bandwidth.total_bps, self.clock);
+        }
         self.config = config;
+    }
+
+    /// Charges `bytes` of relayed data to the allocation in `slot` and to the core's total;
+    /// false (and counted) if a cap says no.
+    #[inline]
+    fn within_bandwidth(&mut self, slot: u32, bytes: usize, now: Instant) -> bool {
+        let alloc = self.slots[slot as usize].as_mut().and_then(|a| a.bandwidth.as_mut());
+        if alloc.is_some_and(|b| !b.take(bytes, now))
+            || self.total_bandwidth.as_mut().is_some_and(|b| !b.take(bytes, now))
+        {
+            self.stats.record_drop(DropReason::BandwidthCap);
+            return false;
+        }
+        true
     }
 
     /// Whether `client` has an allocation (expired or not yet swept counts).
@@ -462,11 +485,9 @@ impl TurnServer {
         buf: &mut [u8],
         payload: Range<usize>,
     ) -> Option<ToClient> {
-        let alloc = self.by_port[usize::from(port.0)]
-            .checked_sub(1)
-            .and_then(|slot| self.slots.get(slot as usize))
-            .and_then(Option::as_ref);
-        let Some(alloc) = alloc else {
+        let slot = self.by_port[usize::from(port.0)].checked_sub(1);
+        let alloc = slot.and_then(|slot| self.slots.get(slot as usize)).and_then(Option::as_ref);
+        let (Some(slot), Some(alloc)) = (slot, alloc) else {
             // The socket outlived its allocation by a moment (it is closed right after removal).
             self.stats.record_drop(DropReason::NoAllocation);
             return None;
@@ -477,6 +498,9 @@ impl TurnServer {
             return None;
         }
         let (client, channel, len) = (alloc.client, alloc.channel_for(from.0, now), payload.len());
+        if !self.within_bandwidth(slot, len, now) {
+            return None;
+        }
         let message = match channel {
             Some(channel) => wire::write_channel_data(buf, payload, channel),
             None => {
@@ -516,7 +540,7 @@ impl TurnServer {
             self.stats.record_drop(DropReason::Malformed);
             return None;
         };
-        let Some(alloc) = self.allocation_of(from, now) else {
+        let Some((slot, alloc)) = self.allocation_of(from, now) else {
             self.stats.record_drop(DropReason::NoAllocation);
             return None;
         };
@@ -529,14 +553,17 @@ impl TurnServer {
             return None;
         }
         let port = alloc.port;
+        if !self.within_bandwidth(slot, data.len(), now) {
+            return None;
+        }
         self.stats.relayed(Direction::ClientToPeer, data.len());
         Some(Forward { port, peer: PeerAddr(peer), payload: data })
     }
 
     #[inline]
-    fn allocation_of(&self, client: ClientAddr, now: Instant) -> Option<&Allocation> {
+    fn allocation_of(&self, client: ClientAddr, now: Instant) -> Option<(u32, &Allocation)> {
         let slot = *self.by_client.get(&client)?;
-        self.slots[slot as usize].as_ref().filter(|a| a.expires > now)
+        self.slots[slot as usize].as_ref().filter(|a| a.expires > now).map(|a| (slot, a))
     }
 
     fn stun(
@@ -584,7 +611,7 @@ impl TurnServer {
                 return None;
             }
         };
-        let Some(alloc) = self.allocation_of(from, now) else {
+        let Some((slot, alloc)) = self.allocation_of(from, now) else {
             self.stats.record_drop(DropReason::NoAllocation);
             return None;
         };
@@ -598,6 +625,9 @@ impl TurnServer {
             return None;
         }
         let port = alloc.port;
+        if !self.within_bandwidth(slot, send.data.len(), now) {
+            return None;
+        }
         self.stats.relayed(Direction::ClientToPeer, send.data.len());
         Some(Forward { port, peer: PeerAddr(send.peer), payload: send.data })
     }
@@ -866,6 +896,7 @@ impl TurnServer {
         }
         let response = reply.finish(&self.config.software, key.as_ref());
         alloc.allocate_response = response.clone();
+        alloc.bandwidth = ByteBucket::new(self.config.bandwidth.per_allocation_bps, now);
         alloc.span.in_scope(|| info!(lifetime_s = lifetime.as_secs(), "allocation created"));
 
         let slot = match self.free_slots.pop() {

@@ -82,6 +82,7 @@ label_enum! {
         SendBufferFull => "send_buffer_full",
         SendError => "send_error",
         RateLimited => "rate_limited",
+        BandwidthCap => "bandwidth_cap",
     }
 }
 
