@@ -124,14 +124,8 @@ impl Session {
     }
 
     fn request(&mut self, method: Method, attrs: &[&dyn Setter], signed: bool) -> Message {
-        let mut m = Message::new();
-        m.typ = MessageType::new(method, CLASS_REQUEST);
-        m.new_transaction_id().expect("an id");
-        m.write_header();
-        for a in attrs {
-            a.add_to(&mut m).expect("an attribute");
-        }
-        let raw = if signed { self.sign(&m.raw) } else { m.raw };
+        let m = build(method, CLASS_REQUEST, attrs);
+        let raw = if signed { self.sign(&m) } else { m };
         let from = ClientAddr(CLIENT.parse().expect("an address"));
         self.server.handle_client(self.now, from, &raw, &mut self.sockets);
         let reply = self.server.poll_transmit().expect("a response");
@@ -207,6 +201,18 @@ impl Session {
         }
         while self.server.poll_event().is_some() {}
     }
+}
+
+/// A STUN message with a fresh transaction id, unsigned.
+fn build(method: Method, class: stun::message::MessageClass, attrs: &[&dyn Setter]) -> Vec<u8> {
+    let mut m = Message::new();
+    m.typ = MessageType::new(method, class);
+    m.new_transaction_id().expect("an id");
+    m.write_header();
+    for a in attrs {
+        a.add_to(&mut m).expect("an attribute");
+    }
+    m.raw
 }
 
 /// Splits `data` into (op, chunk) pairs: a byte of op, two of length, then the chunk.
@@ -299,16 +305,6 @@ pub fn tcp_framing(data: &[u8]) {
 pub fn seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let s = Session::new();
-    let build = |method: Method, class, attrs: &[&dyn Setter]| {
-        let mut m = Message::new();
-        m.typ = MessageType::new(method, class);
-        m.new_transaction_id().expect("an id");
-        m.write_header();
-        for a in attrs {
-            a.add_to(&mut m).expect("an attribute");
-        }
-        m.raw
-    };
     let peer: SocketAddr = PEER.parse().expect("an address");
     let peer_attr = turn::proto::peeraddr::PeerAddress { ip: peer.ip(), port: peer.port() };
     let udp = turn::proto::reqtrans::RequestedTransport { protocol: turn::proto::PROTO_UDP };

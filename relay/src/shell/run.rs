@@ -170,6 +170,21 @@ fn bind_streams(
     Ok((per_worker, tcp, tls))
 }
 
+/// Starts a worker thread that tells the main thread (`notice`) when it exits, however it exits.
+fn spawn(
+    name: String,
+    notice: ExitNotice,
+    run: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let _notice = notice;
+            run();
+        })
+        .with_context(|| format!("spawning thread {name}"))
+}
+
 /// Raises the open-file limit to its hard maximum: every allocation holds a socket.
 fn raise_fd_limit() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -286,15 +301,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
             sfu: sfu.as_ref().map(|(handle, ..)| handle.clone()),
         };
         let (worker, waker) = Worker::new(listener, server, settings, rx).context("creating worker event loop")?;
-        let notice = ExitNotice(i, exit_tx.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("relay-worker-{i}"))
-            .spawn(move || {
-                let _notice = notice;
-                worker.run();
-            })
-            .context("spawning worker thread")?;
-        threads.push(thread);
+        threads.push(spawn(format!("relay-worker-{i}"), ExitNotice(i, exit_tx.clone()), move || worker.run())?);
         links.push(WorkerLink { commands: tx, waker });
     }
     // TURN over TCP and TLS: as many threads as UDP workers, each with a core per listener.
@@ -316,14 +323,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
         let (worker, waker) =
             StreamWorker::new(with_cores, stream_settings.clone(), rx).context("creating TCP/TLS event loop")?;
         let notice = ExitNotice(udp_workers + i, exit_tx.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("relay-stream-{i}"))
-            .spawn(move || {
-                let _notice = notice;
-                worker.run();
-            })
-            .context("spawning TCP/TLS worker thread")?;
-        threads.push(thread);
+        threads.push(spawn(format!("relay-stream-{i}"), notice, move || worker.run())?);
         links.push(WorkerLink { commands: tx, waker });
     }
 
