@@ -71,4 +71,8 @@ cargo test --workspace --profile ci -- --test-threads 4
 step "region selection on measured internet latencies (report)"
 cargo test --profile ci -p geo --test simulation -- --nocapture --test-threads 1 2>&1 | grep -v "^test \|^running \|^$"
 
+step "abuse and fuzzing (figures)"
+cargo test --profile ci -p relay --test flood --test fuzz -- --nocapture 2>&1 \
+    | grep -E "^(flood|stun_message|channel_data|tcp_framing):"
+
 step "all tests passed"
