@@ -95,8 +95,18 @@ fn main() -> ExitCode {
                 ip => ip.to_string(),
             });
             let port = config.listen.port();
+            let mut urls = vec![format!("stun:{host}:{port}"), format!("turn:{host}:{port}?transport=udp")];
+            urls.extend(config.tcp_listen.map(|a| format!("turn:{host}:{}?transport=tcp", a.port())));
+            // turns: is checked against the certificate: pass --host with its name.
+            urls.extend(
+                config
+                    .tls
+                    .iter()
+                    .flat_map(|t| t.listen.first())
+                    .map(|a| format!("turns:{host}:{}?transport=tcp", a.port())),
+            );
             let entry = serde_json::json!({
-                "urls": [format!("stun:{host}:{port}"), format!("turn:{host}:{port}?transport=udp")],
+                "urls": urls,
                 "username": username,
                 "credential": credential,
             });

@@ -352,10 +352,14 @@ fn credentials_command_prints_an_ice_server_the_relay_accepts() {
     let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let urls = entry["urls"].as_array().unwrap();
     assert_eq!(urls[1], format!("turn:127.0.0.1:{}?transport=udp", relay.udp.port()));
+    assert_eq!(urls[2], format!("turn:127.0.0.1:{}?transport=tcp", relay.udp.port()), "TCP on the same port");
     let username = entry["username"].as_str().unwrap();
     assert!(username.ends_with(":player1"));
     let mut client = RawClient::new(relay.udp, username, entry["credential"].as_str().unwrap(), REALM);
     assert!(client.allocate().is_ok());
+    let mut over_tcp = RawClient::new(relay.udp, username, entry["credential"].as_str().unwrap(), REALM);
+    over_tcp.stream = Some(Box::new(std::net::TcpStream::connect(relay.tcp.unwrap()).unwrap()));
+    assert!(over_tcp.allocate().is_ok(), "the same credential over TCP");
 }
 
 #[test]
