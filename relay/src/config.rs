@@ -96,7 +96,8 @@ impl Default for LimitsSection {
             // lets a few hundred users behind one NAT start at once and a flood get nothing useful.
             unauthenticated_per_ip: 50,
             unauthenticated_total: 5000,
-            connections_per_ip: 64,
+            // Players behind one office or campus NAT share an address: room for a few hundred.
+            connections_per_ip: 256,
             connections_total: 20_000,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 60,
