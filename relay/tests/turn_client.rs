@@ -17,9 +17,19 @@ const SECRET: &str = "loopback-test-secret";
 
 async fn client(relay: &RelayProcess, username: &str, password: &str) -> Client {
     let conn = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    client_on(conn, relay.udp, username, password).await
+}
+
+/// A listening client on `conn` to the relay at `server`.
+async fn client_on(
+    conn: Arc<dyn Conn + Send + Sync>,
+    server: std::net::SocketAddr,
+    username: &str,
+    password: &str,
+) -> Client {
     let c = Client::new(ClientConfig {
-        stun_serv_addr: relay.udp.to_string(),
-        turn_serv_addr: relay.udp.to_string(),
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
         username: username.into(),
         password: password.into(),
         realm: String::new(),
@@ -187,20 +197,7 @@ async fn webrtc_rs_turn_client_over_tcp() {
     });
     let username = format!("{}:webrtc-rs-tcp", common::unix_now() + 600);
     let password = relay::turn::auth::rest_password(SECRET.as_bytes(), &username);
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: tcp.to_string(),
-        turn_serv_addr: tcp.to_string(),
-        username,
-        password,
-        realm: String::new(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn,
-        vnet: None,
-    })
-    .await
-    .unwrap();
-    client.listen().await.unwrap();
+    let client = client_on(conn, tcp, &username, &password).await;
 
     let mapped = client.send_binding_request().await.unwrap();
     assert_eq!(mapped, local, "XOR-MAPPED-ADDRESS is the connection's source");

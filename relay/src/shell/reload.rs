@@ -27,7 +27,7 @@ use super::control::Control;
 use super::stream::ConnLimits;
 use super::tls::{self, Keys, TlsCell};
 use super::worker::Command;
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
 use crate::turn::{ServerConfig, Shared};
 
 /// Re-reads and validates the configuration as at start.
@@ -183,18 +183,15 @@ impl Live {
             tcp_listen => "tcp",
         );
         // TLS: the files may change; turning it on or off, or its addresses, may not.
-        match (&old.tls, &new.tls) {
-            (Some(o), Some(n)) if o.listen == n.listen && o.watch == n.watch => {}
-            (None, None) => {}
-            _ => {
-                report.restart_required.push("tls.listen".to_owned());
-                effective.tls = match (&old.tls, &new.tls) {
-                    (Some(o), Some(n)) => {
-                        Some(crate::config::TlsConfig { listen: o.listen.clone(), watch: o.watch, ..n.clone() })
-                    }
-                    _ => old.tls.clone(),
-                };
-            }
+        let listeners = |t: &Option<TlsConfig>| t.as_ref().map(|t| (t.listen.clone(), t.watch));
+        if listeners(&new.tls) != listeners(&old.tls) {
+            report.restart_required.push("tls.listen".to_owned());
+            // The running listeners, with the new files where there are any.
+            effective.tls = old.tls.as_ref().map(|o| TlsConfig {
+                listen: o.listen.clone(),
+                watch: o.watch,
+                ..new.tls.clone().unwrap_or_else(|| o.clone())
+            });
         }
         if old.sfu_tls.is_some() != new.sfu_tls.is_some() {
             report.restart_required.push("sfu.tls_cert".to_owned());
@@ -249,24 +246,14 @@ impl Live {
             self.control.broadcast(Command::SetConnLimits(conn_limits(&effective)));
         }
         // Certificates: loaded again if their paths or files changed. A failure keeps the old
-        // certificate and fails the reload's report, naming the key.
+        // certificate and fails the reload's report, naming the key; the certificate watch keeps
+        // trying the configured files.
         let mut tls_error = None;
-        if let (Some(cert), Some(t)) = (&self.turn_tls, &effective.tls) {
-            match cert.refresh(&t.cert, &t.key) {
-                Ok(true) => report.applied.push("tls.cert".to_owned()),
+        for (cert, files) in self.certificates(&effective) {
+            match cert.refresh(files.0, files.1) {
+                Ok(true) => report.applied.push(cert.keys.cert.to_owned()),
                 Ok(false) => {}
                 Err(e) => {
-                    effective.tls = old.tls.clone();
-                    tls_error = Some(e);
-                }
-            }
-        }
-        if let (Some(cert), Some((c, k))) = (&self.sfu_tls, &effective.sfu_tls) {
-            match cert.refresh(c, k) {
-                Ok(true) => report.applied.push("sfu.tls_cert".to_owned()),
-                Ok(false) => {}
-                Err(e) => {
-                    effective.sfu_tls = old.sfu_tls.clone();
                     tls_error.get_or_insert(e);
                 }
             }
@@ -280,21 +267,23 @@ impl Live {
         }
     }
 
+    /// Each TLS listener kind's certificate with the files `config` names for it.
+    fn certificates<'a>(&'a self, config: &'a Config) -> impl Iterator<Item = (&'a Cert, (&'a Path, &'a Path))> {
+        let turn = self.turn_tls.as_ref().zip(config.tls.as_ref().map(|t| (t.cert.as_path(), t.key.as_path())));
+        let sfu = self.sfu_tls.as_ref().zip(config.sfu_tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path())));
+        turn.into_iter().chain(sfu)
+    }
+
     /// Loads certificate files that changed on disk since they were last loaded (a renewal).
     pub fn check_certificates(&self) {
         let config = self.config.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let (Some(cert), Some(t)) = (&self.turn_tls, &config.tls) {
-            match cert.refresh(&t.cert, &t.key) {
-                Ok(true) => info!(cert = %t.cert.display(), "tls.cert: renewed certificate loaded"),
+        for (cert, (path, key)) in self.certificates(&config) {
+            match cert.refresh(path, key) {
+                Ok(true) => info!(cert = %path.display(), "{}: renewed certificate loaded", cert.keys.cert),
                 Ok(false) => {}
-                Err(e) => warn!(error = %e, "tls.cert: renewed files do not load; keeping the current certificate"),
-            }
-        }
-        if let (Some(cert), Some((c, k))) = (&self.sfu_tls, &config.sfu_tls) {
-            match cert.refresh(c, k) {
-                Ok(true) => info!(cert = %c.display(), "sfu.tls_cert: renewed certificate loaded"),
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "sfu.tls_cert: renewed files do not load; keeping the current certificate"),
+                Err(e) => {
+                    warn!(error = %e, "{}: renewed files do not load; keeping the current certificate", cert.keys.cert);
+                }
             }
         }
     }

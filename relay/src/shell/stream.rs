@@ -41,7 +41,7 @@ use slab::Slab;
 use tracing::{debug, error, warn};
 
 use super::udp::{self, RecvBatch};
-use super::worker::{Command, Relay, Sockets, recv_error};
+use super::worker::{Command, Relay, Sockets, recv_error, send_one};
 use crate::turn::stats::{ConnEvent, DropReason, Stats};
 use crate::turn::wire::{CHANNEL_DATA_HEADER, PEER_HEADROOM, STUN_HEADER};
 use crate::turn::{ClientAddr, Event, PeerAddr, TurnServer};
@@ -496,8 +496,7 @@ impl StreamWorker {
             match frame(&inbuf[at..]) {
                 Frame::Incomplete => break,
                 Frame::Invalid => {
-                    self.listeners[l].stats.connection(ConnEvent::BadFraming);
-                    self.close(key, ConnEvent::Error);
+                    self.close(key, ConnEvent::BadFraming);
                     return false;
                 }
                 Frame::Message { len, wire } => {
@@ -518,14 +517,7 @@ impl StreamWorker {
                             .and_then(|k| self.relays.get(k as usize));
                         match relay {
                             Some(relay) => {
-                                if let Err(e) = udp::send_one(relay.socket.as_raw_fd(), f.peer.0, &message[f.payload]) {
-                                    let reason = if e.kind() == io::ErrorKind::WouldBlock {
-                                        DropReason::SendBufferFull
-                                    } else {
-                                        DropReason::SendError
-                                    };
-                                    listener.stats.record_drop(reason);
-                                }
+                                send_one(&listener.stats, relay.socket.as_raw_fd(), f.peer.0, &message[f.payload]);
                             }
                             None => listener.stats.record_drop(DropReason::NoAllocation),
                         }

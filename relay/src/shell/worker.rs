@@ -373,14 +373,7 @@ impl Worker {
     /// Sends queued control responses and closes the sockets of removed allocations.
     fn flush_control(&mut self) {
         while let Some(t) = self.server.poll_transmit() {
-            if let Err(e) = udp::send_one(self.listener.as_raw_fd(), t.to.0, &t.payload) {
-                let reason = if e.kind() == io::ErrorKind::WouldBlock {
-                    DropReason::SendBufferFull
-                } else {
-                    DropReason::SendError
-                };
-                self.stats.record_drop(reason);
-            }
+            send_one(&self.stats, self.listener.as_raw_fd(), t.to.0, &t.payload);
         }
         while let Some(event) = self.server.poll_event() {
             match event {
@@ -458,6 +451,14 @@ pub(super) fn recv_error(stats: &Stats, e: io::Error) -> bool {
             stats.record_drop(DropReason::SendError);
             false
         }
+    }
+}
+
+/// Sends one datagram (`udp::send_one`), counting a failure as a drop.
+pub(super) fn send_one(stats: &Stats, fd: std::os::fd::RawFd, to: SocketAddr, data: &[u8]) {
+    if let Err(e) = udp::send_one(fd, to, data) {
+        let full = e.kind() == io::ErrorKind::WouldBlock;
+        stats.record_drop(if full { DropReason::SendBufferFull } else { DropReason::SendError });
     }
 }
 
