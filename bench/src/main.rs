@@ -314,8 +314,8 @@ fn main() -> anyhow::Result<()> {
             if let Some(s) = secs {
                 plan.latency_secs = s;
             }
-            let (summary, loss) = scenarios::latency(&env, kind, &peer, &plan, Duration::from_micros(delay_us))?;
-            print(common.json, &serde_json::json!({ "latency": summary, "loss": loss }))
+            let (round, loss) = scenarios::latency(&env, kind, &peer, &plan, Duration::from_micros(delay_us))?;
+            print(common.json, &serde_json::json!({ "latency": round, "loss": loss }))
         }
         Cmd::Cpu { common, target, rate, secs } => {
             let env = env(&common)?;
@@ -402,12 +402,32 @@ fn compare(
     // CPU and latency are small differences under a noisy machine: several short rounds, the
     // targets taking turns, summed (CPU) and merged (every latency sample) per target.
     let mut cpu_sums: Vec<Option<scenarios::Cpu>> = vec![None; kinds.len()];
-    let mut latencies: Vec<Vec<stats::LatencySummary>> = vec![Vec::new(); kinds.len()];
-    for round in 0..plan.rounds as usize {
+    let mut latencies: Vec<Vec<stats::LatencyRound>> = vec![Vec::new(); kinds.len()];
+    // A latency round during which the hypervisor kept the CPUs from running (steal time) is a
+    // measure of the host's neighbours, not of the server: its tail is the steal. Such rounds
+    // are set aside and more are run, all targets again in turn, until every target has
+    // `rounds` calm ones or the extra rounds are used up.
+    let machine = Machine::detect();
+    let calm_limit_ms = plan.calm_steal_share * plan.latency_secs * machine.cpus as f64 * 1000.0;
+    let calm = |r: &stats::LatencyRound| r.host_steal_ms.is_none_or(|ms| ms <= calm_limit_ms);
+    let max_rounds = (plan.rounds + plan.extra_latency_rounds) as usize;
+    for round in 0..max_rounds {
+        let latency_needed = run("latency")
+            && (round < plan.rounds as usize
+                || runnable.iter().any(|&i| {
+                    !reports[i].errors.iter().any(|e| e.starts_with("latency"))
+                        && latencies[i].iter().filter(|r| calm(r)).count() < plan.rounds as usize
+                }));
+        if round >= plan.rounds as usize && !latency_needed {
+            break;
+        }
+        if round == plan.rounds as usize {
+            eprintln!("latency: rounds disturbed by host steal (> {calm_limit_ms:.0} ms); running more");
+        }
         // Rotate who goes first each round: whoever runs right after a heavy phase pays for the
         // machine settling (freed buffers, memory reclaim), and that must not always be the same.
         let order: Vec<usize> = (0..runnable.len()).map(|k| runnable[(k + round) % runnable.len()]).collect();
-        for &i in order.iter().filter(|_| run("cpu")) {
+        for &i in order.iter().filter(|_| run("cpu") && round < plan.rounds as usize) {
             eprintln!("cpu, round {}/{}: {}", round + 1, plan.rounds, kinds[i].name());
             match scenarios::cpu(&env, kinds[i], &peer, &plan) {
                 Ok(c) => {
@@ -420,15 +440,21 @@ fn compare(
                 Err(e) => record(&mut reports[i], "cpu", e),
             }
         }
-        for &i in order.iter().filter(|_| run("latency")) {
-            eprintln!("latency, round {}/{}: {}", round + 1, plan.rounds, kinds[i].name());
+        for &i in order.iter().filter(|_| latency_needed) {
+            eprintln!("latency, round {}: {}", round + 1, kinds[i].name());
             match scenarios::latency(&env, kinds[i], &peer, &plan, Duration::ZERO) {
-                Ok((s, loss)) => {
+                Ok((round, loss)) => {
+                    let s = &round.latency;
                     eprintln!(
-                        "  p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, loss {:.4}",
-                        s.p50_us, s.p99_us, s.p999_us, loss
+                        "  p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, loss {:.4}, server CPU {:.0}%, host steal {:.0} ms",
+                        s.p50_us,
+                        s.p99_us,
+                        s.p999_us,
+                        loss,
+                        round.server_cpu_percent.unwrap_or(f64::NAN),
+                        round.host_steal_ms.unwrap_or(f64::NAN)
                     );
-                    latencies[i].push(s);
+                    latencies[i].push(round);
                 }
                 Err(e) => record(&mut reports[i], "latency", e),
             }
@@ -440,7 +466,16 @@ fn compare(
             reports[i].cpu = cpu_sums[i].take();
         }
         if !reports[i].errors.iter().any(|e| e.starts_with("latency")) {
-            reports[i].latency = (!latencies[i].is_empty()).then(|| stats::median_of_rounds(&latencies[i]));
+            // The calm rounds, if there are at least three; otherwise every round, and the
+            // report says how many were calm.
+            let all = &latencies[i];
+            let calm_rounds: Vec<stats::LatencyRound> = all.iter().filter(|r| calm(r)).copied().collect();
+            reports[i].latency_calm_rounds = Some(calm_rounds.len());
+            let rounds = if calm_rounds.len() >= 3 { &calm_rounds } else { all };
+            let summaries: Vec<stats::LatencySummary> = rounds.iter().map(|r| r.latency).collect();
+            reports[i].latency = (!rounds.is_empty()).then(|| stats::median_of_rounds(&summaries));
+            reports[i].latency_cpu_percent = stats::median_of(rounds, |r| r.server_cpu_percent);
+            reports[i].latency_host_steal_ms = stats::median_of(all, |r| r.host_steal_ms);
             reports[i].latency_rounds = std::mem::take(&mut latencies[i]);
         }
     }

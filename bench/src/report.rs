@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::scenarios::{Allocations, Cpu, Plan, Throughput};
-use crate::stats::LatencySummary;
+use crate::stats::{LatencyRound, LatencySummary};
 use crate::targets::{CoturnInfo, Kind};
 
 /// Results for one target. A scenario that failed leaves its field empty and says why in
@@ -22,7 +22,18 @@ pub struct TargetReport {
     pub latency: Option<LatencySummary>,
     /// Each round's figures.
     #[serde(default)]
-    pub latency_rounds: Vec<LatencySummary>,
+    pub latency_rounds: Vec<LatencyRound>,
+    /// The median over latency rounds of the server's CPU use, percent of one core.
+    #[serde(default)]
+    pub latency_cpu_percent: Option<f64>,
+    /// The median over all this target's latency rounds, calm or not, of the host's steal time,
+    /// ms per round.
+    #[serde(default)]
+    pub latency_host_steal_ms: Option<f64>,
+    /// How many of `latency_rounds` were calm (host steal within the plan's limit). The latency
+    /// figures are the medians over the calm rounds when there are at least three.
+    #[serde(default)]
+    pub latency_calm_rounds: Option<usize>,
     pub allocations: Option<Allocations>,
     pub errors: Vec<String>,
 }
@@ -37,6 +48,9 @@ impl TargetReport {
             cpu: None,
             latency: None,
             latency_rounds: Vec::new(),
+            latency_cpu_percent: None,
+            latency_host_steal_ms: None,
+            latency_calm_rounds: None,
             allocations: None,
             errors: Vec::new(),
         }
@@ -177,9 +191,8 @@ impl Report {
         for (label, q, key) in [("p50", 0, false), ("p99", 1, true), ("p99.9", 2, false)] {
             rows.push(Row {
                 figure: format!(
-                    "RTT {label} µs ({} rt/s, 1 alloc, median of {} rounds)",
-                    fmt_num(self.plan.latency_pps),
-                    self.plan.rounds
+                    "RTT {label} µs ({} rt/s, 1 alloc, median of calm rounds)",
+                    fmt_num(self.plan.latency_pps)
                 ),
                 better: Better::Lower,
                 values: per(&|t| {
@@ -193,6 +206,13 @@ impl Report {
                 ratios: true,
             });
         }
+        rows.push(Row {
+            figure: "server CPU during the latency rounds, % of one core".into(),
+            better: Better::Lower,
+            values: per(&|t| t.latency_cpu_percent),
+            key: false,
+            ratios: true,
+        });
         // The latency a relay adds over the bare forwarder (RTT minus raw's RTT).
         let raw = self.target("raw").and_then(|t| t.latency);
         for (label, q) in [("p50", 0), ("p99", 1), ("p99.9", 2)] {
@@ -251,11 +271,14 @@ impl Report {
         )
     }
 
-    /// The markdown table, with the ratio columns and whether ours is ahead of coturn.
+    /// The markdown table, with the ratio columns and whether ours (and each variant of ours)
+    /// is ahead of coturn.
     pub fn markdown(&self) -> String {
         let names: Vec<&str> = self.targets.iter().map(|t| t.target.as_str()).collect();
         let idx = |n: &str| names.iter().position(|x| *x == n);
         let (ours, coturn, raw) = (idx("ours"), idx("coturn"), idx("raw"));
+        // `ours` and its variants (`ours-busy-poll`), each compared with coturn.
+        let variants: Vec<usize> = (0..names.len()).filter(|&i| names[i].starts_with("ours")).collect();
         let mut out = String::new();
         let header: Vec<String> = names
             .iter()
@@ -264,22 +287,44 @@ impl Report {
                 other => other.to_string(),
             })
             .collect();
-        let _ = writeln!(out, "| figure | {} | ours/coturn | ours/raw | ours ahead of coturn |", header.join(" | "));
-        let _ = writeln!(out, "|---|{}---|---|---|", "---|".repeat(names.len()));
+        let vs_header: Vec<String> = variants.iter().map(|&v| format!("{}/coturn", names[v])).collect();
+        let ahead_header: Vec<String> = variants.iter().map(|&v| format!("{} ahead of coturn", names[v])).collect();
+        let _ = writeln!(
+            out,
+            "| figure | {} | {} | ours/raw | {} |",
+            header.join(" | "),
+            vs_header.join(" | "),
+            ahead_header.join(" | ")
+        );
+        let _ = writeln!(out, "|---|{}---|", "---|".repeat(names.len() + 2 * variants.len()));
         for row in self.rows() {
             let cells: Vec<String> = row.values.iter().map(|v| v.map_or("—".into(), fmt_num)).collect();
             let ratio = |a: Option<usize>, b: Option<usize>| -> Option<f64> {
                 let (x, y) = (row.values.get(a?)?.as_ref()?, row.values.get(b?)?.as_ref()?);
                 (*y != 0.0 && x.is_finite() && y.is_finite()).then(|| x / y)
             };
-            let vs_coturn = ratio(ours, coturn).filter(|_| row.ratios);
-            let ahead = match (ours.and_then(|i| row.values[i]), coturn.and_then(|i| row.values[i])) {
-                (Some(a), Some(b)) if a.is_finite() && b.is_finite() => Some(match row.better {
-                    Better::Higher => a > b,
-                    Better::Lower => a < b,
-                }),
-                _ => None,
-            };
+            let vs_coturn: Vec<String> = variants
+                .iter()
+                .map(|&v| ratio(Some(v), coturn).filter(|_| row.ratios).map_or("—".into(), |r| format!("{r:.2}")))
+                .collect();
+            let ahead: Vec<&str> = variants
+                .iter()
+                .map(|&v| {
+                    let ahead = match (row.values[v], coturn.and_then(|i| row.values[i])) {
+                        (Some(a), Some(b)) if a.is_finite() && b.is_finite() => Some(match row.better {
+                            Better::Higher => a > b,
+                            Better::Lower => a < b,
+                        }),
+                        _ => None,
+                    };
+                    match (ahead, row.key) {
+                        (Some(true), _) => "yes",
+                        (Some(false), true) => "**no**",
+                        (Some(false), false) => "no",
+                        (None, _) => "—",
+                    }
+                })
+                .collect();
             let better = match row.better {
                 Better::Higher => "higher is better",
                 Better::Lower => "lower is better",
@@ -289,14 +334,39 @@ impl Report {
                 "| {} ({better}) | {} | {} | {} | {} |",
                 row.figure,
                 cells.join(" | "),
-                vs_coturn.map_or("—".into(), |r| format!("{r:.2}")),
+                vs_coturn.join(" | "),
                 ratio(ours, raw).filter(|_| row.ratios).map_or("—".into(), |r| format!("{r:.2}")),
-                match (ahead, row.key) {
-                    (Some(true), _) => "yes",
-                    (Some(false), true) => "**no**",
-                    (Some(false), false) => "no",
-                    (None, _) => "—",
-                }
+                ahead.join(" | ")
+            );
+        }
+        // How much the host interfered with the latency rounds (steal is summed over CPUs), and
+        // how many rounds were calm enough to count.
+        let steal: Vec<String> = self
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let ms = t.latency_host_steal_ms?;
+                let calm = t.latency_calm_rounds.map_or(String::new(), |c| {
+                    format!(
+                        ", {c} of {} calm{}",
+                        t.latency_rounds.len(),
+                        if c < 3 { " (too few: all used)" } else { "" }
+                    )
+                });
+                Some(format!("{} {} ms{calm}", t.target, fmt_num(ms)))
+            })
+            .collect();
+        if !steal.is_empty() {
+            let limit = self.plan.calm_steal_share * self.plan.latency_secs * self.machine.cpus as f64 * 1000.0;
+            let _ = writeln!(
+                out,
+                "\nLatency rounds ({} s each) count when calm: host steal time (the hypervisor running something \
+                 else while this machine had work, summed over its {} CPUs) at most {} ms. Median steal per \
+                 round and calm rounds: {}.",
+                self.plan.latency_secs,
+                self.machine.cpus,
+                fmt_num(limit),
+                steal.join("; ")
             );
         }
         for t in &self.targets {
@@ -312,7 +382,7 @@ impl Report {
 
     /// Delivered against offered load, one panel per throughput configuration.
     pub fn svg(&self) -> String {
-        const COLORS: [&str; 4] = ["#d62728", "#1f77b4", "#9467bd", "#7f7f7f"];
+        const COLORS: [&str; 5] = ["#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#7f7f7f"];
         let configs = [(100, 1), (100, 64), (1200, 1), (1200, 64)];
         let (pw, ph, margin) = (420.0, 300.0, 50.0);
         let width = 2.0 * pw + 40.0;

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::stats::LatencySummary;
+use crate::stats::LatencyRound;
 use crate::sys;
 use crate::targets::{Env, Kind, REALM, SECRET, Server};
 use crate::traffic::{EchoPeer, Engine, Flow, StepResult};
@@ -42,6 +42,14 @@ pub struct Plan {
     pub hold: usize,
     /// Rounds of the CPU and latency scenarios in `compare`.
     pub rounds: u32,
+    /// Latency rounds `compare` may add when rounds were disturbed by the host (see
+    /// `calm_steal_share`), until every target has `rounds` calm ones.
+    #[serde(default)]
+    pub extra_latency_rounds: u32,
+    /// A latency round is calm when the host's steal time during it is at most this share of
+    /// the machine's CPU time (steal summed over CPUs, over the round's duration).
+    #[serde(default)]
+    pub calm_steal_share: f64,
     /// Repeat a failed throughput step once before believing it.
     pub confirm: bool,
 }
@@ -63,6 +71,8 @@ impl Plan {
             alloc_window: 64,
             hold: 50_000,
             rounds: 7,
+            extra_latency_rounds: 14,
+            calm_steal_share: 0.01,
             confirm: true,
         }
     }
@@ -84,6 +94,8 @@ impl Plan {
             alloc_window: 16,
             hold: 200,
             rounds: 1,
+            extra_latency_rounds: 0,
+            calm_steal_share: 0.01,
             confirm: false,
         }
     }
@@ -354,7 +366,7 @@ pub fn latency(
     peer: &EchoPeer,
     plan: &Plan,
     delay: Duration,
-) -> anyhow::Result<(LatencySummary, f64)> {
+) -> anyhow::Result<(LatencyRound, f64)> {
     let mut server = Server::start(kind, env, peer.addr, 0, delay)?;
     let (flows, mut clients) = flows(&server, 1, peer.addr)?;
     let mut engine = Engine::new(flows, peer, server.addr)?;
@@ -362,10 +374,22 @@ pub fn latency(
     // A longer warm-up at the measured rate than elsewhere: tail latency is what this measures,
     // and the first second after start-up (or after the previous target's load) is not typical.
     engine.step(plan.latency_pps, Duration::from_secs_f64(plan.latency_secs.min(1.0)), drain, 100, false);
+    let cpu_before = server.pid().ok().and_then(|pid| sys::cpu_seconds(pid).ok());
+    let steal_before = sys::host_steal_seconds().ok();
+    let started = Instant::now();
     let r = engine.step(plan.latency_pps, Duration::from_secs_f64(plan.latency_secs), drain, 100, true);
+    let elapsed = started.elapsed().as_secs_f64();
+    let server_cpu_percent = match (cpu_before, server.pid().ok().and_then(|pid| sys::cpu_seconds(pid).ok())) {
+        (Some(a), Some(b)) => Some(100.0 * (b - a) / elapsed),
+        _ => None,
+    };
+    let host_steal_ms = match (steal_before, sys::host_steal_seconds().ok()) {
+        (Some(a), Some(b)) => Some(1000.0 * (b - a)),
+        _ => None,
+    };
     drop(engine);
     still_serving(&mut server, &mut clients)?;
-    Ok((r.latency.summary(), r.loss()))
+    Ok((LatencyRound { latency: r.latency.summary(), server_cpu_percent, host_steal_ms }, r.loss()))
 }
 
 /// Client sockets one holder process keeps (the per-process open-file limit may be as low as

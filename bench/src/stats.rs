@@ -81,6 +81,33 @@ pub fn median_of_rounds(rounds: &[LatencySummary]) -> LatencySummary {
     }
 }
 
+/// One latency round: its percentiles, what the server spent on it, and how much the host
+/// interfered.
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct LatencyRound {
+    #[serde(flatten)]
+    pub latency: LatencySummary,
+    /// Server CPU time during the measured part, as a percentage of one core (None for an
+    /// external server without a pid).
+    #[serde(default)]
+    pub server_cpu_percent: Option<f64>,
+    /// Time the hypervisor kept this machine's CPUs from running though they had work
+    /// (`steal` in /proc/stat, summed over CPUs), during the measured part, in milliseconds.
+    #[serde(default)]
+    pub host_steal_ms: Option<f64>,
+}
+
+/// The median of an optional figure over rounds (None if no round has it).
+pub fn median_of(rounds: &[LatencyRound], f: fn(&LatencyRound) -> Option<f64>) -> Option<f64> {
+    let mut v: Vec<f64> = rounds.iter().filter_map(f).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct LatencySummary {
     pub samples: u64,

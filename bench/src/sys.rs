@@ -20,6 +20,22 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
     Ok(total as f64 / hz)
 }
 
+/// Seconds of steal time so far, summed over this machine's CPUs: time a virtual CPU had work
+/// but the hypervisor ran something else (the `steal` column of /proc/stat's `cpu` line).
+pub fn host_steal_seconds() -> io::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().find(|l| l.starts_with("cpu ")).ok_or_else(|| io::Error::other("no cpu line"))?;
+    // cpu user nice system idle iowait irq softirq steal ...
+    let steal: u64 = line
+        .split_whitespace()
+        .nth(8)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::other("no steal column in /proc/stat"))?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(steal as f64 / hz)
+}
+
 /// Resident set size of process `pid`, in bytes (VmRSS).
 pub fn rss_bytes(pid: u32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -90,5 +106,7 @@ mod tests {
         std::hint::black_box(x);
         assert!(cpu_seconds(me).unwrap() >= start);
         assert!(rss_bytes(me).unwrap() > 1 << 20);
+        let steal = host_steal_seconds().unwrap();
+        assert!(steal >= 0.0 && host_steal_seconds().unwrap() >= steal);
     }
 }

@@ -3,6 +3,8 @@
 //! thread) per core, the same relay port range and no quotas.
 //!
 //! - `ours`: the project's relay binary (release build) from a config the bench writes.
+//! - `ours-busy-poll`: the same with `server.busy_poll_us` set (off by default): its workers poll
+//!   for a moment after traffic instead of sleeping at once, trading idle CPU for wake-up latency.
 //! - `coturn`: Debian's `turnserver`.
 //! - `coturn-batched`: `turnserver` with `--udp-recvmmsg --udp-sendmmsg` where the installed
 //!   version has them (added in coturn 4.10); otherwise unavailable, and the report says why.
@@ -23,22 +25,28 @@ use serde::Serialize;
 pub const RELAY_PORTS: (u16, u16) = (10000, 65000);
 pub const SECRET: &str = "bench-secret";
 pub const REALM: &str = "relay";
+/// `server.busy_poll_us` of the `ours-busy-poll` target: long enough to cover a datagram's trip
+/// to a loopback peer and back while the worker polls.
+pub const BUSY_POLL_US: u64 = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     Ours,
+    /// Ours with `server.busy_poll_us` (off by default): CPU traded for wake-up latency.
+    OursBusyPoll,
     Coturn,
     CoturnBatched,
     Raw,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Ours, Kind::Coturn, Kind::CoturnBatched, Kind::Raw];
+    pub const ALL: [Kind; 5] = [Kind::Ours, Kind::OursBusyPoll, Kind::Coturn, Kind::CoturnBatched, Kind::Raw];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Ours => "ours",
+            Kind::OursBusyPoll => "ours-busy-poll",
             Kind::Coturn => "coturn",
             Kind::CoturnBatched => "coturn-batched",
             Kind::Raw => "raw",
@@ -193,7 +201,8 @@ impl Server {
             bail!("{} unavailable: {why}", kind.name());
         }
         let (child, addr) = match kind {
-            Kind::Ours => start_ours(env)?,
+            Kind::Ours => start_ours(env, 0)?,
+            Kind::OursBusyPoll => start_ours(env, BUSY_POLL_US)?,
             Kind::Coturn => start_coturn(env, &[])?,
             Kind::CoturnBatched => start_coturn(env, &env.coturn.batching_flags())?,
             Kind::Raw => start_raw(env, peer, drop_every, delay)?,
@@ -265,7 +274,7 @@ fn read_ready_line(child: &mut Child, prefix: &'static str) -> anyhow::Result<St
 }
 
 /// The relay config equivalent to coturn's command line, plus `extra` TOML at the end.
-fn write_config(dir: &Path, workers: usize, extra: &str) -> anyhow::Result<PathBuf> {
+fn write_config(dir: &Path, workers: usize, busy_poll_us: u64, extra: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join("relay.toml");
     let text = format!(
         r#"# Written by the bench: equivalent to the coturn command line it runs.
@@ -274,6 +283,7 @@ listen = "127.0.0.1:0"
 workers = {workers}
 realm = "{REALM}"
 socket_buffer_bytes = 8388608
+busy_poll_us = {busy_poll_us}
 
 [relay]
 min_port = {min}
@@ -310,8 +320,8 @@ level = "warn"
 }
 
 /// The relay binary on the bench's config plus `extra`, stdout piped for its banner.
-fn spawn_ours(env: &Env, extra: &str) -> anyhow::Result<Child> {
-    let config = write_config(&env.dir, env.workers, extra)?;
+fn spawn_ours(env: &Env, busy_poll_us: u64, extra: &str) -> anyhow::Result<Child> {
+    let config = write_config(&env.dir, env.workers, busy_poll_us, extra)?;
     pinned(Command::new(&env.relay_bin), env)
         .arg("--config")
         .arg(&config)
@@ -321,8 +331,8 @@ fn spawn_ours(env: &Env, extra: &str) -> anyhow::Result<Child> {
         .with_context(|| format!("starting {}", env.relay_bin.display()))
 }
 
-fn start_ours(env: &Env) -> anyhow::Result<(Child, SocketAddr)> {
-    let mut child = spawn_ours(env, "")?;
+fn start_ours(env: &Env, busy_poll_us: u64) -> anyhow::Result<(Child, SocketAddr)> {
+    let mut child = spawn_ours(env, busy_poll_us, "")?;
     let rest = read_ready_line(&mut child, "STUN/TURN   udp://")?;
     let addr = rest.split_whitespace().next().context("address in banner")?.parse()?;
     Ok((child, addr))
@@ -362,7 +372,7 @@ fn start_raw(env: &Env, peer: SocketAddr, drop_every: u64, delay: Duration) -> a
 /// Starts the relay with its SFU on (`bench sfu`): the bench's config plus an HTTP listener for
 /// WHIP/WHEP. Returns the process (killed when dropped) and where to reach it.
 pub fn start_ours_sfu(env: &Env) -> anyhow::Result<(Server, crate::sfu::Target)> {
-    let mut child = spawn_ours(env, "\n[sfu]\nhttp_listen = \"127.0.0.1:0\"\n")?;
+    let mut child = spawn_ours(env, 0, "\n[sfu]\nhttp_listen = \"127.0.0.1:0\"\n")?;
     let stdout = child.stdout.take().context("child stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

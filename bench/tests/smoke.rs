@@ -42,7 +42,7 @@ fn compare_smoke_every_target_delivers() {
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "the chart has curves");
     let targets = report["targets"].as_array().unwrap();
     let names: Vec<&str> = targets.iter().map(|t| t["target"].as_str().unwrap()).collect();
-    assert_eq!(names, ["ours", "coturn", "coturn-batched", "raw"]);
+    assert_eq!(names, ["ours", "ours-busy-poll", "coturn", "coturn-batched", "raw"]);
     let mut ran = 0;
     for t in targets {
         let name = t["target"].as_str().unwrap();
@@ -64,13 +64,15 @@ fn compare_smoke_every_target_delivers() {
         }
         assert!(t["cpu"]["delivered_pps"].as_f64().unwrap() > 0.0, "{name}: cpu scenario delivered");
         assert!(t["latency"]["samples"].as_u64().unwrap() > 0, "{name}: latency samples");
+        assert!(t["latency_cpu_percent"].as_f64().unwrap() >= 0.0, "{name}: CPU use during the latency rounds");
+        assert!(t["latency_host_steal_ms"].as_f64().unwrap() >= 0.0, "{name}: host steal during the latency rounds");
         if name != "raw" {
             let a = &t["allocations"];
             assert_eq!(a["succeeded"], a["attempted"], "{name}: every allocation succeeded: {a}");
             assert_eq!(a["held"], a["hold_attempted"], "{name}: every allocation held: {a}");
         }
     }
-    assert!(ran >= 3, "ours, coturn and raw ran");
+    assert!(ran >= 4, "ours, ours-busy-poll, coturn and raw ran");
 }
 
 #[test]

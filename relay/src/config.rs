@@ -115,6 +115,7 @@ pub struct ServerSection {
     pub realm: String,
     pub software: String,
     pub socket_buffer_bytes: usize,
+    pub busy_poll_us: u64,
 }
 
 impl Default for ServerSection {
@@ -125,6 +126,7 @@ impl Default for ServerSection {
             realm: "relay".into(),
             software: concat!("relay/", env!("CARGO_PKG_VERSION")).into(),
             socket_buffer_bytes: 4 << 20,
+            busy_poll_us: 0,
         }
     }
 }
@@ -308,6 +310,9 @@ pub struct Overrides {
     /// server.socket_buffer_bytes: receive/send buffer of the listening sockets.
     #[arg(long, env = "RELAY_SOCKET_BUFFER_BYTES")]
     pub socket_buffer_bytes: Option<usize>,
+    /// server.busy_poll_us: keep polling this long after traffic before sleeping (0 = off).
+    #[arg(long, env = "RELAY_BUSY_POLL_US")]
+    pub busy_poll_us: Option<u64>,
     /// relay.ip: address relay sockets bind to.
     #[arg(long, env = "RELAY_RELAY_IP")]
     pub relay_ip: Option<String>,
@@ -474,6 +479,7 @@ impl FileConfig {
         set(&mut self.server.realm, &o.realm);
         set(&mut self.server.software, &o.software);
         set(&mut self.server.socket_buffer_bytes, &o.socket_buffer_bytes);
+        set(&mut self.server.busy_poll_us, &o.busy_poll_us);
         if o.relay_ip.is_some() {
             self.relay.ip = o.relay_ip.clone();
         }
@@ -574,6 +580,8 @@ pub struct Config {
     pub realm: String,
     pub software: String,
     pub socket_buffer_bytes: usize,
+    /// How long a UDP worker keeps polling after traffic before sleeping (zero = off).
+    pub busy_poll: Duration,
     pub relay_ip: IpAddr,
     pub external_ip: Option<IpAddr>,
     /// The IPv6 relay address (bind, advertised) beside an IPv4 relay_ip.
@@ -698,6 +706,9 @@ impl Config {
             n if n > 1024 => bail!("server.workers: {n} is more than 1024"),
             n => n,
         };
+        if file.server.busy_poll_us > 1000 {
+            bail!("server.busy_poll_us: {} is more than 1000 (a millisecond)", file.server.busy_poll_us);
+        }
         if file.server.realm.is_empty() || file.server.realm.len() > 763 {
             bail!("server.realm: must be 1 to 763 bytes (RFC 8489 §14.9)");
         }
@@ -874,6 +885,7 @@ impl Config {
             realm: file.server.realm.clone(),
             software: file.server.software.clone(),
             socket_buffer_bytes: file.server.socket_buffer_bytes,
+            busy_poll: Duration::from_micros(file.server.busy_poll_us),
             relay_ip,
             external_ip,
             relay_ipv6,
@@ -1092,6 +1104,7 @@ mod tests {
             (|f| f.sfu.public_url = "ftp://sfu.example.com".into(), "sfu.public_url"),
             (|f| f.sfu.public_url = "https://sfu.example.com/?x=1".into(), "sfu.public_url"),
             (|f| f.relay.min_port = 3000, "relay.min_port"),
+            (|f| f.server.busy_poll_us = 5000, "server.busy_poll_us"),
         ];
         for (mutate, key) in cases {
             let mut f = valid();

@@ -2,6 +2,7 @@
 //! sans-IO core. It moves bytes between the kernel and `turn::TurnServer` and nothing else.
 
 pub mod admin;
+pub mod busy_poll;
 pub mod cluster;
 pub mod control;
 pub mod metrics;

@@ -169,6 +169,7 @@ impl Live {
             listen => "server.listen",
             workers => "server.workers",
             socket_buffer_bytes => "server.socket_buffer_bytes",
+            busy_poll => "server.busy_poll_us",
             relay_ip => "relay.ip",
             relay_ipv6 => "relay.ipv6",
             external_ip => "relay.external_ip",

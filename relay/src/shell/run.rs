@@ -299,6 +299,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
         let settings = SocketSettings {
             relay_buffer: config.relay_socket_buffer_bytes,
             sfu: sfu.as_ref().map(|(handle, ..)| handle.clone()),
+            busy_poll: config.busy_poll,
         };
         let (worker, waker) = Worker::new(listener, server, settings, rx).context("creating worker event loop")?;
         threads.push(spawn(format!("relay-worker-{i}"), ExitNotice(i, exit_tx.clone()), move || worker.run())?);

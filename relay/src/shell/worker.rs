@@ -26,6 +26,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 use tracing::{debug, error, warn};
 
+use super::busy_poll::BusyPoll;
 use super::sfu::SfuHandle;
 use super::udp::{self, RecvBatch, SendBatch, SendQueue, SendStats};
 use crate::turn::auth::Credentials;
@@ -117,6 +118,9 @@ pub struct SocketSettings {
     pub relay_buffer: usize,
     /// The SFU sharing the listening port, if it runs: datagrams it claims go to it.
     pub sfu: Option<SfuHandle>,
+    /// How long to keep polling after the last datagram before sleeping (`server.busy_poll_us`;
+    /// zero = sleep at once).
+    pub busy_poll: Duration,
 }
 
 pub struct Worker {
@@ -141,6 +145,9 @@ pub struct Worker {
     /// source is not served by the vDSO every read is a system call (or a VM exit).
     now: Instant,
     next_clock_sync: Instant,
+    busy_poll: BusyPoll,
+    /// Whether the current turn of the loop received any datagram (for `busy_poll`).
+    served: bool,
 }
 
 impl Worker {
@@ -157,6 +164,7 @@ impl Worker {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stats = server.stats();
+        let busy_poll = BusyPoll::new(settings.busy_poll, Instant::now());
         let worker = Self {
             poll,
             listener,
@@ -174,6 +182,8 @@ impl Worker {
             outbox: Outbox::new(),
             now: Instant::now(),
             next_clock_sync: Instant::now(),
+            busy_poll,
+            served: false,
         };
         Ok((worker, waker))
     }
@@ -188,7 +198,7 @@ impl Worker {
             } else {
                 Duration::ZERO
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+            if let Err(e) = self.wait(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 error!(error = %e, "poll failed; worker stopping");
@@ -217,7 +227,38 @@ impl Worker {
                 self.next_clock_sync = now + MAX_SLEEP;
             }
             self.flush_control();
+            if self.busy_poll.enabled() {
+                self.busy_poll.turn(now, Instant::now(), std::mem::take(&mut self.served));
+            }
         }
+    }
+
+    /// Waits up to `timeout` for readiness: sleeping in `epoll_wait`, after polling for a while
+    /// if `busy_poll` says so.
+    fn wait(&mut self, events: &mut Events, timeout: Duration) -> io::Result<()> {
+        if !timeout.is_zero() && self.busy_poll.enabled() {
+            let start = Instant::now();
+            if let Some(until) = self.busy_poll.poll_until(start) {
+                let deadline = start + timeout;
+                let until = until.min(deadline);
+                let mut now;
+                loop {
+                    let polled = self.poll.poll(events, Some(Duration::ZERO));
+                    now = Instant::now();
+                    if polled.is_err() || !events.is_empty() || now >= until {
+                        self.busy_poll.polled(now - start);
+                        polled?;
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                if !events.is_empty() || now >= deadline {
+                    return Ok(());
+                }
+                return self.poll.poll(events, Some(deadline - now));
+            }
+        }
+        self.poll.poll(events, Some(timeout))
     }
 
     /// Returns false when the worker must stop.
@@ -258,6 +299,7 @@ impl Worker {
             };
             let drained = n < udp::BATCH;
             let now = self.now;
+            self.served = true;
             self.forwards.clear();
             let mut sockets = Sockets {
                 registry: self.poll.registry(),
@@ -332,6 +374,7 @@ impl Worker {
             };
             let drained = n < udp::BATCH;
             let now = self.now;
+            self.served = true;
             self.to_clients.clear();
             for i in 0..n {
                 if self.recv.truncated(i) {
