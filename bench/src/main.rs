@@ -408,7 +408,7 @@ fn compare(
     // are set aside and more are run, all targets again in turn, until every target has
     // `rounds` calm ones or the extra rounds are used up.
     let machine = Machine::detect();
-    let calm_limit_ms = plan.calm_steal_share * plan.latency_secs * machine.cpus as f64 * 1000.0;
+    let calm_limit_ms = plan.calm_steal_limit_ms(machine.cpus);
     let calm = |r: &stats::LatencyRound| r.host_steal_ms.is_none_or(|ms| ms <= calm_limit_ms);
     let max_rounds = (plan.rounds + plan.extra_latency_rounds) as usize;
     for round in 0..max_rounds {
@@ -500,7 +500,7 @@ fn compare(
     let report = Report {
         date: utc_now(),
         command,
-        machine: Machine::detect(),
+        machine,
         coturn: (&env.coturn).into(),
         workers: env.workers,
         server_cpus: env.server_cpus.clone(),

@@ -357,7 +357,7 @@ impl Report {
             })
             .collect();
         if !steal.is_empty() {
-            let limit = self.plan.calm_steal_share * self.plan.latency_secs * self.machine.cpus as f64 * 1000.0;
+            let limit = self.plan.calm_steal_limit_ms(self.machine.cpus);
             let _ = writeln!(
                 out,
                 "\nLatency rounds ({} s each) count when calm: host steal time (the hypervisor running something \

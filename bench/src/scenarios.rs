@@ -77,6 +77,11 @@ impl Plan {
         }
     }
 
+    /// Host steal time (ms, summed over `cpus`) above which a latency round is not calm.
+    pub fn calm_steal_limit_ms(&self, cpus: usize) -> f64 {
+        self.calm_steal_share * self.latency_secs * cpus as f64 * 1000.0
+    }
+
     /// Seconds, not minutes: for the test suite.
     pub fn smoke() -> Self {
         Self {

@@ -62,15 +62,7 @@ impl Latency {
 /// The median, over several rounds, of each figure of their summaries: one round spoiled by
 /// someone else's load moves it less than it would move the percentiles of all samples pooled.
 pub fn median_of_rounds(rounds: &[LatencySummary]) -> LatencySummary {
-    let median = |f: fn(&LatencySummary) -> f64| {
-        let mut v: Vec<f64> = rounds.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
-    };
+    let median = |f: fn(&LatencySummary) -> f64| median(rounds.iter().map(f).collect()).unwrap_or(f64::NAN);
     LatencySummary {
         samples: rounds.iter().map(|r| r.samples).sum(),
         p50_us: median(|r| r.p50_us),
@@ -99,7 +91,11 @@ pub struct LatencyRound {
 
 /// The median of an optional figure over rounds (None if no round has it).
 pub fn median_of(rounds: &[LatencyRound], f: fn(&LatencyRound) -> Option<f64>) -> Option<f64> {
-    let mut v: Vec<f64> = rounds.iter().filter_map(f).collect();
+    median(rounds.iter().filter_map(f).collect())
+}
+
+/// The median of some values (the mean of the middle two for an even count); None if empty.
+fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => None,

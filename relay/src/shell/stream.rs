@@ -41,7 +41,7 @@ use slab::Slab;
 use tracing::{debug, error, warn};
 
 use super::udp::{self, RecvBatch};
-use super::worker::{Command, Relay, Sockets, recv_error, send_one};
+use super::worker::{Command, Relay, Sockets, close_relay, recv_error, send_one};
 use crate::turn::stats::{ConnEvent, DropReason, Stats};
 use crate::turn::wire::{CHANNEL_DATA_HEADER, PEER_HEADROOM, STUN_HEADER};
 use crate::turn::{ClientAddr, Event, PeerAddr, TurnServer};
@@ -551,13 +551,7 @@ impl StreamWorker {
         while let Some(event) = self.listeners[l].server.poll_event() {
             match event {
                 Event::RelayClosed(port) => {
-                    let key = std::mem::take(&mut self.by_port[usize::from(port.0)]);
-                    if let Some(k) = key.checked_sub(1) {
-                        let mut relay = self.relays.remove(k as usize);
-                        if let Err(e) = self.poll.registry().deregister(&mut relay.socket) {
-                            warn!(error = %e, %port, "deregistering relay socket");
-                        }
-                    }
+                    close_relay(self.poll.registry(), &mut self.relays, &mut self.by_port, port)
                 }
             }
         }

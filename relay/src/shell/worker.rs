@@ -94,6 +94,18 @@ pub(super) struct Sockets<'a> {
     pub owner: usize,
 }
 
+/// Closes the relay socket of `port` (the core removed its allocation): the inverse of
+/// `Sockets::open`.
+pub(super) fn close_relay(registry: &Registry, relays: &mut Slab<Relay>, by_port: &mut [u32], port: RelayPort) {
+    let key = std::mem::take(&mut by_port[usize::from(port.0)]);
+    if let Some(k) = key.checked_sub(1) {
+        let mut relay = relays.remove(k as usize);
+        if let Err(e) = registry.deregister(&mut relay.socket) {
+            warn!(error = %e, %port, "deregistering relay socket");
+        }
+    }
+}
+
 impl RelaySockets for Sockets<'_> {
     fn probe(&mut self, ip: IpAddr, port: RelayPort) -> io::Result<()> {
         // Bound and closed at once: the port is free now, and the pool keeps it ours.
@@ -240,22 +252,19 @@ impl Worker {
             let start = Instant::now();
             if let Some(until) = self.busy_poll.poll_until(start) {
                 let deadline = start + timeout;
-                let until = until.min(deadline);
-                let mut now;
                 loop {
-                    let polled = self.poll.poll(events, Some(Duration::ZERO));
-                    now = Instant::now();
-                    if polled.is_err() || !events.is_empty() || now >= until {
+                    self.poll.poll(events, Some(Duration::ZERO))?;
+                    let now = Instant::now();
+                    if !events.is_empty() || now >= until.min(deadline) {
                         self.busy_poll.polled(now - start);
-                        polled?;
-                        break;
+                        // Nothing came while polling: sleep for the rest of the timeout.
+                        return match deadline.checked_duration_since(now) {
+                            Some(rest) if events.is_empty() && !rest.is_zero() => self.poll.poll(events, Some(rest)),
+                            _ => Ok(()),
+                        };
                     }
                     std::hint::spin_loop();
                 }
-                if !events.is_empty() || now >= deadline {
-                    return Ok(());
-                }
-                return self.poll.poll(events, Some(deadline - now));
             }
         }
         self.poll.poll(events, Some(timeout))
@@ -421,13 +430,7 @@ impl Worker {
         while let Some(event) = self.server.poll_event() {
             match event {
                 Event::RelayClosed(port) => {
-                    let key = std::mem::take(&mut self.by_port[usize::from(port.0)]);
-                    if let Some(k) = key.checked_sub(1) {
-                        let mut relay = self.relays.remove(k as usize);
-                        if let Err(e) = self.poll.registry().deregister(&mut relay.socket) {
-                            warn!(error = %e, %port, "deregistering relay socket");
-                        }
-                    }
+                    close_relay(self.poll.registry(), &mut self.relays, &mut self.by_port, port)
                 }
             }
         }
