@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use common::{RawClient, RelayProcess, channel_data, error_code, metric_value, peer_attr};
 use rand::{Rng, SeedableRng};
 use stun::message::{
-    BINDING_REQUEST, CLASS_SUCCESS_RESPONSE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, Message,
+    BINDING_REQUEST, CLASS_SUCCESS_RESPONSE, Getter, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH,
+    Message,
 };
 use turn::proto::channum::ChannelNumber;
 use turn::proto::lifetime::Lifetime;
@@ -446,4 +447,42 @@ fn dual_stack_listener_relays_each_family_and_refuses_ipv6_private_ranges() {
     let m = relay.metrics();
     assert_eq!(metric_value(&m, "relay_allocations_active"), 2.0);
     assert_eq!(metric_value(&m, "relay_workers"), 4.0, "two per family");
+}
+
+/// A burst from a peer bigger than what a TCP/TLS worker reads from one relay socket per turn
+/// (8 batches of 32 datagrams) reaches the TCP client whole, right away: what is left after the
+/// budget is read on the next turn, not only when the peer sends again (epoll is edge-triggered).
+/// Before the worker kept such sockets pending, one run in three left the burst's tail behind.
+#[test]
+fn tcp_client_gets_a_whole_burst_from_its_peer() {
+    const BURST: u32 = 600;
+    let relay = RelayProcess::start("relay-loopback.toml", &[]);
+    let mut client = RawClient::rest_tcp(relay.tcp.expect("TURN over TCP is on"), LOOPBACK_SECRET, 600, REALM);
+    let relayed = client.allocate().expect("Allocate over TCP");
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let resp = client.call(METHOD_CREATE_PERMISSION, &[&peer_attr(&peer.local_addr().unwrap().to_string())]);
+    assert_eq!(error_code(&resp), None, "CreatePermission for the loopback peer");
+    // Sent 32 at a time (sendmmsg), faster than the worker reads, so that more than its budget
+    // is queued when it wakes.
+    let mut queue = relay::shell::udp::SendQueue::new();
+    let payloads: Vec<[u8; 4]> = (0..BURST).map(u32::to_be_bytes).collect();
+    for chunk in payloads.chunks(relay::shell::udp::BATCH) {
+        let mut batch = relay::shell::udp::SendBatch::new(&mut queue, std::os::fd::AsRawFd::as_raw_fd(&peer));
+        for p in chunk {
+            batch.push(relayed, p);
+        }
+        let sent = batch.flush();
+        assert_eq!((sent.dropped_full, sent.dropped_error), (0, 0), "the peer sent the whole burst");
+    }
+    // Each datagram comes as a Data indication, in order; the stream's read timeout (5 s) fails
+    // the test if some stay behind.
+    for i in 0..BURST {
+        let frame = client.read_message();
+        let mut m = Message::new();
+        m.unmarshal_binary(&frame).expect("a Data indication");
+        let mut data = turn::proto::data::Data::default();
+        data.get_from(&m).expect("a DATA attribute");
+        assert_eq!(data.0, i.to_be_bytes(), "datagram {i} of {BURST}");
+    }
+    assert_eq!(relay.metric("relay_relayed_packets_total{direction=\"peer_to_client\"}"), f64::from(BURST));
 }

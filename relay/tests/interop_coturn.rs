@@ -89,6 +89,19 @@ fn uclient_with(secret: &str, n: u32, extra: &[&str]) -> Report {
     Report { lost, output }
 }
 
+/// The relay's relayed, dropped and connection counters, for a failure message: where a lost
+/// packet went missing.
+fn counters(relay: &RelayProcess) -> String {
+    let m = relay.metrics();
+    let wanted = [
+        "relay_relayed_packets_total",
+        "relay_dropped_packets_total",
+        "relay_connections_total",
+        "relay_requests_total",
+    ];
+    m.lines().filter(|l| !l.starts_with('#') && wanted.iter().any(|w| l.starts_with(w))).collect::<Vec<_>>().join("\n")
+}
+
 fn relayed(relay: &RelayProcess) -> (f64, f64) {
     let m = relay.metrics();
     (
@@ -157,9 +170,9 @@ fn uclient_over_tls_zero_loss() {
     let _peer = start_peer();
     let port = tls.port().to_string();
     let report = uclient(400, &["-t", "-S", "-p", &port]);
-    assert_eq!(report.lost, 0, "TLS lost packets:\n{}", report.output);
+    assert_eq!(report.lost, 0, "TLS lost packets:\n{}\n{}", report.output, counters(&relay));
     let report = uclient(400, &["-t", "-S", "-s", "-p", &port]);
-    assert_eq!(report.lost, 0, "TLS send-indication mode lost packets:\n{}", report.output);
+    assert_eq!(report.lost, 0, "TLS send-indication mode lost packets:\n{}\n{}", report.output, counters(&relay));
     let (to_peer, to_client) = relayed(&relay);
     assert!(to_peer >= 8_000.0 && to_client >= 8_000.0, "{to_peer} / {to_client}");
     let m = relay.metrics();

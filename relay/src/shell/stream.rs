@@ -220,6 +220,9 @@ pub struct StreamWorker {
     scratch: Box<[u8]>,
     /// Connections with data left to read after their budget.
     pending: Vec<usize>,
+    /// Relay sockets with data left after their budget (mio is edge-triggered: no new event
+    /// would come for what is already queued).
+    pending_relays: Vec<usize>,
     /// Connections that got relayed data in the current batch (kept to reuse its allocation).
     touched: Vec<usize>,
     now: Instant,
@@ -255,6 +258,7 @@ impl StreamWorker {
             recv: RecvBatch::new(PEER_HEADROOM),
             scratch: vec![0; 64 * 1024].into_boxed_slice(),
             pending: Vec::new(),
+            pending_relays: Vec::new(),
             touched: Vec::new(),
             now,
             next_tick: now + TICK,
@@ -266,7 +270,7 @@ impl StreamWorker {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.pending.is_empty() {
+            let timeout = if self.pending.is_empty() && self.pending_relays.is_empty() {
                 let next = self.listeners.iter().filter_map(|l| l.server.poll_timeout()).min();
                 let due = next.map_or(TICK, |t| t.saturating_duration_since(self.now));
                 due.min(self.next_tick.saturating_duration_since(self.now))
@@ -286,7 +290,11 @@ impl StreamWorker {
             for event in &events {
                 match event.token().0 {
                     0 => {}
-                    t if t >= FIRST_RELAY => self.serve_relay(t - FIRST_RELAY),
+                    t if t >= FIRST_RELAY => {
+                        if self.serve_relay(t - FIRST_RELAY) && !self.pending_relays.contains(&(t - FIRST_RELAY)) {
+                            self.pending_relays.push(t - FIRST_RELAY);
+                        }
+                    }
                     t if t >= FIRST_CONN => {
                         let key = t - FIRST_CONN;
                         if event.is_writable() {
@@ -301,6 +309,11 @@ impl StreamWorker {
             }
             for key in std::mem::take(&mut self.pending) {
                 self.serve_conn(key);
+            }
+            for key in std::mem::take(&mut self.pending_relays) {
+                if self.serve_relay(key) {
+                    self.pending_relays.push(key);
+                }
             }
             let now = self.now;
             for l in 0..self.listeners.len() {
@@ -620,9 +633,10 @@ impl StreamWorker {
     }
 
     /// Receives from a relay socket and queues each datagram, framed by the core, for its client.
-    fn serve_relay(&mut self, key: usize) {
+    /// True if the socket may have more than its budget of batches let it read.
+    fn serve_relay(&mut self, key: usize) -> bool {
         for _ in 0..8 {
-            let Some(relay) = self.relays.get(key) else { return };
+            let Some(relay) = self.relays.get(key) else { return false };
             let (port, l) = (relay.port, relay.owner);
             let n = match self.recv.recv(relay.socket.as_raw_fd()) {
                 Ok(n) => n,
@@ -630,7 +644,7 @@ impl StreamWorker {
                     if recv_error(&self.listeners[l].stats, e) {
                         continue;
                     }
-                    return;
+                    return false;
                 }
             };
             let mut touched = std::mem::take(&mut self.touched);
@@ -660,9 +674,10 @@ impl StreamWorker {
             touched.clear();
             self.touched = touched;
             if n < udp::BATCH {
-                return;
+                return false;
             }
         }
+        true
     }
 }
 

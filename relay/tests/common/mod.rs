@@ -322,6 +322,12 @@ impl RawClient {
         message
     }
 
+    /// The next message the relay sends over the stream (a response, a Data indication or
+    /// ChannelData). Panics if none comes within the stream's read timeout.
+    pub fn read_message(&mut self) -> Vec<u8> {
+        Self::read_frame(self.stream.as_deref_mut().expect("a stream client"))
+    }
+
     /// Sends `msg` and returns the response with the same transaction id (retrying on loss).
     pub fn exchange(&mut self, msg: &Message) -> Message {
         if let Some(stream) = self.stream.as_deref_mut() {
