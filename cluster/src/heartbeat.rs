@@ -135,6 +135,12 @@ pub struct HeartbeatReply {
     pub secrets: Secrets,
     /// When to send the next heartbeat.
     pub interval_ms: u64,
+    /// Sessions that have ended while media tokens minted for them may still be valid: the
+    /// relay refuses those tokens and ends the sessions' peers. The full list every time
+    /// (sessions ended within one token lifetime), so a relay that restarts or misses a reply
+    /// catches up with the next one. Absent from an older signaling's replies.
+    #[serde(default)]
+    pub ended_sessions: Vec<String>,
 }
 
 #[cfg(test)]
@@ -156,10 +162,17 @@ mod tests {
             commands: vec![Command::Drain],
             secrets: Secrets { version: 3, keys: vec!["k".into()] },
             interval_ms: 2000,
+            ended_sessions: vec!["s-1".into()],
         };
         let json = serde_json::to_string(&reply).unwrap();
-        assert_eq!(json, r#"{"commands":[{"type":"drain"}],"secrets":{"version":3,"keys":["k"]},"interval_ms":2000}"#);
+        assert_eq!(
+            json,
+            r#"{"commands":[{"type":"drain"}],"secrets":{"version":3,"keys":["k"]},"interval_ms":2000,"ended_sessions":["s-1"]}"#
+        );
         assert_eq!(serde_json::from_str::<HeartbeatReply>(&json).unwrap(), reply);
+        // An older signaling's reply has no ended sessions.
+        let old = r#"{"commands":[],"secrets":{"version":3,"keys":["k"]},"interval_ms":2000}"#;
+        assert!(serde_json::from_str::<HeartbeatReply>(old).unwrap().ended_sessions.is_empty());
         assert!(!format!("{:?}", reply.secrets).contains("\"k\""));
     }
 

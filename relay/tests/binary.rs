@@ -486,3 +486,185 @@ fn tcp_client_gets_a_whole_burst_from_its_peer() {
     }
     assert_eq!(relay.metric("relay_relayed_packets_total{direction=\"peer_to_client\"}"), f64::from(BURST));
 }
+
+/// Counts STUN responses arriving on a byte stream read with a short timeout: bytes are kept
+/// until a whole frame is in (RFC 8656 §12.5 framing).
+struct FrameCounter {
+    buf: Vec<u8>,
+    frames: usize,
+}
+
+impl FrameCounter {
+    fn poll(&mut self, stream: &mut dyn common::Stream) {
+        let mut chunk = [0u8; 16384];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => panic!("the relay closed the connection"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                Err(e) => panic!("reading from the relay: {e}"),
+            }
+        }
+        while self.buf.len() >= 4 {
+            let len = 20 + usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]]));
+            if self.buf.len() < len {
+                break;
+            }
+            self.buf.drain(..len);
+            self.frames += 1;
+        }
+    }
+}
+
+/// `limits.total_mbps` and `limits.unauthenticated_total` are relay-wide: a UDP, a TCP and a TLS
+/// client at once, each served by its own core (two UDP workers, each with a TCP and a TLS
+/// listener), together get the configured figure. When each core had an even share of it per UDP
+/// worker, the three got half of it each: 1.5 times the figure.
+#[test]
+fn relay_wide_limits_hold_with_udp_tcp_and_tls_together() {
+    use std::io::Write;
+    const TOTAL_BPS: f64 = 1_000_000.0; // --total-mbps 8
+    const ANSWERS: f64 = 100.0; // --unauthenticated-total 100
+    let dir = common::temp_dir("limits");
+    let (cert, key) = common::test_certificate(&dir, "limits");
+    let relay = RelayProcess::start(
+        "relay-loopback.toml",
+        &[
+            "--workers",
+            "2",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--total-mbps",
+            "8",
+            "--unauthenticated-per-ip",
+            "0",
+            "--unauthenticated-total",
+            "100",
+        ],
+    );
+    let tcp = relay.tcp.expect("TURN over TCP is on");
+
+    // Bandwidth: each client sends 1 MB/s of ChannelData to one peer for four seconds.
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let peer_addr = peer.local_addr().unwrap().to_string();
+    let mut clients = [
+        RawClient::rest(relay.udp, LOOPBACK_SECRET, 600, REALM),
+        RawClient::rest_tcp(tcp, LOOPBACK_SECRET, 600, REALM),
+        RawClient::rest_tls(relay.tls[0], LOOPBACK_SECRET, 600, REALM, &cert),
+    ];
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.allocate().unwrap_or_else(|e| panic!("client {i}: Allocate got {e}"));
+        let resp = c.call(METHOD_CHANNEL_BIND, &[&ChannelNumber(0x4000), &peer_attr(&peer_addr)]);
+        assert_eq!(error_code(&resp), None, "client {i}: ChannelBind");
+    }
+    let received = std::thread::spawn(move || {
+        let (mut bytes, mut buf) = (0usize, [0u8; 2048]);
+        let mut quiet = 0;
+        while quiet < 5 {
+            match peer.recv(&mut buf) {
+                Ok(n) => (bytes, quiet) = (bytes + n, 0),
+                Err(_) => quiet += 1,
+            }
+        }
+        (bytes, Instant::now())
+    });
+    let frame = channel_data(0x4000, &[7u8; 1000]);
+    let start = Instant::now();
+    let mut sent = 0usize;
+    while start.elapsed() < Duration::from_secs(4) {
+        for c in &mut clients {
+            for _ in 0..10 {
+                match c.stream.as_deref_mut() {
+                    Some(s) => s.write_all(&frame).expect("write to the relay"),
+                    None => _ = c.socket.send_to(&frame, relay.udp).expect("send to the relay"),
+                }
+            }
+            sent += 10 * 1000;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (bytes, end) = received.join().unwrap();
+    // The peer stops after a second of quiet: the relay's own window is shorter than this one.
+    let elapsed = (end - start).as_secs_f64() - 1.0;
+    let allowed = TOTAL_BPS + TOTAL_BPS * elapsed;
+    eprintln!("bandwidth: the peer got {bytes} bytes in {elapsed:.2} s, the budget was {allowed}");
+    assert!(sent as f64 > 1.5 * allowed, "the clients offered {sent} bytes, not enough to test a cap of {allowed}");
+    assert!(
+        (bytes as f64) <= allowed + 3.0 * 65_536.0,
+        "the peer got {bytes} bytes in {elapsed:.2} s: more than the relay-wide budget of {allowed}"
+    );
+    assert!(bytes as f64 >= 0.6 * allowed, "the peer got {bytes} bytes in {elapsed:.2} s: far below {allowed}");
+    assert!(relay.metric("relay_dropped_packets_total{reason=\"bandwidth_cap\"}") > 0.0);
+    drop(clients);
+
+    // Unauthenticated answers: each transport sends 300 unsigned Binding requests a second for
+    // three seconds; the relay answers 100 a second in all (and its burst, one second's worth).
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let mut streams = [
+        common::connect_stream(tcp, None, Duration::from_millis(1)),
+        common::connect_stream(relay.tls[0], Some(&cert), Duration::from_millis(1)),
+    ];
+    let mut counters = [FrameCounter { buf: Vec::new(), frames: 0 }, FrameCounter { buf: Vec::new(), frames: 0 }];
+    let mut udp_answers = 0usize;
+    let binding = |_: usize| {
+        let mut m = Message::new();
+        m.typ = BINDING_REQUEST;
+        m.new_transaction_id().unwrap();
+        m.write_header();
+        m.raw
+    };
+    let start = Instant::now();
+    let mut requests = 0;
+    let mut buf = [0u8; 2048];
+    while start.elapsed() < Duration::from_secs(3) {
+        for _ in 0..3 {
+            let request = binding(requests);
+            udp.send_to(&request, relay.udp).unwrap();
+            for s in &mut streams {
+                s.write_all(&request).expect("write to the relay");
+            }
+            requests += 1;
+        }
+        while let Ok(n) = udp.recv(&mut buf) {
+            udp_answers += usize::from(n > 0);
+        }
+        for (s, c) in streams.iter_mut().zip(&mut counters) {
+            c.poll(s.as_mut());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // What is still on its way.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_millis(500) {
+        while let Ok(n) = udp.recv(&mut buf) {
+            udp_answers += usize::from(n > 0);
+        }
+        for (s, c) in streams.iter_mut().zip(&mut counters) {
+            c.poll(s.as_mut());
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let answers = udp_answers + counters.iter().map(|c| c.frames).sum::<usize>();
+    let allowed = ANSWERS + ANSWERS * elapsed;
+    eprintln!(
+        "answers: {answers} in {elapsed:.2} s (udp {udp_answers}, tcp {}, tls {}), the budget was {allowed}",
+        counters[0].frames, counters[1].frames
+    );
+    assert!(3.0 * requests as f64 > 1.5 * allowed, "only {requests} requests per transport");
+    assert!(
+        answers as f64 <= allowed + 3.0,
+        "{answers} answers in {elapsed:.2} s (udp {udp_answers}, tcp {}, tls {}): more than {allowed}",
+        counters[0].frames,
+        counters[1].frames
+    );
+    assert!(answers as f64 >= 0.6 * allowed, "{answers} answers in {elapsed:.2} s: far below {allowed}");
+    assert!(udp_answers > 0 && counters.iter().all(|c| c.frames > 0), "every transport got answers");
+    assert!(relay.metric("relay_dropped_packets_total{reason=\"rate_limited\"}") > 0.0);
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -114,6 +114,7 @@ fn reply(commands: Vec<Command>, version: u64, keys: &[&str]) -> HeartbeatReply 
         commands,
         secrets: Secrets { version, keys: keys.iter().map(|k| k.to_string()).collect() },
         interval_ms: 2000,
+        ended_sessions: Vec::new(),
     }
 }
 

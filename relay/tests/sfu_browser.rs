@@ -39,6 +39,11 @@ async function exchange(pc, url) {
   await pc.setRemoteDescription({type: 'answer', sdp: await res.text()});
   return true;
 }
+// A data-channel message with its type: `text:` and the string, or `binary:` and the bytes in hex.
+function shown(data) {
+  if (typeof data === 'string') return 'text:' + data;
+  return 'binary:' + Array.from(new Uint8Array(data), (b) => b.toString(16).padStart(2, '0')).join('');
+}
 </script>"#;
 
 const PUBLISHER: &str = r#"<title>machine</title><script>
@@ -48,7 +53,11 @@ const PUBLISHER: &str = r#"<title>machine</title><script>
     const pc = new RTCPeerConnection();
     for (const track of stream.getTracks()) pc.addTransceiver(track, {direction: 'sendonly'});
     const dc = pc.createDataChannel('input');
-    dc.onmessage = (e) => report({input: e.data});
+    dc.binaryType = 'arraybuffer';
+    dc.onmessage = (e) => report({input: shown(e.data)});
+    // The machine's own messages to its viewers: a string and bytes, in turn.
+    let n = 0;
+    dc.onopen = () => setInterval(() => dc.send(n++ % 2 ? 'state ' + n : new Uint8Array([1, 2, n & 0xff])), 250);
     if (!await exchange(pc, q.get('whip'))) return;
     setInterval(async () => {
       let frames = 0;
@@ -78,8 +87,13 @@ const name = q.get('name');
       v.play().catch(() => {});
     };
     const dc = pc.createDataChannel('input');
+    dc.binaryType = 'arraybuffer';
+    dc.onmessage = (e) => report({message: shown(e.data)});
+    // Inputs as strings and as bytes (0xff and the viewer's name), in turn.
     let n = 0;
-    dc.onopen = () => setInterval(() => dc.send(name + ' input ' + (n++)), 250);
+    dc.onopen = () => setInterval(() => dc.send(n++ % 2
+      ? name + ' input ' + n
+      : new Uint8Array([0xff, ...new TextEncoder().encode(name)])), 250);
     if (!await exchange(pc, q.get('whep'))) return;
     setInterval(async () => {
       const stats = await pc.getStats();
@@ -164,15 +178,31 @@ fn chromium_publishes_over_whip_and_chromium_watches_directly_and_through_turn_o
     assert_eq!(candidate("spectator"), Some(Value::from("relay")), "the spectator's media goes through TURN");
     assert_ne!(candidate("player"), Some(Value::from("relay")));
 
-    // The player's inputs reach the machine's page; the spectator's never do.
-    wait_for("the player's input at the machine", Duration::from_secs(10), &reports, |r| {
-        r.lock().unwrap().get("machine").is_some_and(|l| l.iter().any(|v| v.get("input").is_some()))
+    // The player's inputs reach the machine's page, strings as strings and bytes as bytes; the
+    // spectator's never do. The machine's messages reach both viewers with their types.
+    let messages = |name: &str, key: &str| -> Vec<String> {
+        let reports = reports.lock().unwrap();
+        let list = reports.get(name).map(Vec::as_slice).unwrap_or_default();
+        list.iter().filter_map(|v| v.get(key).and_then(Value::as_str).map(str::to_owned)).collect()
+    };
+    let both_kinds =
+        |got: &[String]| got.iter().any(|m| m.starts_with("text:")) && got.iter().any(|m| m.starts_with("binary:"));
+    wait_for("the player's string and binary inputs at the machine", Duration::from_secs(10), &reports, |_| {
+        both_kinds(&messages("machine", "input"))
     });
-    let inputs: Vec<String> = reports.lock().unwrap()["machine"]
-        .iter()
-        .filter_map(|v| v.get("input").and_then(Value::as_str).map(str::to_owned))
-        .collect();
-    assert!(inputs.iter().all(|i| i.starts_with("player input ")), "{inputs:?}");
+    let inputs = messages("machine", "input");
+    let player_bytes = format!("binary:ff{}", "player".bytes().map(|b| format!("{b:02x}")).collect::<String>());
+    assert!(inputs.iter().all(|i| i.starts_with("text:player input ") || *i == player_bytes), "{inputs:?}");
+    for name in ["player", "spectator"] {
+        wait_for(
+            &format!("the machine's string and binary messages at the {name}"),
+            Duration::from_secs(10),
+            &reports,
+            |_| both_kinds(&messages(name, "message")),
+        );
+        let got = messages(name, "message");
+        assert!(got.iter().all(|m| m.starts_with("text:state ") || m.starts_with("binary:0102")), "{name}: {got:?}");
+    }
 
     // The TURN path is really this relay's: one allocation, relaying both ways.
     let metrics = relay.metrics();

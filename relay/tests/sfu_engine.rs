@@ -41,9 +41,13 @@ impl Net {
     }
 
     fn subscribe(&mut self, role: Role) -> usize {
+        self.subscribe_in(role, "s-1")
+    }
+
+    fn subscribe_in(&mut self, role: Role, session: &str) -> usize {
         let addr = SocketAddr::new("10.0.0.1".parse().unwrap(), 6000 + self.clients.len() as u16);
         let (mut c, offer, pending) = Client::new(self.now, addr, Direction::RecvOnly);
-        let (id, answer) = self.sfu.subscribe(self.now, MACHINE, role, "viewer", &offer).unwrap();
+        let (id, answer) = self.sfu.subscribe(self.now, MACHINE, role, "viewer", Some(session), &offer).unwrap();
         c.accept(pending, &answer);
         self.clients.push(c);
         self.ids.push(id);
@@ -73,7 +77,10 @@ impl Net {
                 self.sfu.handle_timeout(now);
             }
             for (from, data) in &wire {
-                assert!(self.sfu.handle_datagram(now, *from, data), "the SFU took a datagram of its peer");
+                let taken = self.sfu.handle_datagram(now, *from, data);
+                // A client the SFU closed answers the close; the SFU has forgotten it.
+                let closed = self.clients.iter().any(|c| c.addr == *from && c.closed);
+                assert!(taken || closed, "the SFU took a datagram of its peer");
             }
             let mut out = Vec::new();
             self.sfu.drain_transmits(&mut out);
@@ -149,6 +156,38 @@ fn one_publisher_to_many_subscribers_with_the_seat() {
     let stats = net.sfu.router().stats();
     assert_eq!((stats.inputs_delivered, stats.inputs_dropped), (2, 2));
     assert_eq!(net.sfu.stats().panics, 0);
+}
+
+/// Signaling ended session s-1: its viewers are closed at once (their clients see the DTLS
+/// close, not an ICE timeout), the seat it held is free, and another session's viewer of the
+/// same machine keeps watching.
+#[test]
+fn ending_a_session_closes_its_viewers_and_no_others() {
+    let mut net = Net::new();
+    let machine = net.publish();
+    let player = net.subscribe_in(Role::Player, "s-1");
+    let spectator = net.subscribe_in(Role::Spectator, "s-1");
+    let other = net.subscribe_in(Role::Spectator, "s-2");
+    net.connect();
+    let ended: std::collections::HashSet<String> = ["s-1".to_owned(), "s-9".to_owned()].into();
+    assert_eq!(net.sfu.end_sessions(&ended), 2);
+    net.run(Duration::from_millis(200));
+    assert!(net.clients[player].closed && net.clients[spectator].closed, "both viewers of s-1 see the close");
+    assert!(!net.clients[other].closed);
+    assert_eq!(net.sfu.seat_holder(MACHINE), None, "the ended player's seat is free");
+    assert_eq!(net.sfu.peer_count(), 2, "the machine and s-2's viewer remain");
+    assert_eq!(net.sfu.stats().peers_revoked, 2);
+    let before = [player, spectator, other].map(|c| net.clients[c].rtp.len());
+    for i in 0..30u64 {
+        let now = net.now;
+        net.clients[machine].send_rtp(now, true, 1 + i, i as u32 * 3000, vp8(i == 0, i));
+        net.run(Duration::from_millis(10));
+    }
+    assert_eq!(net.clients[player].rtp.len(), before[0], "nothing reaches an ended viewer");
+    assert_eq!(net.clients[spectator].rtp.len(), before[1]);
+    assert!(net.clients[other].rtp.len() >= before[2] + 29, "s-2's viewer keeps watching");
+    // Ending it again finds nobody.
+    assert_eq!(net.sfu.end_sessions(&ended), 0);
 }
 
 #[test]

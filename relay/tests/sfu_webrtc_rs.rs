@@ -71,12 +71,18 @@ async fn negotiate(pc: &RTCPeerConnection, http: &reqwest::Client, url: &str, to
     location
 }
 
-/// Messages a data channel received, as text.
+/// Messages a data channel received with their type: `text:` and the string, or `binary:` and
+/// the bytes in hex, so a test sees a string that arrived as bytes (or the other way round).
 fn collect(dc: &RTCDataChannel) -> Arc<Mutex<Vec<String>>> {
     let got = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&got);
     dc.on_message(Box::new(move |msg: DataChannelMessage| {
-        sink.lock().unwrap().push(String::from_utf8_lossy(&msg.data).into_owned());
+        let shown = if msg.is_string {
+            format!("text:{}", String::from_utf8_lossy(&msg.data))
+        } else {
+            format!("binary:{}", msg.data.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        };
+        sink.lock().unwrap().push(shown);
         Box::pin(async {})
     }));
     got
@@ -207,20 +213,25 @@ async fn webrtc_rs_machine_to_twenty_viewers_in_order_with_the_seat_rules() {
         assert!(got.iter().all(|&x| x < PACKETS), "viewer {i}: a packet that was never sent");
     }
 
-    // The seat: the player's input reaches the machine, no spectator's does.
+    // The seat: the player's input reaches the machine, no spectator's does, and each message
+    // keeps its type (a string stays a string, bytes stay bytes).
     for (i, v) in viewers.iter().enumerate() {
         v.dc.send_text(format!("input from viewer-{i}")).await.unwrap();
     }
-    wait_until("the player's input", || !inputs.lock().unwrap().is_empty()).await;
+    viewers[0].dc.send(&bytes::Bytes::from_static(&[0xff, 0x00, 0x7b])).await.unwrap();
+    wait_until("the player's input", || inputs.lock().unwrap().len() >= 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(*inputs.lock().unwrap(), vec!["input from viewer-0".to_owned()]);
+    assert_eq!(*inputs.lock().unwrap(), vec!["text:input from viewer-0".to_owned(), "binary:ff007b".to_owned()]);
 
-    // The machine's messages reach every viewer.
+    // The machine's messages reach every viewer, text as text and binary as binary.
     machine_dc.send_text("state 1").await.unwrap();
-    wait_until("the machine's message everywhere", || {
-        viewers.iter().all(|v| v.messages.lock().unwrap().iter().any(|m| m == "state 1"))
-    })
-    .await;
+    machine_dc.send(&bytes::Bytes::from_static(b"\x01state")).await.unwrap();
+    wait_until("the machine's messages everywhere", || viewers.iter().all(|v| v.messages.lock().unwrap().len() >= 2))
+        .await;
+    for (i, v) in viewers.iter().enumerate() {
+        let got = v.messages.lock().unwrap();
+        assert_eq!(*got, vec!["text:state 1".to_owned(), "binary:017374617465".to_owned()], "viewer {i}");
+    }
 
     // Handing the seat: an operator token for the machine only, a known viewer only.
     let seat = |token: String, body: serde_json::Value| {
@@ -251,23 +262,27 @@ async fn webrtc_rs_machine_to_twenty_viewers_in_order_with_the_seat_rules() {
     // The roles have swapped.
     viewers[0].dc.send_text("late input from viewer-0").await.unwrap();
     viewers[5].dc.send_text("input from viewer-5, now seated").await.unwrap();
-    wait_until("the new holder's input", || inputs.lock().unwrap().len() >= 2).await;
+    wait_until("the new holder's input", || inputs.lock().unwrap().len() >= 3).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         *inputs.lock().unwrap(),
-        vec!["input from viewer-0".to_owned(), "input from viewer-5, now seated".to_owned()]
+        vec![
+            "text:input from viewer-0".to_owned(),
+            "binary:ff007b".to_owned(),
+            "text:input from viewer-5, now seated".to_owned()
+        ]
     );
 
     // The SFU publishes its figures once a second.
     let mut metrics = relay.metrics();
     for _ in 0..30 {
-        if common::metric_value(&metrics, "relay_sfu_inputs_delivered_total") == 2.0 {
+        if common::metric_value(&metrics, "relay_sfu_inputs_delivered_total") == 3.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         metrics = relay.metrics();
     }
-    assert_eq!(common::metric_value(&metrics, "relay_sfu_inputs_delivered_total"), 2.0, "{metrics}");
+    assert_eq!(common::metric_value(&metrics, "relay_sfu_inputs_delivered_total"), 3.0, "{metrics}");
     let dropped = common::metric_value(&metrics, "relay_sfu_inputs_dropped_total");
     assert_eq!(dropped, VIEWERS as f64, "{metrics}");
     assert_eq!(common::metric_value(&metrics, "relay_sfu_peer_panics_total"), 0.0);

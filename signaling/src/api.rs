@@ -43,6 +43,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::placement::{self, PlacementRequest};
 use crate::store::{CreateError, MachineRow, RelayRow, SessionFilter, SessionRow, new_id};
 
+/// At most this many ended sessions in a heartbeat reply (the newest): a relay refuses their
+/// media tokens.
+const MAX_ENDED_SESSIONS: i64 = 10_000;
+
 /// A JSON body whose rejections are API errors.
 pub struct Body<T>(pub T);
 
@@ -176,7 +180,16 @@ async fn relay_heartbeat(
         _ => {}
     }
     let secrets = state.store.live_secrets(now).await?;
-    Ok(Json(HeartbeatReply { commands, secrets, interval_ms: cluster::heartbeat::INTERVAL.as_millis() as u64 }))
+    // Media tokens are good for the credential TTL: a session ended within it may still have
+    // tokens out there, which every relay must refuse (any relay can verify them).
+    let ttl_ms = i64::try_from(state.config.credential_ttl.as_millis()).unwrap_or(i64::MAX);
+    let ended_sessions = state.store.ended_sfu_sessions(now.saturating_sub(ttl_ms), MAX_ENDED_SESSIONS).await?;
+    Ok(Json(HeartbeatReply {
+        commands,
+        secrets,
+        interval_ms: cluster::heartbeat::INTERVAL.as_millis() as u64,
+        ended_sessions,
+    }))
 }
 
 async fn list_relays(State(state): State<AppState>, bearer: Bearer) -> ApiResult<Json<Value>> {

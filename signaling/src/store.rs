@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/0001_initial.sql")),
     (2, "ws_messages", include_str!("../migrations/0002_ws_messages.sql")),
     (3, "relay_sfu", include_str!("../migrations/0003_relay_sfu.sql")),
+    (4, "sessions_ended", include_str!("../migrations/0004_sessions_ended.sql")),
 ];
 
 #[derive(Debug, Clone)]
@@ -655,6 +656,20 @@ impl Store {
         )
         .await?;
         Ok(true)
+    }
+
+    /// Ids of the `sfu` sessions ended after `since_ms`, newest first, at most `limit`: their
+    /// media tokens may still be valid, so relays are told to refuse them.
+    pub async fn ended_sfu_sessions(&self, since_ms: i64, limit: i64) -> anyhow::Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT id FROM sessions WHERE mode = 'sfu' AND ended_ms IS NOT NULL AND ended_ms > $1 \
+             ORDER BY ended_ms DESC, id LIMIT $2",
+        )
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| r.try_get("id").map_err(Into::into)).collect()
     }
 
     /// Live sessions that must end now, with the reason: not connected within

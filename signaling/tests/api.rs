@@ -399,8 +399,18 @@ async fn sfu_suite(backend: &str) {
     let (_, detail) = s.call("GET", &format!("/v1/sessions/{id}"), Some(&admin), None).await;
     let kinds: Vec<&str> = detail["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["requested", "region_chosen", "sfu_relay_chosen"]);
+    // Every relay's heartbeat reply lists the sfu sessions that have ended (their media tokens
+    // are refused): none while this one is live.
+    let (_, reply) = heartbeat_sfu(&s, "eu-1", "eu-central", 40001, Some("http://127.0.0.1:8088")).await;
+    assert_eq!(reply["ended_sessions"], json!([]), "{reply}");
     assert_eq!(s.call("POST", &format!("/v1/sessions/{id}/end"), Some(&alice), None).await.0, 200);
     assert_eq!(s.call("POST", &format!("/v1/sessions/{id}/watch"), Some(&bob), None).await.0, 409);
+    for (relay, region, port, sfu) in
+        [("eu-1", "eu-central", 40001, Some("http://127.0.0.1:8088")), ("ap-1", "ap-southeast", 40003, None)]
+    {
+        let (_, reply) = heartbeat_sfu(&s, relay, region, port, sfu).await;
+        assert_eq!(reply["ended_sessions"], json!([id]), "{relay}: {reply}");
+    }
 
     // A direct session cannot be watched.
     let (st, direct) = s.call("POST", "/v1/sessions", Some(&alice), Some(json!({ "machine_id": "cab-1" }))).await;
@@ -409,6 +419,9 @@ async fn sfu_suite(backend: &str) {
     let did = direct["session_id"].as_str().unwrap();
     assert_eq!(s.call("POST", &format!("/v1/sessions/{did}/watch"), Some(&bob), None).await.0, 409);
     assert_eq!(s.call("POST", &format!("/v1/sessions/{did}/end"), Some(&alice), None).await.0, 200);
+    // It has no media tokens to refuse.
+    let (_, reply) = heartbeat_sfu(&s, "us-1", "us-east", 40002, Some("https://sfu-us.example.com")).await;
+    assert_eq!(reply["ended_sessions"], json!([id]), "{reply}");
 
     // With no SFU relay in rotation an sfu session is refused (503), a direct one is not.
     for id in ["eu-1", "us-1"] {

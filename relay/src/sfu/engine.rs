@@ -30,6 +30,8 @@ pub struct SfuStats {
     pub datagrams_refused: u64,
     /// NACKs received from subscribers (answered by str0m's RTX from shared payloads).
     pub nacks_received: u64,
+    /// Subscribers closed because their session ended (signaling revoked its media tokens).
+    pub peers_revoked: u64,
 }
 
 /// Why a publish or subscribe request was refused.
@@ -41,6 +43,8 @@ pub enum SfuError {
     Route(#[from] RouteError),
     #[error("no subscriber {0:?} in machine {1:?}'s room")]
     NoSubscriber(String, String),
+    #[error("session {0:?} has ended")]
+    SessionEnded(String),
 }
 
 struct Entry {
@@ -53,6 +57,9 @@ struct Entry {
     /// Order of creation: of two peers with one label (a viewer who reconnected), the newer one
     /// is handed the seat.
     serial: u64,
+    /// A subscriber's session (from its media token): when signaling ends the session, its
+    /// peers are closed.
+    session: Option<String>,
     /// A publisher's media index → router track.
     tracks: Vec<Option<usize>>,
     /// A publisher's router tracks: audio or not, in track order.
@@ -76,6 +83,8 @@ pub struct Sfu {
     /// Our peers' ufrags, shared with the TURN workers that sort STUN checks on the shared port.
     ufrags: Arc<RwLock<HashSet<String>>>,
     serial: u64,
+    /// Sessions signaling has ended (see [`Sfu::end_sessions`]): no new subscriber joins them.
+    ended: HashSet<String>,
 }
 
 impl Sfu {
@@ -93,6 +102,7 @@ impl Sfu {
             stats: SfuStats::default(),
             ufrags: Arc::default(),
             serial: 0,
+            ended: HashSet::new(),
         }
     }
 
@@ -130,17 +140,25 @@ impl Sfu {
     }
 
     /// WHEP: a subscriber of `machine` with `offer`, known as `label` (the viewer's id, by which
-    /// the seat is handed); returns the peer and the SDP answer.
+    /// the seat is handed), in `session` (ended by [`Sfu::end_sessions`]); returns the peer and
+    /// the SDP answer.
     pub fn subscribe(
         &mut self,
         now: Instant,
         machine: &str,
         role: Role,
         label: &str,
+        session: Option<&str>,
         offer: &str,
     ) -> Result<(PeerId, String), SfuError> {
+        if let Some(session) = session.filter(|s| self.ended.contains(*s)) {
+            return Err(SfuError::SessionEnded(session.to_owned()));
+        }
         let (peer, answer) = Peer::answer(now, offer, self.public)?;
         let id = self.add(peer, Some(role), label);
+        if let Some(entry) = self.peers.get_mut(&id) {
+            entry.session = session.map(str::to_owned);
+        }
         if let Err(e) = self.router.subscribe(now, machine, id, role) {
             self.forget(id);
             return Err(e.into());
@@ -149,6 +167,35 @@ impl Sfu {
         self.service(now, id);
         self.deliver_keyframe_requests(now);
         Ok((id, answer))
+    }
+
+    /// The sessions signaling has ended are `ended` (the full set, replacing the last one): their
+    /// subscribers are closed gracefully (RTCP BYE, SCTP shutdown, DTLS close_notify, so that
+    /// each client learns at once instead of after ICE gives up) and forgotten, a seat one held
+    /// is free, and no new subscriber joins them. Returns how many peers ended.
+    pub fn end_sessions(&mut self, ended: &HashSet<String>) -> usize {
+        self.ended.clone_from(ended);
+        let ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, e)| e.session.as_ref().is_some_and(|s| ended.contains(s)))
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &ids {
+            if let Some(entry) = self.peers.get_mut(&id)
+                && let Err(e) = entry.peer.close(&mut self.transmits)
+            {
+                debug!(peer = id.0, error = %e, "closing a revoked peer");
+            }
+            info!(
+                peer = id.0,
+                session = self.peers.get(&id).and_then(|e| e.session.as_deref()),
+                "session ended: peer closed"
+            );
+            self.stats.peers_revoked += 1;
+            self.forget(id);
+        }
+        ids.len()
     }
 
     /// Ends a peer (WHIP/WHEP DELETE); false if it was not there.
@@ -258,6 +305,7 @@ impl Sfu {
             role,
             label: label.to_owned(),
             serial: self.serial,
+            session: None,
             tracks: Vec::new(),
             track_audio: Vec::new(),
         };
@@ -367,7 +415,7 @@ impl Sfu {
                 self.router.set_bandwidth(now, id, bps);
                 self.deliver_to(now, queue);
             }
-            PeerEvent::Data(msg) => {
+            PeerEvent::Data { binary, data } => {
                 let is_publisher = self.peers.get(&id).is_some_and(|e| e.role.is_none());
                 let targets = if is_publisher {
                     let mut to = Vec::new();
@@ -378,7 +426,7 @@ impl Sfu {
                 };
                 for to in targets {
                     let Some(e) = self.peers.get_mut(&to) else { continue };
-                    match e.peer.send_data(&msg) {
+                    match e.peer.send_data(binary, &data) {
                         Ok(_) => queue.push(to),
                         Err(err) => self.fail(to, &err),
                     }

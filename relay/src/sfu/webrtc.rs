@@ -72,8 +72,9 @@ pub enum PeerEvent {
     KeyframeRequest { media: usize },
     /// The bandwidth estimate towards the peer, bits per second.
     Bandwidth(u64),
-    /// A data-channel message from the peer.
-    Data(Vec<u8>),
+    /// A data-channel message from the peer; `binary` keeps its type (a browser's string
+    /// arrives as text, an ArrayBuffer or Blob as binary) so it is forwarded as it was sent.
+    Data { binary: bool, data: Vec<u8> },
     /// NACKs the peer (a subscriber) sent since the last report; str0m answers them with RTX
     /// from its per-stream cache, which shares the payloads with every other subscriber.
     Nacks(u64),
@@ -171,6 +172,14 @@ impl Peer {
         guard(|| rtc.handle_input(Input::Timeout(now)).map_err(|e| PeerError::Rtc(e.to_string())))?
     }
 
+    /// Closes the connection gracefully (RTCP BYE, SCTP shutdown, DTLS close_notify) and puts
+    /// what that sends into `transmits`; the peer is done after this.
+    pub fn close(&mut self, transmits: &mut Vec<Transmit>) -> Result<(), PeerError> {
+        let rtc = &mut self.rtc;
+        guard(|| rtc.close().map_err(|e| PeerError::Rtc(e.to_string())))??;
+        self.poll(&mut Vec::new(), transmits)
+    }
+
     /// Drains str0m's output: datagrams into `transmits`, events into `events`.
     pub fn poll(&mut self, events: &mut Vec<PeerEvent>, transmits: &mut Vec<Transmit>) -> Result<(), PeerError> {
         loop {
@@ -242,7 +251,7 @@ impl Peer {
             Event::ChannelOpen(id, _label) => {
                 self.channel.get_or_insert(id);
             }
-            Event::ChannelData(d) => events.push(PeerEvent::Data(d.data)),
+            Event::ChannelData(d) => events.push(PeerEvent::Data { binary: d.binary, data: d.data }),
             Event::MediaEgressStats(s) => {
                 if let Some(line) = self.media.iter_mut().find(|m| m.mid == s.mid)
                     && s.nacks > line.nacks
@@ -328,11 +337,12 @@ impl Peer {
         })?
     }
 
-    /// Sends a data-channel message; false if no channel is open or its buffer is full.
-    pub fn send_data(&mut self, data: &[u8]) -> Result<bool, PeerError> {
+    /// Sends a data-channel message, as text (`binary` false, a string at a browser) or as
+    /// binary; false if no channel is open or its buffer is full.
+    pub fn send_data(&mut self, binary: bool, data: &[u8]) -> Result<bool, PeerError> {
         let Some(id) = self.channel else { return Ok(false) };
         let rtc = &mut self.rtc;
-        guard(|| rtc.channel(id).map(|mut ch| ch.write(true, data).unwrap_or(false)).unwrap_or(false))
+        guard(|| rtc.channel(id).map(|mut ch| ch.write(binary, data).unwrap_or(false)).unwrap_or(false))
     }
 }
 

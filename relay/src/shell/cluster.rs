@@ -12,6 +12,10 @@
 //!   every worker: signaling's keys first (newest), then `auth.secrets` from the config; static
 //!   users stay. Running allocations keep the key they were created with.
 //!
+//! - `ended_sessions` (sessions signaling has ended while their media tokens may still be valid)
+//!   replaces the relay's set: WHEP refuses those sessions' tokens and the SFU closes their
+//!   subscribers, so an ended session's viewers are cut off within one heartbeat.
+//!
 //! A failed heartbeat (connection, timeout, non-2xx status, a body that is not a reply) changes
 //! nothing: the last secrets and drain state stay, and the next tick tries again. A signaling
 //! outage must never stop TURN, so nothing here exits or panics. Failures are logged at warn for
@@ -26,6 +30,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::control::Control;
 use super::metrics::{ClusterMetrics, Metrics};
+use super::sfu::SfuHandle;
 use crate::config::ClusterConfig;
 
 /// How long one heartbeat may take, connection included. Equal to the default interval, so a
@@ -54,6 +59,8 @@ pub struct Settings {
     pub started_at: u64,
     /// Public base URL of the SFU's WHIP/WHEP endpoints, when it runs.
     pub sfu_url: Option<String>,
+    /// The SFU, when it runs: told which sessions have ended.
+    pub sfu: Option<SfuHandle>,
 }
 
 pub struct Heartbeater {
@@ -67,6 +74,8 @@ pub struct Heartbeater {
     /// Version of the secret set applied last (0 = none received).
     secrets_version: u64,
     answered_once: bool,
+    /// The ended sessions the SFU has been told of.
+    sfu_ended: std::collections::HashSet<String>,
 }
 
 impl Heartbeater {
@@ -88,6 +97,7 @@ impl Heartbeater {
             failures: FailureLog::default(),
             secrets_version: 0,
             answered_once: false,
+            sfu_ended: std::collections::HashSet::new(),
         })
     }
 
@@ -209,6 +219,19 @@ impl Heartbeater {
                 } else {
                     info!("signaling undrains this relay: taking new allocations again");
                 }
+            }
+        }
+        let ended = self.control.set_ended_sessions(&reply.ended_sessions);
+        if ended != self.sfu_ended
+            && let Some(sfu) = &self.settings.sfu
+        {
+            // A full queue loses the message; the next reply brings the same list again.
+            if sfu.end_sessions(ended.clone()) {
+                let new = ended.difference(&self.sfu_ended).count();
+                if new > 0 {
+                    info!(new, ended = ended.len(), "signaling ended sessions: their viewers are cut off");
+                }
+                self.sfu_ended = ended;
             }
         }
         let secrets = &reply.secrets;

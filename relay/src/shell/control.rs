@@ -57,6 +57,8 @@ pub struct Control {
     reasons: Mutex<DrainReasons>,
     /// The secrets media tokens (WHIP/WHEP) are checked with: the TURN REST secrets in force.
     media_keys: Arc<std::sync::RwLock<Vec<Vec<u8>>>>,
+    /// Sessions signaling has ended: their media tokens are refused (WHEP).
+    ended_sessions: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
     auth: Mutex<AuthSources>,
 }
 
@@ -67,6 +69,7 @@ impl Control {
             draining: Arc::new(AtomicBool::new(false)),
             reasons: Mutex::new(DrainReasons::default()),
             media_keys: Arc::default(),
+            ended_sessions: Arc::default(),
             auth: Mutex::default(),
         }
     }
@@ -107,6 +110,19 @@ impl Control {
     /// Media tokens signed with any of `keys` are accepted from now on.
     pub fn set_media_keys(&self, keys: Vec<Vec<u8>>) {
         *self.media_keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
+    /// The sessions signaling has ended, shared with the WHIP/WHEP handlers.
+    pub fn ended_sessions(&self) -> Arc<std::sync::RwLock<std::collections::HashSet<String>>> {
+        Arc::clone(&self.ended_sessions)
+    }
+
+    /// Replaces the set of ended sessions (the full list of a heartbeat reply); the set as it
+    /// now is.
+    pub fn set_ended_sessions(&self, sessions: &[String]) -> std::collections::HashSet<String> {
+        let set: std::collections::HashSet<String> = sessions.iter().cloned().collect();
+        set.clone_into(&mut self.ended_sessions.write().unwrap_or_else(|e| e.into_inner()));
+        set
     }
 
     /// The effective drain state, for `/healthz` and the metrics.

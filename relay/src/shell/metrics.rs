@@ -220,6 +220,11 @@ impl Metrics {
             "Datagrams and requests dropped: the SFU thread's queue was full.",
             |s| s.queue_full,
         )?;
+        counter(
+            "relay_sfu_peers_revoked_total",
+            "Subscribers closed because signaling ended their session (its media tokens are refused).",
+            |s| s.stats.peers_revoked,
+        )?;
         counter("relay_sfu_peer_panics_total", "Peers ended because their WebRTC stack panicked.", |s| s.stats.panics)?;
         let seen = Mutex::new(vec![0; counters.len()]);
         let metrics = SfuMetrics {

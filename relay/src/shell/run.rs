@@ -71,8 +71,6 @@ struct CoreBase {
     epoch: Instant,
     own: OwnAddresses,
     sfu: Vec<SocketAddr>,
-    /// The `limits.unauthenticated_total` share of each core is 1/cores of it.
-    cores: usize,
 }
 
 impl CoreBase {
@@ -96,7 +94,6 @@ impl CoreBase {
             epoch: Instant::now(),
             own: OwnAddresses { ips: own_ips, ports: vec![listen.port()..=listen.port()] },
             sfu,
-            cores: config.workers.max(1),
         }
     }
 
@@ -123,15 +120,13 @@ impl CoreBase {
             peer_filter: PeerFilter::new(config.allow_peers.clone(), config.deny_peers.clone()),
             own: self.own.clone(),
             sfu: self.sfu.clone(),
+            // The totals are relay-wide budgets every core (UDP worker, TCP or TLS listener)
+            // draws from (`Shared`), not per-core shares.
             unauthenticated: Rates {
                 per_source: limits.unauthenticated_per_ip as f32,
-                total: limits.unauthenticated_total as f32 / self.cores as f32,
+                total: limits.unauthenticated_total as f32,
             },
-            // Each core (UDP worker, or TCP/TLS listener of a worker) gets an even share.
-            bandwidth: Bandwidth {
-                per_allocation_bps: limits.allocation_bps,
-                total_bps: limits.total_bps.div_ceil(self.cores as u64),
-            },
+            bandwidth: Bandwidth { per_allocation_bps: limits.allocation_bps, total_bps: limits.total_bps },
         }
     }
 }
@@ -362,6 +357,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
                 max_allocations: u64::from(config.max_total),
                 started_at,
                 sfu_url: sfu_addr.map(|addr| sfu_public_url(&config, &cluster.public_host, addr)),
+                sfu: sfu_handle.clone(),
             };
             Some(Heartbeater::new(settings, Arc::clone(&control), Arc::clone(&metrics))?)
         }
@@ -389,8 +385,12 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
             tokio::spawn(heartbeater.run());
         }
         if let (Some((http, tls)), Some(handle)) = (sfu_http, &sfu_handle) {
-            let state =
-                sfu::HttpState { sfu: handle.clone(), keys: control.media_keys(), draining: control.draining_flag() };
+            let state = sfu::HttpState {
+                sfu: handle.clone(),
+                keys: control.media_keys(),
+                draining: control.draining_flag(),
+                ended_sessions: control.ended_sessions(),
+            };
             let router = sfu::router(state);
             match tls {
                 Some(tls) => {

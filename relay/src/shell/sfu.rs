@@ -63,6 +63,7 @@ enum Input {
         machine: String,
         role: Role,
         label: String,
+        session: String,
         offer: String,
         reply: tokio::sync::oneshot::Sender<Result<(PeerId, String), String>>,
     },
@@ -76,6 +77,8 @@ enum Input {
         to: Option<String>,
         reply: tokio::sync::oneshot::Sender<Result<Option<String>, String>>,
     },
+    /// The sessions signaling has ended (the full set).
+    EndSessions(HashSet<String>),
     Stop,
 }
 
@@ -150,6 +153,12 @@ impl SfuHandle {
         snap
     }
 
+    /// Closes the subscribers of the sessions in `ended` (the full set signaling sent) and keeps
+    /// new ones out; false if the SFU's queue was full (the caller tries again).
+    pub fn end_sessions(&self, ended: HashSet<String>) -> bool {
+        self.send(Input::EndSessions(ended))
+    }
+
     /// Stops the SFU thread.
     pub fn stop(&self) {
         self.send(Input::Stop);
@@ -166,10 +175,11 @@ impl SfuHandle {
         machine: String,
         role: Role,
         label: String,
+        session: String,
         offer: String,
     ) -> Result<(PeerId, String), Problem> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.call(Input::Subscribe { machine, role, label, offer, reply }, rx, StatusCode::BAD_REQUEST).await
+        self.call(Input::Subscribe { machine, role, label, session, offer, reply }, rx, StatusCode::BAD_REQUEST).await
     }
 
     /// Hands the seat; `Ok` is the previous holder, `Err` a 404 (no such room or viewer).
@@ -239,8 +249,12 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
                 Ok(Input::Publish { machine, offer, reply }) => {
                     let _ = reply.send(sfu.publish(now, &machine, &offer).map_err(|e| e.to_string()));
                 }
-                Ok(Input::Subscribe { machine, role, label, offer, reply }) => {
-                    let _ = reply.send(sfu.subscribe(now, &machine, role, &label, &offer).map_err(|e| e.to_string()));
+                Ok(Input::Subscribe { machine, role, label, session, offer, reply }) => {
+                    let result = sfu.subscribe(now, &machine, role, &label, Some(&session), &offer);
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                }
+                Ok(Input::EndSessions(ended)) => {
+                    sfu.end_sessions(&ended);
                 }
                 Ok(Input::HandSeat { machine, to, reply }) => {
                     let result = sfu.hand_seat_to(&machine, to.as_deref()).map_err(|e| e.to_string());
@@ -302,6 +316,8 @@ pub struct HttpState {
     pub keys: Arc<RwLock<Vec<Vec<u8>>>>,
     /// Draining relays take no new publishers or subscribers.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Sessions signaling has ended: their media tokens are refused.
+    pub ended_sessions: Arc<RwLock<HashSet<String>>>,
 }
 
 /// The WHIP/WHEP routes.
@@ -426,9 +442,12 @@ async fn whep(
     if c.session.as_deref() != Some(session.as_str()) {
         return Err(problem(StatusCode::FORBIDDEN, format!("this token is not for session {session:?}")));
     }
+    if state.ended_sessions.read().unwrap_or_else(|e| e.into_inner()).contains(&session) {
+        return Err(problem(StatusCode::FORBIDDEN, format!("session {session:?} has ended; its tokens are revoked")));
+    }
     refuse_when_draining(&state)?;
     let offer = offer(&headers, &body)?;
-    let (id, answer) = state.sfu.subscribe(c.machine.clone(), role, c.sub.clone(), offer).await?;
+    let (id, answer) = state.sfu.subscribe(c.machine.clone(), role, c.sub.clone(), session.clone(), offer).await?;
     info!(session, machine = c.machine, peer = id.0, ?role, "WHEP subscribe");
     Ok(created(format!("/whep/{session}/{}", id.0), answer))
 }

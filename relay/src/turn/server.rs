@@ -67,7 +67,7 @@ use tracing::{debug, info, warn};
 
 use super::allocation::{Allocation, BindConflict};
 use super::auth::{CredentialKind, Credentials, Key, NonceSource, verify_integrity};
-use super::limit::{Bandwidth, ByteBucket, Rates, SourceLimiter};
+use super::limit::{Bandwidth, ByteBucket, Lease, Rates, SourceLimiter};
 use super::peer_filter::{PeerFilter, canonical};
 use super::shared::{QuotaError, Shared};
 use super::stats::{AuthFailure, Direction, DropReason, Method, Stats};
@@ -187,9 +187,11 @@ pub struct ServerConfig {
     /// Send or ChannelBind), and datagrams reaching the
     /// listening port from the relay's own relay ports are the SFU's or dropped.
     pub sfu: Vec<SocketAddr>,
-    /// Caps on answers to unauthenticated requests, per source IP and per core in total.
+    /// Caps on answers to unauthenticated requests, per source IP and for the whole relay (the
+    /// total is one budget in [`Shared`], whatever the number of cores).
     pub unauthenticated: Rates,
-    /// Caps on relayed bandwidth, per allocation and per core in total.
+    /// Caps on relayed bandwidth, per allocation and for the whole relay (one budget in
+    /// [`Shared`]).
     pub bandwidth: Bandwidth,
 }
 
@@ -306,15 +308,15 @@ pub struct TurnServer {
     clock: Instant,
     /// The request being handled already took its token from the limiter.
     limit_checked: bool,
-    /// This core's share of the relay-wide bandwidth cap.
-    total_bandwidth: Option<ByteBucket>,
+    /// This core's lease of the relay-wide bandwidth budget (`Shared::bandwidth`).
+    total_bandwidth: Lease,
 }
 
 impl TurnServer {
     /// `unix_now` is the unix time at `now`; `seed` seeds the transaction ids of Data indications.
     pub fn new(config: Arc<ServerConfig>, shared: Arc<Shared>, now: Instant, unix_now: u64, seed: u64) -> Self {
-        let limiter = SourceLimiter::new(config.unauthenticated, now);
-        let total_bandwidth = ByteBucket::new(config.bandwidth.total_bps, now);
+        let limiter = SourceLimiter::new(config.unauthenticated, Arc::clone(&shared.answers), now);
+        shared.bandwidth.set_rate(config.bandwidth.total_bps as f64 / 8.0);
         Self {
             credentials: Arc::new(config.credentials.clone()),
             config,
@@ -334,7 +336,7 @@ impl TurnServer {
             limiter,
             clock: now,
             limit_checked: false,
-            total_bandwidth,
+            total_bandwidth: Lease::default(),
         }
     }
 
@@ -363,19 +365,17 @@ impl TurnServer {
     /// channels and lifetimes). Credentials are replaced separately (`set_credentials`).
     pub fn set_config(&mut self, config: Arc<ServerConfig>) {
         self.limiter.set_rates(config.unauthenticated);
-        if config.bandwidth.total_bps != self.config.bandwidth.total_bps {
-            self.total_bandwidth = ByteBucket::new(config.bandwidth.total_bps, self.clock);
-        }
+        self.shared.bandwidth.set_rate(config.bandwidth.total_bps as f64 / 8.0);
         self.config = config;
     }
 
-    /// Charges `bytes` of relayed data to the allocation in `slot` and to the core's total;
+    /// Charges `bytes` of relayed data to the allocation in `slot` and to the relay's total;
     /// false (and counted) if a cap says no.
     #[inline]
     fn within_bandwidth(&mut self, slot: u32, bytes: usize, now: Instant) -> bool {
         let alloc = self.slots[slot as usize].as_mut().and_then(|a| a.bandwidth.as_mut());
         if alloc.is_some_and(|b| !b.take(bytes, now))
-            || self.total_bandwidth.as_mut().is_some_and(|b| !b.take(bytes, now))
+            || !self.total_bandwidth.take(&self.shared.bandwidth, bytes as f64, now)
         {
             self.stats.record_drop(DropReason::BandwidthCap);
             return false;

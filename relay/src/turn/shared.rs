@@ -1,17 +1,20 @@
-//! State the per-core TURN servers share: the relay port pool and the allocation quotas.
+//! State the per-core TURN servers share: the relay port pool, the allocation quotas and the
+//! relay-wide budgets (bandwidth, unauthenticated answers).
 //!
-//! Both are touched only when an allocation is created or removed, never per packet, so a mutex
-//! each is the simple and sufficient choice; the packet paths stay lock-free (the pool's
-//! taken-port bitmap is read with atomic loads).
+//! The pool and quotas are touched only when an allocation is created or removed, never per
+//! packet, so a mutex each is the simple and sufficient choice; the packet paths stay lock-free
+//! (the pool's taken-port bitmap is read with atomic loads), and the budgets are drawn from a few
+//! milliseconds' worth at a time (see [`SharedBucket`]).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::limit::SharedBucket;
 use super::types::{RelayPort, Username};
 
 /// Free relay ports, handed out in random order (RFC 8656 §7.2 wants relayed ports hard to guess,
@@ -181,12 +184,24 @@ pub struct Shared {
     /// lock, to tell datagrams from the relay's own relayed sockets (see
     /// [`Shared::is_relay_port`]).
     taken: Box<[AtomicU64]>,
+    /// The relay-wide bandwidth budget (`limits.total_mbps`), in bytes; every core draws from it.
+    pub bandwidth: Arc<SharedBucket>,
+    /// The relay-wide budget of answers to unauthenticated requests (`limits.unauthenticated_total`).
+    pub answers: Arc<SharedBucket>,
 }
 
 impl Shared {
+    /// The budgets start without a limit; the cores set their rates from their config.
     pub fn new(ports: PortPool, quotas: Quotas) -> Self {
         let taken = (0..1024).map(|_| AtomicU64::new(0)).collect();
-        Self { ports: Mutex::new(ports), quotas, reservations: Mutex::default(), taken }
+        Self {
+            ports: Mutex::new(ports),
+            quotas,
+            reservations: Mutex::default(),
+            taken,
+            bandwidth: Arc::new(SharedBucket::bytes()),
+            answers: Arc::new(SharedBucket::answers()),
+        }
     }
 
     fn mark(&self, port: u16, taken: bool) {

@@ -285,28 +285,14 @@ impl RawClient {
     /// Like `rest`, over TCP to `server`.
     pub fn rest_tcp(server: SocketAddr, secret: &str, ttl: i64, realm: &str) -> Self {
         let mut c = Self::rest(server, secret, ttl, realm);
-        let tcp = std::net::TcpStream::connect(server).expect("TCP connect to the relay");
-        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        c.stream = Some(Box::new(tcp));
+        c.stream = Some(connect_stream(server, None, Duration::from_secs(5)));
         c
     }
 
     /// Like `rest`, over TLS to `server`, trusting the PEM certificate `cert` for "localhost".
     pub fn rest_tls(server: SocketAddr, secret: &str, ttl: i64, realm: &str, cert: &std::path::Path) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(rustls::pki_types::CertificateDer::from_pem_file(cert).expect("a PEM certificate")).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let session = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-        let tcp = std::net::TcpStream::connect(server).expect("TCP connect to the relay");
-        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut c = Self::rest(server, secret, ttl, realm);
-        c.stream = Some(Box::new(rustls::StreamOwned::new(session, tcp)));
+        c.stream = Some(connect_stream(server, Some(cert), Duration::from_secs(5)));
         c
     }
 
@@ -384,6 +370,33 @@ impl RawClient {
         relayed.get_from(&resp).expect("XOR-RELAYED-ADDRESS");
         Ok(SocketAddr::new(relayed.ip, relayed.port))
     }
+}
+
+/// A TCP connection to the relay at `server`, or with `cert` a TLS one trusting that PEM
+/// certificate for "localhost"; reads time out after `read_timeout`.
+pub fn connect_stream(server: SocketAddr, cert: Option<&std::path::Path>, read_timeout: Duration) -> Box<dyn Stream> {
+    let mut tcp = std::net::TcpStream::connect(server).expect("TCP connect to the relay");
+    let Some(cert) = cert else {
+        tcp.set_read_timeout(Some(read_timeout)).unwrap();
+        return Box::new(tcp);
+    };
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(cert).expect("a PEM certificate")).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut session = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    // The handshake first, with time to spare, so that a short read timeout only applies after.
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while session.is_handshaking() {
+        session.complete_io(&mut tcp).expect("TLS handshake with the relay");
+    }
+    tcp.set_read_timeout(Some(read_timeout)).unwrap();
+    Box::new(rustls::StreamOwned::new(session, tcp))
 }
 
 pub fn error_code(m: &Message) -> Option<u16> {

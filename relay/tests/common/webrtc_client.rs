@@ -18,6 +18,8 @@ pub struct Client {
     pub channel: ChannelId,
     pub open: bool,
     pub connected: bool,
+    /// The SFU closed the connection (DTLS close_notify or SCTP shutdown arrived).
+    pub closed: bool,
     /// (mid, sequence number, payload) of every RTP packet received.
     pub rtp: Vec<(Mid, u64, Vec<u8>)>,
     pub data: Vec<Vec<u8>>,
@@ -44,6 +46,7 @@ impl Client {
             channel,
             open: false,
             connected: false,
+            closed: false,
             rtp: Vec::new(),
             data: Vec::new(),
             keyframe_requests: Vec::new(),
@@ -77,6 +80,7 @@ impl Client {
                         }
                     }
                     Event::KeyframeRequest(_) => self.keyframe_requests.push(now),
+                    Event::Closed => self.closed = true,
                     _ => {}
                 },
             }
