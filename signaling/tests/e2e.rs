@@ -3,7 +3,8 @@
 //! allocates there with an independent client (webrtc-rs `turn`), while an expired one is
 //! refused; a killed relay leaves ICE configs within 6 s; `relayctl relays drain` stops new
 //! sessions on a relay. In `sfu` mode, `relayctl sessions seat` hands the seat through signaling
-//! to the session's SFU relay.
+//! to the session's SFU relay, and ending a session cuts its connected viewer (webrtc-rs) off and
+//! makes the relay refuse its media token within one heartbeat.
 
 mod common;
 
@@ -324,4 +325,120 @@ async fn relayctl_hands_an_sfu_sessions_seat_through_the_relay() {
     let did = direct["session_id"].as_str().unwrap();
     let (st, _) = s.call("POST", &format!("/v1/sessions/{did}/seat"), Some(&admin), Some(json!({ "to": "bob" }))).await;
     assert_eq!(st, 409);
+}
+
+/// A webrtc-rs viewer of `whep_url` (recvonly video and audio, a data channel), connected.
+async fn webrtc_viewer(
+    whep_url: &str,
+    token: &str,
+) -> (webrtc::peer_connection::RTCPeerConnection, Arc<webrtc::data_channel::RTCDataChannel>) {
+    use webrtc::api::APIBuilder;
+    use webrtc::api::interceptor_registry::register_default_interceptors;
+    use webrtc::api::media_engine::MediaEngine;
+    use webrtc::api::setting_engine::SettingEngine;
+    use webrtc::ice::mdns::MulticastDnsMode;
+    use webrtc::ice::network_type::NetworkType;
+    use webrtc::interceptor::registry::Registry;
+    use webrtc::peer_connection::configuration::RTCConfiguration;
+    use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+    use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+    use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+    use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().unwrap();
+    let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+    let mut settings = SettingEngine::default();
+    settings.set_include_loopback_candidate(true);
+    settings.set_ip_filter(Box::new(|ip: std::net::IpAddr| ip.is_loopback()));
+    settings.set_network_types(vec![NetworkType::Udp4]);
+    settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    let api = APIBuilder::new()
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .build();
+    let pc = api.new_peer_connection(RTCConfiguration::default()).await.unwrap();
+    for kind in [RTPCodecType::Video, RTPCodecType::Audio] {
+        let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, send_encodings: vec![] };
+        pc.add_transceiver_from_kind(kind, Some(init)).await.unwrap();
+    }
+    let dc = pc.create_data_channel("input", None).await.unwrap();
+    let offer = pc.create_offer(None).await.unwrap();
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(offer).await.unwrap();
+    let _ = gathered.recv().await;
+    let sdp = pc.local_description().await.unwrap().sdp;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let res = client.post(whep_url).bearer_auth(token).header("content-type", "application/sdp").body(sdp).send().await;
+    let res = res.unwrap();
+    assert_eq!(res.status().as_u16(), 201, "WHEP {whep_url}");
+    let answer = res.text().await.unwrap();
+    pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap()).await.unwrap();
+    (pc, dc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_session_cuts_its_viewer_off_and_revokes_its_token() {
+    use str0m::media::Direction;
+    use webrtc::data_channel::data_channel_state::RTCDataChannelState;
+    use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+    let s = Signaling::start("sqlite", "");
+    let admin = s.token("ops", "admin");
+    let alice = s.token("alice", "player");
+    let machine = s.token("cab-1", "machine");
+    let _relay = Relay::start(&s.url, "eu-1", "eu-central", (32000, 32999));
+    eventually(Duration::from_secs(10), || async {
+        let (_, relays) = s.call("GET", "/v1/relays", Some(&admin), None).await;
+        relays["relays"].as_array().is_some_and(|r| r.iter().any(|r| r["sfu_url"].is_string())).then_some(())
+    })
+    .await
+    .expect("the relay registers with its SFU URL");
+    let rtts = json!({ "name": "Cabinet 1", "rtts": { "eu-central": 20.0 } });
+    assert_eq!(s.call("POST", "/v1/machines/register", Some(&machine), Some(rtts)).await.0, 200);
+    let body = json!({ "machine_id": "cab-1", "mode": "sfu", "probes": probes_favouring("eu-central") });
+    let (st, session) = s.call("POST", "/v1/sessions", Some(&alice), Some(body)).await;
+    assert_eq!(st, 201, "{session}");
+    let id = session["session_id"].as_str().unwrap().to_owned();
+    let (_, hb) = s.call("POST", "/v1/machines/heartbeat", Some(&machine), Some(json!({}))).await;
+    let whip = hb["sfu"]["whip_url"].as_str().unwrap();
+    assert_eq!(post_sdp(whip, hb["sfu"]["token"].as_str().unwrap(), offer(Direction::SendOnly)).await, 201);
+
+    // The player's viewer connects (ICE, DTLS, SCTP: its data channel opens).
+    let whep = session["sfu"]["whep_url"].as_str().unwrap();
+    let token = session["sfu"]["token"].as_str().unwrap();
+    let (pc, dc) = webrtc_viewer(whep, token).await;
+    let live =
+        || pc.connection_state() == RTCPeerConnectionState::Connected && dc.ready_state() == RTCDataChannelState::Open;
+    eventually(Duration::from_secs(15), || async { live().then_some(()) }).await.expect("the viewer connects");
+
+    // An admin ends the session: within one heartbeat the relay closes the viewer's connection
+    // (its data channel closes: the relay shut SCTP and DTLS down, not an ICE timeout), and the
+    // same token is refused.
+    let (st, body) = s.call("POST", &format!("/v1/sessions/{id}/end"), Some(&admin), None).await;
+    assert_eq!(st, 200, "{body}");
+    let ended = Instant::now();
+    let within = cluster::heartbeat::INTERVAL + Duration::from_secs(2);
+    eventually(within, || async { (!live()).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("the viewer was still connected {within:?} after the session ended"));
+    eprintln!(
+        "viewer cut off {:?} after the session ended (pc {}, data channel {})",
+        ended.elapsed(),
+        pc.connection_state(),
+        dc.ready_state()
+    );
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let res = client
+        .post(whep)
+        .bearer_auth(token)
+        .header("content-type", "application/sdp")
+        .body(offer(Direction::RecvOnly))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+    let refusal: Value = res.json().await.unwrap();
+    assert!(refusal["error"].as_str().is_some_and(|e| e.contains("has ended")), "{refusal}");
+    pc.close().await.unwrap();
 }
