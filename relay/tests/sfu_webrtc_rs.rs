@@ -2,7 +2,8 @@
 //! ends: one machine publishes VP8 and Opus over WHIP, twenty viewers subscribe over WHEP on the
 //! relay's TURN port. Every viewer gets the video intact and in order; the seat rules hold for
 //! data-channel inputs, and after the seat is handed (`POST /seat/{machine}`, as signaling does)
-//! the roles swap.
+//! the roles swap. Viewers that decode only some codecs get a track in one they decode, or a
+//! 422 naming both sides' codecs.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use common::RelayProcess;
 use common::webrtc_client::vp8;
 use webrtc::api::APIBuilder;
 use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
+use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9, MediaEngine};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::data_channel::RTCDataChannel;
 use webrtc::data_channel::data_channel_message::DataChannelMessage;
@@ -27,8 +28,9 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::rtp::header::Header;
 use webrtc::rtp::packet::Packet;
+use webrtc::rtp_transceiver::RTCPFeedback;
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
-use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType};
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
@@ -45,6 +47,57 @@ const PACKETS: u64 = 1000;
 fn api() -> webrtc::api::API {
     let mut media = MediaEngine::default();
     media.register_default_codecs().unwrap();
+    api_with(media)
+}
+
+/// H.264 as browsers offer it (constrained baseline, packetization mode 1).
+const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+
+/// A video codec's parameters in [`api_decoding`]'s media engine: the `i`th of its list.
+fn video_codec(mime: &str, i: usize) -> RTCRtpCodecParameters {
+    let fmtp = if mime == MIME_TYPE_H264 { H264_FMTP } else { "" };
+    let feedback = ["nack", "nack pli", "ccm fir", "goog-remb"]
+        .map(|f| {
+            let (typ, parameter) = f.split_once(' ').unwrap_or((f, ""));
+            RTCPFeedback { typ: typ.into(), parameter: parameter.into() }
+        })
+        .to_vec();
+    RTCRtpCodecParameters {
+        capability: RTCRtpCodecCapability {
+            mime_type: mime.into(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: fmtp.into(),
+            rtcp_feedback: feedback,
+        },
+        payload_type: 96 + 2 * i as u8,
+        ..Default::default()
+    }
+}
+
+/// A webrtc-rs API that takes only the `video` codecs (MIME types, in that order) and Opus: a
+/// browser without H.264 (Debian's Firefox ESR) or without VP8.
+fn api_decoding(video: &[&str]) -> webrtc::api::API {
+    let mut media = MediaEngine::default();
+    for (i, mime) in video.iter().enumerate() {
+        media.register_codec(video_codec(mime, i), RTPCodecType::Video).unwrap();
+    }
+    let opus = RTCRtpCodecParameters {
+        capability: RTCRtpCodecCapability {
+            mime_type: MIME_TYPE_OPUS.into(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: 111,
+        ..Default::default()
+    };
+    media.register_codec(opus, RTPCodecType::Audio).unwrap();
+    api_with(media)
+}
+
+fn api_with(mut media: MediaEngine) -> webrtc::api::API {
     let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
     let mut settings = SettingEngine::default();
     settings.set_include_loopback_candidate(true);
@@ -292,4 +345,178 @@ async fn webrtc_rs_machine_to_twenty_viewers_in_order_with_the_seat_rules() {
         v.pc.close().await.unwrap();
     }
     machine.close().await.unwrap();
+}
+
+/// The offer of a recvonly viewer (video, audio) after gathering.
+async fn recvonly_offer(pc: &RTCPeerConnection) -> String {
+    for kind in [RTPCodecType::Video, RTPCodecType::Audio] {
+        let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, send_encodings: vec![] };
+        pc.add_transceiver_from_kind(kind, Some(init)).await.unwrap();
+    }
+    let offer = pc.create_offer(None).await.unwrap();
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(offer).await.unwrap();
+    let _ = gathered.recv().await;
+    pc.local_description().await.unwrap().sdp
+}
+
+/// What a viewer's video track received: its codec's MIME type, and per packet the payload type
+/// and the first payload byte (0x65 or 0x41: our H.264; 0x10: our VP8).
+type Received = Arc<Mutex<Vec<(String, u8, u8)>>>;
+
+/// A viewer of `machine` in `session` decoding only `video`: the WHEP status, the JSON of a
+/// refusal, and what it receives.
+async fn codec_viewer(
+    http: &reqwest::Client,
+    base: &str,
+    machine: &str,
+    session: &str,
+    video: &[&str],
+) -> (u16, serde_json::Value, Received, RTCPeerConnection) {
+    let pc = api_decoding(video).new_peer_connection(RTCConfiguration::default()).await.unwrap();
+    let got: Received = Arc::default();
+    let sink = Arc::clone(&got);
+    pc.on_track(Box::new(move |track, _, _| {
+        let sink = Arc::clone(&sink);
+        Box::pin(async move {
+            if track.kind() != RTPCodecType::Video {
+                return;
+            }
+            let mime = track.codec().capability.mime_type.clone();
+            tokio::spawn(async move {
+                while let Ok((pkt, _)) = track.read_rtp().await {
+                    let first = pkt.payload.first().copied().unwrap_or(0);
+                    sink.lock().unwrap().push((mime.clone(), pkt.header.payload_type, first));
+                }
+            });
+        })
+    }));
+    let sdp = recvonly_offer(&pc).await;
+    let token = common::media_token(MediaRole::Spectator, machine, Some(session), &format!("{session}-viewer"));
+    let res = http
+        .post(format!("{base}/whep/{session}"))
+        .bearer_auth(token)
+        .header("content-type", "application/sdp")
+        .body(sdp)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body = res.text().await.unwrap();
+    if status == 201 {
+        pc.set_remote_description(RTCSessionDescription::answer(body).unwrap()).await.unwrap();
+        (status, serde_json::Value::Null, got, pc)
+    } else {
+        (status, serde_json::from_str(&body).unwrap_or_else(|_| panic!("a JSON refusal: {body}")), got, pc)
+    }
+}
+
+/// A machine publishing one camera in each of `video` (H.264 first, then a VP8 backup, as a
+/// LiveKit publisher sends a backup codec), each transceiver offering only its codec.
+async fn codec_machine(
+    http: &reqwest::Client,
+    base: &str,
+    machine: &str,
+    video: &[&str],
+) -> (RTCPeerConnection, Vec<Arc<TrackLocalStaticRTP>>) {
+    let pc = api_decoding(video).new_peer_connection(RTCConfiguration::default()).await.unwrap();
+    let mut tracks = Vec::new();
+    for (i, mime) in video.iter().enumerate() {
+        let params = video_codec(mime, i);
+        let track = Arc::new(TrackLocalStaticRTP::new(params.capability.clone(), format!("camera-{i}"), "cab".into()));
+        let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
+        let transceiver = pc
+            .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>, Some(init))
+            .await
+            .unwrap();
+        transceiver.set_codec_preferences(vec![params]).await.unwrap();
+        let sender = transceiver.sender().await;
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1500];
+            while sender.read(&mut buf).await.is_ok() {}
+        });
+        tracks.push(track);
+    }
+    let dc = pc.create_data_channel("input", None).await.unwrap();
+    let token = common::media_token(MediaRole::Publisher, machine, None, machine);
+    negotiate(&pc, http, &format!("{base}/whip/{machine}"), &token).await;
+    wait_until("the machine to connect", || connected(&pc, &dc)).await;
+    (pc, tracks)
+}
+
+/// Sends `n` packets on each track: H.264 (IDR or not) or VP8, a key frame every 30.
+async fn send_video(tracks: &[Arc<TrackLocalStaticRTP>], video: &[&str], n: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    for i in 0..n {
+        tick.tick().await;
+        for (track, mime) in tracks.iter().zip(video) {
+            let key = i.is_multiple_of(30);
+            let payload = if *mime == MIME_TYPE_H264 {
+                let mut p = vec![if key { 0x65 } else { 0x41 }];
+                p.resize(800, 0xab);
+                p
+            } else {
+                vp8(key, i)
+            };
+            let header = Header {
+                version: 2,
+                marker: true,
+                sequence_number: i as u16,
+                timestamp: (i * 3000) as u32,
+                ..Default::default()
+            };
+            track.write_rtp(&Packet { header, payload: payload.into() }).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_rs_viewers_get_a_codec_they_decode_or_a_422_naming_both_sides() {
+    let relay = RelayProcess::start("relay.toml", &[]);
+    let base = relay.sfu_http();
+    let http = reqwest::Client::new();
+
+    // An H.264-only machine: a viewer without H.264 (Firefox ESR's case) is refused, naming both
+    // sides' codecs; a viewer with H.264 watches.
+    let only = [MIME_TYPE_H264];
+    let (_m1, h264_tracks) = codec_machine(&http, &base, "cab-h264", &only).await;
+    let (status, refusal, _, _p) = codec_viewer(&http, &base, "cab-h264", "s-a", &[MIME_TYPE_VP8, MIME_TYPE_VP9]).await;
+    assert_eq!(status, 422, "{refusal}");
+    assert_eq!(refusal["publisher_codecs"], serde_json::json!(["H264"]), "{refusal}");
+    assert_eq!(refusal["viewer_codecs"], serde_json::json!(["VP8", "VP9"]), "{refusal}");
+    assert!(refusal["error"].as_str().is_some_and(|e| e.contains("cannot decode")), "{refusal}");
+    let (status, _, h264_viewer, _p1) =
+        codec_viewer(&http, &base, "cab-h264", "s-b", &[MIME_TYPE_VP8, MIME_TYPE_H264]).await;
+    assert_eq!(status, 201);
+
+    // A machine sending its camera in H.264 and in a VP8 backup: a VP8-only viewer gets the VP8
+    // copy, a viewer taking both gets the H.264 one (the first), a VP9-only viewer is refused.
+    let both = [MIME_TYPE_H264, MIME_TYPE_VP8];
+    let (_m2, tracks) = codec_machine(&http, &base, "cab-2", &both).await;
+    let (status, _, vp8_viewer, _p2) = codec_viewer(&http, &base, "cab-2", "s-c", &[MIME_TYPE_VP8]).await;
+    assert_eq!(status, 201);
+    let (status, _, both_viewer, _p3) =
+        codec_viewer(&http, &base, "cab-2", "s-d", &[MIME_TYPE_VP8, MIME_TYPE_H264]).await;
+    assert_eq!(status, 201);
+    let (status, refusal, _, _p4) = codec_viewer(&http, &base, "cab-2", "s-e", &[MIME_TYPE_VP9]).await;
+    assert_eq!(status, 422, "{refusal}");
+    assert_eq!(refusal["publisher_codecs"], serde_json::json!(["H264", "VP8"]), "{refusal}");
+    assert_eq!(refusal["viewer_codecs"], serde_json::json!(["VP9"]), "{refusal}");
+
+    tokio::join!(send_video(&h264_tracks, &only, 300), send_video(&tracks, &both, 300));
+    let enough = |r: &Received| r.lock().unwrap().len() >= 250;
+    wait_until("every viewer's video", || [&h264_viewer, &vp8_viewer, &both_viewer].iter().all(|r| enough(r))).await;
+    // Each gets one codec, the one its answer names, with the payload type of its own offer.
+    let check = |name: &str, r: &Received, mime: &str, pt: u8, first: &[u8]| {
+        let got = r.lock().unwrap();
+        assert!(!got.is_empty(), "{name}: nothing");
+        for (m, p, f) in got.iter() {
+            assert_eq!((m.as_str(), *p), (mime, pt), "{name}");
+            assert!(first.contains(f), "{name}: a packet starting {f:#x}, not {mime}");
+        }
+    };
+    check("H.264 viewer of the H.264 machine", &h264_viewer, MIME_TYPE_H264, 98, &[0x65, 0x41]);
+    check("VP8-only viewer", &vp8_viewer, MIME_TYPE_VP8, 96, &[0x10]);
+    check("viewer taking both", &both_viewer, MIME_TYPE_H264, 98, &[0x65, 0x41]);
+    assert_eq!(relay.metric("relay_sfu_codec_refusals_total"), 2.0);
 }

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
+use super::keyframe::Codec;
 use super::route::{Forward, MediaIn, PeerId, Role, RouteError, Router};
 use super::webrtc::{Peer, PeerError, PeerEvent, Transmit, stun_ufrag};
 
@@ -32,6 +33,8 @@ pub struct SfuStats {
     pub nacks_received: u64,
     /// Subscribers closed because their session ended (signaling revoked its media tokens).
     pub peers_revoked: u64,
+    /// Subscribers refused because they could decode none of the publisher's video codecs.
+    pub codec_refusals: u64,
 }
 
 /// Why a publish or subscribe request was refused.
@@ -45,6 +48,10 @@ pub enum SfuError {
     NoSubscriber(String, String),
     #[error("session {0:?} has ended")]
     SessionEnded(String),
+    #[error(
+        "the viewer cannot decode the machine's video: the machine sends {publisher:?}, the offer takes {viewer:?}"
+    )]
+    NoCommonCodec { publisher: Vec<Codec>, viewer: Vec<Codec> },
 }
 
 struct Entry {
@@ -64,6 +71,10 @@ struct Entry {
     tracks: Vec<Option<usize>>,
     /// A publisher's router tracks: audio or not, in track order.
     track_audio: Vec<bool>,
+    /// A subscriber's media line for each of its publisher's tracks (`None`: that track is
+    /// not sent to it), as of layout `lines_layout` (see [`Sfu::layout`]).
+    lines: Vec<Option<usize>>,
+    lines_layout: u64,
 }
 
 /// The SFU of one worker.
@@ -85,6 +96,9 @@ pub struct Sfu {
     serial: u64,
     /// Sessions signaling has ended (see [`Sfu::end_sessions`]): no new subscriber joins them.
     ended: HashSet<String>,
+    /// Changes whenever a media line or a publisher comes or goes: subscribers' track → line
+    /// maps older than this are worked out again.
+    layout: u64,
 }
 
 impl Sfu {
@@ -103,6 +117,7 @@ impl Sfu {
             ufrags: Arc::default(),
             serial: 0,
             ended: HashSet::new(),
+            layout: 1,
         }
     }
 
@@ -134,6 +149,7 @@ impl Sfu {
             self.forget(old);
         }
         self.publishers.insert(machine.to_owned(), id);
+        self.layout += 1;
         info!(peer = id.0, machine, "publisher joined");
         self.service(now, id);
         Ok((id, answer))
@@ -141,7 +157,10 @@ impl Sfu {
 
     /// WHEP: a subscriber of `machine` with `offer`, known as `label` (the viewer's id, by which
     /// the seat is handed), in `session` (ended by [`Sfu::end_sessions`]); returns the peer and
-    /// the SDP answer.
+    /// the SDP answer. Each of the machine's tracks goes to a line of the offer that takes its
+    /// codec (see [`Sfu::refresh_lines`]), so a machine may send its camera twice, in H.264 and
+    /// in a VP8 backup, and each viewer gets one it decodes; a viewer whose offer takes none of
+    /// the machine's video codecs is refused ([`SfuError::NoCommonCodec`]).
     pub fn subscribe(
         &mut self,
         now: Instant,
@@ -163,8 +182,16 @@ impl Sfu {
             self.forget(id);
             return Err(e.into());
         }
-        info!(peer = id.0, machine, ?role, "subscriber joined");
         self.service(now, id);
+        // A viewer that can decode none of the machine's video codecs would get packets it
+        // cannot use (or none): refuse it, naming both sides' codecs.
+        if let Some((publisher, viewer)) = self.codec_mismatch(machine, id) {
+            self.forget(id);
+            self.stats.codec_refusals += 1;
+            info!(machine, ?publisher, ?viewer, "subscriber refused: no video codec in common");
+            return Err(SfuError::NoCommonCodec { publisher, viewer });
+        }
+        info!(peer = id.0, machine, ?role, "subscriber joined");
         self.deliver_keyframe_requests(now);
         Ok((id, answer))
     }
@@ -196,6 +223,50 @@ impl Sfu {
             self.forget(id);
         }
         ids.len()
+    }
+
+    /// The machine's video codecs and the subscriber's, when the subscriber takes video and can
+    /// decode none of the codecs the machine sends (nothing to say before the machine
+    /// publishes).
+    fn codec_mismatch(&self, machine: &str, id: PeerId) -> Option<(Vec<Codec>, Vec<Codec>)> {
+        let sent: Vec<Codec> =
+            self.router.tracks(machine).into_iter().map(|(c, _)| c).filter(|c| !c.is_audio()).collect();
+        let peer = &self.peers.get(&id)?.peer;
+        if sent.is_empty() || !peer.offers_video() {
+            return None;
+        }
+        let taken = peer.offered_video_codecs();
+        (!sent.iter().any(|c| taken.contains(c))).then_some((sent, taken))
+    }
+
+    /// Works out again, if the layout changed, which of its media lines carries each of the
+    /// publisher's tracks for subscriber `id`: in track order, each track goes to the first line
+    /// of its kind not yet used whose codecs include the track's. A machine that sends its
+    /// camera twice (H.264, and a VP8 backup, as LiveKit's publishers do) thus reaches a viewer
+    /// with one video line in the first codec it decodes, and the other copy not at all.
+    fn refresh_lines(&mut self, id: PeerId) {
+        let Some(entry) = self.peers.get(&id) else { return };
+        if entry.lines_layout == self.layout || entry.role.is_none() {
+            return;
+        }
+        let tracks = self.router.machine_of(id).map(|m| self.router.tracks(m)).unwrap_or_default();
+        let mut used = Vec::new();
+        let lines: Vec<Option<usize>> = tracks
+            .iter()
+            .map(|(codec, _)| {
+                let line = entry
+                    .peer
+                    .media_of_kind(codec.is_audio())
+                    .find(|m| !used.contains(m) && entry.peer.codecs(*m).contains(codec))?;
+                used.push(line);
+                Some(line)
+            })
+            .collect();
+        let layout = self.layout;
+        if let Some(entry) = self.peers.get_mut(&id) {
+            entry.lines = lines;
+            entry.lines_layout = layout;
+        }
     }
 
     /// Ends a peer (WHIP/WHEP DELETE); false if it was not there.
@@ -308,6 +379,8 @@ impl Sfu {
             session: None,
             tracks: Vec::new(),
             track_audio: Vec::new(),
+            lines: Vec::new(),
+            lines_layout: 0,
         };
         self.peers.insert(id, entry);
         self.stats.peers_created += 1;
@@ -315,6 +388,7 @@ impl Sfu {
     }
 
     fn forget(&mut self, id: PeerId) {
+        self.layout += 1;
         if let Some(entry) = self.peers.remove(&id) {
             self.by_ufrag.remove(entry.peer.ufrag());
             self.ufrags.write().unwrap_or_else(|e| e.into_inner()).remove(entry.peer.ufrag());
@@ -365,6 +439,7 @@ impl Sfu {
                 self.forget(id);
             }
             PeerEvent::Media { index, audio, receiving, codec, layers } => {
+                self.layout += 1;
                 let Some(entry) = self.peers.get_mut(&id) else { return };
                 if entry.role.is_some() || !receiving {
                     return;
@@ -385,14 +460,17 @@ impl Sfu {
             PeerEvent::Rtp { media, layer, seq, timestamp, marker, keyframe, payload, codec } => {
                 let Some(entry) = self.peers.get(&id) else { return };
                 let Some(track) = entry.tracks.get(media).copied().flatten() else { return };
-                let audio = entry.track_audio[track];
-                let ordinal = entry.track_audio[..track].iter().filter(|&&a| a == audio).count();
+                if self.router.set_track_codec(id, track, codec) {
+                    // Viewers' lines are chosen by codec.
+                    self.layout += 1;
+                }
                 let pkt = MediaIn { track, layer, seq, timestamp, marker, keyframe, payload };
                 let mut forwards = std::mem::take(&mut self.forwards);
                 self.router.media(now, id, pkt, &mut forwards);
                 for f in forwards.drain(..) {
+                    self.refresh_lines(f.to);
                     let Some(sub) = self.peers.get_mut(&f.to) else { continue };
-                    let Some(m) = sub.peer.media_of_kind(audio).nth(ordinal) else { continue };
+                    let Some(m) = sub.lines.get(track).copied().flatten() else { continue };
                     match sub.peer.write_rtp(now, m, codec, f.seq, f.timestamp, f.marker, f.payload) {
                         Ok(_) => {
                             if !queue.contains(&f.to) {
@@ -406,7 +484,11 @@ impl Sfu {
                 self.deliver_to(now, queue);
             }
             PeerEvent::KeyframeRequest { media } => {
-                let Some(track) = self.subscriber_track(id, media) else { return };
+                self.refresh_lines(id);
+                let Some(track) = self.peers.get(&id).and_then(|e| e.lines.iter().position(|l| *l == Some(media)))
+                else {
+                    return;
+                };
                 self.router.request_keyframe(now, id, track);
                 self.deliver_to(now, queue);
             }
@@ -433,26 +515,6 @@ impl Sfu {
                 }
             }
         }
-    }
-
-    /// The router track a subscriber's media line carries: the same ordinal among tracks of
-    /// its kind.
-    fn subscriber_track(&self, id: PeerId, media: usize) -> Option<usize> {
-        let machine = self.router.machine_of(id)?;
-        let publisher = self.peers.get(self.publishers.get(machine)?)?;
-        let sub = &self.peers.get(&id)?.peer;
-        for audio in [true, false] {
-            if let Some(ordinal) = sub.media_of_kind(audio).position(|m| m == media) {
-                return publisher
-                    .track_audio
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, a)| **a == audio)
-                    .nth(ordinal)
-                    .map(|(t, _)| t);
-            }
-        }
-        None
     }
 
     fn deliver_keyframe_requests(&mut self, now: Instant) {

@@ -263,6 +263,19 @@ impl Router {
         Ok(r.tracks.len() - 1)
     }
 
+    /// The codec `publisher`'s `track` really carries: a publisher's media line may offer
+    /// several, and its packets say which it sends. True if that changed the track's codec.
+    pub fn set_track_codec(&mut self, publisher: PeerId, track: usize, codec: Codec) -> bool {
+        let Ok(room) = self.publisher_room(publisher) else { return false };
+        match self.rooms[room].tracks.get_mut(track) {
+            Some(t) if t.codec != codec => {
+                t.codec = codec;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The tracks of `machine`'s room (codec and layer count), for a subscriber's SDP.
     pub fn tracks(&self, machine: &str) -> Vec<(Codec, usize)> {
         self.by_machine

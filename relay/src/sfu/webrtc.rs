@@ -98,12 +98,16 @@ pub struct Peer {
     /// The address ICE nominated (learned from the first accepted datagram).
     remote: Option<SocketAddr>,
     timeout: Instant,
+    /// The offer's media lines (`a=mid`), known at once, before str0m reports them.
+    offered: Vec<Mid>,
 }
 
 impl Peer {
     /// Answers `offer` (a publisher's when `publisher`, else a subscriber's) with an ICE-lite
     /// peer whose only candidate is `public`. Returns the peer and the SDP answer.
     pub fn answer(now: Instant, offer: &str, public: SocketAddr) -> Result<(Self, String), PeerError> {
+        let offered: Vec<Mid> =
+            offer.lines().filter_map(|l| l.trim().strip_prefix("a=mid:")).map(|m| Mid::from(m.trim())).collect();
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| PeerError::BadOffer(e.to_string()))?;
         guard(|| {
             let mut rtc = RtcConfig::new()
@@ -122,7 +126,7 @@ impl Peer {
             let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| PeerError::BadOffer(e.to_string()))?;
             let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
             Ok((
-                Self { rtc, ufrag, media: Vec::new(), channel: None, remote: None, timeout: now },
+                Self { rtc, ufrag, media: Vec::new(), channel: None, remote: None, timeout: now, offered },
                 answer.to_sdp_string(),
             ))
         })?
@@ -298,7 +302,7 @@ impl Peer {
     ) -> Result<bool, PeerError> {
         let Some(line) = self.media.get(media) else { return Ok(false) };
         let mid = line.mid;
-        let Some(pt) = self.pt_for(codec) else { return Ok(false) };
+        let Some(pt) = self.pt_for(mid, codec) else { return Ok(false) };
         let rtc = &mut self.rtc;
         guard(|| {
             let mut api = rtc.direct_api();
@@ -311,15 +315,44 @@ impl Peer {
         })
     }
 
-    fn pt_for(&self, codec: Codec) -> Option<Pt> {
-        let want = match codec {
-            Codec::Opus => StrCodec::Opus,
-            Codec::H264 => StrCodec::H264,
-            Codec::Vp8 => StrCodec::Vp8,
-            Codec::Vp9 => StrCodec::Vp9,
-            Codec::Av1 => StrCodec::Av1,
-        };
-        self.rtc.codec_config().find(|p| p.spec().codec == want).map(|p| p.pt())
+    /// The payload type for `codec` on media `mid`: one the peer offered for that line (and we
+    /// answered), so never one it cannot decode.
+    fn pt_for(&self, mid: Mid, codec: Codec) -> Option<Pt> {
+        let media = self.rtc.media(mid)?;
+        media.remote_pts().iter().copied().find(|&pt| self.codec_of(pt) == Some(codec))
+    }
+
+    /// The video codecs the offer takes on any of its lines (what we answered), known as soon as
+    /// the offer is answered.
+    pub fn offered_video_codecs(&self) -> Vec<Codec> {
+        let mut codecs: Vec<Codec> = Vec::new();
+        for media in self.offered.iter().filter_map(|&mid| self.rtc.media(mid)).filter(|m| m.kind() == MediaKind::Video)
+        {
+            for codec in media.remote_pts().iter().filter_map(|&pt| self.codec_of(pt)) {
+                if !codecs.contains(&codec) {
+                    codecs.push(codec);
+                }
+            }
+        }
+        codecs
+    }
+
+    /// Whether the offer has a video line.
+    pub fn offers_video(&self) -> bool {
+        self.offered.iter().filter_map(|&mid| self.rtc.media(mid)).any(|m| m.kind() == MediaKind::Video)
+    }
+
+    /// The codecs the peer takes on media `media` (for a subscriber: what its offer had for that
+    /// line and we answered), in its order of preference.
+    pub fn codecs(&self, media: usize) -> Vec<Codec> {
+        let Some(m) = self.media.get(media).and_then(|line| self.rtc.media(line.mid)) else { return Vec::new() };
+        let mut codecs: Vec<Codec> = Vec::new();
+        for codec in m.remote_pts().iter().filter_map(|&pt| self.codec_of(pt)) {
+            if !codecs.contains(&codec) {
+                codecs.push(codec);
+            }
+        }
+        codecs
     }
 
     /// Asks the peer (a publisher) for a key frame of `media`'s `layer`, now: str0m queues the

@@ -225,6 +225,11 @@ impl Metrics {
             "Subscribers closed because signaling ended their session (its media tokens are refused).",
             |s| s.stats.peers_revoked,
         )?;
+        counter(
+            "relay_sfu_codec_refusals_total",
+            "Viewers refused at WHEP because they decode none of the machine's video codecs.",
+            |s| s.stats.codec_refusals,
+        )?;
         counter("relay_sfu_peer_panics_total", "Peers ended because their WebRTC stack panicked.", |s| s.stats.panics)?;
         let seen = Mutex::new(vec![0; counters.len()]);
         let metrics = SfuMetrics {

@@ -15,7 +15,10 @@
 //! the SDP answer and a `Location` to `DELETE` at the end. `POST /seat/{machine}` with
 //! `{"to": viewer}` hands the machine's seat (an operator token, which signaling mints). Tokens
 //! are [`cluster::media`] tokens, checked against the relay's current TURN REST secrets. Errors
-//! are JSON `{"error": ...}` with a 4xx status that says what was wrong. Browsers call these
+//! are JSON `{"error": ...}` with a 4xx status that says what was wrong; a viewer whose offer
+//! takes none of the machine's video codecs gets `422` with `publisher_codecs` and
+//! `viewer_codecs` (a machine can send a backup codec beside its first, see
+//! [`Sfu::subscribe`]). Browsers call these
 //! from any origin (CORS allows every origin: the bearer token, not a cookie, is what
 //! authorizes, so another origin gains nothing).
 
@@ -41,7 +44,7 @@ use tracing::{error, info};
 use super::udp::{SendBatch, SendQueue};
 use crate::sfu::route::{PeerId, Role};
 use crate::sfu::webrtc::{Transmit, stun_ufrag};
-use crate::sfu::{RouteStats, Sfu, SfuStats};
+use crate::sfu::{Codec, RouteStats, Sfu, SfuError, SfuStats};
 
 /// Largest SDP offer accepted (browsers' offers with simulcast are a few KiB).
 const MAX_SDP: usize = 64 * 1024;
@@ -65,7 +68,7 @@ enum Input {
         label: String,
         session: String,
         offer: String,
-        reply: tokio::sync::oneshot::Sender<Result<(PeerId, String), String>>,
+        reply: tokio::sync::oneshot::Sender<Result<(PeerId, String), SfuError>>,
     },
     Remove {
         machine: String,
@@ -179,7 +182,20 @@ impl SfuHandle {
         offer: String,
     ) -> Result<(PeerId, String), Problem> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.call(Input::Subscribe { machine, role, label, session, offer, reply }, rx, StatusCode::BAD_REQUEST).await
+        let unavailable = || problem(StatusCode::SERVICE_UNAVAILABLE, "the SFU is not running or is overloaded");
+        if !self.send(Input::Subscribe { machine, role, label, session, offer, reply }) {
+            return Err(unavailable());
+        }
+        rx.await.map_err(|_| unavailable())?.map_err(|e| match &e {
+            SfuError::NoCommonCodec { publisher, viewer } => {
+                let names = |codecs: &[Codec]| codecs.iter().map(|c| codec_name(*c)).collect::<Vec<_>>();
+                let mut p = problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+                p.2 = Some(json!({ "publisher_codecs": names(publisher), "viewer_codecs": names(viewer) }));
+                p
+            }
+            SfuError::SessionEnded(_) => problem(StatusCode::FORBIDDEN, e.to_string()),
+            _ => problem(StatusCode::BAD_REQUEST, e.to_string()),
+        })
     }
 
     /// Hands the seat; `Ok` is the previous holder, `Err` a 404 (no such room or viewer).
@@ -250,8 +266,7 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
                     let _ = reply.send(sfu.publish(now, &machine, &offer).map_err(|e| e.to_string()));
                 }
                 Ok(Input::Subscribe { machine, role, label, session, offer, reply }) => {
-                    let result = sfu.subscribe(now, &machine, role, &label, Some(&session), &offer);
-                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                    let _ = reply.send(sfu.subscribe(now, &machine, role, &label, Some(&session), &offer));
                 }
                 Ok(Input::EndSessions(ended)) => {
                     sfu.end_sessions(&ended);
@@ -346,16 +361,31 @@ pub fn router(state: HttpState) -> HttpRouter {
 }
 
 /// A refusal: a 4xx/5xx status with a JSON body `{"error": reason}`.
-struct Problem(StatusCode, String);
+struct Problem(StatusCode, String, Option<serde_json::Value>);
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({ "error": self.1 }))).into_response()
+        let mut body = json!({ "error": self.1 });
+        if let (Some(obj), Some(serde_json::Value::Object(extra))) = (body.as_object_mut(), self.2) {
+            obj.extend(extra);
+        }
+        (self.0, axum::Json(body)).into_response()
     }
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Problem {
-    Problem(status, message.into())
+    Problem(status, message.into(), None)
+}
+
+/// A codec as SDP names it (`a=rtpmap`).
+fn codec_name(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Opus => "opus",
+        Codec::H264 => "H264",
+        Codec::Vp8 => "VP8",
+        Codec::Vp9 => "VP9",
+        Codec::Av1 => "AV1",
+    }
 }
 
 fn now_unix() -> u64 {
