@@ -13,11 +13,15 @@ step() { echo "==> [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 #   curl        the metrics test scrapes /metrics the way an operator would
 #   postgresql  signaling's API suite runs on PostgreSQL as well as on embedded SQLite
 #   chromium    the real-browser tests (WHIP publish, WHEP watch, TURN-only watch, turns: only)
+#   firefox-esr a viewer without H.264: refused with both sides' codecs, or served a VP8 backup
+#   python3     writes the Firefox test profile's permissions (sqlite3 module)
 #   openssl     the rotation test reads which certificate the TLS listener presents
 need=()
 command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
@@ -31,7 +35,7 @@ if ((${#need[@]})); then
         systemctl disable --now coturn >/dev/null 2>&1 || true
     fi
 fi
-for tool in turnutils_uclient turnutils_peer curl chromium openssl; do
+for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 

@@ -35,7 +35,7 @@ async function exchange(pc, url) {
   });
   const res = await fetch(url, {method: 'POST', body: pc.localDescription.sdp,
     headers: {'content-type': 'application/sdp', 'authorization': 'Bearer ' + q.get('token')}});
-  if (res.status !== 201) { report({error: url + ' answered ' + res.status + ' ' + await res.text()}); return false; }
+  if (res.status !== 201) { report({refused: res.status, body: await res.text()}); return false; }
   await pc.setRemoteDescription({type: 'answer', sdp: await res.text()});
   return true;
 }
@@ -51,7 +51,18 @@ const PUBLISHER: &str = r#"<title>machine</title><script>
   try {
     const stream = await navigator.mediaDevices.getUserMedia({video: {width: 640, height: 360, frameRate: 30}, audio: true});
     const pc = new RTCPeerConnection();
-    for (const track of stream.getTracks()) pc.addTransceiver(track, {direction: 'sendonly'});
+    // `codecs` (e.g. "h264,vp8"): the camera once per codec, each transceiver offering only its
+    // codec (a backup codec beside the first, as LiveKit's publishers send); else the defaults.
+    const codecs = q.get('codecs') ? q.get('codecs').split(',') : null;
+    for (const track of stream.getTracks()) {
+      if (track.kind !== 'video' || !codecs) { pc.addTransceiver(track, {direction: 'sendonly'}); continue; }
+      for (const codec of codecs) {
+        const t = pc.addTransceiver(track, {direction: 'sendonly'});
+        const caps = RTCRtpSender.getCapabilities('video').codecs.filter((c) => c.mimeType.toLowerCase() === 'video/' + codec);
+        if (!caps.length) { report({error: 'this browser cannot send ' + codec}); return; }
+        t.setCodecPreferences(caps);
+      }
+    }
     const dc = pc.createDataChannel('input');
     dc.binaryType = 'arraybuffer';
     dc.onmessage = (e) => report({input: shown(e.data)});
@@ -97,16 +108,20 @@ const name = q.get('name');
     if (!await exchange(pc, q.get('whep'))) return;
     setInterval(async () => {
       const stats = await pc.getStats();
-      let frames = 0, local = null;
+      let frames = 0, local = null, codec = null;
       stats.forEach((s) => {
-        if (s.type === 'inbound-rtp' && s.kind === 'video') frames += s.framesDecoded || 0;
+        if (s.type === 'inbound-rtp' && s.kind === 'video') {
+          frames += s.framesDecoded || 0;
+          const c = s.codecId && stats.get(s.codecId);
+          if (c) codec = c.mimeType;
+        }
         if (s.type === 'transport' && s.selectedCandidatePairId) {
           const pair = stats.get(s.selectedCandidatePairId);
           const c = pair && stats.get(pair.localCandidateId);
           if (c) local = c.candidateType;
         }
       });
-      report({state: pc.connectionState, framesDecoded: frames, localCandidate: local});
+      report({state: pc.connectionState, framesDecoded: frames, localCandidate: local, codec});
     }, 500);
   } catch (e) { report({error: String(e)}); }
 })();
@@ -210,4 +225,69 @@ fn chromium_publishes_over_whip_and_chromium_watches_directly_and_through_turn_o
     assert_eq!(common::metric_value(&metrics, "relay_sfu_subscribers{machine=\"cab-1\"}"), 2.0, "{metrics}");
     assert!(common::metric_value(&metrics, "relay_sfu_inputs_dropped_total") >= 1.0, "{metrics}");
     assert_eq!(common::metric_value(&metrics, "relay_sfu_peer_panics_total"), 0.0);
+}
+
+/// The SFU and a viewer that cannot decode H.264: headless Firefox (Debian's `firefox-esr` has no
+/// H.264). Against a Chromium machine sending only H.264 it is refused at WHEP with a 422 that
+/// names both sides' codecs; against one sending a VP8 backup beside H.264 it decodes the VP8
+/// copy, while a Chromium viewer of the same machine gets the H.264 one.
+#[test]
+fn firefox_without_h264_is_refused_or_served_the_vp8_backup() {
+    let relay = RelayProcess::start("relay.toml", &[]);
+    let sfu = relay.sfu_http();
+    let reports: Reports = Arc::default();
+    let pages = serve_pages(
+        vec![
+            ("/publisher.html", format!("<!doctype html>{COMMON}{PUBLISHER}")),
+            ("/viewer.html", format!("<!doctype html>{COMMON}{VIEWER}")),
+        ],
+        Arc::clone(&reports),
+    );
+    let origin = format!("http://{pages}");
+    let publish = |machine: &str, codecs: &str| {
+        let token = common::media_token(MediaRole::Publisher, machine, None, machine);
+        let browser = Browser::open(&url(
+            &format!("{origin}/publisher.html"),
+            &[("name", machine), ("whip", &format!("{sfu}/whip/{machine}")), ("token", &token), ("codecs", codecs)],
+        ));
+        wait_for(&format!("{machine} to publish {codecs}"), Duration::from_secs(30), &reports, |r| {
+            latest(r, machine, "framesEncoded").is_some_and(|v| v["state"] == "connected")
+        });
+        browser
+    };
+    let watch = |name: &str, machine: &str, session: &str, firefox: bool| {
+        let token = common::media_token(MediaRole::Spectator, machine, Some(session), name);
+        let page = url(
+            &format!("{origin}/viewer.html"),
+            &[("name", name), ("whep", &format!("{sfu}/whep/{session}")), ("token", &token)],
+        );
+        if firefox { Browser::firefox(&page, &origin) } else { Browser::open(&page) }
+    };
+
+    // H.264 only: Firefox is refused, and told why.
+    let _h264 = publish("cab-h264", "h264");
+    let _refused = watch("firefox-refused", "cab-h264", "s-1", true);
+    wait_for("Firefox's refusal", Duration::from_secs(30), &reports, |r| {
+        latest(r, "firefox-refused", "refused").is_some()
+    });
+    let refusal = latest(&reports, "firefox-refused", "refused").unwrap();
+    assert_eq!(refusal["refused"], 422, "{refusal}");
+    let body: Value = serde_json::from_str(refusal["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["publisher_codecs"], serde_json::json!(["H264"]), "{body}");
+    let theirs = body["viewer_codecs"].as_array().unwrap();
+    assert!(theirs.contains(&Value::from("VP8")) && !theirs.contains(&Value::from("H264")), "{body}");
+
+    // H.264 with a VP8 backup: Firefox decodes VP8, Chromium H.264.
+    let _both = publish("cab-2", "h264,vp8");
+    let _firefox = watch("firefox", "cab-2", "s-2", true);
+    let _chromium = watch("chromium", "cab-2", "s-3", false);
+    for name in ["firefox", "chromium"] {
+        wait_for(&format!("{name} to decode frames"), Duration::from_secs(40), &reports, |r| {
+            frames_decoded(r, name) >= 30
+        });
+    }
+    let codec = |name: &str| latest(&reports, name, "codec").map(|v| v["codec"].clone()).unwrap_or_default();
+    assert_eq!(codec("firefox"), Value::from("video/VP8"));
+    assert_eq!(codec("chromium"), Value::from("video/H264"));
+    assert_eq!(relay.metric("relay_sfu_codec_refusals_total"), 1.0);
 }

@@ -1,6 +1,7 @@
-//! Headless Chromium for tests: serve pages on loopback, open them in Chromium (Debian's
-//! `chromium`, installed by scripts/test.sh) with a fake camera and microphone, and collect what
-//! the pages report back over HTTP (`POST /report/{name}` with a JSON body).
+//! Headless browsers for tests: serve pages on loopback, open them in Chromium (Debian's
+//! `chromium`) or Firefox (Debian's `firefox-esr`), both installed by scripts/test.sh, with a
+//! fake camera and microphone, and collect what the pages report back over HTTP
+//! (`POST /report/{name}` with a JSON body).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -82,6 +83,58 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("chromium is installed (scripts/test.sh installs the Debian package chromium)");
+        Self { child, _profile: TempDir(profile) }
+    }
+}
+
+impl Browser {
+    /// Headless Firefox (Debian's `firefox-esr`, installed by scripts/test.sh) on `url`, with a
+    /// fresh profile: fake media, loopback ICE candidates, host addresses not hidden behind mDNS,
+    /// and camera and microphone allowed for `origin` (Firefox gathers loopback candidates
+    /// only for an origin with that permission stored).
+    pub fn firefox(url: &str, origin: &str) -> Self {
+        let profile = std::env::temp_dir().join(format!("relay-firefox-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&profile).unwrap();
+        let prefs = [
+            ("media.navigator.streams.fake", "true"),
+            ("media.navigator.permission.disabled", "true"),
+            ("media.peerconnection.ice.loopback", "true"),
+            ("media.peerconnection.ice.obfuscate_host_addresses", "false"),
+            ("media.autoplay.default", "0"),
+            ("browser.shell.checkDefaultBrowser", "false"),
+            ("datareporting.policy.dataSubmissionEnabled", "false"),
+            ("app.update.auto", "false"),
+            ("network.proxy.type", "0"),
+        ];
+        let user_js: String = prefs.iter().map(|(k, v)| format!("user_pref(\"{k}\", {v});\n")).collect();
+        std::fs::write(profile.join("user.js"), user_js).unwrap();
+        // permissions.sqlite, as Firefox writes it (schema version 12), with Python's sqlite3.
+        let script = r#"
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1])
+db.execute("CREATE TABLE moz_perms (id INTEGER PRIMARY KEY, origin TEXT, type TEXT, permission INTEGER, expireType INTEGER, expireTime INTEGER, modificationTime INTEGER)")
+db.execute("CREATE TABLE moz_hosts (id INTEGER PRIMARY KEY, host TEXT, type TEXT, permission INTEGER, expireType INTEGER, expireTime INTEGER, modificationTime INTEGER, isInBrowserElement INTEGER)")
+for kind in ("camera", "microphone"):
+    db.execute("INSERT INTO moz_perms (origin, type, permission, expireType, expireTime, modificationTime) VALUES (?, ?, 1, 0, 0, ?)", (sys.argv[2], kind, int(time.time() * 1000)))
+db.execute("PRAGMA user_version = 12")
+db.commit()
+"#;
+        let status = Command::new("python3")
+            .args(["-c", script])
+            .arg(profile.join("permissions.sqlite"))
+            .arg(origin)
+            .status()
+            .expect("python3 writes the Firefox profile's permissions");
+        assert!(status.success(), "writing permissions.sqlite failed");
+        let child = Command::new("firefox-esr")
+            .args(["--headless", "--no-remote", "-profile"])
+            .arg(&profile)
+            .arg(url)
+            .env("MOZ_HEADLESS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("firefox-esr is installed (scripts/test.sh installs the Debian package firefox-esr)");
         Self { child, _profile: TempDir(profile) }
     }
 }
