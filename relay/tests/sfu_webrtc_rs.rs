@@ -412,13 +412,14 @@ async fn codec_viewer(
 }
 
 /// A machine publishing one camera in each of `video` (H.264 first, then a VP8 backup, as a
-/// LiveKit publisher sends a backup codec), each transceiver offering only its codec.
+/// LiveKit publisher sends a backup codec), each transceiver offering only its codec; returned
+/// as soon as its WHIP offer is answered, before it connects.
 async fn codec_machine(
     http: &reqwest::Client,
     base: &str,
     machine: &str,
     video: &[&str],
-) -> (RTCPeerConnection, Vec<Arc<TrackLocalStaticRTP>>) {
+) -> (RTCPeerConnection, Arc<RTCDataChannel>, Vec<Arc<TrackLocalStaticRTP>>) {
     let pc = api_decoding(video).new_peer_connection(RTCConfiguration::default()).await.unwrap();
     let mut tracks = Vec::new();
     for (i, mime) in video.iter().enumerate() {
@@ -440,8 +441,7 @@ async fn codec_machine(
     let dc = pc.create_data_channel("input", None).await.unwrap();
     let token = common::media_token(MediaRole::Publisher, machine, None, machine);
     negotiate(&pc, http, &format!("{base}/whip/{machine}"), &token).await;
-    wait_until("the machine to connect", || connected(&pc, &dc)).await;
-    (pc, tracks)
+    (pc, dc, tracks)
 }
 
 /// Sends `n` packets on each track: H.264 (IDR or not) or VP8, a key frame every 30.
@@ -479,12 +479,15 @@ async fn webrtc_rs_viewers_get_a_codec_they_decode_or_a_422_naming_both_sides() 
     // An H.264-only machine: a viewer without H.264 (Firefox ESR's case) is refused, naming both
     // sides' codecs; a viewer with H.264 watches.
     let only = [MIME_TYPE_H264];
-    let (_m1, h264_tracks) = codec_machine(&http, &base, "cab-h264", &only).await;
+    // The refusal does not wait for the machine to connect (found with aiortc, whose viewer came
+    // first): what the machine offered is what it may send.
+    let (m1, dc1, h264_tracks) = codec_machine(&http, &base, "cab-h264", &only).await;
     let (status, refusal, _, _p) = codec_viewer(&http, &base, "cab-h264", "s-a", &[MIME_TYPE_VP8, MIME_TYPE_VP9]).await;
     assert_eq!(status, 422, "{refusal}");
     assert_eq!(refusal["publisher_codecs"], serde_json::json!(["H264"]), "{refusal}");
     assert_eq!(refusal["viewer_codecs"], serde_json::json!(["VP8", "VP9"]), "{refusal}");
     assert!(refusal["error"].as_str().is_some_and(|e| e.contains("cannot decode")), "{refusal}");
+    wait_until("the H.264 machine to connect", || connected(&m1, &dc1)).await;
     let (status, _, h264_viewer, _p1) =
         codec_viewer(&http, &base, "cab-h264", "s-b", &[MIME_TYPE_VP8, MIME_TYPE_H264]).await;
     assert_eq!(status, 201);
@@ -492,7 +495,8 @@ async fn webrtc_rs_viewers_get_a_codec_they_decode_or_a_422_naming_both_sides() 
     // A machine sending its camera in H.264 and in a VP8 backup: a VP8-only viewer gets the VP8
     // copy, a viewer taking both gets the H.264 one (the first), a VP9-only viewer is refused.
     let both = [MIME_TYPE_H264, MIME_TYPE_VP8];
-    let (_m2, tracks) = codec_machine(&http, &base, "cab-2", &both).await;
+    let (m2, dc2, tracks) = codec_machine(&http, &base, "cab-2", &both).await;
+    wait_until("the dual-codec machine to connect", || connected(&m2, &dc2)).await;
     let (status, _, vp8_viewer, _p2) = codec_viewer(&http, &base, "cab-2", "s-c", &[MIME_TYPE_VP8]).await;
     assert_eq!(status, 201);
     let (status, _, both_viewer, _p3) =

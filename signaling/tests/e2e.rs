@@ -267,15 +267,15 @@ async fn post_sdp(url: &str, token: &str, sdp: String) -> u16 {
     res.unwrap().status().as_u16()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relayctl_hands_an_sfu_sessions_seat_through_the_relay() {
-    use str0m::media::Direction;
+/// Signaling and one relay with an SFU (eu-central, relay ports in `ports`), machine cab-1
+/// registered and publishing over WHIP (a str0m offer), and alice's `sfu` session on it; returns
+/// the session as signaling answered it.
+async fn sfu_session(ports: (u16, u16)) -> (Signaling, Relay, Value) {
     let s = Signaling::start("sqlite", "");
     let admin = s.token("ops", "admin");
     let alice = s.token("alice", "player");
-    let bob = s.token("bob", "player");
     let machine = s.token("cab-1", "machine");
-    let _relay = Relay::start(&s.url, "eu-1", "eu-central", (31000, 31999));
+    let relay = Relay::start(&s.url, "eu-1", "eu-central", ports);
     eventually(Duration::from_secs(10), || async {
         let (_, relays) = s.call("GET", "/v1/relays", Some(&admin), None).await;
         relays["relays"].as_array().is_some_and(|r| r.iter().any(|r| r["sfu_url"].is_string())).then_some(())
@@ -287,13 +287,25 @@ async fn relayctl_hands_an_sfu_sessions_seat_through_the_relay() {
     let body = json!({ "machine_id": "cab-1", "mode": "sfu", "probes": probes_favouring("eu-central") });
     let (st, session) = s.call("POST", "/v1/sessions", Some(&alice), Some(body)).await;
     assert_eq!(st, 201, "{session}");
-    let id = session["session_id"].as_str().unwrap().to_owned();
-
-    // The machine publishes, the player and a spectator subscribe (the SFU takes them into the
-    // room on their offers; ICE need not complete for the seat).
     let (_, hb) = s.call("POST", "/v1/machines/heartbeat", Some(&machine), Some(json!({}))).await;
     let whip = hb["sfu"]["whip_url"].as_str().unwrap();
-    assert_eq!(post_sdp(whip, hb["sfu"]["token"].as_str().unwrap(), offer(Direction::SendOnly)).await, 201);
+    let sdp = offer(str0m::media::Direction::SendOnly);
+    assert_eq!(post_sdp(whip, hb["sfu"]["token"].as_str().unwrap(), sdp).await, 201);
+    (s, relay, session)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayctl_hands_an_sfu_sessions_seat_through_the_relay() {
+    use str0m::media::Direction;
+    let (s, _relay, session) = sfu_session((31000, 31999)).await;
+    let admin = s.token("ops", "admin");
+    let alice = s.token("alice", "player");
+    let bob = s.token("bob", "player");
+    let machine = s.token("cab-1", "machine");
+    let id = session["session_id"].as_str().unwrap().to_owned();
+
+    // The machine publishes (above), the player and a spectator subscribe (the SFU takes them
+    // into the room on their offers; ICE need not complete for the seat).
     let whep = session["sfu"]["whep_url"].as_str().unwrap();
     assert_eq!(post_sdp(whep, session["sfu"]["token"].as_str().unwrap(), offer(Direction::RecvOnly)).await, 201);
     let (_, watch) = s.call("POST", &format!("/v1/sessions/{id}/watch"), Some(&bob), None).await;
@@ -383,26 +395,9 @@ async fn ending_a_session_cuts_its_viewer_off_and_revokes_its_token() {
     use str0m::media::Direction;
     use webrtc::data_channel::data_channel_state::RTCDataChannelState;
     use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
-    let s = Signaling::start("sqlite", "");
+    let (s, _relay, session) = sfu_session((32000, 32999)).await;
     let admin = s.token("ops", "admin");
-    let alice = s.token("alice", "player");
-    let machine = s.token("cab-1", "machine");
-    let _relay = Relay::start(&s.url, "eu-1", "eu-central", (32000, 32999));
-    eventually(Duration::from_secs(10), || async {
-        let (_, relays) = s.call("GET", "/v1/relays", Some(&admin), None).await;
-        relays["relays"].as_array().is_some_and(|r| r.iter().any(|r| r["sfu_url"].is_string())).then_some(())
-    })
-    .await
-    .expect("the relay registers with its SFU URL");
-    let rtts = json!({ "name": "Cabinet 1", "rtts": { "eu-central": 20.0 } });
-    assert_eq!(s.call("POST", "/v1/machines/register", Some(&machine), Some(rtts)).await.0, 200);
-    let body = json!({ "machine_id": "cab-1", "mode": "sfu", "probes": probes_favouring("eu-central") });
-    let (st, session) = s.call("POST", "/v1/sessions", Some(&alice), Some(body)).await;
-    assert_eq!(st, 201, "{session}");
     let id = session["session_id"].as_str().unwrap().to_owned();
-    let (_, hb) = s.call("POST", "/v1/machines/heartbeat", Some(&machine), Some(json!({}))).await;
-    let whip = hb["sfu"]["whip_url"].as_str().unwrap();
-    assert_eq!(post_sdp(whip, hb["sfu"]["token"].as_str().unwrap(), offer(Direction::SendOnly)).await, 201);
 
     // The player's viewer connects (ICE, DTLS, SCTP: its data channel opens).
     let whep = session["sfu"]["whep_url"].as_str().unwrap();

@@ -49,9 +49,19 @@ pub enum SfuError {
     #[error("session {0:?} has ended")]
     SessionEnded(String),
     #[error(
-        "the viewer cannot decode the machine's video: the machine sends {publisher:?}, the offer takes {viewer:?}"
+        "the viewer cannot decode the machine's video: the machine sends {}, the offer takes {}",
+        names(publisher),
+        names(viewer)
     )]
     NoCommonCodec { publisher: Vec<Codec>, viewer: Vec<Codec> },
+}
+
+/// Codecs by their SDP names, for messages: "H264, VP8" (or "none").
+fn names(codecs: &[Codec]) -> String {
+    if codecs.is_empty() {
+        return "none".into();
+    }
+    codecs.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
 }
 
 struct Entry {
@@ -226,11 +236,17 @@ impl Sfu {
     }
 
     /// The machine's video codecs and the subscriber's, when the subscriber takes video and can
-    /// decode none of the codecs the machine sends (nothing to say before the machine
-    /// publishes).
+    /// decode none of the codecs the machine sends, or before its first packets, offered to send
+    /// (nothing to say before the machine publishes).
     fn codec_mismatch(&self, machine: &str, id: PeerId) -> Option<(Vec<Codec>, Vec<Codec>)> {
-        let sent: Vec<Codec> =
+        let mut sent: Vec<Codec> =
             self.router.tracks(machine).into_iter().map(|(c, _)| c).filter(|c| !c.is_audio()).collect();
+        if sent.is_empty() {
+            // The machine has published but its tracks are not known until it connects: what
+            // its offer takes is what it may send.
+            let publisher = self.publishers.get(machine).and_then(|p| self.peers.get(p));
+            sent = publisher.map(|p| p.peer.offered_video_codecs()).unwrap_or_default();
+        }
         let peer = &self.peers.get(&id)?.peer;
         if sent.is_empty() || !peer.offers_video() {
             return None;

@@ -21,6 +21,17 @@ impl Codec {
         matches!(self, Self::Opus)
     }
 
+    /// The codec's name in SDP (`a=rtpmap`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Opus => "opus",
+            Self::H264 => "H264",
+            Self::Vp8 => "VP8",
+            Self::Vp9 => "VP9",
+            Self::Av1 => "AV1",
+        }
+    }
+
     /// The RTP clock rate (RFC 7587 for Opus; 90 kHz for every video format).
     pub fn clock_rate(self) -> u32 {
         if self.is_audio() { 48_000 } else { 90_000 }

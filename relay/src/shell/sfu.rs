@@ -188,7 +188,7 @@ impl SfuHandle {
         }
         rx.await.map_err(|_| unavailable())?.map_err(|e| match &e {
             SfuError::NoCommonCodec { publisher, viewer } => {
-                let names = |codecs: &[Codec]| codecs.iter().map(|c| codec_name(*c)).collect::<Vec<_>>();
+                let names = |codecs: &[Codec]| codecs.iter().map(|c| c.name()).collect::<Vec<_>>();
                 let mut p = problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
                 p.2 = Some(json!({ "publisher_codecs": names(publisher), "viewer_codecs": names(viewer) }));
                 p
@@ -375,17 +375,6 @@ impl IntoResponse for Problem {
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Problem {
     Problem(status, message.into(), None)
-}
-
-/// A codec as SDP names it (`a=rtpmap`).
-fn codec_name(codec: Codec) -> &'static str {
-    match codec {
-        Codec::Opus => "opus",
-        Codec::H264 => "H264",
-        Codec::Vp8 => "VP8",
-        Codec::Vp9 => "VP9",
-        Codec::Av1 => "AV1",
-    }
 }
 
 fn now_unix() -> u64 {
