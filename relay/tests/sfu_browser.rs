@@ -127,6 +127,17 @@ const name = q.get('name');
 })();
 </script>"#;
 
+/// Serves the machine's and the viewer's pages, reporting into `reports`.
+fn serve_sfu_pages(reports: &Reports) -> std::net::SocketAddr {
+    serve_pages(
+        vec![
+            ("/publisher.html", format!("<!doctype html>{COMMON}{PUBLISHER}")),
+            ("/viewer.html", format!("<!doctype html>{COMMON}{VIEWER}")),
+        ],
+        Arc::clone(reports),
+    )
+}
+
 fn frames_decoded(reports: &Reports, name: &str) -> u64 {
     latest(reports, name, "framesDecoded").and_then(|v| v["framesDecoded"].as_u64()).unwrap_or(0)
 }
@@ -136,13 +147,7 @@ fn chromium_publishes_over_whip_and_chromium_watches_directly_and_through_turn_o
     let relay = RelayProcess::start("relay.toml", &[]);
     let sfu = relay.sfu_http();
     let reports: Reports = Arc::default();
-    let pages = serve_pages(
-        vec![
-            ("/publisher.html", format!("<!doctype html>{COMMON}{PUBLISHER}")),
-            ("/viewer.html", format!("<!doctype html>{COMMON}{VIEWER}")),
-        ],
-        Arc::clone(&reports),
-    );
+    let pages = serve_sfu_pages(&reports);
 
     let publisher = common::media_token(MediaRole::Publisher, MACHINE, None, MACHINE);
     let _machine = Browser::open(&url(
@@ -236,13 +241,7 @@ fn firefox_without_h264_is_refused_or_served_the_vp8_backup() {
     let relay = RelayProcess::start("relay.toml", &[]);
     let sfu = relay.sfu_http();
     let reports: Reports = Arc::default();
-    let pages = serve_pages(
-        vec![
-            ("/publisher.html", format!("<!doctype html>{COMMON}{PUBLISHER}")),
-            ("/viewer.html", format!("<!doctype html>{COMMON}{VIEWER}")),
-        ],
-        Arc::clone(&reports),
-    );
+    let pages = serve_sfu_pages(&reports);
     let origin = format!("http://{pages}");
     let publish = |machine: &str, codecs: &str| {
         let token = common::media_token(MediaRole::Publisher, machine, None, machine);
