@@ -522,5 +522,15 @@ async fn webrtc_rs_viewers_get_a_codec_they_decode_or_a_422_naming_both_sides() 
     check("H.264 viewer of the H.264 machine", &h264_viewer, MIME_TYPE_H264, 98, &[0x65, 0x41]);
     check("VP8-only viewer", &vp8_viewer, MIME_TYPE_VP8, 96, &[0x10]);
     check("viewer taking both", &both_viewer, MIME_TYPE_H264, 98, &[0x65, 0x41]);
-    assert_eq!(relay.metric("relay_sfu_codec_refusals_total"), 2.0);
+
+    // A viewer that came before its machine, which then offers only what it cannot decode, is
+    // closed when the machine publishes; its next offer is refused with the reason.
+    let (status, _, _, _p5) = codec_viewer(&http, &base, "cab-late", "s-f", &[MIME_TYPE_VP9]).await;
+    assert_eq!(status, 201, "nothing to check before the machine publishes");
+    let (_m3, _dc3, _) = codec_machine(&http, &base, "cab-late", &only).await;
+    let refusals = || relay.metric("relay_sfu_codec_refusals_total");
+    wait_until("the early VP9 viewer to be closed", || refusals() == 3.0).await;
+    let (status, refusal, _, _p6) = codec_viewer(&http, &base, "cab-late", "s-f", &[MIME_TYPE_VP9]).await;
+    assert_eq!(status, 422, "{refusal}");
+    wait_until("four refusals counted", || refusals() == 4.0).await;
 }

@@ -151,7 +151,8 @@ impl Sfu {
     }
 
     /// WHIP: `machine` publishes with `offer`; returns the peer and the SDP answer. A publisher
-    /// already there (the machine reconnecting) is replaced.
+    /// already there (the machine reconnecting) is replaced. Viewers already waiting that can
+    /// decode none of its video codecs are closed (see [`Sfu::subscribe`]).
     pub fn publish(&mut self, now: Instant, machine: &str, offer: &str) -> Result<(PeerId, String), SfuError> {
         let (peer, answer) = Peer::answer(now, offer, self.public)?;
         let id = self.add(peer, None, machine);
@@ -162,6 +163,19 @@ impl Sfu {
         self.layout += 1;
         info!(peer = id.0, machine, "publisher joined");
         self.service(now, id);
+        // Viewers who came before the machine and decode none of what it offers to send would
+        // wait for nothing: close them (a new offer of theirs is refused with the reason).
+        let blind: Vec<(PeerId, Vec<Codec>, Vec<Codec>)> = self
+            .router
+            .subscribers(machine)
+            .into_iter()
+            .filter_map(|(p, _)| self.codec_mismatch(machine, p).map(|(sent, taken)| (p, sent, taken)))
+            .collect();
+        for (p, publisher, viewer) in blind {
+            info!(peer = p.0, machine, ?publisher, ?viewer, "subscriber closed: no video codec in common");
+            self.stats.codec_refusals += 1;
+            self.close(p);
+        }
         Ok((id, answer))
     }
 
@@ -219,18 +233,13 @@ impl Sfu {
             .map(|(&id, _)| id)
             .collect();
         for &id in &ids {
-            if let Some(entry) = self.peers.get_mut(&id)
-                && let Err(e) = entry.peer.close(&mut self.transmits)
-            {
-                debug!(peer = id.0, error = %e, "closing a revoked peer");
-            }
             info!(
                 peer = id.0,
                 session = self.peers.get(&id).and_then(|e| e.session.as_deref()),
                 "session ended: peer closed"
             );
             self.stats.peers_revoked += 1;
-            self.forget(id);
+            self.close(id);
         }
         ids.len()
     }
@@ -283,6 +292,16 @@ impl Sfu {
             entry.lines = lines;
             entry.lines_layout = layout;
         }
+    }
+
+    /// Closes a peer gracefully (its client learns at once, see [`Peer::close`]) and forgets it.
+    fn close(&mut self, id: PeerId) {
+        if let Some(entry) = self.peers.get_mut(&id)
+            && let Err(e) = entry.peer.close(&mut self.transmits)
+        {
+            debug!(peer = id.0, error = %e, "closing a peer");
+        }
+        self.forget(id);
     }
 
     /// Ends a peer (WHIP/WHEP DELETE); false if it was not there.

@@ -227,7 +227,7 @@ impl Metrics {
         )?;
         counter(
             "relay_sfu_codec_refusals_total",
-            "Viewers refused at WHEP because they decode none of the machine's video codecs.",
+            "Viewers refused at WHEP, or closed when their machine published, because they decode none of its video codecs.",
             |s| s.stats.codec_refusals,
         )?;
         counter("relay_sfu_peer_panics_total", "Peers ended because their WebRTC stack panicked.", |s| s.stats.panics)?;
