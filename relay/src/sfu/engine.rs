@@ -79,8 +79,6 @@ struct Entry {
     session: Option<String>,
     /// A publisher's media index → router track.
     tracks: Vec<Option<usize>>,
-    /// A publisher's router tracks: audio or not, in track order.
-    track_audio: Vec<bool>,
     /// A subscriber's media line for each of its publisher's tracks (`None`: that track is
     /// not sent to it), as of layout `lines_layout` (see [`Sfu::layout`]).
     lines: Vec<Option<usize>>,
@@ -413,7 +411,6 @@ impl Sfu {
             serial: self.serial,
             session: None,
             tracks: Vec::new(),
-            track_audio: Vec::new(),
             lines: Vec::new(),
             lines_layout: 0,
         };
@@ -473,7 +470,7 @@ impl Sfu {
                 self.stats.peers_lost += 1;
                 self.forget(id);
             }
-            PeerEvent::Media { index, audio, receiving, codec, layers } => {
+            PeerEvent::Media { index, receiving, codec, layers } => {
                 self.layout += 1;
                 let Some(entry) = self.peers.get_mut(&id) else { return };
                 if entry.role.is_some() || !receiving {
@@ -486,7 +483,6 @@ impl Sfu {
                             entry.tracks.resize(index + 1, None);
                         }
                         entry.tracks[index] = Some(track);
-                        entry.track_audio.push(audio);
                         debug!(peer = id.0, track, ?codec, layers, "track published");
                     }
                     Err(e) => warn!(peer = id.0, error = %e, "track refused"),

@@ -18,7 +18,7 @@ use str0m::change::SdpOffer;
 use str0m::channel::ChannelId;
 use str0m::format::Codec as StrCodec;
 use str0m::ice::StunMessage;
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::media::{KeyframeRequestKind, Media, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
@@ -56,7 +56,7 @@ pub enum PeerEvent {
     /// ICE lost the peer (or it closed): the engine removes it.
     Disconnected,
     /// A media line of the offer: index, whether the peer sends it to us, its codec and layers.
-    Media { index: usize, audio: bool, receiving: bool, codec: Option<Codec>, layers: usize },
+    Media { index: usize, receiving: bool, codec: Option<Codec>, layers: usize },
     /// An RTP packet from the peer (a publisher).
     Rtp {
         media: usize,
@@ -218,7 +218,6 @@ impl Peer {
                 let index = self.media.len();
                 events.push(PeerEvent::Media {
                     index,
-                    audio: m.kind == MediaKind::Audio,
                     receiving: m.direction.is_receiving(),
                     codec,
                     layers: rids.len().max(1),
@@ -325,16 +324,21 @@ impl Peer {
     /// The video codecs the offer takes on any of its lines (what we answered), known as soon as
     /// the offer is answered.
     pub fn offered_video_codecs(&self) -> Vec<Codec> {
-        let mut codecs: Vec<Codec> = Vec::new();
+        let mut codecs = Vec::new();
         for media in self.offered.iter().filter_map(|&mid| self.rtc.media(mid)).filter(|m| m.kind() == MediaKind::Video)
         {
-            for codec in media.remote_pts().iter().filter_map(|&pt| self.codec_of(pt)) {
-                if !codecs.contains(&codec) {
-                    codecs.push(codec);
-                }
-            }
+            self.add_codecs(media, &mut codecs);
         }
         codecs
+    }
+
+    /// Appends the codecs `media` takes (its negotiated payload types) that `codecs` lacks.
+    fn add_codecs(&self, media: &Media, codecs: &mut Vec<Codec>) {
+        for codec in media.remote_pts().iter().filter_map(|&pt| self.codec_of(pt)) {
+            if !codecs.contains(&codec) {
+                codecs.push(codec);
+            }
+        }
     }
 
     /// Whether the offer has a video line.
@@ -345,12 +349,9 @@ impl Peer {
     /// The codecs the peer takes on media `media` (for a subscriber: what its offer had for that
     /// line and we answered), in its order of preference.
     pub fn codecs(&self, media: usize) -> Vec<Codec> {
-        let Some(m) = self.media.get(media).and_then(|line| self.rtc.media(line.mid)) else { return Vec::new() };
-        let mut codecs: Vec<Codec> = Vec::new();
-        for codec in m.remote_pts().iter().filter_map(|&pt| self.codec_of(pt)) {
-            if !codecs.contains(&codec) {
-                codecs.push(codec);
-            }
+        let mut codecs = Vec::new();
+        if let Some(m) = self.media.get(media).and_then(|line| self.rtc.media(line.mid)) {
+            self.add_codecs(m, &mut codecs);
         }
         codecs
     }

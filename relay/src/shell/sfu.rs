@@ -170,7 +170,7 @@ impl SfuHandle {
     /// Publishes; `Err` is a refusal of the offer (400) or the SFU being unavailable (503).
     async fn publish(&self, machine: String, offer: String) -> Result<(PeerId, String), Problem> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.call(Input::Publish { machine, offer, reply }, rx, StatusCode::BAD_REQUEST).await
+        self.call(Input::Publish { machine, offer, reply }, rx, |e| problem(StatusCode::BAD_REQUEST, e)).await
     }
 
     async fn subscribe(
@@ -182,11 +182,7 @@ impl SfuHandle {
         offer: String,
     ) -> Result<(PeerId, String), Problem> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let unavailable = || problem(StatusCode::SERVICE_UNAVAILABLE, "the SFU is not running or is overloaded");
-        if !self.send(Input::Subscribe { machine, role, label, session, offer, reply }) {
-            return Err(unavailable());
-        }
-        rx.await.map_err(|_| unavailable())?.map_err(|e| match &e {
+        self.call(Input::Subscribe { machine, role, label, session, offer, reply }, rx, |e| match &e {
             SfuError::NoCommonCodec { publisher, viewer } => {
                 let names = |codecs: &[Codec]| codecs.iter().map(|c| c.name()).collect::<Vec<_>>();
                 let mut p = problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
@@ -196,27 +192,28 @@ impl SfuHandle {
             SfuError::SessionEnded(_) => problem(StatusCode::FORBIDDEN, e.to_string()),
             _ => problem(StatusCode::BAD_REQUEST, e.to_string()),
         })
+        .await
     }
 
     /// Hands the seat; `Ok` is the previous holder, `Err` a 404 (no such room or viewer).
     async fn hand_seat(&self, machine: String, to: Option<String>) -> Result<Option<String>, Problem> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.call(Input::HandSeat { machine, to, reply }, rx, StatusCode::NOT_FOUND).await
+        self.call(Input::HandSeat { machine, to, reply }, rx, |e| problem(StatusCode::NOT_FOUND, e)).await
     }
 
-    /// Sends `input` and waits for its reply; a refusal becomes `refused` with the SFU's reason,
-    /// a full queue or a stopped SFU 503.
-    async fn call<T>(
+    /// Sends `input` and waits for its reply; a refusal becomes the response `refused` makes of
+    /// it, a full queue or a stopped SFU 503.
+    async fn call<T, E>(
         &self,
         input: Input,
-        rx: tokio::sync::oneshot::Receiver<Result<T, String>>,
-        refused: StatusCode,
+        rx: tokio::sync::oneshot::Receiver<Result<T, E>>,
+        refused: impl FnOnce(E) -> Problem,
     ) -> Result<T, Problem> {
         let unavailable = || problem(StatusCode::SERVICE_UNAVAILABLE, "the SFU is not running or is overloaded");
         if !self.send(input) {
             return Err(unavailable());
         }
-        rx.await.map_err(|_| unavailable())?.map_err(|e| problem(refused, e))
+        rx.await.map_err(|_| unavailable())?.map_err(refused)
     }
 
     async fn remove(&self, machine: String, id: PeerId) -> bool {

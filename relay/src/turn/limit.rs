@@ -66,10 +66,16 @@ impl Rates {
     pub const OFF: Self = Self { per_source: 0.0, total: 0.0 };
 }
 
-/// Burst allowance: one second's worth, but at least 10 answers, so a client that starts a few
-/// ICE gatherings at once is never refused.
+/// Burst allowance: one second's worth, but at least this many answers, so a client that
+/// starts a few ICE gatherings at once is never refused.
+const MIN_ANSWER_BURST: f32 = 10.0;
+
+/// A bandwidth cap's burst is one second's worth, but at least this many bytes: ten full-size
+/// datagrams, so a video key frame passes a small cap in one piece.
+const MIN_BYTE_BURST: f64 = 15_000.0;
+
 fn burst(rate: f32) -> f32 {
-    rate.max(10.0)
+    rate.max(MIN_ANSWER_BURST)
 }
 
 pub struct SourceLimiter {
@@ -158,7 +164,7 @@ impl ByteBucket {
     pub fn new(bits_per_second: u64, now: Instant) -> Option<Self> {
         (bits_per_second > 0).then(|| {
             let rate = bits_per_second as f64 / 8.0;
-            let burst = rate.max(15_000.0);
+            let burst = rate.max(MIN_BYTE_BURST);
             Self { rate, burst, tokens: burst, last: now }
         })
     }
@@ -209,13 +215,13 @@ impl SharedBucket {
     /// The relay's budget of bytes (`limits.total_mbps`): a burst of one second's worth but at
     /// least ten full-size datagrams, as for an allocation's cap; leases of at most 64 KiB.
     pub fn bytes() -> Self {
-        Self::new(15_000.0, 65_536.0)
+        Self::new(MIN_BYTE_BURST, 65_536.0)
     }
 
     /// The relay's budget of answers to unauthenticated requests (`limits.unauthenticated_total`):
     /// a burst of one second's worth but at least ten; leases of at most 16 answers.
     pub fn answers() -> Self {
-        Self::new(10.0, 16.0)
+        Self::new(f64::from(MIN_ANSWER_BURST), 16.0)
     }
 
     fn new(min_burst: f64, max_lease: f64) -> Self {
