@@ -10,7 +10,7 @@
 //!   session's key so it gets past MESSAGE-INTEGRITY), a peer datagram, or a clock step.
 //! - [`channel_data`]: ChannelData parsing and framing both ways, and the same bytes into an
 //!   allocated core as ChannelData from the client and as a datagram from the peer.
-//! - [`tcp_framing`]: the stream framer (`shell::stream::frame`) over arbitrary bytes split at
+//! - [`tcp_framing`]: the stream framer (`turn::framing::frame`) over arbitrary bytes split at
 //!   arbitrary points: every message it yields lies within the input and the consumed lengths
 //!   add up, whatever the split.
 
@@ -26,8 +26,8 @@ use stun::message::{
 };
 use stun::textattrs::TextAttribute;
 
-use crate::shell::stream::{Frame, MAX_FRAME, frame};
 use crate::turn::auth::{Credentials, Key, NonceSource, integrity, long_term_key};
+use crate::turn::framing::{Frame, MAX_FRAME, frame};
 use crate::turn::limit::Rates;
 use crate::turn::peer_filter::PeerFilter;
 use crate::turn::wire::{self, PEER_HEADROOM, PEER_TAILROOM};

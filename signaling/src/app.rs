@@ -1,9 +1,8 @@
-//! The service: shared state, the router, background upkeep, and `run` with graceful shutdown.
+//! The service: the router with its middleware, background upkeep, and `run` with graceful
+//! shutdown. What handlers share is in [`crate::state`].
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
@@ -12,117 +11,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tracing::{info, warn};
 
-use crate::auth::Keys;
-use crate::config::Config;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
-use crate::store::Store;
-
-/// Everything handlers share. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-pub struct Inner {
-    pub config: Config,
-    pub store: Store,
-    pub keys: Keys,
-    pub geoip: Option<geo::GeoIp>,
-    pub metrics: Metrics,
-    pub limiter: RateLimiter,
-    pub hub: crate::ws::Hub,
-    pub started: Instant,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub async fn new(config: Config) -> anyhow::Result<Self> {
-        let store = Store::open(&config.store).await?;
-        store.ensure_secrets(&config.seed_secrets, now_ms()).await?;
-        let geoip = match &config.geoip_db {
-            Some(path) => Some(
-                geo::GeoIp::open(path)
-                    .with_context(|| format!("selection.geoip_db: cannot open {}", path.display()))?,
-            ),
-            None => None,
-        };
-        let keys = Keys::new(&config.jwt_key);
-        let metrics = Metrics::new()?;
-        let limiter = RateLimiter::new(config.rate_limit_per_ip);
-        let hub = crate::ws::Hub::default();
-        Ok(Self(Arc::new(Inner { config, store, keys, geoip, metrics, limiter, hub, started: Instant::now() })))
-    }
-
-    /// The client's IP: the socket peer, or the last address in `X-Forwarded-For` that is not a
-    /// trusted proxy when the peer is one (proxies append, so earlier entries are client-written
-    /// and cannot be trusted).
-    pub fn client_ip(&self, peer: SocketAddr, headers: &axum::http::HeaderMap) -> IpAddr {
-        let mut ip = peer.ip();
-        if !self.config.trusted_proxies.contains(&ip) {
-            return ip;
-        }
-        if let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            for hop in xff.rsplit(',') {
-                match hop.trim().parse::<IpAddr>() {
-                    Ok(hop) if self.config.trusted_proxies.contains(&hop) => ip = hop,
-                    Ok(hop) => return hop,
-                    Err(_) => break,
-                }
-            }
-        }
-        ip
-    }
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// A token bucket per client IP: `rate` requests per second with a burst of `2 × rate`.
-pub struct RateLimiter {
-    rate: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    pub fn new(rate: u32) -> Self {
-        Self { rate: f64::from(rate), buckets: Mutex::new(HashMap::new()) }
-    }
-
-    pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        let burst = 2.0 * self.rate;
-        // The lock guards a map update of a few nanoseconds; poisoning would need a panic inside.
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = buckets.entry(ip).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Drops buckets that have refilled completely (idle clients), bounding the map.
-    pub fn sweep(&self, now: Instant) {
-        let full_after = Duration::from_secs_f64(2.0 + 2.0 * self.rate.max(1.0) / self.rate.max(1.0));
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        buckets.retain(|_, (_, last)| now.duration_since(*last) < full_after);
-    }
-}
+pub use crate::state::AppState;
+use crate::state::now_ms;
 
 /// Counts every response by route and status, and rate-limits clients (relays and scrapes are
 /// exempt: they are ours and their rate is fixed).
@@ -210,7 +101,7 @@ pub async fn upkeep_once(state: &AppState) -> anyhow::Result<()> {
     state.limiter.sweep(Instant::now());
     state.hub.sweep();
     if state.store.postgres_url().is_some() {
-        state.store.sweep_messages(now - crate::ws::PENDING_TTL.as_millis() as i64).await?;
+        state.store.sweep_messages(now - crate::hub::PENDING_TTL.as_millis() as i64).await?;
     }
     crate::placement::refresh_gauges(state, now).await?;
     Ok(())

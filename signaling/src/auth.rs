@@ -12,7 +12,6 @@
 //! Tokens are checked for signature, algorithm (only HS256 is accepted: no `none`, no key
 //! confusion), expiry (with 30 s leeway for clock skew) and a well-formed subject.
 
-use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -131,33 +130,6 @@ pub fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
         _ => Err(ApiError::Unauthorized("expected Authorization: Bearer <token>".into())),
-    }
-}
-
-impl FromRequestParts<crate::app::AppState> for Bearer {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &crate::app::AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer_token(parts)?;
-        state.keys.verify(token).map(Bearer)
-    }
-}
-
-/// A relay, authenticated by the cluster token.
-#[derive(Debug, Clone, Copy)]
-pub struct RelayAuth;
-
-impl FromRequestParts<crate::app::AppState> for RelayAuth {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &crate::app::AppState) -> Result<Self, Self::Rejection> {
-        use subtle::ConstantTimeEq;
-        let token = bearer_token(parts)?;
-        if token.as_bytes().ct_eq(state.config.cluster_token.as_bytes()).into() {
-            Ok(RelayAuth)
-        } else {
-            Err(ApiError::Unauthorized("cluster token is invalid".into()))
-        }
     }
 }
 

@@ -19,8 +19,8 @@ use geo::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::app::{AppState, now_ms, now_unix};
 use crate::error::{ApiError, ApiResult};
+use crate::state::{AppState, now_ms, now_unix};
 use crate::store::{MachineRow, RelayRow};
 
 /// Whether a relay is live (heard from recently) at `now_ms`.

@@ -741,3 +741,8 @@ pub fn new_id(prefix: &str) -> String {
     let tail: String = (0..20).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
     format!("{prefix}_{tail}")
 }
+
+/// End reasons are short tokens (they are stored and shown, never used as metric labels).
+pub fn valid_reason(r: &str) -> bool {
+    !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}

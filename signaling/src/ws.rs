@@ -16,18 +16,16 @@
 //!   `{"type": "error", "message", "session_id"?}` for a message that was refused.
 //!
 //! Delivery is to every connection of the recipient on this instance. A message for a party
-//! that is not connected here waits for it for [`PENDING_TTL`] (a player who opens its socket
+//! that is not connected here waits for it for [`PENDING_TTL`](crate::hub::PENDING_TTL) (a player who opens its socket
 //! just after creating the session gets what was sent meanwhile):
 //!
-//! - on SQLite (one instance) in a queue in memory ([`PENDING_MAX`] messages per party);
+//! - on SQLite (one instance) in a queue in memory ([`PENDING_MAX`](crate::hub::PENDING_MAX) messages per party);
 //! - on PostgreSQL (several instances behind a load balancer) in the `ws_messages` table, with a
 //!   `NOTIFY signaling_ws` naming the party; every instance `LISTEN`s, and the one holding the
 //!   party's socket claims the rows by deleting them, so each message is delivered once, in the
 //!   order it was posted. A party connecting anywhere claims what waits for it.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Query, State};
@@ -38,117 +36,13 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::app::{AppState, now_ms};
 use crate::auth::{Claims, Role, bearer_token};
 use crate::error::ApiError;
+use crate::hub::{PENDING_TTL, Party};
+use crate::state::{AppState, now_ms};
 
-/// Messages kept for a party that is not connected.
-pub const PENDING_MAX: usize = 64;
-/// How long they are kept.
-pub const PENDING_TTL: Duration = Duration::from_secs(30);
 /// Largest frame accepted (an SDP offer with many candidates stays well under this).
 pub const MAX_FRAME: usize = 64 * 1024;
-
-/// Who is on the other end of a socket.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Party {
-    pub role: Role,
-    pub id: String,
-}
-
-#[derive(Default)]
-struct HubState {
-    sockets: HashMap<Party, Vec<(u64, mpsc::UnboundedSender<String>)>>,
-    pending: HashMap<Party, VecDeque<(Instant, String)>>,
-    next_id: u64,
-}
-
-/// Connected parties on this instance.
-#[derive(Default)]
-pub struct Hub {
-    state: Mutex<HubState>,
-}
-
-impl Hub {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HubState> {
-        // Critical sections are map updates that cannot panic; a poisoned lock holds valid data.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn join(&self, party: &Party, tx: mpsc::UnboundedSender<String>) -> u64 {
-        let mut s = self.lock();
-        s.next_id += 1;
-        let id = s.next_id;
-        if let Some(queue) = s.pending.remove(party) {
-            for (at, msg) in queue {
-                if at.elapsed() < PENDING_TTL {
-                    let _ = tx.send(msg);
-                }
-            }
-        }
-        s.sockets.entry(party.clone()).or_default().push((id, tx));
-        id
-    }
-
-    fn leave(&self, party: &Party, id: u64) {
-        let mut s = self.lock();
-        if let Some(list) = s.sockets.get_mut(party) {
-            list.retain(|(i, _)| *i != id);
-            if list.is_empty() {
-                s.sockets.remove(party);
-            }
-        }
-    }
-
-    /// Sends to every connection of `party`, or queues the message if it has none. Returns
-    /// whether it was delivered now.
-    pub fn send(&self, party: &Party, msg: &Value) -> bool {
-        let text = msg.to_string();
-        let mut s = self.lock();
-        if let Some(list) = s.sockets.get_mut(party) {
-            list.retain(|(_, tx)| tx.send(text.clone()).is_ok());
-            if !list.is_empty() {
-                return true;
-            }
-        }
-        let queue = s.pending.entry(party.clone()).or_default();
-        queue.retain(|(at, _)| at.elapsed() < PENDING_TTL);
-        if queue.len() >= PENDING_MAX {
-            queue.pop_front();
-        }
-        queue.push_back((Instant::now(), text));
-        false
-    }
-
-    /// Sends to the party's local connections only; false if it has none here.
-    fn send_local(&self, party: &Party, text: &str) -> bool {
-        let mut s = self.lock();
-        match s.sockets.get_mut(party) {
-            Some(list) => {
-                list.retain(|(_, tx)| tx.send(text.to_owned()).is_ok());
-                !list.is_empty()
-            }
-            None => false,
-        }
-    }
-
-    pub fn is_connected(&self, party: &Party) -> bool {
-        self.lock().sockets.contains_key(party)
-    }
-
-    /// Drops expired queues (called from upkeep).
-    pub fn sweep(&self) {
-        let mut s = self.lock();
-        s.pending.retain(|_, q| {
-            q.retain(|(at, _)| at.elapsed() < PENDING_TTL);
-            !q.is_empty()
-        });
-    }
-
-    pub fn connections(&self) -> usize {
-        self.lock().sockets.values().map(Vec::len).sum()
-    }
-}
 
 #[derive(Debug, Deserialize)]
 pub struct TokenQuery {
@@ -182,7 +76,7 @@ pub async fn upgrade(
     Ok(ws.max_message_size(MAX_FRAME).on_upgrade(move |socket| serve(state, claims, socket)))
 }
 
-/// Sends `msg` to `party` wherever it is connected, or keeps it for [`PENDING_TTL`].
+/// Sends `msg` to `party` wherever it is connected, or keeps it for [`PENDING_TTL`](crate::hub::PENDING_TTL).
 pub async fn deliver(state: &AppState, party: &Party, msg: &Value) {
     if state.store.postgres_url().is_none() {
         state.hub.send(party, msg);
@@ -226,7 +120,7 @@ pub async fn listen(state: AppState) {
             let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
             listener.listen("signaling_ws").await?;
             // Anything posted while we were not listening.
-            let parties: Vec<Party> = state.hub.lock().sockets.keys().cloned().collect();
+            let parties: Vec<Party> = state.hub.parties();
             for party in parties {
                 claim_for(&state, &party).await;
             }
@@ -337,7 +231,7 @@ async fn handle(state: &AppState, from: &Party, text: &str) -> Option<Value> {
         }
         "bye" => {
             let reason =
-                msg.get("reason").and_then(Value::as_str).filter(|r| crate::api::valid_reason(r)).unwrap_or("bye");
+                msg.get("reason").and_then(Value::as_str).filter(|r| crate::store::valid_reason(r)).unwrap_or("bye");
             match state.store.end_session(&session_id, reason, from.role.as_str(), now).await {
                 Ok(true) => {
                     info!(session = %session_id, reason, by = from.role.as_str(), "session ended");

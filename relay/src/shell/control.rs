@@ -14,11 +14,55 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use cluster::heartbeat::RelayState;
 
-use super::worker::Command;
+use crate::turn::ServerConfig;
 use crate::turn::auth::Credentials;
+
+/// What the main thread can tell a worker.
+#[derive(Clone)]
+pub enum Command {
+    /// Stop (true) or resume (false) accepting new allocations: SIGTERM, or signaling's drain
+    /// command. The main thread decides which wins (`shell::control`).
+    SetDraining(bool),
+    /// Accept these credentials for new allocations from now on (secrets from signaling, reload).
+    SetCredentials(Arc<Credentials>),
+    /// New core settings (reload): peer filter, lifetimes, caps, rate limits.
+    SetConfig(Arc<ServerConfig>),
+    /// A renewed TLS certificate for new connections (TCP/TLS workers only).
+    SetTls(Arc<rustls::ServerConfig>),
+    /// New connection limits (TCP/TLS workers only).
+    SetConnLimits(ConnLimits),
+    /// Exit the loop now.
+    Stop,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SetDraining(on) => f.debug_tuple("SetDraining").field(on).finish(),
+            // Credentials hold keys: never print them.
+            Self::SetCredentials(_) => f.write_str("SetCredentials(..)"),
+            Self::SetConfig(_) => f.write_str("SetConfig(..)"),
+            Self::SetTls(_) => f.write_str("SetTls(..)"),
+            Self::SetConnLimits(l) => f.debug_tuple("SetConnLimits").field(l).finish(),
+            Self::Stop => f.write_str("Stop"),
+        }
+    }
+}
+
+/// Limits on connections; counts of 0 mean no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    pub per_ip: u32,
+    pub total: u32,
+    /// TLS handshake done and a first message framed within this long of accepting.
+    pub handshake_timeout: Duration,
+    /// Closed after this long without a message, unless it holds an allocation.
+    pub idle_timeout: Duration,
+}
 
 /// Where credentials come from.
 #[derive(Debug, Clone, Default)]

@@ -6,6 +6,7 @@ pub mod busy_poll;
 pub mod cluster;
 pub mod control;
 pub mod metrics;
+pub mod relays;
 pub mod reload;
 pub mod run;
 pub mod sfu;

@@ -24,9 +24,8 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::control::Control;
-use super::stream::ConnLimits;
+use super::control::{Command, ConnLimits};
 use super::tls::{self, Keys, TlsCell};
-use super::worker::Command;
 use crate::config::{Config, TlsConfig};
 use crate::turn::{ServerConfig, Shared};
 

@@ -11,7 +11,7 @@
 //! **Framing (RFC 8656 §12.5):** on the stream, a message whose first two bits are 00 is STUN
 //! (20-byte header plus its length); 01 is ChannelData (4-byte header plus its length, padded to
 //! a multiple of 4). Anything else cannot be resynchronised, so it closes the connection, as do
-//! frames over [`MAX_FRAME`]. What the relay sends to a client is framed the same way, ChannelData
+//! frames over [`MAX_FRAME`] ([`crate::turn::framing`]). What the relay sends to a client is framed the same way, ChannelData
 //! padded. Messages reach the core one frame at a time, exactly as datagrams would.
 //!
 //! **TLS** is rustls driven without blocking (`read_tls`/`process_new_packets`/`write_tls`), TLS
@@ -40,15 +40,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, error, warn};
 
-use super::udp::{self, RecvBatch};
-use super::worker::{Command, Relay, Sockets, close_relay, recv_error, send_one};
+use super::control::{Command, ConnLimits};
+use super::relays::RelaySet;
+use super::udp::{self, RecvBatch, recv_error, send_counted};
+use crate::turn::framing::{Frame, MAX_FRAME, frame};
 use crate::turn::stats::{ConnEvent, DropReason, Stats};
-use crate::turn::wire::{CHANNEL_DATA_HEADER, PEER_HEADROOM, STUN_HEADER};
+use crate::turn::wire::PEER_HEADROOM;
 use crate::turn::{ClientAddr, Event, PeerAddr, TurnServer};
 
-/// The largest message accepted on a stream. A relayed datagram larger than a UDP worker's
-/// receive buffer would be dropped there too; 4 KiB leaves room for any MTU.
-pub const MAX_FRAME: usize = 4096;
 /// Bytes queued for one client at most; relayed data beyond it is dropped and counted.
 pub const MAX_QUEUED: usize = 256 * 1024;
 /// Plaintext handed to rustls at once, when it has nothing left to send.
@@ -68,17 +67,6 @@ const TICK: Duration = Duration::from_secs(1);
 pub enum Transport {
     Tcp,
     Tls,
-}
-
-/// Limits on connections; counts of 0 mean no limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnLimits {
-    pub per_ip: u32,
-    pub total: u32,
-    /// TLS handshake done and a first message framed within this long of accepting.
-    pub handshake_timeout: Duration,
-    /// Closed after this long without a message, unless it holds an allocation.
-    pub idle_timeout: Duration,
 }
 
 /// Open connections per source IP and in total, over all TCP/TLS workers. Touched on accept and
@@ -154,50 +142,6 @@ impl Conn {
     }
 }
 
-/// What a frame at the start of a buffer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Frame {
-    /// Need more bytes to tell.
-    Incomplete,
-    /// A message of `len` bytes (what the core sees) taking `wire` bytes of the stream (with
-    /// ChannelData's padding).
-    Message { len: usize, wire: usize },
-    /// Not STUN or ChannelData, or over [`MAX_FRAME`]: the stream cannot continue.
-    Invalid,
-}
-
-/// Frames the next message of a TURN stream (RFC 8656 §12.5, RFC 8489 §6.2.2).
-pub fn frame(buf: &[u8]) -> Frame {
-    let Some(&first) = buf.first() else { return Frame::Incomplete };
-    let stun = match first >> 6 {
-        0 => true,
-        1 => false,
-        _ => return Frame::Invalid,
-    };
-    let Some(header) = buf.get(..4) else { return Frame::Incomplete };
-    let body = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    let (len, wire) = if stun {
-        // The STUN length counts the attributes, always a multiple of 4, and the magic cookie
-        // follows (RFC 8489 §5): a TLS ClientHello sent to the TCP port fails here.
-        if body % 4 != 0 || buf.get(4..8).is_some_and(|c| c != crate::turn::wire::MAGIC_COOKIE.to_be_bytes()) {
-            return Frame::Invalid;
-        }
-        (STUN_HEADER + body, STUN_HEADER + body)
-    } else {
-        let len = CHANNEL_DATA_HEADER + body;
-        (len, len.next_multiple_of(4))
-    };
-    if wire > MAX_FRAME {
-        return Frame::Invalid;
-    }
-    if buf.len() < wire {
-        // A ChannelData message is complete without its padding only at the very end of what
-        // arrived; wait for the padding so the next message starts where it should.
-        return Frame::Incomplete;
-    }
-    Frame::Message { len, wire }
-}
-
 /// Settings every stream worker shares.
 #[derive(Clone)]
 pub struct StreamSettings {
@@ -212,8 +156,7 @@ pub struct StreamWorker {
     poll: Poll,
     listeners: Vec<Listener>,
     conns: Slab<Conn>,
-    relays: Slab<Relay>,
-    by_port: Vec<u32>,
+    relays: RelaySet,
     settings: StreamSettings,
     commands: Receiver<Command>,
     recv: RecvBatch,
@@ -251,8 +194,7 @@ impl StreamWorker {
             poll,
             listeners: out,
             conns: Slab::new(),
-            relays: Slab::new(),
-            by_port: vec![0; usize::from(u16::MAX) + 1],
+            relays: RelaySet::new(settings.relay_buffer, FIRST_RELAY),
             settings,
             commands,
             recv: RecvBatch::new(PEER_HEADROOM),
@@ -516,21 +458,11 @@ impl StreamWorker {
                     let message = &inbuf[at..at + len];
                     framed = true;
                     let listener = &mut self.listeners[l];
-                    let mut sockets = Sockets {
-                        registry: self.poll.registry(),
-                        relays: &mut self.relays,
-                        by_port: &mut self.by_port,
-                        buffer: self.settings.relay_buffer,
-                        token_base: FIRST_RELAY,
-                        owner: l,
-                    };
+                    let mut sockets = self.relays.lend(self.poll.registry(), l);
                     if let Some(f) = listener.server.handle_client(self.now, peer, message, &mut sockets) {
-                        let relay = self.by_port[usize::from(f.port.0)]
-                            .checked_sub(1)
-                            .and_then(|k| self.relays.get(k as usize));
-                        match relay {
+                        match self.relays.by_port(f.port) {
                             Some(relay) => {
-                                send_one(&listener.stats, relay.socket.as_raw_fd(), f.peer.0, &message[f.payload]);
+                                send_counted(&listener.stats, relay.socket.as_raw_fd(), f.peer.0, &message[f.payload]);
                             }
                             None => listener.stats.record_drop(DropReason::NoAllocation),
                         }
@@ -563,9 +495,7 @@ impl StreamWorker {
         }
         while let Some(event) = self.listeners[l].server.poll_event() {
             match event {
-                Event::RelayClosed(port) => {
-                    close_relay(self.poll.registry(), &mut self.relays, &mut self.by_port, port)
-                }
+                Event::RelayClosed(port) => self.relays.close(self.poll.registry(), port),
             }
         }
     }
@@ -782,29 +712,6 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frames_stun_and_padded_channel_data() {
-        // STUN: header says 8 bytes of attributes.
-        let mut stun = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
-        stun.extend_from_slice(&[0; 12 + 8]);
-        assert_eq!(frame(&stun), Frame::Message { len: 28, wire: 28 });
-        assert_eq!(frame(&stun[..27]), Frame::Incomplete);
-        assert_eq!(frame(&stun[..2]), Frame::Incomplete);
-        assert_eq!(frame(&[]), Frame::Incomplete);
-        // ChannelData with 5 bytes of data takes 12 bytes of stream (3 of padding).
-        let cd = [0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0];
-        assert_eq!(frame(&cd), Frame::Message { len: 9, wire: 12 });
-        assert_eq!(frame(&cd[..9]), Frame::Incomplete, "waits for the padding");
-        // Neither STUN nor ChannelData: the stream is lost.
-        assert_eq!(frame(&[0x80, 0, 0, 0]), Frame::Invalid);
-        let client_hello = [0x16, 3, 1, 0, 0xc8, 1, 0, 0, 0xc4, 3, 3];
-        assert_eq!(frame(&client_hello), Frame::Invalid, "a TLS record on the TCP port is not STUN");
-        // A STUN length that is not a multiple of 4.
-        assert_eq!(frame(&[0x00, 0x01, 0x00, 0x05]), Frame::Invalid);
-        // Over the cap.
-        assert_eq!(frame(&[0x40, 0x00, 0xFF, 0xFF]), Frame::Invalid);
-    }
 
     #[test]
     fn connection_table_enforces_both_limits() {

@@ -23,6 +23,9 @@ use std::ptr;
 
 use libc::{c_int, c_uint, socklen_t};
 use socket2::{Domain, Protocol, Socket, Type};
+use tracing::debug;
+
+use crate::turn::stats::{DropReason, Stats};
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call. 32 amortises the syscall well while a batch's
 /// buffers (32 × [`BUF_SIZE`] ≈ 66 KiB) still mostly fit in L2.
@@ -591,6 +594,38 @@ fn decode(storage: &libc::sockaddr_storage, len: socklen_t) -> Option<SocketAddr
         }
         _ => None,
     }
+}
+
+/// WouldBlock ends a socket's turn. An ICMP error reported by a previous send (possible on
+/// relay sockets) is consumed by this call and counted; the socket keeps its turn, since
+/// datagrams may be queued behind the error and mio is edge-triggered. Anything else ends it.
+pub fn recv_error(stats: &Stats, e: io::Error) -> bool {
+    use io::ErrorKind::{ConnectionRefused, ConnectionReset, HostUnreachable, NetworkUnreachable, WouldBlock};
+    match e.kind() {
+        WouldBlock => false,
+        ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable => {
+            stats.record_drop(DropReason::SendError);
+            true
+        }
+        _ => {
+            debug!(error = %e, "recvmmsg");
+            stats.record_drop(DropReason::SendError);
+            false
+        }
+    }
+}
+
+/// Sends one datagram ([`send_one`]), counting a failure as a drop.
+pub fn send_counted(stats: &Stats, fd: RawFd, to: SocketAddr, data: &[u8]) {
+    if let Err(e) = send_one(fd, to, data) {
+        let full = e.kind() == io::ErrorKind::WouldBlock;
+        stats.record_drop(if full { DropReason::SendBufferFull } else { DropReason::SendError });
+    }
+}
+
+pub fn count_send(stats: &Stats, sent: &SendStats) {
+    stats.dropped[DropReason::SendBufferFull as usize].add(sent.dropped_full as u64);
+    stats.dropped[DropReason::SendError as usize].add(sent.dropped_error as u64);
 }
 
 #[cfg(test)]

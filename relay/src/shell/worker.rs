@@ -15,24 +15,24 @@
 //! counted in the core's `Stats`, which this thread alone writes.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use slab::Slab;
-use tracing::{debug, error, warn};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tracing::error;
 
 use super::busy_poll::BusyPoll;
+use super::control::Command;
+use super::relays::RelaySet;
 use super::sfu::SfuHandle;
-use super::udp::{self, RecvBatch, SendBatch, SendQueue, SendStats};
-use crate::turn::auth::Credentials;
+use super::udp::{self, RecvBatch, SendBatch, SendQueue, count_send, recv_error, send_counted};
 use crate::turn::stats::{DropReason, Stats};
 use crate::turn::wire::PEER_HEADROOM;
-use crate::turn::{ClientAddr, Event, Forward, PeerAddr, RelayPort, RelaySockets, ServerConfig, ToClient, TurnServer};
+use crate::turn::{ClientAddr, Event, Forward, PeerAddr, ToClient, TurnServer};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -42,86 +42,6 @@ const FIRST_RELAY: usize = 2;
 const BUDGET: usize = 8;
 /// The loop wakes at least this often, to re-anchor the core's wall clock and notice commands.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
-
-/// What the main thread can tell a worker.
-#[derive(Clone)]
-pub enum Command {
-    /// Stop (true) or resume (false) accepting new allocations: SIGTERM, or signaling's drain
-    /// command. The main thread decides which wins (`shell::control`).
-    SetDraining(bool),
-    /// Accept these credentials for new allocations from now on (secrets from signaling, reload).
-    SetCredentials(Arc<Credentials>),
-    /// New core settings (reload): peer filter, lifetimes, caps, rate limits.
-    SetConfig(Arc<ServerConfig>),
-    /// A renewed TLS certificate for new connections (TCP/TLS workers only).
-    SetTls(Arc<rustls::ServerConfig>),
-    /// New connection limits (TCP/TLS workers only).
-    SetConnLimits(super::stream::ConnLimits),
-    /// Exit the loop now.
-    Stop,
-}
-
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::SetDraining(on) => f.debug_tuple("SetDraining").field(on).finish(),
-            // Credentials hold keys: never print them.
-            Self::SetCredentials(_) => f.write_str("SetCredentials(..)"),
-            Self::SetConfig(_) => f.write_str("SetConfig(..)"),
-            Self::SetTls(_) => f.write_str("SetTls(..)"),
-            Self::SetConnLimits(l) => f.debug_tuple("SetConnLimits").field(l).finish(),
-            Self::Stop => f.write_str("Stop"),
-        }
-    }
-}
-
-/// An allocation's relay socket, owned by the worker whose core created the allocation.
-pub(super) struct Relay {
-    pub socket: UdpSocket,
-    pub port: RelayPort,
-    /// Which of the worker's cores owns the allocation (TCP/TLS workers run one per listener).
-    pub owner: usize,
-}
-
-/// The relay sockets of one worker, lent to the core so it can open one during an Allocate.
-pub(super) struct Sockets<'a> {
-    pub registry: &'a Registry,
-    pub relays: &'a mut Slab<Relay>,
-    pub by_port: &'a mut [u32],
-    pub buffer: usize,
-    /// Token of slab entry 0; entry `k` is registered as `token_base + k`.
-    pub token_base: usize,
-    pub owner: usize,
-}
-
-/// Closes the relay socket of `port` (the core removed its allocation): the inverse of
-/// `Sockets::open`.
-pub(super) fn close_relay(registry: &Registry, relays: &mut Slab<Relay>, by_port: &mut [u32], port: RelayPort) {
-    let key = std::mem::take(&mut by_port[usize::from(port.0)]);
-    if let Some(k) = key.checked_sub(1) {
-        let mut relay = relays.remove(k as usize);
-        if let Err(e) = registry.deregister(&mut relay.socket) {
-            warn!(error = %e, %port, "deregistering relay socket");
-        }
-    }
-}
-
-impl RelaySockets for Sockets<'_> {
-    fn probe(&mut self, ip: IpAddr, port: RelayPort) -> io::Result<()> {
-        // Bound and closed at once: the port is free now, and the pool keeps it ours.
-        udp::bind_relay(SocketAddr::new(ip, port.0), 0, 0).map(drop)
-    }
-
-    fn open(&mut self, ip: IpAddr, port: RelayPort) -> io::Result<()> {
-        let std = udp::bind_relay(SocketAddr::new(ip, port.0), self.buffer, self.buffer)?;
-        let mut socket = UdpSocket::from_std(std);
-        let entry = self.relays.vacant_entry();
-        self.registry.register(&mut socket, Token(self.token_base + entry.key()), Interest::READABLE)?;
-        self.by_port[usize::from(port.0)] = entry.key() as u32 + 1;
-        entry.insert(Relay { socket, port, owner: self.owner });
-        Ok(())
-    }
-}
 
 /// Settings of a worker's sockets.
 #[derive(Debug, Clone)]
@@ -138,9 +58,7 @@ pub struct SocketSettings {
 pub struct Worker {
     poll: Poll,
     listener: UdpSocket,
-    relays: Slab<Relay>,
-    /// Relay port → slab key + 1 (0 = none).
-    by_port: Vec<u32>,
+    relays: RelaySet,
     server: TurnServer,
     stats: Arc<Stats>,
     settings: SocketSettings,
@@ -180,8 +98,7 @@ impl Worker {
         let worker = Self {
             poll,
             listener,
-            relays: Slab::new(),
-            by_port: vec![0; usize::from(u16::MAX) + 1],
+            relays: RelaySet::new(settings.relay_buffer, FIRST_RELAY),
             server,
             stats,
             settings,
@@ -310,14 +227,7 @@ impl Worker {
             let now = self.now;
             self.served = true;
             self.forwards.clear();
-            let mut sockets = Sockets {
-                registry: self.poll.registry(),
-                relays: &mut self.relays,
-                by_port: &mut self.by_port,
-                buffer: self.settings.relay_buffer,
-                token_base: FIRST_RELAY,
-                owner: 0,
-            };
+            let mut sockets = self.relays.lend(self.poll.registry(), 0);
             for i in 0..n {
                 if self.recv.truncated(i) {
                     self.stats.record_drop(DropReason::Truncated);
@@ -352,8 +262,7 @@ impl Worker {
                 continue;
             };
             let port = first.port;
-            let key = self.by_port[usize::from(port.0)];
-            let Some(relay) = key.checked_sub(1).and_then(|k| self.relays.get(k as usize)) else {
+            let Some(relay) = self.relays.by_port(port) else {
                 // The allocation was removed within this batch.
                 self.stats.record_drop(DropReason::NoAllocation);
                 i += 1;
@@ -425,13 +334,11 @@ impl Worker {
     /// Sends queued control responses and closes the sockets of removed allocations.
     fn flush_control(&mut self) {
         while let Some(t) = self.server.poll_transmit() {
-            send_one(&self.stats, self.listener.as_raw_fd(), t.to.0, &t.payload);
+            send_counted(&self.stats, self.listener.as_raw_fd(), t.to.0, &t.payload);
         }
         while let Some(event) = self.server.poll_event() {
             match event {
-                Event::RelayClosed(port) => {
-                    close_relay(self.poll.registry(), &mut self.relays, &mut self.by_port, port)
-                }
+                Event::RelayClosed(port) => self.relays.close(self.poll.registry(), port),
             }
         }
     }
@@ -479,36 +386,4 @@ impl Outbox {
         self.msgs.clear();
         self.used = 0;
     }
-}
-
-/// WouldBlock ends a socket's turn. An ICMP error reported by a previous send (possible on
-/// relay sockets) is consumed by this call and counted; the socket keeps its turn, since
-/// datagrams may be queued behind the error and mio is edge-triggered. Anything else ends it.
-pub(super) fn recv_error(stats: &Stats, e: io::Error) -> bool {
-    use io::ErrorKind::{ConnectionRefused, ConnectionReset, HostUnreachable, NetworkUnreachable, WouldBlock};
-    match e.kind() {
-        WouldBlock => false,
-        ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable => {
-            stats.record_drop(DropReason::SendError);
-            true
-        }
-        _ => {
-            debug!(error = %e, "recvmmsg");
-            stats.record_drop(DropReason::SendError);
-            false
-        }
-    }
-}
-
-/// Sends one datagram (`udp::send_one`), counting a failure as a drop.
-pub(super) fn send_one(stats: &Stats, fd: std::os::fd::RawFd, to: SocketAddr, data: &[u8]) {
-    if let Err(e) = udp::send_one(fd, to, data) {
-        let full = e.kind() == io::ErrorKind::WouldBlock;
-        stats.record_drop(if full { DropReason::SendBufferFull } else { DropReason::SendError });
-    }
-}
-
-pub(super) fn count_send(stats: &Stats, sent: &SendStats) {
-    stats.dropped[DropReason::SendBufferFull as usize].add(sent.dropped_full as u64);
-    stats.dropped[DropReason::SendError as usize].add(sent.dropped_error as u64);
 }

@@ -4,6 +4,7 @@
 
 pub mod allocation;
 pub mod auth;
+pub mod framing;
 pub mod limit;
 pub mod peer_filter;
 pub mod server;
