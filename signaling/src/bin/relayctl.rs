@@ -18,6 +18,8 @@
 // The crate root is this file, so its modules' paths are spelled out: they live in relayctl/.
 #[path = "relayctl/client.rs"]
 mod client;
+#[path = "relayctl/failure.rs"]
+mod failure;
 #[path = "relayctl/probe.rs"]
 mod probe;
 #[path = "relayctl/render.rs"]
@@ -35,40 +37,11 @@ use serde_json::{Value, json};
 use signaling::auth::{Keys, Role, valid_subject};
 
 use crate::client::Api;
+use crate::failure::{EXIT_SERVER, EXIT_USAGE, Failure};
 use crate::settings::{GlobalArgs, Settings};
-
-/// Exit codes (see the module docs).
-const EXIT_SERVER: u8 = 1;
-const EXIT_USAGE: u8 = 2;
-const EXIT_UNREACHABLE: u8 = 3;
 
 /// The longest token lifetime signaling mints (`POST /v1/admin/tokens` accepts the same).
 const MAX_TOKEN_TTL_SECS: u64 = 366 * 86_400;
-
-/// What went wrong, as far as the exit code is concerned. Errors without one (a local I/O error,
-/// an answer that is not JSON) exit with 1.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    /// Signaling answered with an error status.
-    #[error("{message} (HTTP {status})")]
-    Server { status: reqwest::StatusCode, message: String },
-    /// The command line or the config file is wrong; nothing was sent.
-    #[error("{0}")]
-    Usage(String),
-    /// No answer from signaling at all.
-    #[error("signaling at {url} is unreachable: {reason}")]
-    Unreachable { url: String, reason: String },
-}
-
-impl Failure {
-    fn exit_code(&self) -> u8 {
-        match self {
-            Self::Server { .. } => EXIT_SERVER,
-            Self::Usage(_) => EXIT_USAGE,
-            Self::Unreachable { .. } => EXIT_UNREACHABLE,
-        }
-    }
-}
 
 #[derive(Debug, Parser)]
 #[command(name = "relayctl", version, about = "Operate the relay network through signaling's API")]

@@ -7,7 +7,7 @@ use anyhow::Context;
 use reqwest::{Method, RequestBuilder, Url};
 use serde_json::Value;
 
-use crate::Failure;
+use crate::failure::Failure;
 use crate::settings::{Settings, Token};
 
 /// How much of a non-JSON error body to show.

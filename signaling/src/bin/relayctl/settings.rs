@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::Failure;
+use crate::failure::Failure;
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 
