@@ -6,13 +6,17 @@ pub mod allocation;
 pub mod auth;
 pub mod framing;
 pub mod limit;
+pub mod message;
 pub mod peer_filter;
 pub mod server;
+pub mod settings;
 pub mod shared;
 pub mod stats;
+pub mod table;
 pub mod types;
 pub mod wire;
 
-pub use server::{Event, Forward, OwnAddresses, RelayIp, RelaySockets, ServerConfig, ToClient, Transmit, TurnServer};
+pub use server::{Event, Forward, RelaySockets, ToClient, Transmit, TurnServer};
+pub use settings::{OwnAddresses, RelayIp, ServerConfig};
 pub use shared::{PortPool, Quotas, Shared};
 pub use types::{ChannelNumber, ClientAddr, PeerAddr, RelayPort, Username};
