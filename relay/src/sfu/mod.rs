@@ -7,6 +7,7 @@
 
 pub mod engine;
 pub mod keyframe;
+pub mod layer;
 pub mod route;
 pub mod webrtc;
 

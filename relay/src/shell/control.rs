@@ -12,6 +12,8 @@
 //! are told only when it changes. Changes are made under a lock and sent while holding it, so every
 //! worker sees them in the same order.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -20,6 +22,7 @@ use cluster::heartbeat::RelayState;
 
 use crate::turn::ServerConfig;
 use crate::turn::auth::Credentials;
+use crate::turn::stats::ConnEvent;
 
 /// What the main thread can tell a worker.
 #[derive(Clone)]
@@ -62,6 +65,43 @@ pub struct ConnLimits {
     pub handshake_timeout: Duration,
     /// Closed after this long without a message, unless it holds an allocation.
     pub idle_timeout: Duration,
+}
+
+/// Open connections per source IP and in total, over all TCP/TLS workers. Touched on accept and
+/// close only.
+#[derive(Debug, Default)]
+pub struct ConnTable {
+    inner: Mutex<(HashMap<IpAddr, u32>, u32)>,
+}
+
+impl ConnTable {
+    /// Counts a new connection from `ip`, unless a limit says no.
+    pub fn open(&self, ip: IpAddr, limits: &ConnLimits) -> Result<(), ConnEvent> {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (per_ip, total) = &mut *guard;
+        if limits.total != 0 && *total >= limits.total {
+            return Err(ConnEvent::RefusedTotal);
+        }
+        let n = per_ip.entry(ip).or_insert(0);
+        if limits.per_ip != 0 && *n >= limits.per_ip {
+            return Err(ConnEvent::RefusedPerIp);
+        }
+        *n += 1;
+        *total += 1;
+        Ok(())
+    }
+
+    pub fn close(&self, ip: IpAddr) {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (per_ip, total) = &mut *guard;
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+            *total -= 1;
+        }
+    }
 }
 
 /// Where credentials come from.
@@ -243,6 +283,26 @@ fn merged_secrets(signaling: &[String], config: &[String]) -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_table_enforces_both_limits() {
+        let t = ConnTable::default();
+        let limits = ConnLimits {
+            per_ip: 2,
+            total: 3,
+            handshake_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        };
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(t.open(a, &limits), Ok(()));
+        assert_eq!(t.open(a, &limits), Ok(()));
+        assert_eq!(t.open(a, &limits), Err(ConnEvent::RefusedPerIp));
+        assert_eq!(t.open(b, &limits), Ok(()));
+        assert_eq!(t.open(b, &limits), Err(ConnEvent::RefusedTotal));
+        t.close(a);
+        assert_eq!(t.open(b, &limits), Ok(()));
+    }
 
     fn control() -> (Control, mpsc::Receiver<Command>, mio::Poll) {
         let poll = mio::Poll::new().unwrap();

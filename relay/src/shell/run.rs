@@ -27,11 +27,12 @@ use tracing::{error, info, warn};
 
 use super::admin::{self, AdminState};
 use super::cluster::{self, Heartbeater};
+use super::control::ConnTable;
 use super::control::{Control, WorkerLink};
 use super::metrics::Metrics;
 use super::reload::{self, Hooks, Live};
 use super::sfu;
-use super::stream::{self, ConnTable, StreamListener, StreamSettings, StreamWorker, Transport};
+use super::stream::{self, StreamListener, StreamSettings, StreamWorker, Transport};
 use super::udp;
 use super::worker::{SocketSettings, Worker};
 use crate::config::{Config, EXAMPLE_SECRET};

@@ -29,10 +29,10 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::{TcpListener, TcpStream};
@@ -40,7 +40,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use tracing::{debug, error, warn};
 
-use super::control::{Command, ConnLimits};
+use super::control::{Command, ConnLimits, ConnTable};
 use super::relays::RelaySet;
 use super::udp::{self, RecvBatch, recv_error, send_counted};
 use crate::turn::framing::{Frame, MAX_FRAME, frame};
@@ -67,43 +67,6 @@ const TICK: Duration = Duration::from_secs(1);
 pub enum Transport {
     Tcp,
     Tls,
-}
-
-/// Open connections per source IP and in total, over all TCP/TLS workers. Touched on accept and
-/// close only.
-#[derive(Debug, Default)]
-pub struct ConnTable {
-    inner: Mutex<(HashMap<IpAddr, u32>, u32)>,
-}
-
-impl ConnTable {
-    /// Counts a new connection from `ip`, unless a limit says no.
-    fn open(&self, ip: IpAddr, limits: &ConnLimits) -> Result<(), ConnEvent> {
-        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (per_ip, total) = &mut *guard;
-        if limits.total != 0 && *total >= limits.total {
-            return Err(ConnEvent::RefusedTotal);
-        }
-        let n = per_ip.entry(ip).or_insert(0);
-        if limits.per_ip != 0 && *n >= limits.per_ip {
-            return Err(ConnEvent::RefusedPerIp);
-        }
-        *n += 1;
-        *total += 1;
-        Ok(())
-    }
-
-    fn close(&self, ip: IpAddr) {
-        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (per_ip, total) = &mut *guard;
-        if let Some(n) = per_ip.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&ip);
-            }
-            *total -= 1;
-        }
-    }
 }
 
 /// A listening socket, bound before the workers start.
@@ -707,29 +670,4 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_table_enforces_both_limits() {
-        let t = ConnTable::default();
-        let limits = ConnLimits {
-            per_ip: 2,
-            total: 3,
-            handshake_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-        };
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert_eq!(t.open(a, &limits), Ok(()));
-        assert_eq!(t.open(a, &limits), Ok(()));
-        assert_eq!(t.open(a, &limits), Err(ConnEvent::RefusedPerIp));
-        assert_eq!(t.open(b, &limits), Ok(()));
-        assert_eq!(t.open(b, &limits), Err(ConnEvent::RefusedTotal));
-        t.close(a);
-        assert_eq!(t.open(b, &limits), Ok(()));
-    }
 }
