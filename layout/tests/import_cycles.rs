@@ -1,5 +1,6 @@
 //! No crate of the workspace has an import cycle among its modules (see `layout`'s docs for how
-//! imports are read). A cycle fails with the files involved and the names that tie them.
+//! imports are read; a cycle fails with the files involved and the names that tie them), and no
+//! module file is over 700 lines.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,29 @@ fn no_crate_of_the_workspace_has_an_import_cycle() {
     );
     assert!(size("signaling/src/bin/relayctl.rs").0 >= 5, "relayctl's #[path] modules were not followed");
     assert!(failures.is_empty(), "import cycles:\n{}", failures.join("\n"));
+}
+
+/// Each file has one concern and can be read in a sitting: no module file of any crate is over
+/// 700 lines (test modules in files of their own are not module files of the crate).
+#[test]
+fn no_source_file_is_over_700_lines() {
+    let root = workspace();
+    let mut long = Vec::new();
+    let mut files = 0;
+    for package in ["relay", "signaling", "geo", "cluster", "bench", "layout"] {
+        for file in crate_roots(&root.join(package)) {
+            let graph = Graph::of_crate(&file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+            for path in graph.files() {
+                files += 1;
+                let lines = std::fs::read_to_string(path).unwrap().lines().count();
+                if lines > 700 {
+                    long.push(format!("{}: {lines} lines", path.display()));
+                }
+            }
+        }
+    }
+    assert!(files >= 80, "only {files} files read");
+    assert!(long.is_empty(), "files over 700 lines:\n{}", long.join("\n"));
 }
 
 /// A small crate written to disk.
