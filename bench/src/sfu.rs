@@ -225,7 +225,7 @@ pub struct Target {
 }
 
 fn token(secret: &str, role: cluster::media::MediaRole, machine: &str, session: Option<&str>, sub: &str) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = cluster::time::unix_now();
     let claims = cluster::media::MediaClaims::new(sub, machine, session, role, now, 3600);
     cluster::media::mint(secret.as_bytes(), claims).expect("a non-empty secret")
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::ProgressBar;
@@ -31,7 +31,7 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn rest(secret: &str, realm: &str, ttl: Duration) -> Self {
-        let expiry = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + ttl.as_secs();
+        let expiry = cluster::time::unix_now() + ttl.as_secs();
         let username = format!("{expiry}:bench");
         let password = rest_password(secret.as_bytes(), &username);
         Self::static_user(&username, &password, realm)

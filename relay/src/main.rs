@@ -4,13 +4,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use relay::config::{Config, LogFormat, Overrides};
+use relay::config::{Config, Overrides};
 use relay::shell::reload::{Hooks, SetLogLevel};
 use relay::turn::auth::{rest_password, rest_username};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(name = "relay", version, about = "TURN/STUN relay for live remote play")]
@@ -87,7 +85,7 @@ fn main() -> ExitCode {
                 eprintln!("relay: auth.secrets is empty; TURN REST credentials need a secret");
                 return ExitCode::from(2);
             };
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let now = cluster::time::unix_now();
             let username = rest_username(now + ttl, id.as_deref());
             let credential = rest_password(secret.as_bytes(), &username);
             let host = host.unwrap_or_else(|| match config.advertised_ip() {
@@ -118,24 +116,6 @@ fn main() -> ExitCode {
 
 /// Sets up logging; returns what changes the filter later (reload of `log.level`).
 fn init_logging(config: &Config) -> SetLogLevel {
-    // Validated in Config::from_file, so this parse succeeds.
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    // The reload handle's type depends on the format, hence a closure per branch.
-    macro_rules! reloading {
-        ($builder:expr) => {{
-            let builder = $builder.with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.init();
-            Box::new(move |level: &str| {
-                handle.reload(EnvFilter::try_new(level)?)?;
-                Ok(())
-            })
-        }};
-    }
-    match config.log_format {
-        LogFormat::Text => reloading!(builder),
-        LogFormat::Json => reloading!(builder.json().with_current_span(true).with_span_list(false)),
-    }
+    let set = cluster::log::init(config.log_format, &config.log_level);
+    Box::new(move |level: &str| set(level).map_err(anyhow::Error::msg))
 }

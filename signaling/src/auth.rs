@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn mint_and_verify() {
         let keys = Keys::new(&[7u8; 32]);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let now = cluster::time::unix_now();
         let t = keys.mint("alice", Role::Player, now, 60).unwrap();
         let c = keys.verify(&t).unwrap();
         assert_eq!((c.sub.as_str(), c.role), ("alice", Role::Player));

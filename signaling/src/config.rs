@@ -163,46 +163,41 @@ pub struct RegionEntry {
     pub lon: f64,
 }
 
-/// Flags and environment variables, each overriding one file key.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct Overrides {
+cluster::config_overrides! {
+    for FileConfig;
     /// server.listen: HTTP address.
     #[arg(long, env = "SIGNALING_LISTEN")]
-    pub listen: Option<String>,
+    listen: String => value server.listen;
     /// store.data_dir: directory of the embedded SQLite database.
     #[arg(long, env = "SIGNALING_DATA_DIR")]
-    pub data_dir: Option<String>,
+    data_dir: String => value store.data_dir;
     /// store.database_url: postgres://… to use PostgreSQL instead of SQLite.
     #[arg(long, env = "SIGNALING_DATABASE_URL")]
-    pub database_url: Option<String>,
+    database_url: String => some store.database_url;
     /// auth.jwt_key: HS256 key for bearer tokens.
     #[arg(long, env = "SIGNALING_JWT_KEY", hide_env_values = true)]
-    pub jwt_key: Option<String>,
+    jwt_key: String => value auth.jwt_key;
     /// auth.cluster_token: the token relays present.
     #[arg(long, env = "SIGNALING_CLUSTER_TOKEN", hide_env_values = true)]
-    pub cluster_token: Option<String>,
+    cluster_token: String => value auth.cluster_token;
     /// turn.credential_ttl_secs: lifetime of minted TURN credentials.
     #[arg(long, env = "SIGNALING_CREDENTIAL_TTL_SECS")]
-    pub credential_ttl_secs: Option<u64>,
+    credential_ttl_secs: u64 => value turn.credential_ttl_secs;
     /// selection.geoip_db: MaxMind-format City database.
     #[arg(long, env = "SIGNALING_GEOIP_DB")]
-    pub geoip_db: Option<String>,
+    geoip_db: String => some selection.geoip_db;
     /// selection.default_region.
     #[arg(long, env = "SIGNALING_DEFAULT_REGION")]
-    pub default_region: Option<String>,
+    default_region: String => value selection.default_region;
     /// log.format: text or json.
     #[arg(long, env = "SIGNALING_LOG_FORMAT")]
-    pub log_format: Option<String>,
+    log_format: String => value log.format;
     /// log.level: a tracing filter.
     #[arg(long, env = "SIGNALING_LOG_LEVEL")]
-    pub log_level: Option<String>,
+    log_level: String => value log.level;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use cluster::log::LogFormat;
 
 /// Where sessions and history live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,39 +241,10 @@ impl FileConfig {
         Ok(toml::from_str(text)?)
     }
 
+    /// Applies flags and environment variables over the file's values.
     pub fn apply(&mut self, o: &Overrides) {
-        fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
-            if let Some(v) = value {
-                *slot = v.clone();
-            }
-        }
-        set(&mut self.server.listen, &o.listen);
-        set(&mut self.store.data_dir, &o.data_dir);
-        if o.database_url.is_some() {
-            self.store.database_url = o.database_url.clone();
-        }
-        set(&mut self.auth.jwt_key, &o.jwt_key);
-        set(&mut self.auth.cluster_token, &o.cluster_token);
-        set(&mut self.turn.credential_ttl_secs, &o.credential_ttl_secs);
-        if o.geoip_db.is_some() {
-            self.selection.geoip_db = o.geoip_db.clone();
-        }
-        set(&mut self.selection.default_region, &o.default_region);
-        set(&mut self.log.format, &o.log_format);
-        set(&mut self.log.level, &o.log_level);
+        o.apply_plain(self);
     }
-}
-
-/// Region ids and relay ids: lowercase letters, digits, `-` (they appear in URLs and metrics).
-pub fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-/// Relay ids: like region ids, plus `.` (relays default to their host name).
-pub fn valid_relay_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
 impl Config {
@@ -324,7 +290,7 @@ impl Config {
         }
         let mut regions: Vec<Region> = Vec::new();
         for (i, r) in file.regions.iter().enumerate() {
-            if !valid_id(&r.id) {
+            if !cluster::ids::valid_region_id(&r.id) {
                 bail!("regions[{i}].id: {:?} must be 1-64 of a-z, 0-9 and -", r.id);
             }
             if regions.iter().any(|x| x.id.as_str() == r.id) {
@@ -350,13 +316,7 @@ impl Config {
         {
             bail!("sessions.max_duration_secs: must be at least sessions.connect_timeout_secs (and that positive)");
         }
-        let log_format = match file.log.format.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => bail!("log.format: expected \"text\" or \"json\", got {other:?}"),
-        };
-        tracing_subscriber::EnvFilter::try_new(&file.log.level)
-            .map_err(|e| anyhow::anyhow!("log.level: invalid filter {:?}: {e}", file.log.level))?;
+        let log_format = cluster::log::validate(&file.log.format, &file.log.level).map_err(anyhow::Error::msg)?;
         Ok(Self {
             listen,
             max_body_bytes: file.server.max_body_bytes,
@@ -408,6 +368,22 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_override_names_the_key_it_sets() {
+        use clap::Args;
+        let command = Overrides::augment_args(clap::Command::new("signaling"));
+        assert_eq!(Overrides::KEYS.len(), 10);
+        cluster::overrides::check_help(&command, Overrides::KEYS).unwrap();
+        let mut file = FileConfig::default();
+        let o = Overrides {
+            database_url: Some("postgres://x".into()),
+            log_level: Some("debug".into()),
+            ..Default::default()
+        };
+        file.apply(&o);
+        assert_eq!((file.store.database_url.as_deref(), file.log.level.as_str()), (Some("postgres://x"), "debug"));
+    }
 
     pub(crate) fn valid() -> FileConfig {
         let mut f = FileConfig::default();

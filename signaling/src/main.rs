@@ -5,9 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use signaling::app::{self, AppState};
-use signaling::config::{Config, LogFormat, Overrides};
+use signaling::config::{Config, Overrides};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Signaling for the relay network: regions, ICE configs, machines, sessions")]
@@ -28,12 +27,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    // The filter is set once: signaling has no reload.
+    let _ = cluster::log::init(config.log_format, &config.log_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -76,13 +76,8 @@ impl AppState {
     }
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
+/// The wall clock in the store's unit (ms) and the tokens' (s): one clock for the whole system.
+pub use cluster::time::{unix_now as now_unix, unix_now_ms as now_ms};
 
 /// A token bucket per client IP: `rate` requests per second with a burst of `2 × rate`.
 pub struct RateLimiter {

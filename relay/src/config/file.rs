@@ -284,42 +284,8 @@ pub struct ClusterSection {
     pub bandwidth_cap_mbps: u64,
 }
 
-/// Declares each flag and environment variable once: its help (which names the key), its clap
-/// settings, its type, and the file key it overrides (`value`: a key with a default; `some`: an
-/// optional key; `custom`: parsed by [`FileConfig::apply`] itself). Generates [`Overrides`],
-/// the code that applies it, and [`Overrides::KEYS`].
-macro_rules! overrides {
-    (@set value, $slot:expr, $v:expr) => {
-        if let Some(v) = $v {
-            $slot = v.clone();
-        }
-    };
-    (@set some, $slot:expr, $v:expr) => {
-        if let Some(v) = $v {
-            $slot = Some(v.clone());
-        }
-    };
-    (@set custom, $slot:expr, $v:expr) => {};
-    ($( $(#[$meta:meta])* $name:ident: $ty:ty => $kind:ident $($key:ident).+; )*) => {
-        /// Flags and environment variables; each overrides the file key named in its help.
-        #[derive(Debug, Clone, Default, clap::Args)]
-        pub struct Overrides {
-            $( $(#[$meta])* pub $name: Option<$ty>, )*
-        }
-
-        impl Overrides {
-            /// Each override's field and the file key it sets.
-            pub const KEYS: &[(&str, &str)] = &[$( (stringify!($name), stringify!($($key).+)), )*];
-
-            /// Sets every file key whose override is given, except the `custom` ones.
-            fn apply_plain(&self, file: &mut FileConfig) {
-                $( overrides!(@set $kind, file.$($key).+, &self.$name); )*
-            }
-        }
-    };
-}
-
-overrides! {
+cluster::config_overrides! {
+    for FileConfig;
     /// server.listen: UDP address for STUN/TURN.
     #[arg(long, env = "RELAY_LISTEN")]
     listen: String => value server.listen;

@@ -11,17 +11,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cluster::ids::{MAX_ID_LEN, REGION_ID_CHARS, RELAY_ID_CHARS, valid_region_id, valid_relay_id};
 use ipnet::IpNet;
 
 mod file;
 
 pub use file::*;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use cluster::log::LogFormat;
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,10 +118,6 @@ impl std::fmt::Debug for ClusterToken {
         f.write_str("ClusterToken(<redacted>)")
     }
 }
-
-/// Longest region and relay id accepted: 64 bytes, what signaling accepts for its ids.
-const MAX_REGION_LEN: usize = 64;
-const MAX_RELAY_ID_LEN: usize = 64;
 
 /// The example secret shipped in `configs/relay.toml` for the local deployment; the relay warns
 /// when it is used on a public address.
@@ -323,13 +316,7 @@ impl Config {
                 .checked_mul(1_000_000)
                 .with_context(|| format!("limits.total_mbps: {} is too large", l.total_mbps))?,
         };
-        let log_format = match file.log.format.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => bail!("log.format: expected \"text\" or \"json\", got {other:?}"),
-        };
-        tracing_subscriber::EnvFilter::try_new(&file.log.level)
-            .map_err(|e| anyhow::anyhow!("log.level: invalid filter {:?}: {e}", file.log.level))?;
+        let log_format = cluster::log::validate(&file.log.format, &file.log.level).map_err(anyhow::Error::msg)?;
         Ok(Self {
             listen,
             workers,
@@ -389,12 +376,10 @@ impl Config {
 /// typo shows up before the URL is added.
 fn cluster_config(c: &ClusterSection, advertised_ip: IpAddr) -> anyhow::Result<Option<ClusterConfig>> {
     if let Some(region) = &c.region {
-        check_id("cluster.region", region, MAX_REGION_LEN, |b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
-        })?;
+        check_id("cluster.region", region, valid_region_id(region), REGION_ID_CHARS)?;
     }
     if let Some(id) = &c.relay_id {
-        check_id("cluster.relay_id", id, MAX_RELAY_ID_LEN, is_relay_id_byte)?;
+        check_id("cluster.relay_id", id, valid_relay_id(id), RELAY_ID_CHARS)?;
     }
     if let Some(host) = &c.public_host {
         check_host("cluster.public_host", host)?;
@@ -439,7 +424,7 @@ fn cluster_config(c: &ClusterSection, advertised_ip: IpAddr) -> anyhow::Result<O
             let host = host_name().context("cluster.relay_id: cannot read the host name; set cluster.relay_id")?;
             // Host names are case-insensitive; ids are compared as strings.
             let id = host.to_ascii_lowercase();
-            check_id("cluster.relay_id", &id, MAX_RELAY_ID_LEN, is_relay_id_byte)
+            check_id("cluster.relay_id", &id, valid_relay_id(&id), RELAY_ID_CHARS)
                 .context("cluster.relay_id: the host name is not a valid relay id; set cluster.relay_id")?;
             id
         }
@@ -455,14 +440,10 @@ fn cluster_config(c: &ClusterSection, advertised_ip: IpAddr) -> anyhow::Result<O
     }))
 }
 
-fn is_relay_id_byte(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
-}
-
-fn check_id(key: &str, value: &str, max_len: usize, allowed: fn(u8) -> bool) -> anyhow::Result<()> {
-    if value.is_empty() || value.len() > max_len || !value.bytes().all(allowed) {
-        let chars = if allowed(b'.') { "a-z, 0-9, '-' and '.'" } else { "a-z, 0-9 and '-'" };
-        bail!("{key}: {value:?} must be 1 to {max_len} characters of {chars}");
+/// An id as signaling accepts it (`cluster::ids`), or an error naming the key.
+fn check_id(key: &str, value: &str, valid: bool, chars: &str) -> anyhow::Result<()> {
+    if !valid {
+        bail!("{key}: {value:?} must be 1 to {MAX_ID_LEN} characters of {chars}");
     }
     Ok(())
 }

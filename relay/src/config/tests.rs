@@ -221,15 +221,7 @@ fn every_override_names_the_key_it_sets() {
     use clap::Args;
     let command = Overrides::augment_args(clap::Command::new("relay"));
     assert!(Overrides::KEYS.len() >= 50, "{} overrides", Overrides::KEYS.len());
-    for (field, key) in Overrides::KEYS {
-        let key = key.replace(' ', "");
-        let arg = command.get_arguments().find(|a| a.get_id() == *field).unwrap_or_else(|| panic!("no flag {field}"));
-        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
-        // "allocations.max_total (0 = no limit)", "server.listen: UDP address ...", "log.level."
-        let first = help.split([':', ' ']).next().unwrap_or_default().trim_end_matches('.');
-        assert_eq!(first, key, "--{field} sets {key}, its help says {help:?}");
-        assert!(arg.get_env().is_some(), "--{field} has no environment variable");
-    }
+    cluster::overrides::check_help(&command, Overrides::KEYS).unwrap();
     // And each one lands where it says: a value of the right type for every key.
     let mut file = FileConfig::default();
     let o = Overrides {

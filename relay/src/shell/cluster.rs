@@ -22,7 +22,7 @@
 //! the first one and then at most every [`WARN_EVERY`], and at info when signaling answers again.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cluster::heartbeat::{Command, Heartbeat, HeartbeatReply, INTERVAL, Load};
@@ -274,7 +274,7 @@ fn is_loopback_host(url: &reqwest::Url) -> bool {
 }
 
 fn unix_seconds_f64() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    cluster::time::unix_now_ms() as f64 / 1000.0
 }
 
 /// Warn on the first failure, then at most every [`WARN_EVERY`]; report the outage on recovery.

@@ -18,8 +18,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use ::cluster::time::unix_now;
 use anyhow::Context;
 use rand::Rng;
 use tokio::signal::unix::{SignalKind, signal};
@@ -193,10 +194,6 @@ fn raise_fd_limit() {
             }
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Runs the relay until a signal ends it. Blocks the calling thread. `hooks` serve reloads.

@@ -28,7 +28,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::Router as HttpRouter;
 use axum::body::Bytes;
@@ -374,10 +374,6 @@ fn problem(status: StatusCode, message: impl Into<String>) -> Problem {
     Problem(status, message.into(), None)
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// The bearer token's claims, or the response refusing it.
 fn claims(state: &HttpState, headers: &HeaderMap) -> Result<MediaClaims, Problem> {
     let token = headers
@@ -386,7 +382,7 @@ fn claims(state: &HttpState, headers: &HeaderMap) -> Result<MediaClaims, Problem
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| problem(StatusCode::UNAUTHORIZED, "missing Authorization: Bearer <media token>"))?;
     let keys = state.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
-    cluster::media::verify(&keys, token.trim(), now_unix()).map_err(|e| match e {
+    cluster::media::verify(&keys, token.trim(), cluster::time::unix_now()).map_err(|e| match e {
         TokenError::NoKey => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         _ => problem(StatusCode::UNAUTHORIZED, e.to_string()),
     })

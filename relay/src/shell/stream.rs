@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -255,7 +255,7 @@ impl StreamWorker {
 
     /// Once a second: deadlines of connections, the cores' wall clocks.
     fn tick(&mut self, now: Instant) {
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let unix = cluster::time::unix_now();
         for l in &mut self.listeners {
             l.server.set_wall_clock(now, unix);
         }

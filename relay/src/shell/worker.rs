@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -151,7 +151,7 @@ impl Worker {
                 self.server.handle_timeout(now);
             }
             if now >= self.next_clock_sync {
-                let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let unix = cluster::time::unix_now();
                 self.server.set_wall_clock(now, unix);
                 self.next_clock_sync = now + MAX_SLEEP;
             }

@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::extract::{Bearer, Body, PathParam, RelayAuth};
-use crate::config::valid_relay_id;
 use crate::error::{ApiError, ApiResult};
 use crate::placement::{self};
 use crate::state::{AppState, now_ms};
+use cluster::ids::valid_relay_id;
 
 /// At most this many ended sessions in a heartbeat reply (the newest): a relay refuses their
 /// media tokens.

@@ -205,7 +205,7 @@ struct IceConfigArgs {
     machine: Option<String>,
 }
 
-/// A relay id as signaling accepts them (`signaling::config::valid_relay_id`).
+/// A relay id as signaling accepts them (`cluster::ids::valid_relay_id`).
 #[derive(Debug, Clone)]
 struct RelayId(String);
 
@@ -214,7 +214,7 @@ impl std::str::FromStr for RelayId {
 
     fn from_str(s: &str) -> Result<Self, String> {
         // `.` and `..` alone would name another route; the charset allows them otherwise.
-        if signaling::config::valid_relay_id(s) && s != "." && s != ".." {
+        if cluster::ids::valid_relay_id(s) && s != "." && s != ".." {
             Ok(Self(s.to_owned()))
         } else {
             Err("a relay id is 1-64 of a-z, 0-9, . and -".into())
@@ -264,7 +264,7 @@ struct ProbeArg {
 
 fn parse_probe(s: &str) -> Result<ProbeArg, String> {
     let (region, ms) = s.split_once('=').ok_or("expected REGION=MS, e.g. eu-central=25")?;
-    if !signaling::config::valid_id(region) {
+    if !cluster::ids::valid_region_id(region) {
         return Err(format!("{region:?} is not a region id (1-64 of a-z, 0-9 and -)"));
     }
     let ms: f64 = ms.parse().map_err(|_| format!("{ms:?} is not a number of milliseconds"))?;
@@ -405,10 +405,7 @@ async fn mint(api: &Api, args: MintArgs, json: bool) -> anyhow::Result<Output> {
             if key.len() < 32 {
                 return Err(Failure::Usage("--key: signaling's auth.jwt_key is at least 32 bytes".into()).into());
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .context("the system clock is before 1970")?
-                .as_secs();
+            let now = cluster::time::unix_now();
             let token = Keys::new(key.as_bytes()).mint(&args.sub, args.role, now, args.ttl_secs)?;
             json!({ "token": token, "sub": args.sub, "role": args.role, "expires_at": now + args.ttl_secs })
         }

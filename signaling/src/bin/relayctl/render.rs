@@ -122,28 +122,8 @@ fn ago(ms: i64) -> String {
 
 /// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SSZ` (UTC).
 pub fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let t = secs.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", t / 3600, t % 3600 / 60, t % 60)
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, <https://howardhinnant.github.io/date_algorithms.html>).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    let (y, m, d, h, min, sec) = cluster::time::utc(ms.div_euclid(1000));
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{min:02}:{sec:02}Z")
 }
 
 fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
@@ -281,7 +261,7 @@ pub fn machines(v: &Value) -> String {
 }
 
 pub fn sessions(v: &Value) -> String {
-    let now = now_ms();
+    let now = cluster::time::unix_now_ms();
     let mut t = Table::new(&[
         ("ID", Align::Left),
         ("MACHINE", Align::Left),
