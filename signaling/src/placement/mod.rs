@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use cluster::heartbeat::{DEAD_AFTER, RelayState};
 use geo::{
-    Candidate, GeoLocation, Load, PreviousRegion, ProbeSummary, RegionId, RegionState, RegionStatus, Selection,
+    Candidate, GeoLocation, Load, PreviousRegion, ProbeSummary, Region, RegionId, RegionState, RegionStatus, Selection,
     SelectionInput,
 };
 use serde::{Deserialize, Serialize};
@@ -59,11 +59,9 @@ fn best_relays(relays: &[RelayRow], now_ms: i64) -> BTreeMap<String, &RelayRow> 
     best
 }
 
-fn region_statuses(state: &AppState, relays: &[RelayRow], now_ms: i64) -> Vec<Candidate> {
+fn region_statuses(regions: &[Region], relays: &[RelayRow], now_ms: i64) -> Vec<Candidate> {
     let best = best_relays(relays, now_ms);
-    state
-        .config
-        .regions
+    regions
         .iter()
         .map(|region| {
             let (st, load) = match best.get(region.id.as_str()) {
@@ -101,52 +99,60 @@ pub struct Placement {
     pub alternates: Vec<RelayRow>,
 }
 
-/// Chooses a region and relay for a client at `client_ip`, optionally to play `machine`.
-pub async fn place(
-    state: &AppState,
-    req: &PlacementRequest,
-    client_ip: IpAddr,
-    machine: Option<&MachineRow>,
-) -> ApiResult<Placement> {
-    let now = now_ms();
-    let relays = state.store.relays().await?;
-    let candidates = region_statuses(state, &relays, now);
+/// Everything placement decides from. Placement itself ([`decide`]) reads no store, clock or
+/// GeoIP database and counts nothing; [`place`] gathers this and records the outcome.
+pub struct PlacementInput<'a> {
+    /// Signaling's regions (`[[regions]]`).
+    pub regions: &'a [Region],
+    /// The relay registry.
+    pub relays: &'a [RelayRow],
+    pub now_ms: i64,
+    pub request: &'a PlacementRequest,
+    /// The client's location from its IP, if the GeoIP database knows it.
+    pub client_location: Option<GeoLocation>,
+    /// The machine to be played, if any.
+    pub machine: Option<&'a MachineRow>,
+    pub default_region: &'a RegionId,
+    /// How many alternates to offer at most.
+    pub alternates: usize,
+}
+
+/// Chooses a region and relay: `geo::select` over the regions' states (from their relays), the
+/// client's probes and location, and the machine's RTTs and location; then the region's least
+/// loaded serving relay, and the alternates' relays. Pure: the same input gives the same answer.
+pub fn decide(input: &PlacementInput<'_>) -> ApiResult<Placement> {
+    let known = |region: &str| input.regions.iter().any(|r| r.id.as_str() == region);
     let mut client_probes: BTreeMap<RegionId, ProbeSummary> = BTreeMap::new();
-    for (region, samples) in &req.probes {
-        if !state.config.regions.iter().any(|r| r.id.as_str() == region) {
+    for (region, samples) in &input.request.probes {
+        if !known(region) {
             return Err(ApiError::bad(format!("probes: unknown region {region:?}")));
         }
         let samples =
             geo::ProbeSamples::new(samples.clone()).map_err(|e| ApiError::bad(format!("probes.{region}: {e}")))?;
         client_probes.insert(RegionId::new(region.as_str()), samples.summarize());
     }
-    let client_location: Option<GeoLocation> = state.geoip.as_ref().and_then(|g| g.lookup(client_ip));
-    let (machine_rtts, machine_location) = match machine {
+    let (machine_rtts, machine_location) = match input.machine {
         Some(m) => (
-            m.rtts
-                .iter()
-                .filter(|(r, _)| state.config.regions.iter().any(|x| x.id.as_str() == r.as_str()))
-                .map(|(r, ms)| (RegionId::new(r.as_str()), *ms))
-                .collect(),
+            m.rtts.iter().filter(|(r, _)| known(r)).map(|(r, ms)| (RegionId::new(r.as_str()), *ms)).collect(),
             m.lat.zip(m.lon).and_then(|(lat, lon)| geo::Coordinates::new(lat, lon).ok()),
         ),
         None => (BTreeMap::new(), None),
     };
-    let input = SelectionInput {
-        candidates,
+    let selection_input = SelectionInput {
+        candidates: region_statuses(input.regions, input.relays, input.now_ms),
         client_probes,
-        client_location,
+        client_location: input.client_location.clone(),
         machine_rtts,
         machine_location,
-        previous: req.previous.clone(),
-        default_region: state.config.default_region.clone(),
+        previous: input.request.previous.clone(),
+        default_region: input.default_region.clone(),
     };
-    let selection = geo::select(&input, &geo::Policy::default()).map_err(|e| match e {
+    let selection = geo::select(&selection_input, &geo::Policy::default()).map_err(|e| match e {
         geo::SelectError::NoLiveRegion => ApiError::Unavailable("no relay is serving in any region".into()),
         geo::SelectError::InvalidPreviousScore(_) => ApiError::bad(format!("previous: {e}")),
         other => ApiError::Internal(anyhow::anyhow!("region selection failed: {other}")),
     })?;
-    let best = best_relays(&relays, now);
+    let best = best_relays(input.relays, input.now_ms);
     let relay = best
         .get(selection.region.as_str())
         .map(|r| (*r).clone())
@@ -155,10 +161,32 @@ pub async fn place(
         .alternates
         .iter()
         .filter_map(|r| best.get(r.as_str()).map(|r| (*r).clone()))
-        .take(state.config.alternates)
+        .take(input.alternates)
         .collect();
-    state.metrics.selections.with_label_values(&[source_name(&selection)]).inc();
     Ok(Placement { selection, relay, alternates })
+}
+
+/// Chooses a region and relay for a client at `client_ip`, optionally to play `machine`: reads
+/// the registry, the clock and the GeoIP database, [`decide`]s, and counts the selection.
+pub async fn place(
+    state: &AppState,
+    req: &PlacementRequest,
+    client_ip: IpAddr,
+    machine: Option<&MachineRow>,
+) -> ApiResult<Placement> {
+    let relays = state.store.relays().await?;
+    let placement = decide(&PlacementInput {
+        regions: &state.config.regions,
+        relays: &relays,
+        now_ms: now_ms(),
+        request: req,
+        client_location: state.geoip.as_ref().and_then(|g| g.lookup(client_ip)),
+        machine,
+        default_region: &state.config.default_region,
+        alternates: state.config.alternates,
+    })?;
+    state.metrics.selections.with_label_values(&[source_name(&placement.selection)]).inc();
+    Ok(placement)
 }
 
 fn source_name(s: &Selection) -> String {
@@ -251,3 +279,6 @@ pub async fn refresh_gauges(state: &AppState, now_ms: i64) -> anyhow::Result<()>
     state.metrics.sessions_live.with_label_values(&[] as &[&str]).set(live);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

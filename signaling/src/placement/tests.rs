@@ -1,0 +1,232 @@
+//! Placement as a table: relays, what the client and machine tell, and what must be chosen.
+
+use std::collections::BTreeMap;
+
+use cluster::heartbeat::{Load, RelayState};
+use geo::{Coordinates, PreviousRegion, Region, RegionId, Source};
+
+use super::*;
+use crate::error::ApiError;
+
+const NOW: i64 = 1_000_000_000;
+
+fn regions() -> Vec<Region> {
+    [("eu", 50.1, 8.7), ("us", 39.0, -77.5), ("ap", 1.35, 103.8)]
+        .into_iter()
+        .map(|(id, lat, lon)| Region { id: RegionId::new(id), location: Coordinates::new(lat, lon).unwrap() })
+        .collect()
+}
+
+/// A relay: `spec` is `id@region`, serving, heard from now, at `utilisation`.
+fn relay(spec: &str, utilisation: f64) -> RelayRow {
+    let (id, region) = spec.split_once('@').unwrap();
+    RelayRow {
+        id: id.into(),
+        region: region.into(),
+        version: "test".into(),
+        public_host: format!("{id}.example.net"),
+        turn_udp_port: 3478,
+        turn_tls_port: None,
+        sfu_url: None,
+        state: RelayState::Serving,
+        admin_state: RelayState::Serving,
+        load: Load { allocations: 0, max_allocations: 0, cpu: 0.0, bandwidth_bps: 0, bandwidth_cap_bps: 0 },
+        utilisation,
+        started_at: 0,
+        first_seen_ms: 0,
+        last_seen_ms: NOW,
+    }
+}
+
+fn draining(mut r: RelayRow) -> RelayRow {
+    r.state = RelayState::Draining;
+    r
+}
+
+fn drained_by_admin(mut r: RelayRow) -> RelayRow {
+    r.admin_state = RelayState::Draining;
+    r
+}
+
+fn dead(mut r: RelayRow) -> RelayRow {
+    r.last_seen_ms = NOW - cluster::heartbeat::DEAD_AFTER.as_millis() as i64 - 1;
+    r
+}
+
+/// Probes of `ms` to each named region (five samples, the first a warm-up).
+fn probes(list: &[(&str, f64)]) -> PlacementRequest {
+    PlacementRequest {
+        probes: list.iter().map(|(r, ms)| ((*r).to_owned(), vec![Some(*ms); 5])).collect(),
+        previous: None,
+    }
+}
+
+fn machine(rtts: &[(&str, f64)], at: Option<(f64, f64)>) -> MachineRow {
+    MachineRow {
+        id: "m1".into(),
+        name: "m1".into(),
+        lat: at.map(|a| a.0),
+        lon: at.map(|a| a.1),
+        rtts: rtts.iter().map(|(r, ms)| ((*r).to_owned(), *ms)).collect::<BTreeMap<_, _>>(),
+        registered_ms: 0,
+        last_seen_ms: NOW,
+    }
+}
+
+struct Case {
+    name: &'static str,
+    relays: Vec<RelayRow>,
+    request: PlacementRequest,
+    machine: Option<MachineRow>,
+    alternates: usize,
+    /// The relay chosen, its source and the alternates' relays; or the error's status.
+    want: Result<(&'static str, Source, &'static [&'static str]), u16>,
+}
+
+fn run(case: &Case) -> Result<(String, Source, Vec<String>), u16> {
+    let regions = regions();
+    let default_region = RegionId::new("eu");
+    let input = PlacementInput {
+        regions: &regions,
+        relays: &case.relays,
+        now_ms: NOW,
+        request: &case.request,
+        client_location: None,
+        machine: case.machine.as_ref(),
+        default_region: &default_region,
+        alternates: case.alternates,
+    };
+    decide(&input)
+        .map(|p| (p.relay.id, p.selection.source, p.alternates.into_iter().map(|r| r.id).collect()))
+        .map_err(|e| e.status().as_u16())
+}
+
+#[test]
+fn placement_table() {
+    let cases = [
+        Case {
+            name: "the region the probes favour, its least loaded relay",
+            relays: vec![relay("eu1@eu", 0.1), relay("us1@us", 0.5), relay("us2@us", 0.2)],
+            request: probes(&[("eu", 120.0), ("us", 20.0)]),
+            machine: None,
+            alternates: 2,
+            want: Ok(("us2", Source::Probes, &["eu1"])),
+        },
+        Case {
+            name: "equal load: the smaller id, so the choice is stable",
+            relays: vec![relay("us-b@us", 0.3), relay("us-a@us", 0.3)],
+            request: probes(&[("us", 20.0)]),
+            machine: None,
+            alternates: 2,
+            want: Ok(("us-a", Source::Probes, &[])),
+        },
+        Case {
+            name: "draining, drained and dead relays take no sessions",
+            relays: vec![
+                draining(relay("us1@us", 0.0)),
+                drained_by_admin(relay("us2@us", 0.0)),
+                dead(relay("us3@us", 0.0)),
+                relay("us4@us", 0.3),
+                relay("eu1@eu", 0.0),
+            ],
+            request: probes(&[("us", 20.0), ("eu", 100.0)]),
+            machine: None,
+            alternates: 2,
+            want: Ok(("us4", Source::Probes, &["eu1"])),
+        },
+        Case {
+            name: "a region with only draining relays is not chosen, whatever the probes say",
+            relays: vec![draining(relay("us1@us", 0.0)), relay("eu1@eu", 0.0)],
+            request: probes(&[("us", 5.0), ("eu", 150.0)]),
+            machine: None,
+            alternates: 2,
+            want: Ok(("eu1", Source::Probes, &[])),
+        },
+        Case {
+            name: "nothing known of client or machine: the default region",
+            relays: vec![relay("us1@us", 0.0), relay("eu1@eu", 0.5)],
+            request: PlacementRequest::default(),
+            machine: None,
+            alternates: 2,
+            want: Ok(("eu1", Source::Default, &["us1"])),
+        },
+        Case {
+            name: "nothing known of the client: the region nearest the machine",
+            relays: vec![relay("us1@us", 0.0), relay("eu1@eu", 0.0), relay("ap1@ap", 0.0)],
+            request: PlacementRequest::default(),
+            machine: Some(machine(&[("ap", 3.0), ("eu", 160.0), ("mars", 1.0)], None)),
+            alternates: 1,
+            want: Ok(("ap1", Source::MachineNearest, &["eu1"])),
+        },
+        Case {
+            name: "alternates are capped",
+            relays: vec![relay("us1@us", 0.0), relay("eu1@eu", 0.0), relay("ap1@ap", 0.0)],
+            request: probes(&[("us", 10.0), ("eu", 80.0), ("ap", 200.0)]),
+            machine: None,
+            alternates: 0,
+            want: Ok(("us1", Source::Probes, &[])),
+        },
+        Case {
+            name: "no relay serving anywhere: 503",
+            relays: vec![dead(relay("us1@us", 0.0)), draining(relay("eu1@eu", 0.0))],
+            request: probes(&[("us", 10.0)]),
+            machine: None,
+            alternates: 2,
+            want: Err(503),
+        },
+        Case {
+            name: "probes to a region signaling does not have: 400",
+            relays: vec![relay("us1@us", 0.0)],
+            request: probes(&[("mars", 10.0)]),
+            machine: None,
+            alternates: 2,
+            want: Err(400),
+        },
+        Case {
+            name: "a probe that is not a round-trip time: 400",
+            relays: vec![relay("us1@us", 0.0)],
+            request: PlacementRequest { probes: [("us".to_owned(), vec![Some(-5.0)])].into(), previous: None },
+            machine: None,
+            alternates: 2,
+            want: Err(400),
+        },
+        Case {
+            name: "a previous region with an impossible score: 400",
+            relays: vec![relay("us1@us", 0.0)],
+            request: PlacementRequest {
+                probes: BTreeMap::new(),
+                previous: Some(PreviousRegion { region: RegionId::new("us"), score_ms: f64::NAN }),
+            },
+            machine: None,
+            alternates: 2,
+            want: Err(400),
+        },
+    ];
+    for case in &cases {
+        let got = run(case);
+        let want = case.want.map(|(relay, source, alts)| {
+            (relay.to_owned(), source, alts.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>())
+        });
+        assert_eq!(got, want, "{}", case.name);
+    }
+}
+
+#[test]
+fn the_same_input_gives_the_same_answer() {
+    let relays = vec![relay("us1@us", 0.2), relay("us2@us", 0.2), relay("eu1@eu", 0.1)];
+    let case = Case {
+        name: "",
+        relays,
+        request: probes(&[("us", 30.0), ("eu", 31.0)]),
+        machine: None,
+        alternates: 2,
+        want: Err(0),
+    };
+    let first = run(&case);
+    assert!(first.is_ok());
+    for _ in 0..10 {
+        assert_eq!(run(&case), first);
+    }
+    // ApiError is what handlers return; its status is what the client sees.
+    assert_eq!(ApiError::bad("x").status().as_u16(), 400);
+}
