@@ -197,6 +197,10 @@ fn raise_fd_limit() {
 }
 
 /// Runs the relay until a signal ends it. Blocks the calling thread. `hooks` serve reloads.
+///
+/// Phases: bind every socket ([`bind_udp`], [`start_sfu`], [`bind_streams`]), spawn the workers
+/// ([`spawn_workers`]), serve HTTP and heartbeats ([`serve`]), wait for signals ([`supervise`]),
+/// drain ([`drain`]), stop.
 pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
     let started_at = unix_now();
     raise_fd_limit();
@@ -212,64 +216,13 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
         Quotas::new(config.max_per_user, config.max_total),
     ));
 
-    // Bind all listening sockets before anything runs. With port 0 the first socket picks the
-    // port and the others join its SO_REUSEPORT group.
-    let first = udp::bind_listener(config.listen, config.socket_buffer_bytes, config.socket_buffer_bytes)
-        .with_context(|| format!("server.listen: cannot bind UDP {}", config.listen))?;
-    let listen = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..config.workers {
-        listeners.push(
-            udp::bind_listener(listen, config.socket_buffer_bytes, config.socket_buffer_bytes)
-                .with_context(|| format!("server.listen: cannot bind UDP {listen}"))?,
-        );
-    }
-    // Dual stack: `[::]` serves IPv4 too, with a second group of workers on 0.0.0.0 and the same
-    // port (IPv6 sockets are v6-only here, so every worker sees one family of clients).
-    let mut listen_v4 = None;
-    if listen.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
-        let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), listen.port());
-        for _ in 0..config.workers {
-            listeners.push(
-                udp::bind_listener(v4, config.socket_buffer_bytes, config.socket_buffer_bytes)
-                    .with_context(|| format!("server.listen: cannot bind UDP {v4} (dual stack with {listen})"))?,
-            );
-        }
-        listen_v4 = Some(v4);
-    }
-    let udp_workers = listeners.len();
-
+    // Bind all listening sockets before anything runs.
+    let udp = bind_udp(&config)?;
+    let listen = udp.listen;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let admin_listener = runtime.block_on(admin::bind(config.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
-    // The SFU shares the UDP port: it sends from a duplicate of the first listening socket and
-    // advertises the public address of that port as its one ICE candidate.
-    let sfu = match config.sfu_http_listen {
-        Some(addr) => {
-            let http = runtime
-                .block_on(tokio::net::TcpListener::bind(addr))
-                .with_context(|| format!("sfu.http_listen: cannot bind TCP {addr}"))?;
-            let tls = match &config.sfu_tls {
-                Some((cert, key)) => {
-                    let tls = super::tls::server_config(cert, key, super::tls::SFU_KEYS, &[b"http/1.1"])?;
-                    Some(Arc::new(std::sync::RwLock::new(tls)))
-                }
-                None => None,
-            };
-            let public = SocketAddr::new(config.advertised_ip(), listen.port());
-            // The SFU's candidate is the advertised address: its socket must be of that family
-            // (with a dual-stack listener, the IPv4 group's for an IPv4 address).
-            let family = listeners
-                .iter()
-                .find(|l| l.local_addr().is_ok_and(|a| a.is_ipv6() == public.is_ipv6()))
-                .unwrap_or(&listeners[0]);
-            let socket = family.try_clone().context("duplicating the listening socket for the SFU")?;
-            let (handle, thread) = sfu::start(socket, public)?;
-            Some((handle, thread, (http, tls)))
-        }
-        None => None,
-    };
-
+    let sfu = start_sfu(&runtime, &config, &udp)?;
     let sfu_candidates =
         if sfu.is_some() { vec![SocketAddr::new(config.advertised_ip(), listen.port())] } else { Vec::new() };
     let base = CoreBase::new(&config, listen, sfu_candidates);
@@ -281,54 +234,17 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
     };
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel();
-    let now = Instant::now();
-    let mut threads = Vec::new();
-    let mut links = Vec::new();
-    let mut stats = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let server = TurnServer::new(Arc::clone(&server_config), Arc::clone(&shared), now, unix_now(), seed.random());
-        stats.push(server.stats());
-        let (tx, rx) = mpsc::channel();
-        let settings = SocketSettings {
-            relay_buffer: config.relay_socket_buffer_bytes,
-            sfu: sfu.as_ref().map(|(handle, ..)| handle.clone()),
-            busy_poll: config.busy_poll,
-        };
-        let (worker, waker) = Worker::new(listener, server, settings, rx).context("creating worker event loop")?;
-        threads.push(spawn(format!("relay-worker-{i}"), ExitNotice(i, exit_tx.clone()), move || worker.run())?);
-        links.push(WorkerLink { commands: tx, waker });
-    }
-    // TURN over TCP and TLS: as many threads as UDP workers, each with a core per listener.
-    let stream_settings = StreamSettings {
-        relay_buffer: config.relay_socket_buffer_bytes,
-        limits: reload::conn_limits(&config),
-        table: Arc::new(ConnTable::default()),
-        tls: turn_tls,
-    };
-    for (i, listeners) in stream_listeners.into_iter().enumerate().filter(|(_, l)| !l.is_empty()) {
-        let mut with_cores = Vec::new();
-        for l in listeners {
-            let server =
-                TurnServer::new(Arc::clone(&server_config), Arc::clone(&shared), now, unix_now(), seed.random());
-            stats.push(server.stats());
-            with_cores.push((l, server));
-        }
-        let (tx, rx) = mpsc::channel();
-        let (worker, waker) =
-            StreamWorker::new(with_cores, stream_settings.clone(), rx).context("creating TCP/TLS event loop")?;
-        let notice = ExitNotice(udp_workers + i, exit_tx.clone());
-        threads.push(spawn(format!("relay-stream-{i}"), notice, move || worker.run())?);
-        links.push(WorkerLink { commands: tx, waker });
-    }
-
-    let control = Arc::new(Control::new(links));
-    control.set_config_auth(&config.realm, &config.users, &config.secrets);
     let (sfu_handle, sfu_thread, sfu_http) = match sfu {
         Some((handle, thread, http)) => (Some(handle), Some(thread), Some(http)),
         None => (None, None, None),
     };
+    let cores = Cores { config: &config, server_config: &server_config, shared: &shared, exit: &exit_tx };
+    let workers = spawn_workers(&cores, udp.sockets, stream_listeners, turn_tls, sfu_handle.as_ref())?;
+
+    let control = Arc::new(Control::new(workers.links));
+    control.set_config_auth(&config.realm, &config.users, &config.secrets);
     let sfu_addr = sfu_http.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
-    let metrics = Arc::new(Metrics::new(stats, udp_workers, Arc::clone(&shared), control.draining_flag())?);
+    let metrics = Arc::new(Metrics::new(workers.stats, workers.udp, Arc::clone(&shared), control.draining_flag())?);
     if let Some(handle) = &sfu_handle {
         metrics.attach_sfu(handle.clone())?;
     }
@@ -344,7 +260,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
             sfu_cell,
         ))
     };
-    let state =
+    let admin_state =
         AdminState { metrics: Arc::clone(&metrics), draining: control.draining_flag(), live: Arc::clone(&live) };
     let heartbeater = match &config.cluster {
         Some(cluster) => {
@@ -363,98 +279,31 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
     };
     // Handlers go in before the banner: whoever reads "ready" may signal us right away, and a
     // signal before the handler exists would kill the process without draining.
-    let (mut term, mut int, mut hup) = runtime.block_on(async {
-        let term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-        anyhow::Ok((term, int, hup))
-    })?;
-    let relay = Relay { listen, listen_v4, admin: admin_addr, sfu_http: sfu_addr, tcp: tcp_addr, tls: tls_addrs };
+    let mut signals = runtime.block_on(Signals::install())?;
+    let relay = Relay {
+        listen,
+        listen_v4: udp.listen_v4,
+        admin: admin_addr,
+        sfu_http: sfu_addr,
+        tcp: tcp_addr,
+        tls: tls_addrs,
+    };
     print_banner(&config, &relay);
-    info!(udp = %listen, admin = %admin_addr, workers = threads.len(), "relay started");
+    info!(udp = %listen, admin = %admin_addr, workers = workers.threads.len(), "relay started");
 
     let outcome = runtime.block_on(async {
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, admin::router(state)).await {
-                error!(error = %e, "admin listener failed");
-            }
-        });
-        if let Some(heartbeater) = heartbeater {
-            tokio::spawn(heartbeater.run());
-        }
-        if let (Some((http, tls)), Some(handle)) = (sfu_http, &sfu_handle) {
+        let sfu_http = sfu_http.zip(sfu_handle.clone()).map(|((http, tls), sfu)| {
             let state = sfu::HttpState {
-                sfu: handle.clone(),
+                sfu,
                 keys: control.media_keys(),
                 draining: control.draining_flag(),
                 ended_sessions: control.ended_sessions(),
             };
-            let router = sfu::router(state);
-            match tls {
-                Some(tls) => {
-                    let listener = super::tls::TlsListener::new(http, tls)?;
-                    tokio::spawn(async move {
-                        if let Err(e) = axum::serve(listener, router).await {
-                            error!(error = %e, "WHIP/WHEP listener failed");
-                        }
-                    });
-                }
-                None => {
-                    tokio::spawn(async move {
-                        if let Err(e) = axum::serve(http, router).await {
-                            error!(error = %e, "WHIP/WHEP listener failed");
-                        }
-                    });
-                }
-            }
-        }
-        // Certificate renewals are looked for this often (an hour when neither listener has TLS:
-        // the timer then finds nothing to do).
-        let watch = config.tls.as_ref().and_then(|t| t.watch).unwrap_or(Duration::from_secs(3600));
-        let mut watch = tokio::time::interval_at(tokio::time::Instant::now() + watch, watch);
-        loop {
-            tokio::select! {
-                _ = int.recv() => {
-                    info!("SIGINT: exiting now");
-                    return Ok(());
-                }
-                Some(i) = exit_rx.recv() => anyhow::bail!("worker {i} exited unexpectedly"),
-                _ = hup.recv() => {
-                    let live = Arc::clone(&live);
-                    // Reading files: off the runtime's only thread.
-                    match tokio::task::spawn_blocking(move || live.reload()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => error!("SIGHUP: reload failed, settings unchanged: {e:#}"),
-                        Err(e) => error!(error = %e, "SIGHUP: reload task failed"),
-                    }
-                }
-                _ = watch.tick() => {
-                    let live = Arc::clone(&live);
-                    let _ = tokio::task::spawn_blocking(move || live.check_certificates()).await;
-                }
-                _ = term.recv() => break,
-            }
-        }
-        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-        info!(allocations = metrics.allocations(), grace_s = config.shutdown_grace.as_secs(), "SIGTERM: draining");
-        control.drain_for_shutdown();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = int.recv() => { info!("SIGINT during drain: exiting now"); break; }
-                _ = term.recv() => { info!("second SIGTERM: exiting now"); break; }
-                Some(i) = exit_rx.recv() => anyhow::bail!("worker {i} exited unexpectedly"),
-            }
-            let left = metrics.allocations() + sfu_handle.as_ref().map_or(0, |h| h.snapshot().peers as i64);
-            if left == 0 {
-                info!("drained: no allocations or SFU sessions left");
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                warn!(sessions = left, "grace period over: exiting with allocations or SFU sessions still active");
-                break;
-            }
+            (http, tls, state)
+        });
+        serve(admin_listener, admin_state, heartbeater, sfu_http)?;
+        if supervise(&config, &live, &mut signals, &mut exit_rx).await? == Stop::Drain {
+            drain(&config, &control, &metrics, sfu_handle.as_ref(), &mut signals, &mut exit_rx).await?;
         }
         Ok(())
     });
@@ -462,15 +311,291 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
     if let Some(handle) = &sfu_handle {
         handle.stop();
     }
-    for thread in threads.into_iter().chain(sfu_thread) {
+    for thread in workers.threads.into_iter().chain(sfu_thread) {
         let _ = thread.join();
     }
     outcome
 }
 
-/// The SFU's public base URL for signaling: `sfu.public_url` when set (behind a TLS proxy),
-/// else HTTP or HTTPS (with `sfu.tls_cert`) on the public host and the port the WHIP/WHEP
-/// listener bound.
+/// The UDP listening sockets: `workers` on `server.listen` (with port 0 the first picks the port
+/// and the others join its SO_REUSEPORT group), and as many on 0.0.0.0 for a dual-stack `[::]`.
+struct UdpListeners {
+    sockets: Vec<std::net::UdpSocket>,
+    listen: SocketAddr,
+    listen_v4: Option<SocketAddr>,
+}
+
+fn bind_udp(config: &Config) -> anyhow::Result<UdpListeners> {
+    let buffer = config.socket_buffer_bytes;
+    let first = udp::bind_listener(config.listen, buffer, buffer)
+        .with_context(|| format!("server.listen: cannot bind UDP {}", config.listen))?;
+    let listen = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..config.workers {
+        sockets.push(
+            udp::bind_listener(listen, buffer, buffer)
+                .with_context(|| format!("server.listen: cannot bind UDP {listen}"))?,
+        );
+    }
+    // Dual stack: `[::]` serves IPv4 too, with a second group of workers on 0.0.0.0 and the same
+    // port (IPv6 sockets are v6-only here, so every worker sees one family of clients).
+    let mut listen_v4 = None;
+    if listen.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), listen.port());
+        for _ in 0..config.workers {
+            sockets.push(
+                udp::bind_listener(v4, buffer, buffer)
+                    .with_context(|| format!("server.listen: cannot bind UDP {v4} (dual stack with {listen})"))?,
+            );
+        }
+        listen_v4 = Some(v4);
+    }
+    Ok(UdpListeners { sockets, listen, listen_v4 })
+}
+
+/// The SFU thread and its WHIP/WHEP listener (with its TLS settings), when `sfu.http_listen` is
+/// set.
+type SfuParts = (sfu::SfuHandle, std::thread::JoinHandle<()>, (tokio::net::TcpListener, Option<SfuTls>));
+
+/// The WHIP/WHEP listener's TLS settings, replaced when its certificate is renewed.
+type SfuTls = Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>;
+
+/// Starts the SFU thread, if configured. The SFU shares the UDP port: it sends from a duplicate
+/// of a listening socket and advertises the public address of that port as its one candidate.
+fn start_sfu(
+    runtime: &tokio::runtime::Runtime,
+    config: &Config,
+    udp: &UdpListeners,
+) -> anyhow::Result<Option<SfuParts>> {
+    let Some(addr) = config.sfu_http_listen else { return Ok(None) };
+    let http = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("sfu.http_listen: cannot bind TCP {addr}"))?;
+    let tls = match &config.sfu_tls {
+        Some((cert, key)) => {
+            let tls = super::tls::server_config(cert, key, super::tls::SFU_KEYS, &[b"http/1.1"])?;
+            Some(Arc::new(std::sync::RwLock::new(tls)))
+        }
+        None => None,
+    };
+    let public = SocketAddr::new(config.advertised_ip(), udp.listen.port());
+    // The SFU's candidate is the advertised address: its socket must be of that family (with a
+    // dual-stack listener, the IPv4 group's for an IPv4 address).
+    let family = udp
+        .sockets
+        .iter()
+        .find(|l| l.local_addr().is_ok_and(|a| a.is_ipv6() == public.is_ipv6()))
+        .unwrap_or(&udp.sockets[0]);
+    let socket = family.try_clone().context("duplicating the listening socket for the SFU")?;
+    let (handle, thread) = sfu::start(socket, public)?;
+    Ok(Some((handle, thread, (http, tls))))
+}
+
+/// What every core is made with.
+struct Cores<'a> {
+    config: &'a Config,
+    server_config: &'a Arc<ServerConfig>,
+    shared: &'a Arc<Shared>,
+    exit: &'a tokio::sync::mpsc::UnboundedSender<usize>,
+}
+
+/// The running workers: their threads, how to steer them, their counters.
+struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    links: Vec<WorkerLink>,
+    stats: Vec<Arc<crate::turn::stats::Stats>>,
+    /// How many of them are UDP workers (the first ones).
+    udp: usize,
+}
+
+/// Spawns a UDP worker per listening socket, and for TURN over TCP and TLS as many threads as
+/// UDP workers, each with a core per listener.
+fn spawn_workers(
+    cores: &Cores<'_>,
+    udp_sockets: Vec<std::net::UdpSocket>,
+    stream_listeners: Vec<Vec<StreamListener>>,
+    turn_tls: Option<Arc<rustls::ServerConfig>>,
+    sfu: Option<&sfu::SfuHandle>,
+) -> anyhow::Result<Workers> {
+    let config = cores.config;
+    let mut seed = rand::rng();
+    let now = Instant::now();
+    let core = |seed: &mut rand::rngs::ThreadRng| {
+        TurnServer::new(Arc::clone(cores.server_config), Arc::clone(cores.shared), now, unix_now(), seed.random())
+    };
+    let mut w = Workers { threads: Vec::new(), links: Vec::new(), stats: Vec::new(), udp: udp_sockets.len() };
+    for (i, listener) in udp_sockets.into_iter().enumerate() {
+        let server = core(&mut seed);
+        w.stats.push(server.stats());
+        let (tx, rx) = mpsc::channel();
+        let settings = SocketSettings {
+            relay_buffer: config.relay_socket_buffer_bytes,
+            sfu: sfu.cloned(),
+            busy_poll: config.busy_poll,
+        };
+        let (worker, waker) = Worker::new(listener, server, settings, rx).context("creating worker event loop")?;
+        w.threads.push(spawn(format!("relay-worker-{i}"), ExitNotice(i, cores.exit.clone()), move || worker.run())?);
+        w.links.push(WorkerLink { commands: tx, waker });
+    }
+    let stream_settings = StreamSettings {
+        relay_buffer: config.relay_socket_buffer_bytes,
+        limits: reload::conn_limits(config),
+        table: Arc::new(ConnTable::default()),
+        tls: turn_tls,
+    };
+    for (i, listeners) in stream_listeners.into_iter().enumerate().filter(|(_, l)| !l.is_empty()) {
+        let mut with_cores = Vec::new();
+        for l in listeners {
+            let server = core(&mut seed);
+            w.stats.push(server.stats());
+            with_cores.push((l, server));
+        }
+        let (tx, rx) = mpsc::channel();
+        let (worker, waker) =
+            StreamWorker::new(with_cores, stream_settings.clone(), rx).context("creating TCP/TLS event loop")?;
+        let notice = ExitNotice(w.udp + i, cores.exit.clone());
+        w.threads.push(spawn(format!("relay-stream-{i}"), notice, move || worker.run())?);
+        w.links.push(WorkerLink { commands: tx, waker });
+    }
+    Ok(w)
+}
+
+/// The signals the relay answers.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    async fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+}
+
+/// Spawns the admin endpoint, the heartbeats to signaling and the WHIP/WHEP listener on the
+/// current runtime.
+fn serve(
+    admin_listener: tokio::net::TcpListener,
+    admin_state: AdminState,
+    heartbeater: Option<Heartbeater>,
+    sfu_http: Option<(tokio::net::TcpListener, Option<SfuTls>, sfu::HttpState)>,
+) -> anyhow::Result<()> {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(admin_listener, admin::router(admin_state)).await {
+            error!(error = %e, "admin listener failed");
+        }
+    });
+    if let Some(heartbeater) = heartbeater {
+        tokio::spawn(heartbeater.run());
+    }
+    if let Some((http, tls, state)) = sfu_http {
+        let router = sfu::router(state);
+        match tls {
+            Some(tls) => {
+                let listener = super::tls::TlsListener::new(http, tls)?;
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).await {
+                        error!(error = %e, "WHIP/WHEP listener failed");
+                    }
+                });
+            }
+            None => {
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(http, router).await {
+                        error!(error = %e, "WHIP/WHEP listener failed");
+                    }
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How the supervision ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// SIGINT: exit at once.
+    Now,
+    /// SIGTERM: drain first.
+    Drain,
+}
+
+/// Serves reloads (SIGHUP) and certificate renewals until SIGINT or SIGTERM; a worker that exits
+/// is an error.
+async fn supervise(
+    config: &Config,
+    live: &Arc<Live>,
+    signals: &mut Signals,
+    exit_rx: &mut tokio::sync::mpsc::UnboundedReceiver<usize>,
+) -> anyhow::Result<Stop> {
+    // Certificate renewals are looked for this often (an hour when neither listener has TLS: the
+    // timer then finds nothing to do).
+    let watch = config.tls.as_ref().and_then(|t| t.watch).unwrap_or(Duration::from_secs(3600));
+    let mut watch = tokio::time::interval_at(tokio::time::Instant::now() + watch, watch);
+    loop {
+        tokio::select! {
+            _ = signals.int.recv() => {
+                info!("SIGINT: exiting now");
+                return Ok(Stop::Now);
+            }
+            Some(i) = exit_rx.recv() => anyhow::bail!("worker {i} exited unexpectedly"),
+            _ = signals.hup.recv() => {
+                let live = Arc::clone(live);
+                // Reading files: off the runtime's only thread.
+                match tokio::task::spawn_blocking(move || live.reload()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => error!("SIGHUP: reload failed, settings unchanged: {e:#}"),
+                    Err(e) => error!(error = %e, "SIGHUP: reload task failed"),
+                }
+            }
+            _ = watch.tick() => {
+                let live = Arc::clone(live);
+                let _ = tokio::task::spawn_blocking(move || live.check_certificates()).await;
+            }
+            _ = signals.term.recv() => return Ok(Stop::Drain),
+        }
+    }
+}
+
+/// SIGTERM: no new allocations; waits until none are left (nor SFU sessions), the grace period
+/// is over, or a second signal says stop now.
+async fn drain(
+    config: &Config,
+    control: &Control,
+    metrics: &Metrics,
+    sfu: Option<&sfu::SfuHandle>,
+    signals: &mut Signals,
+    exit_rx: &mut tokio::sync::mpsc::UnboundedReceiver<usize>,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    info!(allocations = metrics.allocations(), grace_s = config.shutdown_grace.as_secs(), "SIGTERM: draining");
+    control.drain_for_shutdown();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = signals.int.recv() => { info!("SIGINT during drain: exiting now"); break; }
+            _ = signals.term.recv() => { info!("second SIGTERM: exiting now"); break; }
+            Some(i) = exit_rx.recv() => anyhow::bail!("worker {i} exited unexpectedly"),
+        }
+        let left = metrics.allocations() + sfu.map_or(0, |h| h.snapshot().peers as i64);
+        if left == 0 {
+            info!("drained: no allocations or SFU sessions left");
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(sessions = left, "grace period over: exiting with allocations or SFU sessions still active");
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn sfu_public_url(config: &Config, public_host: &str, bound: SocketAddr) -> String {
     if let Some(url) = &config.sfu_public_url {
         return url.trim_end_matches('/').to_owned();
