@@ -5,6 +5,7 @@
 //! throttling; retransmissions; the seat) and `keyframe` reads codecs' payload headers. `webrtc` wraps
 //! str0m (the only module that names it) and `engine` joins peers and router, still sans-IO.
 
+pub mod demux;
 pub mod engine;
 pub mod keyframe;
 pub mod layer;

@@ -13,6 +13,7 @@ pub mod sfu;
 pub mod stream;
 pub mod tls;
 pub mod udp;
+pub mod whip;
 pub mod worker;
 
 pub use run::{Relay, run};

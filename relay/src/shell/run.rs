@@ -32,10 +32,10 @@ use super::control::ConnTable;
 use super::control::{Control, WorkerLink};
 use super::metrics::Metrics;
 use super::reload::{self, Hooks, Live};
-use super::sfu;
 use super::stream::{self, StreamListener, StreamSettings, StreamWorker, Transport};
 use super::udp;
 use super::worker::{SocketSettings, Worker};
+use super::{sfu, whip};
 use crate::config::{Config, EXAMPLE_SECRET};
 use crate::turn::auth::{Credentials, NonceSource};
 use crate::turn::limit::{Bandwidth, Rates};
@@ -293,7 +293,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
 
     let outcome = runtime.block_on(async {
         let sfu_http = sfu_http.zip(sfu_handle.clone()).map(|((http, tls), sfu)| {
-            let state = sfu::HttpState {
+            let state = whip::HttpState {
                 sfu,
                 keys: control.media_keys(),
                 draining: control.draining_flag(),
@@ -483,7 +483,7 @@ fn serve(
     admin_listener: tokio::net::TcpListener,
     admin_state: AdminState,
     heartbeater: Option<Heartbeater>,
-    sfu_http: Option<(tokio::net::TcpListener, Option<SfuTls>, sfu::HttpState)>,
+    sfu_http: Option<(tokio::net::TcpListener, Option<SfuTls>, whip::HttpState)>,
 ) -> anyhow::Result<()> {
     tokio::spawn(async move {
         if let Err(e) = axum::serve(admin_listener, admin::router(admin_state)).await {
@@ -494,7 +494,7 @@ fn serve(
         tokio::spawn(heartbeater.run());
     }
     if let Some((http, tls, state)) = sfu_http {
-        let router = sfu::router(state);
+        let router = whip::router(state);
         match tls {
             Some(tls) => {
                 let listener = super::tls::TlsListener::new(http, tls)?;
