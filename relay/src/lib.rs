@@ -4,8 +4,8 @@
 //! and health. `config` turns the TOML file, flags and environment into a validated `Config`.
 
 pub mod config;
-#[doc(hidden)]
-pub mod fuzz;
 pub mod sfu;
 pub mod shell;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod turn;

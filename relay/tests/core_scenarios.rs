@@ -1,12 +1,11 @@
 //! Scenario tests of the sans-IO TURN core: no sockets, a virtual clock, and requests built with
 //! the `stun`/`turn` crates the way an independent client builds them.
 
-use std::collections::HashSet;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use relay::testkit::{self, FakeSockets};
 use relay::turn::RelayIp;
 use relay::turn::auth::{Credentials, NonceSource, long_term_key, rest_password};
 use relay::turn::limit::{Bandwidth, Rates};
@@ -14,8 +13,7 @@ use relay::turn::peer_filter::PeerFilter;
 use relay::turn::stats::{AuthFailure, Direction, DropReason};
 use relay::turn::wire::{self, PEER_HEADROOM, PEER_TAILROOM};
 use relay::turn::{
-    ClientAddr, Event, Forward, OwnAddresses, PeerAddr, PortPool, Quotas, RelayPort, RelaySockets, ServerConfig,
-    Shared, ToClient, TurnServer,
+    ClientAddr, Event, Forward, PeerAddr, PortPool, Quotas, RelayPort, ServerConfig, Shared, ToClient, TurnServer,
 };
 use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, AttrType};
 use stun::error_code::ErrorCodeAttribute;
@@ -38,31 +36,6 @@ const SECRET_B: &str = "secret-b";
 const T0_UNIX: u64 = 1_800_000_000;
 const MIN_PORT: u16 = 50000;
 const MAX_PORT: u16 = 50099;
-
-#[derive(Default)]
-struct FakeSockets {
-    open: HashSet<u16>,
-    busy: HashSet<u16>,
-    /// Every address a relay socket was opened on.
-    opened: Vec<SocketAddr>,
-}
-
-impl RelaySockets for FakeSockets {
-    fn probe(&mut self, _ip: std::net::IpAddr, port: RelayPort) -> io::Result<()> {
-        if self.busy.contains(&port.0) || self.open.contains(&port.0) {
-            return Err(io::ErrorKind::AddrInUse.into());
-        }
-        Ok(())
-    }
-
-    fn open(&mut self, ip: std::net::IpAddr, port: RelayPort) -> io::Result<()> {
-        if self.busy.contains(&port.0) || !self.open.insert(port.0) {
-            return Err(io::ErrorKind::AddrInUse.into());
-        }
-        self.opened.push(SocketAddr::new(ip, port.0));
-        Ok(())
-    }
-}
 
 struct Options {
     per_user: u32,
@@ -115,26 +88,21 @@ impl Harness {
     fn with(o: Options) -> Self {
         let t0 = Instant::now();
         let config = ServerConfig {
-            software: "test".into(),
             credentials: Credentials::new(
                 REALM,
                 &[("alice".into(), "alice-pw".into())],
                 o.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
             ),
             nonces: NonceSource::new([5; 32], t0, Duration::from_secs(600)),
-            relay_ip: relay_ip(),
             advertised_ip: "203.0.113.1".parse().unwrap(),
             relay_ip_other: o.relay_ip_other,
-            default_lifetime: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(3600),
             max_permissions: o.max_permissions,
-            max_channels: 8,
             rfc5766_channel_numbers: o.rfc5766,
             peer_filter: PeerFilter::new(o.allow.iter().map(|a| a.parse().unwrap()).collect(), vec![]),
-            own: OwnAddresses { ips: vec![relay_ip()], ports: vec![3478..=3478] },
             sfu: o.sfu.iter().map(|a| a.parse().unwrap()).collect(),
             unauthenticated: o.unauthenticated,
             bandwidth: o.bandwidth,
+            ..testkit::server_config(relay_ip(), t0)
         };
         let shared = Arc::new(Shared::new(PortPool::new(o.ports.0, o.ports.1, 1), Quotas::new(o.per_user, o.total)));
         Self {

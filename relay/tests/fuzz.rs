@@ -1,4 +1,4 @@
-//! A bounded run of every fuzz target (`relay::fuzz`) on stable Rust, in the test suite:
+//! A bounded run of every fuzz target (`relay::testkit::fuzz`) on stable Rust, in the test suite:
 //! mutated valid messages (bit flips, interesting bytes and lengths, insertions, deletions,
 //! splices) and random bytes, from a fixed seed. It has no coverage feedback, which libFuzzer
 //! adds for longer runs: `cargo +nightly fuzz run <target>` in `fuzz/` (see the README).
@@ -79,7 +79,7 @@ fn mutate(rng: &mut SmallRng, seeds: &[Vec<u8>]) -> Vec<u8> {
 
 fn run(name: &str, target: fn(&[u8])) {
     let (n, seed) = (inputs(), seed());
-    let seeds = relay::fuzz::seeds();
+    let seeds = relay::testkit::fuzz::seeds();
     let mut rng = SmallRng::seed_from_u64(seed ^ name.len() as u64);
     // The seeds themselves first: the targets' promises hold for valid input too.
     for (i, input) in seeds.iter().cloned().chain((0..n).map(|_| mutate(&mut rng, &seeds))).enumerate() {
@@ -97,15 +97,15 @@ fn run(name: &str, target: fn(&[u8])) {
 
 #[test]
 fn fuzz_stun_message() {
-    run("stun_message", relay::fuzz::stun_message);
+    run("stun_message", relay::testkit::fuzz::stun_message);
 }
 
 #[test]
 fn fuzz_channel_data() {
-    run("channel_data", relay::fuzz::channel_data);
+    run("channel_data", relay::testkit::fuzz::channel_data);
 }
 
 #[test]
 fn fuzz_tcp_framing() {
-    run("tcp_framing", relay::fuzz::tcp_framing);
+    run("tcp_framing", relay::testkit::fuzz::tcp_framing);
 }

@@ -2,51 +2,30 @@
 //! itself, from clients and from peers, with and without an allocation in place. The property is
 //! the one the relay promises: no input panics, and malformed input produces no relayed data.
 
-use std::collections::HashSet;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use relay::testkit::{self, FakeSockets};
 use relay::turn::auth::{Credentials, NonceSource};
 use relay::turn::peer_filter::PeerFilter;
 use relay::turn::wire::{self, PEER_HEADROOM, PEER_TAILROOM, StunFrame};
-use relay::turn::{
-    ClientAddr, OwnAddresses, PeerAddr, PortPool, Quotas, RelayPort, RelaySockets, ServerConfig, Shared, TurnServer,
-};
-
-struct Sockets(HashSet<u16>);
-
-impl RelaySockets for Sockets {
-    fn probe(&mut self, _ip: std::net::IpAddr, port: RelayPort) -> io::Result<()> {
-        if self.0.contains(&port.0) { Err(io::ErrorKind::AddrInUse.into()) } else { Ok(()) }
-    }
-
-    fn open(&mut self, _ip: std::net::IpAddr, port: RelayPort) -> io::Result<()> {
-        if self.0.insert(port.0) { Ok(()) } else { Err(io::ErrorKind::AddrInUse.into()) }
-    }
-}
+use relay::turn::{ClientAddr, OwnAddresses, PeerAddr, PortPool, Quotas, RelayPort, ServerConfig, Shared, TurnServer};
 
 fn server() -> TurnServer {
     let now = Instant::now();
+    let ip = "192.0.2.1".parse().unwrap();
     let config = ServerConfig {
         software: "prop".into(),
         credentials: Credentials::new("r", &[("u".into(), "p".into())], vec![b"s".to_vec()]),
         nonces: NonceSource::new([1; 32], now, Duration::from_secs(600)),
-        relay_ip: "192.0.2.1".parse().unwrap(),
-        advertised_ip: "192.0.2.1".parse().unwrap(),
-        relay_ip_other: None,
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
         max_permissions: 4,
         max_channels: 4,
         rfc5766_channel_numbers: true,
         peer_filter: PeerFilter::new(vec!["127.0.0.0/8".parse().unwrap()], vec![]),
-        own: OwnAddresses { ips: vec!["192.0.2.1".parse().unwrap()], ports: vec![3478..=3478, 50000..=50009] },
-        sfu: Vec::new(),
-        unauthenticated: relay::turn::limit::Rates::OFF,
-        bandwidth: Default::default(),
+        own: OwnAddresses { ips: vec![ip], ports: vec![3478..=3478, 50000..=50009] },
+        ..testkit::server_config(ip, now)
     };
     let shared = Arc::new(Shared::new(PortPool::new(50000, 50009, 3), Quotas::new(0, 0)));
     TurnServer::new(Arc::new(config), shared, now, 1_800_000_000, 1)
@@ -116,7 +95,7 @@ proptest! {
     #[test]
     fn core_never_panics_on_client_input(packets in prop::collection::vec(any_datagram(), 1..20)) {
         let mut s = server();
-        let mut sockets = Sockets(HashSet::new());
+        let mut sockets = FakeSockets::default();
         let now = Instant::now();
         let from = ClientAddr("198.51.100.1:4000".parse().unwrap());
         for p in &packets {
@@ -146,7 +125,7 @@ proptest! {
 fn core_with_state_never_panics() {
     use stun::message::*;
     let mut s = server();
-    let mut sockets = Sockets(HashSet::new());
+    let mut sockets = FakeSockets::default();
     let now = Instant::now();
     let from = ClientAddr("198.51.100.1:4000".parse().unwrap());
     let key = relay::turn::auth::long_term_key("u", "r", "p");

@@ -14,8 +14,6 @@
 //!   arbitrary points: every message it yields lies within the input and the consumed lengths
 //!   add up, whatever the split.
 
-use std::collections::HashSet;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,14 +24,13 @@ use stun::message::{
 };
 use stun::textattrs::TextAttribute;
 
+use super::FakeSockets;
 use crate::turn::auth::{Credentials, Key, NonceSource, integrity, long_term_key};
 use crate::turn::framing::{Frame, MAX_FRAME, frame};
 use crate::turn::limit::Rates;
 use crate::turn::peer_filter::PeerFilter;
 use crate::turn::wire::{self, PEER_HEADROOM, PEER_TAILROOM};
-use crate::turn::{
-    ClientAddr, OwnAddresses, PeerAddr, PortPool, Quotas, RelayPort, RelaySockets, ServerConfig, Shared, TurnServer,
-};
+use crate::turn::{ClientAddr, PeerAddr, PortPool, Quotas, RelayPort, ServerConfig, Shared, TurnServer};
 
 const REALM: &str = "fuzz";
 const USER: &str = "user";
@@ -42,20 +39,6 @@ const CLIENT: &str = "198.51.100.1:40000";
 const PEER: &str = "127.0.0.1:9000";
 const CHANNEL: u16 = 0x4000;
 
-/// Relay sockets that always bind (a port is "open" once).
-#[derive(Default)]
-struct Sockets(HashSet<u16>);
-
-impl RelaySockets for Sockets {
-    fn probe(&mut self, _ip: std::net::IpAddr, _port: RelayPort) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn open(&mut self, _ip: std::net::IpAddr, port: RelayPort) -> io::Result<()> {
-        if self.0.insert(port.0) { Ok(()) } else { Err(io::ErrorKind::AddrInUse.into()) }
-    }
-}
-
 /// A fresh core on a fixed clock, with a rate limit small enough that the fuzzer reaches it.
 fn core(now: Instant) -> TurnServer {
     let ip = "192.0.2.1".parse().expect("an address");
@@ -63,19 +46,14 @@ fn core(now: Instant) -> TurnServer {
         software: "fuzz".into(),
         credentials: Credentials::new(REALM, &[(USER.into(), PASSWORD.into())], vec![b"secret".to_vec()]),
         nonces: NonceSource::new([7; 32], now, Duration::from_secs(600)),
-        relay_ip: ip,
-        advertised_ip: ip,
-        relay_ip_other: None,
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
         max_permissions: 4,
         max_channels: 4,
         rfc5766_channel_numbers: true,
         peer_filter: PeerFilter::new(vec!["127.0.0.0/8".parse().expect("a network")], vec![]),
-        own: OwnAddresses { ips: vec![ip], ports: vec![3478..=3478] },
         sfu: vec!["127.0.0.1:3478".parse().expect("an address")],
         unauthenticated: Rates { per_source: 100.0, total: 1000.0 },
         bandwidth: crate::turn::limit::Bandwidth { per_allocation_bps: 8_000_000, total_bps: 0 },
+        ..super::server_config(ip, now)
     };
     let shared = Arc::new(Shared::new(PortPool::new(50000, 50009, 3), Quotas::new(4, 8)));
     TurnServer::new(Arc::new(config), shared, now, 1_800_000_000, 1)
@@ -85,7 +63,7 @@ fn core(now: Instant) -> TurnServer {
 /// returns the core, its sockets, the relay port, the session key and the nonce.
 struct Session {
     server: TurnServer,
-    sockets: Sockets,
+    sockets: FakeSockets,
     now: Instant,
     port: u16,
     key: Key,
@@ -97,7 +75,7 @@ impl Session {
         let now = Instant::now();
         let mut s = Self {
             server: core(now),
-            sockets: Sockets::default(),
+            sockets: FakeSockets::default(),
             now,
             port: 0,
             key: long_term_key(USER, REALM, PASSWORD),
