@@ -83,7 +83,7 @@ impl Net {
                 assert!(taken || closed, "the SFU took a datagram of its peer");
             }
             let mut out = Vec::new();
-            self.sfu.drain_transmits(&mut out);
+            out.extend(std::iter::from_fn(|| self.sfu.poll_transmit()));
             if wire.is_empty() && out.is_empty() {
                 break;
             }

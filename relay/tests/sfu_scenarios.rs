@@ -54,13 +54,17 @@ fn origin(f: &Forward) -> (u8, u64) {
 
 /// Feeds a packet and returns what was forwarded, by subscriber.
 fn feed(router: &mut Router, now: Instant, pkt: MediaIn) -> HashMap<PeerId, Vec<Forward>> {
-    let mut out = Vec::new();
-    router.media(now, PUBLISHER, pkt, &mut out);
+    router.handle_media(now, PUBLISHER, pkt);
     let mut by = HashMap::<PeerId, Vec<Forward>>::new();
-    for f in out {
+    for f in forwards(router) {
         by.entry(f.to).or_default().push(f);
     }
     by
+}
+
+/// What the router queued for subscribers.
+fn forwards(router: &mut Router) -> Vec<Forward> {
+    std::iter::from_fn(|| router.poll_forward()).collect()
 }
 
 fn drain_requests(router: &mut Router) -> Vec<(usize, u8)> {
@@ -129,23 +133,21 @@ fn seat_holder_alone_reaches_the_machine_and_handoff_swaps_the_roles() {
     router.subscribe(t0, MACHINE, PLAYER, Role::Player).unwrap();
     assert_eq!(router.seat(MACHINE), Some(PLAYER), "the player does");
 
-    assert_eq!(router.input(PLAYER), Some(PUBLISHER));
-    assert_eq!(router.input(SPECTATOR), None);
-    assert_eq!(router.input(PUBLISHER), None, "the machine is not a subscriber");
-    assert_eq!(router.input(PeerId(999)), None, "nor is a stranger");
+    assert_eq!(router.handle_input(PLAYER), Some(PUBLISHER));
+    assert_eq!(router.handle_input(SPECTATOR), None);
+    assert_eq!(router.handle_input(PUBLISHER), None, "the machine is not a subscriber");
+    assert_eq!(router.handle_input(PeerId(999)), None, "nor is a stranger");
 
     // The machine's messages go to everyone.
-    let mut to = Vec::new();
-    router.message_from_publisher(PUBLISHER, &mut to);
+    let mut to = router.handle_publisher_message(PUBLISHER);
     to.sort();
     assert_eq!(to, vec![PLAYER, SPECTATOR]);
-    router.message_from_publisher(PLAYER, &mut to);
-    assert!(to.is_empty(), "a subscriber cannot broadcast");
+    assert!(router.handle_publisher_message(PLAYER).is_empty(), "a subscriber cannot broadcast");
 
     // Handoff: the roles swap.
     assert_eq!(router.hand_seat(MACHINE, Some(SPECTATOR)), Ok(Some(PLAYER)));
-    assert_eq!(router.input(SPECTATOR), Some(PUBLISHER));
-    assert_eq!(router.input(PLAYER), None);
+    assert_eq!(router.handle_input(SPECTATOR), Some(PUBLISHER));
+    assert_eq!(router.handle_input(PLAYER), None);
     assert_eq!(
         router.hand_seat(MACHINE, Some(PeerId(999))),
         Err(RouteError::NotSubscriber(PeerId(999), MACHINE.into()))
@@ -155,9 +157,9 @@ fn seat_holder_alone_reaches_the_machine_and_handoff_swaps_the_roles() {
     // The holder leaving frees the seat; nobody's input gets through until it is handed on.
     router.remove(SPECTATOR).unwrap();
     assert_eq!(router.seat(MACHINE), None);
-    assert_eq!(router.input(PLAYER), None);
+    assert_eq!(router.handle_input(PLAYER), None);
     router.hand_seat(MACHINE, Some(PLAYER)).unwrap();
-    assert_eq!(router.input(PLAYER), Some(PUBLISHER));
+    assert_eq!(router.handle_input(PLAYER), Some(PUBLISHER));
 
     let s = router.stats();
     assert_eq!((s.inputs_delivered, s.inputs_dropped), (3, 5));
@@ -184,7 +186,7 @@ fn twenty_subscribers_asking_for_key_frames_cause_one_request_per_interval() {
     let end = t0 + Duration::from_secs(5);
     while now < end {
         for &s in &subs {
-            router.request_keyframe(now, s, video);
+            router.handle_keyframe_request(now, s, video);
         }
         if router.poll_timeout().is_some_and(|t| t <= now) {
             router.handle_timeout(now);
@@ -215,9 +217,9 @@ fn a_key_frame_answers_merged_requests() {
     feed(&mut router, t0, v.next(true, 3000));
     drain_requests(&mut router);
     let t1 = t0 + Duration::from_secs(1);
-    router.request_keyframe(t1, PLAYER, video);
+    router.handle_keyframe_request(t1, PLAYER, video);
     assert_eq!(drain_requests(&mut router).len(), 1);
-    router.request_keyframe(t1 + Duration::from_millis(100), PLAYER, video);
+    router.handle_keyframe_request(t1 + Duration::from_millis(100), PLAYER, video);
     assert!(router.poll_timeout().is_some(), "merged request pending");
     feed(&mut router, t1 + Duration::from_millis(200), v.next(true, 3000));
     router.handle_timeout(t1 + Duration::from_secs(1));
@@ -288,17 +290,17 @@ fn layers_follow_bandwidth_with_continuous_sequence_numbers_and_timestamps() {
     run(&mut router, &mut now, 40, &mut received);
     assert_eq!(router.current_layer(PLAYER, video), Some(2));
     // Layer 2 carries 3 × 1200 B × 30/s ≈ 864 kbit/s, layer 1 about 288, layer 0 about 72.
-    router.set_bandwidth(now, PLAYER, 300_000);
+    router.handle_bandwidth(now, PLAYER, 300_000);
     assert_eq!(router.target_layer(PLAYER, video), Some(1));
     // It stays on layer 2 until layer 1's next key frame (the review asked for one).
     run(&mut router, &mut now, 5, &mut received);
     assert_eq!(router.current_layer(PLAYER, video), Some(2));
     run(&mut router, &mut now, 30, &mut received);
     assert_eq!(router.current_layer(PLAYER, video), Some(1));
-    router.set_bandwidth(now, PLAYER, 50_000);
+    router.handle_bandwidth(now, PLAYER, 50_000);
     run(&mut router, &mut now, 35, &mut received);
     assert_eq!(router.current_layer(PLAYER, video), Some(0), "nothing fits: the lowest live layer");
-    router.set_bandwidth(now, PLAYER, 5_000_000);
+    router.handle_bandwidth(now, PLAYER, 5_000_000);
     run(&mut router, &mut now, 35, &mut received);
     assert_eq!(router.current_layer(PLAYER, video), Some(2));
     assert_eq!(router.stats().layer_switches, 4);
@@ -345,8 +347,8 @@ fn nacks_are_answered_once_per_track_from_the_shared_cache() {
         sent.push(feed(&mut router, t0, v.next(false, 3000)));
     }
     let player_seqs: Vec<u64> = sent.iter().map(|m| m[&PLAYER][0].seq).collect();
-    let mut out = Vec::new();
-    router.nack(PLAYER, video, &[player_seqs[3], player_seqs[10], player_seqs[20] + 5], &mut out);
+    router.handle_nack(PLAYER, video, &[player_seqs[3], player_seqs[10], player_seqs[20] + 5]);
+    let out = forwards(&mut router);
     assert_eq!(out.len(), 2, "the one never sent is a miss");
     for (f, i) in out.iter().zip([3, 10]) {
         let original = &sent[i][&PLAYER][0];
@@ -362,7 +364,8 @@ fn nacks_are_answered_once_per_track_from_the_shared_cache() {
     for _ in 0..relay::sfu::route::CACHE_PACKETS {
         feed(&mut router, t0, v.next(false, 3000));
     }
-    router.nack(PLAYER, video, &[player_seqs[3]], &mut out);
+    router.handle_nack(PLAYER, video, &[player_seqs[3]]);
+    let out = forwards(&mut router);
     assert!(out.is_empty());
 }
 
@@ -383,12 +386,14 @@ fn a_reconnecting_publisher_continues_every_subscribers_stream() {
     assert_eq!(router.publish(MACHINE, again), Ok(Some(PUBLISHER)));
     let video2 = router.add_track(again, Codec::Av1, 1).unwrap();
     let mut v2 = Source::new(video2, 0, 9_999, 123, 500);
-    let mut out = Vec::new();
-    router.media(t0 + Duration::from_secs(1), PUBLISHER, v2.next(true, 3000), &mut out);
+    router.handle_media(t0 + Duration::from_secs(1), PUBLISHER, v2.next(true, 3000));
+    let out = forwards(&mut router);
     assert!(out.is_empty(), "the old publisher is gone");
-    router.media(t0 + Duration::from_secs(1), again, v2.next(false, 3000), &mut out);
+    router.handle_media(t0 + Duration::from_secs(1), again, v2.next(false, 3000));
+    let out = forwards(&mut router);
     assert!(out.is_empty(), "waits for the new key frame");
-    router.media(t0 + Duration::from_secs(1), again, v2.next(true, 3000), &mut out);
+    router.handle_media(t0 + Duration::from_secs(1), again, v2.next(true, 3000));
+    let out = forwards(&mut router);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].seq, last + 1);
 }
@@ -405,17 +410,16 @@ fn bad_input_is_ignored_or_refused() {
     assert_eq!(router.add_track(PLAYER, Codec::Vp8, 1), Err(RouteError::NotPublisher(PLAYER)));
     assert_eq!(router.subscribe(t0, MACHINE, PLAYER, Role::Player), Err(RouteError::PeerExists(PLAYER)));
     let video = router.add_track(PUBLISHER, Codec::Vp8, 1).unwrap();
-    let mut out = Vec::new();
     let mut bad = Source::new(video + 5, 0, 1, 0, 10);
-    router.media(t0, PUBLISHER, bad.next(true, 1), &mut out);
+    router.handle_media(t0, PUBLISHER, bad.next(true, 1));
     let mut bad_layer = Source::new(video, 2, 1, 0, 10);
-    router.media(t0, PUBLISHER, bad_layer.next(true, 1), &mut out);
+    router.handle_media(t0, PUBLISHER, bad_layer.next(true, 1));
     let mut from_sub = Source::new(video, 0, 1, 0, 10);
-    router.media(t0, PLAYER, from_sub.next(true, 1), &mut out);
-    assert!(out.is_empty());
-    router.nack(PLAYER, 99, &[1, 2, 3], &mut out);
-    router.nack(PUBLISHER, video, &[1], &mut out);
-    router.request_keyframe(t0, PLAYER, 99);
-    assert!(out.is_empty());
+    router.handle_media(t0, PLAYER, from_sub.next(true, 1));
+    assert!(forwards(&mut router).is_empty());
+    router.handle_nack(PLAYER, 99, &[1, 2, 3]);
+    router.handle_nack(PUBLISHER, video, &[1]);
+    router.handle_keyframe_request(t0, PLAYER, 99);
+    assert!(forwards(&mut router).is_empty());
     assert_eq!(router.stats().packets_in, 0);
 }

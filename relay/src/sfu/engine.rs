@@ -2,11 +2,11 @@
 //!
 //! The shell hands it the datagrams of the shared UDP port that are the SFU's (see
 //! [`Sfu::handle_datagram`]: STUN checks are matched by the ICE username fragment, everything
-//! else by the source address ICE learned) and sends what [`Sfu::drain_transmits`] returns from
+//! else by the source address ICE learned) and sends what [`Sfu::poll_transmit`] returns from
 //! the same port. HTTP (WHIP/WHEP) calls [`Sfu::publish`], [`Sfu::subscribe`] and
 //! [`Sfu::remove`]. A peer whose WebRTC stack fails or panics is ended alone and counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -14,7 +14,7 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::keyframe::Codec;
-use super::route::{Forward, MediaIn, PeerId, Role, RouteError, Router};
+use super::route::{MediaIn, PeerId, Role, RouteError, Router};
 use super::webrtc::{Peer, PeerError, PeerEvent, Transmit, stun_ufrag};
 
 /// What the engine counts besides the router's [`super::RouteStats`].
@@ -96,8 +96,9 @@ pub struct Sfu {
     /// Machine → its publisher.
     publishers: HashMap<String, PeerId>,
     router: Router,
+    /// Datagrams the peers produced, moved to `outbox` as [`Sfu::poll_transmit`] reads them.
     transmits: Vec<Transmit>,
-    forwards: Vec<Forward>,
+    outbox: VecDeque<Transmit>,
     stats: SfuStats,
     /// Our peers' ufrags, shared with the TURN workers that sort STUN checks on the shared port.
     ufrags: Arc<RwLock<HashSet<String>>>,
@@ -120,7 +121,7 @@ impl Sfu {
             publishers: HashMap::new(),
             router: Router::new(),
             transmits: Vec::new(),
-            forwards: Vec::new(),
+            outbox: VecDeque::new(),
             stats: SfuStats::default(),
             ufrags: Arc::default(),
             serial: 0,
@@ -387,9 +388,12 @@ impl Sfu {
         }
     }
 
-    /// Moves the datagrams to send into `out` (appended).
-    pub fn drain_transmits(&mut self, out: &mut Vec<Transmit>) {
-        out.append(&mut self.transmits);
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.outbox.is_empty() {
+            self.outbox.extend(self.transmits.drain(..));
+        }
+        self.outbox.pop_front()
     }
 
     fn add(&mut self, peer: Peer, role: Option<Role>, label: &str) -> PeerId {
@@ -496,9 +500,8 @@ impl Sfu {
                     self.layout += 1;
                 }
                 let pkt = MediaIn { track, layer, seq, timestamp, marker, keyframe, payload };
-                let mut forwards = std::mem::take(&mut self.forwards);
-                self.router.media(now, id, pkt, &mut forwards);
-                for f in forwards.drain(..) {
+                self.router.handle_media(now, id, pkt);
+                while let Some(f) = self.router.poll_forward() {
                     self.refresh_lines(f.to);
                     let Some(sub) = self.peers.get_mut(&f.to) else { continue };
                     let Some(m) = sub.lines.get(track).copied().flatten() else { continue };
@@ -511,7 +514,6 @@ impl Sfu {
                         Err(e) => self.fail(f.to, &e),
                     }
                 }
-                self.forwards = forwards;
                 self.deliver_to(now, queue);
             }
             PeerEvent::KeyframeRequest { media } => {
@@ -520,22 +522,20 @@ impl Sfu {
                 else {
                     return;
                 };
-                self.router.request_keyframe(now, id, track);
+                self.router.handle_keyframe_request(now, id, track);
                 self.deliver_to(now, queue);
             }
             PeerEvent::Nacks(n) => self.stats.nacks_received += n,
             PeerEvent::Bandwidth(bps) => {
-                self.router.set_bandwidth(now, id, bps);
+                self.router.handle_bandwidth(now, id, bps);
                 self.deliver_to(now, queue);
             }
             PeerEvent::Data { binary, data } => {
                 let is_publisher = self.peers.get(&id).is_some_and(|e| e.role.is_none());
                 let targets = if is_publisher {
-                    let mut to = Vec::new();
-                    self.router.message_from_publisher(id, &mut to);
-                    to
+                    self.router.handle_publisher_message(id)
                 } else {
-                    self.router.input(id).into_iter().collect()
+                    self.router.handle_input(id).into_iter().collect()
                 };
                 for to in targets {
                     let Some(e) = self.peers.get_mut(&to) else { continue };

@@ -155,6 +155,8 @@ pub struct Router {
     by_machine: HashMap<String, usize>,
     peers: HashMap<PeerId, Membership>,
     requests: VecDeque<KeyframeRequest>,
+    /// Packets for subscribers, read by [`poll_forward`](Self::poll_forward).
+    forwards: VecDeque<Forward>,
     stats: RouteStats,
     next_review: Option<Instant>,
 }
@@ -360,7 +362,7 @@ impl Router {
 
     /// A data-channel message from a subscriber: `Some(publisher)` if it holds the seat and the
     /// machine is there, else dropped and counted.
-    pub fn input(&mut self, from: PeerId) -> Option<PeerId> {
+    pub fn handle_input(&mut self, from: PeerId) -> Option<PeerId> {
         let to = self
             .peers
             .get(&from)
@@ -376,21 +378,18 @@ impl Router {
         to
     }
 
-    /// A data-channel message from a publisher: the subscribers it goes to, into `out`.
-    pub fn message_from_publisher(&mut self, from: PeerId, out: &mut Vec<PeerId>) {
-        out.clear();
-        if let Some(m) = self.peers.get(&from).filter(|m| m.publisher) {
-            out.extend(self.rooms[m.room].subscribers.iter().map(|s| s.id));
-            self.stats.messages_to_subscribers += out.len() as u64;
-        }
+    /// A data-channel message from a publisher: the subscribers it goes to.
+    pub fn handle_publisher_message(&mut self, from: PeerId) -> Vec<PeerId> {
+        let Some(m) = self.peers.get(&from).filter(|m| m.publisher) else { return Vec::new() };
+        let to: Vec<PeerId> = self.rooms[m.room].subscribers.iter().map(|s| s.id).collect();
+        self.stats.messages_to_subscribers += to.len() as u64;
+        to
     }
 
-    /// Routes one packet from a publisher: every forward goes into `out` (cleared first), and any
-    /// key-frame request it causes into the queue read by [`poll_keyframe_request`].
-    ///
-    /// [`poll_keyframe_request`]: Self::poll_keyframe_request
-    pub fn media(&mut self, now: Instant, from: PeerId, pkt: MediaIn, out: &mut Vec<Forward>) {
-        out.clear();
+    /// Routes one packet from a publisher: every forward is queued for
+    /// [`poll_forward`](Self::poll_forward), and any key-frame request it causes for
+    /// [`poll_keyframe_request`](Self::poll_keyframe_request).
+    pub fn handle_media(&mut self, now: Instant, from: PeerId, pkt: MediaIn) {
         let Some(&Membership { room, publisher: true }) = self.peers.get(&from) else { return };
         let r = &mut self.rooms[room];
         let Some(track) = r.tracks.get_mut(pkt.track) else { return };
@@ -437,7 +436,7 @@ impl Router {
             }
             self.stats.packets_out += 1;
             self.stats.bytes_out += pkt.payload.len() as u64;
-            out.push(Forward {
+            self.forwards.push_back(Forward {
                 to: sub.id,
                 track: pkt.track,
                 seq,
@@ -459,7 +458,7 @@ impl Router {
     }
 
     /// A subscriber's PLI/FIR for `track`: goes to the publisher through the layer's gate.
-    pub fn request_keyframe(&mut self, now: Instant, from: PeerId, track: usize) {
+    pub fn handle_keyframe_request(&mut self, now: Instant, from: PeerId, track: usize) {
         let Some(&Membership { room, publisher: false }) = self.peers.get(&from) else { return };
         let r = &mut self.rooms[room];
         let Some(publisher) = r.publisher else { return };
@@ -473,9 +472,9 @@ impl Router {
     }
 
     /// A subscriber's NACK for outgoing sequence numbers of `track`: the packets still cached
-    /// go into `out` (cleared first) with the numbers the subscriber asked for.
-    pub fn nack(&mut self, from: PeerId, track: usize, seqs: &[u64], out: &mut Vec<Forward>) {
-        out.clear();
+    /// are queued for [`poll_forward`](Self::poll_forward) with the numbers the subscriber
+    /// asked for.
+    pub fn handle_nack(&mut self, from: PeerId, track: usize, seqs: &[u64]) {
         let Some(&Membership { room, publisher: false }) = self.peers.get(&from) else { return };
         let r = &self.rooms[room];
         let Some(d) = r.subscribers.iter().find(|s| s.id == from).and_then(|s| s.down.get(track)) else { return };
@@ -490,7 +489,7 @@ impl Router {
             match cached {
                 Some(c) => {
                     self.stats.resent += 1;
-                    out.push(Forward {
+                    self.forwards.push_back(Forward {
                         to: from,
                         track,
                         seq,
@@ -506,7 +505,7 @@ impl Router {
     }
 
     /// The subscriber's new bandwidth estimate (bits per second); layers are chosen again.
-    pub fn set_bandwidth(&mut self, now: Instant, peer: PeerId, bps: u64) {
+    pub fn handle_bandwidth(&mut self, now: Instant, peer: PeerId, bps: u64) {
         let Some(&Membership { room, publisher: false }) = self.peers.get(&peer) else { return };
         if let Some(s) = self.rooms[room].subscribers.iter_mut().find(|s| s.id == peer) {
             s.bandwidth = Some(bps);
@@ -524,6 +523,11 @@ impl Router {
     pub fn target_layer(&self, peer: PeerId, track: usize) -> Option<u8> {
         let m = self.peers.get(&peer)?;
         Some(self.rooms[m.room].subscribers.iter().find(|s| s.id == peer)?.down.get(track)?.target)
+    }
+
+    /// The next packet for a subscriber.
+    pub fn poll_forward(&mut self) -> Option<Forward> {
+        self.forwards.pop_front()
     }
 
     /// The next key-frame request to send to a publisher.

@@ -275,7 +275,7 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
                 queue_full: 0,
             };
         }
-        sfu.drain_transmits(&mut out);
+        out.extend(std::iter::from_fn(|| sfu.poll_transmit()));
         if !out.is_empty() {
             {
                 let mut batch = SendBatch::new(&mut queue, fd);
