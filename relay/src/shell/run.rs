@@ -136,11 +136,7 @@ impl CoreBase {
 /// Binds the TCP and TLS listening sockets: `workers` SO_REUSEPORT sockets per address, the
 /// first deciding the port where the config says 0 (TCP on server.listen's address then takes
 /// the UDP port). Returns the sockets per worker and the bound addresses.
-#[allow(clippy::type_complexity)]
-fn bind_streams(
-    config: &Config,
-    udp: SocketAddr,
-) -> anyhow::Result<(Vec<Vec<StreamListener>>, Option<SocketAddr>, Vec<SocketAddr>)> {
+fn bind_streams(config: &Config, udp: SocketAddr) -> anyhow::Result<StreamListeners> {
     let mut wanted: Vec<(SocketAddr, Transport, &str)> = Vec::new();
     if let Some(tcp) = config.tcp_listen {
         let tcp = if tcp == config.listen { udp } else { tcp };
@@ -198,7 +194,7 @@ fn raise_fd_limit() {
 
 /// Runs the relay until a signal ends it. Blocks the calling thread. `hooks` serve reloads.
 ///
-/// Phases: bind every socket ([`bind_udp`], [`start_sfu`], [`bind_streams`]), spawn the workers
+/// Phases: bind every socket ([`bind_listeners`], [`start_sfu`]), spawn the workers
 /// ([`spawn_workers`]), serve HTTP and heartbeats ([`serve`]), wait for signals ([`supervise`]),
 /// drain ([`drain`]), stop.
 pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
@@ -217,7 +213,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
     ));
 
     // Bind all listening sockets before anything runs.
-    let udp = bind_udp(&config)?;
+    let (udp, (stream_listeners, tcp_addr, tls_addrs)) = bind_listeners(&config)?;
     let listen = udp.listen;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let admin_listener = runtime.block_on(admin::bind(config.admin_listen))?;
@@ -227,7 +223,6 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
         if sfu.is_some() { vec![SocketAddr::new(config.advertised_ip(), listen.port())] } else { Vec::new() };
     let base = CoreBase::new(&config, listen, sfu_candidates);
     let server_config = Arc::new(base.server_config(&config));
-    let (stream_listeners, tcp_addr, tls_addrs) = bind_streams(&config, listen)?;
     let turn_tls = match &config.tls {
         Some(t) => Some(super::tls::server_config(&t.cert, &t.key, super::tls::TURN_KEYS, &[])?),
         None => None,
@@ -315,6 +310,32 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
         let _ = thread.join();
     }
     outcome
+}
+
+/// The TCP and TLS listening sockets per worker and their addresses (see [`bind_streams`]).
+type StreamListeners = (Vec<Vec<StreamListener>>, Option<SocketAddr>, Vec<SocketAddr>);
+
+/// Binds UDP, then TCP and TLS. With `server.listen` on port 0 and TCP on the same address, the
+/// port the UDP socket got may be taken for TCP; then both are bound again on another port (a
+/// few times), so that port 0 means "any port free for both".
+fn bind_listeners(config: &Config) -> anyhow::Result<(UdpListeners, StreamListeners)> {
+    const ATTEMPTS: usize = 8;
+    let mut attempt = 1;
+    loop {
+        let udp = bind_udp(config)?;
+        match bind_streams(config, udp.listen) {
+            Ok(streams) => return Ok((udp, streams)),
+            Err(e) if config.listen.port() == 0 && attempt < ATTEMPTS && addr_in_use(&e) => {
+                warn!(udp = %udp.listen, "the UDP port is taken for TCP; binding both on another port");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn addr_in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse))
 }
 
 /// The UDP listening sockets: `workers` on `server.listen` (with port 0 the first picks the port
