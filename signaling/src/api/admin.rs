@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use signaling_api::admin::{RelayCounts, Rotated, SecretCounts, SessionCounts, Status};
 use tracing::info;
 
 use super::extract::{Bearer, Body};
@@ -24,26 +25,26 @@ pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     ([("content-type", "text/plain; version=0.0.4")], state.metrics.render())
 }
 
-pub(super) async fn status(State(state): State<AppState>, bearer: Bearer) -> ApiResult<Json<Value>> {
+pub(super) async fn status(State(state): State<AppState>, bearer: Bearer) -> ApiResult<Json<Status>> {
     bearer.require(&[])?;
     let now = now_ms();
     let relays = state.store.relays().await?;
     let (machines, live, total) = state.store.counts().await?;
     let count = |s: &str| relays.iter().filter(|r| placement::relay_status(r, now) == s).count();
     let secrets = state.store.live_secrets(now).await?;
-    Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_secs": state.started.elapsed().as_secs(),
-        "store": state.store.kind(),
-        "regions": state.config.regions.len(),
-        "relays": { "serving": count("serving"), "draining": count("draining"), "dead": count("dead") },
-        "machines": machines,
-        "sessions": { "live": live, "total": total },
-        "secrets": { "newest": secrets.version >> 8, "live": secrets.keys.len() },
-    })))
+    Ok(Json(Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_secs: state.started.elapsed().as_secs(),
+        store: state.store.kind().into(),
+        regions: state.config.regions.len(),
+        relays: RelayCounts { serving: count("serving"), draining: count("draining"), dead: count("dead") },
+        machines,
+        sessions: SessionCounts { live, total },
+        secrets: SecretCounts { newest: secrets.version >> 8, live: secrets.keys.len() },
+    }))
 }
 
-pub(super) async fn rotate_keys(State(state): State<AppState>, bearer: Bearer) -> ApiResult<Json<Value>> {
+pub(super) async fn rotate_keys(State(state): State<AppState>, bearer: Bearer) -> ApiResult<Json<Rotated>> {
     bearer.require(&[])?;
     // Old secrets stay accepted while credentials they signed may still allocate, plus margin
     // for clock skew and heartbeat propagation.
@@ -51,9 +52,7 @@ pub(super) async fn rotate_keys(State(state): State<AppState>, bearer: Bearer) -
     let version = state.store.rotate_secret(now_ms(), keep_ms).await?;
     info!(version, by = %bearer.0.sub, "TURN secret rotated");
     let secrets = state.store.live_secrets(now_ms()).await?;
-    Ok(Json(
-        json!({ "version": version, "live_secrets": secrets.keys.len(), "previous_retire_after_secs": keep_ms / 1000 }),
-    ))
+    Ok(Json(Rotated { version, live_secrets: secrets.keys.len(), previous_retire_after_secs: keep_ms / 1000 }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use cluster::heartbeat::{Command, Heartbeat, HeartbeatReply, RelayState};
-use serde_json::{Value, json};
+use signaling_api::relays::{AdminStateChanged, RelayInfo, RelayList, RelayRemoved};
 use tracing::info;
 
 use super::extract::{Bearer, Body, PathParam, RelayAuth};
@@ -69,22 +69,34 @@ pub(super) async fn relay_heartbeat(
     }))
 }
 
-pub(super) async fn list_relays(State(state): State<AppState>, bearer: Bearer) -> ApiResult<Json<Value>> {
+pub(super) async fn list_relays(State(state): State<AppState>, bearer: Bearer) -> ApiResult<Json<RelayList>> {
     bearer.require(&[])?;
     let now = now_ms();
-    let relays: Vec<Value> = state
+    let relays = state
         .store
         .relays()
         .await?
-        .iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(r).unwrap_or_default();
-            v["status"] = placement::relay_status(r, now).into();
-            v["seen_ago_ms"] = (now - r.last_seen_ms).into();
-            v
+        .into_iter()
+        .map(|r| RelayInfo {
+            status: placement::relay_status(&r, now).into(),
+            seen_ago_ms: now - r.last_seen_ms,
+            id: r.id,
+            region: r.region,
+            version: r.version,
+            public_host: r.public_host,
+            turn_udp_port: r.turn_udp_port,
+            turn_tls_port: r.turn_tls_port,
+            sfu_url: r.sfu_url,
+            state: r.state,
+            admin_state: r.admin_state,
+            load: r.load,
+            utilisation: r.utilisation,
+            started_at: r.started_at,
+            first_seen_ms: r.first_seen_ms,
+            last_seen_ms: r.last_seen_ms,
         })
         .collect();
-    Ok(Json(json!({ "relays": relays })))
+    Ok(Json(RelayList { relays }))
 }
 
 pub(super) async fn set_admin_state(
@@ -92,13 +104,13 @@ pub(super) async fn set_admin_state(
     bearer: &Bearer,
     id: &str,
     to: RelayState,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AdminStateChanged>> {
     bearer.require(&[])?;
     if !state.store.set_relay_admin_state(id, to).await? {
         return Err(ApiError::not_found(format!("no relay {id:?}")));
     }
     info!(relay = %id, to = to.as_str(), by = %bearer.0.sub, "relay admin state changed");
-    Ok(Json(json!({ "relay": id, "admin_state": to })))
+    Ok(Json(AdminStateChanged { relay: id.to_owned(), admin_state: to }))
 }
 
 /// Forgets a dead relay (decommissioned); a live one would register again with its next
@@ -107,7 +119,7 @@ pub(super) async fn remove_relay(
     State(state): State<AppState>,
     bearer: Bearer,
     PathParam(id): PathParam<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RelayRemoved>> {
     bearer.require(&[])?;
     let relay = state.store.relay(&id).await?.ok_or_else(|| ApiError::not_found(format!("no relay {id:?}")))?;
     if placement::is_live(&relay, now_ms()) {
@@ -115,14 +127,14 @@ pub(super) async fn remove_relay(
     }
     state.store.remove_relay(&id).await?;
     info!(relay = %id, by = %bearer.0.sub, "relay removed");
-    Ok(Json(json!({ "relay": id, "removed": true })))
+    Ok(Json(RelayRemoved { relay: id, removed: true }))
 }
 
 pub(super) async fn drain_relay(
     State(state): State<AppState>,
     bearer: Bearer,
     PathParam(id): PathParam<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AdminStateChanged>> {
     set_admin_state(&state, &bearer, &id, RelayState::Draining).await
 }
 
@@ -130,7 +142,7 @@ pub(super) async fn undrain_relay(
     State(state): State<AppState>,
     bearer: Bearer,
     PathParam(id): PathParam<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AdminStateChanged>> {
     set_admin_state(&state, &bearer, &id, RelayState::Serving).await
 }
 

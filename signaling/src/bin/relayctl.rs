@@ -331,25 +331,36 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
     let show = |value: Value, table: fn(&Value) -> String| {
         if json { Output::Json(value) } else { Output::Text(table(&value)) }
     };
+    // The same for responses `signaling_api` types: read as the type, so an answer that is not
+    // the documented shape is an error (exit 1), whatever the output.
+    fn typed<T: serde::de::DeserializeOwned>(
+        json: bool,
+        value: Value,
+        table: fn(&T) -> String,
+    ) -> anyhow::Result<Output> {
+        let typed: T = serde_json::from_value(value.clone())
+            .with_context(|| format!("signaling's answer is not a {}", std::any::type_name::<T>()))?;
+        Ok(if json { Output::Json(value) } else { Output::Text(table(&typed)) })
+    }
     Ok(match cli.command {
         Command::Status => {
-            show(api.get(&["v1", "admin", "status"], &[]).await.context("getting the status")?, render::status)
+            typed(json, api.get(&["v1", "admin", "status"], &[]).await.context("getting the status")?, render::status)?
         }
         Command::Regions => show(api.get_public(&["v1", "regions"]).await.context("listing regions")?, render::regions),
         Command::Relays { action: None | Some(RelaysAction::List) } => {
-            show(api.get(&["v1", "relays"], &[]).await.context("listing relays")?, render::relays)
+            typed(json, api.get(&["v1", "relays"], &[]).await.context("listing relays")?, render::relays)?
         }
         Command::Relays { action: Some(RelaysAction::Drain { id }) } => {
             let v = api.post(&["v1", "relays", &id.0, "drain"], &json!({})).await;
-            show(v.with_context(|| format!("draining relay {}", id.0))?, render::admin_state)
+            typed(json, v.with_context(|| format!("draining relay {}", id.0))?, render::admin_state)?
         }
         Command::Relays { action: Some(RelaysAction::Undrain { id }) } => {
             let v = api.post(&["v1", "relays", &id.0, "undrain"], &json!({})).await;
-            show(v.with_context(|| format!("undraining relay {}", id.0))?, render::admin_state)
+            typed(json, v.with_context(|| format!("undraining relay {}", id.0))?, render::admin_state)?
         }
         Command::Relays { action: Some(RelaysAction::Remove { id }) } => {
             let v = api.delete(&["v1", "relays", &id.0]).await;
-            show(v.with_context(|| format!("removing relay {}", id.0))?, render::admin_state)
+            typed(json, v.with_context(|| format!("removing relay {}", id.0))?, render::removed)?
         }
         Command::Machines => {
             show(api.get(&["v1", "machines"], &[]).await.context("listing machines")?, render::machines)
@@ -380,10 +391,11 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
             let v = api.post(&["v1", "sessions", &id.0, "end"], &body).await;
             show(v.with_context(|| format!("ending session {}", id.0))?, render::ended)
         }
-        Command::Keys { action: KeysAction::Rotate } => show(
+        Command::Keys { action: KeysAction::Rotate } => typed(
+            json,
             api.post(&["v1", "admin", "keys", "rotate"], &json!({})).await.context("rotating TURN secrets")?,
             render::rotated,
-        ),
+        )?,
         Command::Token { action: TokenAction::Mint(args) } => mint(&api, args, json).await?,
         Command::IceConfig(args) => {
             let body = ice_config_request(args)?;

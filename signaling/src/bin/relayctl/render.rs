@@ -7,7 +7,10 @@
 
 use std::fmt::Write as _;
 
+use cluster::heartbeat::RelayState;
 use serde_json::Value;
+use signaling_api::admin::{Rotated, Status};
+use signaling_api::relays::{AdminStateChanged, RelayList, RelayRemoved};
 
 /// Column alignment: text left, numbers right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,25 +135,17 @@ fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 
 // ---- one renderer per command ----
 
-pub fn status(v: &Value) -> String {
-    let relays = &v["relays"];
+pub fn status(v: &Status) -> String {
+    let r = &v.relays;
     fields(&[
-        ("version", text(&v["version"])),
-        ("uptime", v["uptime_secs"].as_i64().map_or("-".into(), |s| duration(s * 1000))),
-        ("store", text(&v["store"])),
-        ("regions", text(&v["regions"])),
-        (
-            "relays",
-            format!(
-                "{} serving, {} draining, {} dead",
-                text(&relays["serving"]),
-                text(&relays["draining"]),
-                text(&relays["dead"])
-            ),
-        ),
-        ("machines", text(&v["machines"])),
-        ("sessions", format!("{} live, {} total", text(&v["sessions"]["live"]), text(&v["sessions"]["total"]))),
-        ("secrets", format!("newest {}, {} live", text(&v["secrets"]["newest"]), text(&v["secrets"]["live"]))),
+        ("version", v.version.clone()),
+        ("uptime", duration(v.uptime_secs as i64 * 1000)),
+        ("store", v.store.clone()),
+        ("regions", v.regions.to_string()),
+        ("relays", format!("{} serving, {} draining, {} dead", r.serving, r.draining, r.dead)),
+        ("machines", v.machines.to_string()),
+        ("sessions", format!("{} live, {} total", v.sessions.live, v.sessions.total)),
+        ("secrets", format!("newest {}, {} live", v.secrets.newest, v.secrets.live)),
     ])
 }
 
@@ -187,7 +182,7 @@ pub fn regions(v: &Value) -> String {
     out
 }
 
-pub fn relays(v: &Value) -> String {
+pub fn relays(v: &RelayList) -> String {
     let mut t = Table::new(&[
         ("ID", Align::Left),
         ("REGION", Align::Left),
@@ -198,38 +193,33 @@ pub fn relays(v: &Value) -> String {
         ("ALLOCATIONS", Align::Right),
         ("SEEN", Align::Left),
     ]);
-    for r in list(v, "relays") {
-        let host = text(&r["public_host"]);
-        let host = if host.contains(':') { format!("[{host}]") } else { host };
-        let allocations = match (r["load"]["allocations"].as_u64(), r["load"]["max_allocations"].as_u64()) {
-            (Some(n), Some(max)) if max > 0 => format!("{n}/{max}"),
-            (Some(n), _) => n.to_string(),
-            _ => "-".into(),
-        };
+    for r in &v.relays {
+        let host = if r.public_host.contains(':') { format!("[{}]", r.public_host) } else { r.public_host.clone() };
+        let (n, max) = (r.load.allocations, r.load.max_allocations);
         t.row(vec![
-            text(&r["id"]),
-            text(&r["region"]),
-            text(&r["status"]),
-            text(&r["admin_state"]),
-            format!("{host}:{}", text(&r["turn_udp_port"])),
-            r["utilisation"].as_f64().map_or("-".into(), |u| format!("{:.0}%", u * 100.0)),
-            allocations,
-            r["seen_ago_ms"].as_i64().map_or("-".into(), ago),
+            r.id.clone(),
+            r.region.clone(),
+            r.status.clone(),
+            r.admin_state.as_str().into(),
+            format!("{host}:{}", r.turn_udp_port),
+            format!("{:.0}%", r.utilisation * 100.0),
+            if max > 0 { format!("{n}/{max}") } else { n.to_string() },
+            ago(r.seen_ago_ms),
         ]);
     }
     if t.is_empty() { "no relays have registered\n".into() } else { t.render() }
 }
 
-pub fn admin_state(v: &Value) -> String {
-    let relay = clean(&text(&v["relay"]));
-    if v["removed"] == true {
-        return format!("relay {relay} removed from the registry\n");
+pub fn admin_state(v: &AdminStateChanged) -> String {
+    let relay = clean(&v.relay);
+    match v.admin_state {
+        RelayState::Draining => format!("relay {relay} is draining: it keeps its sessions and takes no new ones\n"),
+        RelayState::Serving => format!("relay {relay} is back in rotation\n"),
     }
-    match v["admin_state"].as_str() {
-        Some("draining") => format!("relay {relay} is draining: it keeps its sessions and takes no new ones\n"),
-        Some("serving") => format!("relay {relay} is back in rotation\n"),
-        _ => format!("relay {relay}: admin state {}\n", clean(&text(&v["admin_state"]))),
-    }
+}
+
+pub fn removed(v: &RelayRemoved) -> String {
+    format!("relay {} removed from the registry\n", clean(&v.relay))
 }
 
 pub fn machines(v: &Value) -> String {
@@ -382,12 +372,10 @@ pub fn ended(v: &Value) -> String {
     )
 }
 
-pub fn rotated(v: &Value) -> String {
+pub fn rotated(v: &Rotated) -> String {
     format!(
         "TURN secret rotated: version {} is current, {} secrets accepted; the older ones retire after {} s\n",
-        text(&v["version"]),
-        text(&v["live_secrets"]),
-        text(&v["previous_retire_after_secs"]),
+        v.version, v.live_secrets, v.previous_retire_after_secs,
     )
 }
 

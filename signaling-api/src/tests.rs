@@ -1,0 +1,82 @@
+//! Every response type survives JSON unchanged, and reads the JSON signaling has always sent.
+
+use cluster::heartbeat::{Load, RelayState};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::admin::{RelayCounts, Rotated, SecretCounts, SessionCounts, Status};
+use crate::relays::{AdminStateChanged, RelayInfo, RelayList, RelayRemoved};
+
+/// `value` → JSON → back, equal; and `wire` (the JSON as clients have seen it) reads as `value`.
+fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: T, wire: serde_json::Value) {
+    let json = serde_json::to_value(&value).unwrap();
+    assert_eq!(serde_json::from_value::<T>(json.clone()).unwrap(), value);
+    assert_eq!(json, wire, "the wire format changed");
+}
+
+fn relay() -> RelayInfo {
+    RelayInfo {
+        id: "eu-1".into(),
+        region: "eu-central".into(),
+        version: "0.1.0".into(),
+        public_host: "2001:db8::1".into(),
+        turn_udp_port: 3478,
+        turn_tls_port: Some(443),
+        sfu_url: None,
+        state: RelayState::Serving,
+        admin_state: RelayState::Draining,
+        load: Load { allocations: 3, max_allocations: 100, cpu: 0.25, bandwidth_bps: 1000, bandwidth_cap_bps: 0 },
+        utilisation: 0.25,
+        started_at: 1_800_000_000,
+        first_seen_ms: 1_800_000_000_000,
+        last_seen_ms: 1_800_000_005_000,
+        status: "draining".into(),
+        seen_ago_ms: 1200,
+    }
+}
+
+#[test]
+fn admin_responses() {
+    round_trip(
+        Status {
+            version: "0.1.0".into(),
+            uptime_secs: 42,
+            store: "sqlite".into(),
+            regions: 3,
+            relays: RelayCounts { serving: 2, draining: 1, dead: 0 },
+            machines: 5,
+            sessions: SessionCounts { live: 1, total: 9 },
+            secrets: SecretCounts { newest: 7, live: 2 },
+        },
+        json!({
+            "version": "0.1.0", "uptime_secs": 42, "store": "sqlite", "regions": 3,
+            "relays": { "serving": 2, "draining": 1, "dead": 0 }, "machines": 5,
+            "sessions": { "live": 1, "total": 9 }, "secrets": { "newest": 7, "live": 2 },
+        }),
+    );
+    round_trip(
+        Rotated { version: 1793, live_secrets: 2, previous_retire_after_secs: 900 },
+        json!({ "version": 1793, "live_secrets": 2, "previous_retire_after_secs": 900 }),
+    );
+}
+
+#[test]
+fn relay_responses() {
+    round_trip(
+        RelayList { relays: vec![relay()] },
+        json!({ "relays": [{
+            "id": "eu-1", "region": "eu-central", "version": "0.1.0", "public_host": "2001:db8::1",
+            "turn_udp_port": 3478, "turn_tls_port": 443, "sfu_url": null, "state": "serving",
+            "admin_state": "draining",
+            "load": { "allocations": 3, "max_allocations": 100, "cpu": 0.25, "bandwidth_bps": 1000, "bandwidth_cap_bps": 0 },
+            "utilisation": 0.25, "started_at": 1_800_000_000u64, "first_seen_ms": 1_800_000_000_000u64,
+            "last_seen_ms": 1_800_000_005_000u64, "status": "draining", "seen_ago_ms": 1200,
+        }] }),
+    );
+    round_trip(
+        AdminStateChanged { relay: "eu-1".into(), admin_state: RelayState::Draining },
+        json!({ "relay": "eu-1", "admin_state": "draining" }),
+    );
+    round_trip(RelayRemoved { relay: "eu-1".into(), removed: true }, json!({ "relay": "eu-1", "removed": true }));
+}
