@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod relays;
+pub mod sessions;
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::admin::{RelayCounts, Rotated, SecretCounts, SessionCounts, Status};
 use crate::relays::{AdminStateChanged, RelayInfo, RelayList, RelayRemoved};
+use crate::sessions::{SeatHanded, Session, SessionDetail, SessionEvent, SessionList};
 
 /// `value` → JSON → back, equal; and `wire` (the JSON as clients have seen it) reads as `value`.
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: T, wire: serde_json::Value) {
@@ -79,4 +80,45 @@ fn relay_responses() {
         json!({ "relay": "eu-1", "admin_state": "draining" }),
     );
     round_trip(RelayRemoved { relay: "eu-1".into(), removed: true }, json!({ "relay": "eu-1", "removed": true }));
+}
+
+fn session() -> Session {
+    Session {
+        id: "ses_1".into(),
+        machine_id: "m1".into(),
+        player: "alice".into(),
+        mode: "sfu".into(),
+        region: "eu-central".into(),
+        relay_id: "eu-1".into(),
+        source: "probes".into(),
+        scores: json!({ "score_ms": 20.0, "sfu": { "relay": "eu-1" } }),
+        client_ip: Some("192.0.2.7".into()),
+        requested_ms: 1000,
+        connected_ms: Some(1500),
+        ended_ms: Some(61_000),
+        end_reason: Some("bye".into()),
+        ended_by: Some("player".into()),
+        status: "ended".into(),
+        duration_ms: Some(60_000),
+    }
+}
+
+#[test]
+fn session_responses() {
+    let wire = json!({
+        "id": "ses_1", "machine_id": "m1", "player": "alice", "mode": "sfu", "region": "eu-central",
+        "relay_id": "eu-1", "source": "probes", "scores": { "score_ms": 20.0, "sfu": { "relay": "eu-1" } },
+        "client_ip": "192.0.2.7", "requested_ms": 1000, "connected_ms": 1500, "ended_ms": 61_000,
+        "end_reason": "bye", "ended_by": "player", "status": "ended", "duration_ms": 60_000,
+    });
+    round_trip(session(), wire.clone());
+    round_trip(SessionList { sessions: vec![session()] }, json!({ "sessions": [wire.clone()] }));
+    let event = SessionEvent { seq: 1, at_ms: 1000, kind: "requested".into(), detail: json!({ "mode": "sfu" }) };
+    let mut detail_wire = wire;
+    detail_wire["events"] = json!([{ "seq": 1, "at_ms": 1000, "kind": "requested", "detail": { "mode": "sfu" } }]);
+    round_trip(SessionDetail { session: session(), events: vec![event] }, detail_wire);
+    round_trip(
+        SeatHanded { session: "ses_1".into(), holder: Some("bob".into()), previous: None },
+        json!({ "session": "ses_1", "holder": "bob", "previous": null }),
+    );
 }

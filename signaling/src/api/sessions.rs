@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use cluster::media::{MediaClaims, MediaRole};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use signaling_api::sessions::{SeatHanded, Session, SessionDetail, SessionEvent, SessionList};
 use tracing::info;
 
 use super::extract::{Bearer, Body, OptionalBody, PathParam, QueryParam};
@@ -201,7 +202,7 @@ pub(super) async fn hand_seat(
     bearer: Bearer,
     PathParam(id): PathParam<String>,
     Body(req): Body<HandSeat>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SeatHanded>> {
     let s = visible_session(&state, &bearer, &id).await?;
     if !(bearer.is_admin() || (bearer.0.role == Role::Player && bearer.0.sub == s.player)) {
         return Err(ApiError::Forbidden("only an admin or the session's player hands the seat".into()));
@@ -240,7 +241,8 @@ pub(super) async fn hand_seat(
     let detail = json!({ "to": req.to, "previous": body["previous"], "by": by });
     state.store.add_event(&id, "seat", &detail, now_ms()).await?;
     info!(session = %id, to = req.to.as_deref().unwrap_or("nobody"), by, "seat handed");
-    Ok(Json(json!({ "session": id, "holder": req.to, "previous": body["previous"] })))
+    let previous = body["previous"].as_str().map(str::to_owned);
+    Ok(Json(SeatHanded { session: id, holder: req.to, previous }))
 }
 
 /// The session if the caller may see it: admin, its player, or its machine.
@@ -260,30 +262,48 @@ pub(super) async fn visible_session(state: &AppState, bearer: &Bearer, id: &str)
     Ok(s)
 }
 
-fn session_json(s: &SessionRow) -> Value {
-    let mut v = serde_json::to_value(s).unwrap_or_default();
-    v["status"] = if s.ended_ms.is_some() {
+/// A session as the API shows it: the row, its status and its duration.
+fn session_json(s: &SessionRow) -> Session {
+    let status = if s.ended_ms.is_some() {
         "ended"
     } else if s.connected_ms.is_some() {
         "connected"
     } else {
         "requested"
+    };
+    let s = s.clone();
+    Session {
+        status: status.into(),
+        duration_ms: s.ended_ms.map(|e| e - s.requested_ms),
+        id: s.id,
+        machine_id: s.machine_id,
+        player: s.player,
+        mode: s.mode,
+        region: s.region,
+        relay_id: s.relay_id,
+        source: s.source,
+        scores: s.scores,
+        client_ip: s.client_ip,
+        requested_ms: s.requested_ms,
+        connected_ms: s.connected_ms,
+        ended_ms: s.ended_ms,
+        end_reason: s.end_reason,
+        ended_by: s.ended_by,
     }
-    .into();
-    v["duration_ms"] = json!(s.ended_ms.map(|e| e - s.requested_ms));
-    v
 }
 
 pub(super) async fn show_session(
     State(state): State<AppState>,
     bearer: Bearer,
     PathParam(id): PathParam<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SessionDetail>> {
     let s = visible_session(&state, &bearer, &id).await?;
     let events = state.store.events(&id).await?;
-    let mut v = session_json(&s);
-    v["events"] = serde_json::to_value(events)?;
-    Ok(Json(v))
+    let events = events
+        .into_iter()
+        .map(|e| SessionEvent { seq: e.seq, at_ms: e.at_ms, kind: e.kind, detail: e.detail })
+        .collect();
+    Ok(Json(SessionDetail { session: session_json(&s), events }))
 }
 
 pub(super) async fn session_connected(
@@ -318,13 +338,10 @@ pub(super) async fn end_session(
     bearer: Bearer,
     PathParam(id): PathParam<String>,
     OptionalBody(req): OptionalBody<EndSession>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Session>> {
     let s = visible_session(&state, &bearer, &id).await?;
     let reason = req.reason.unwrap_or_else(|| "ended".into());
-    if reason.is_empty()
-        || reason.len() > 64
-        || !reason.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if !crate::store::valid_reason(&reason) {
         return Err(ApiError::bad("reason: 1-64 of a-z, A-Z, 0-9, _ and -"));
     }
     let by = bearer.0.role.as_str();
@@ -353,7 +370,7 @@ pub(super) async fn list_sessions(
     State(state): State<AppState>,
     bearer: Bearer,
     QueryParam(q): QueryParam<ListSessions>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SessionList>> {
     bearer.require(&[])?;
     let live = match q.status.as_deref() {
         None | Some("all") => None,
@@ -366,8 +383,8 @@ pub(super) async fn list_sessions(
         return Err(ApiError::bad("limit: must be 1-1000"));
     }
     let filter = SessionFilter { machine: q.machine, player: q.player, region: q.region, live, limit };
-    let sessions: Vec<Value> = state.store.sessions(&filter).await?.iter().map(session_json).collect();
-    Ok(Json(json!({ "sessions": sessions })))
+    let sessions = state.store.sessions(&filter).await?.iter().map(session_json).collect();
+    Ok(Json(SessionList { sessions }))
 }
 
 /// Fresh credentials for a live session's relay, for either party (refresh before

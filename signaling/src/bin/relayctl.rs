@@ -373,15 +373,15 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
                     query.push((key, value));
                 }
             }
-            show(api.get(&["v1", "sessions"], &query).await.context("listing sessions")?, render::sessions)
+            typed(json, api.get(&["v1", "sessions"], &query).await.context("listing sessions")?, render::sessions)?
         }
         Command::Sessions { action: Some(SessionsAction::Show { id }), .. } => {
             let v = api.get(&["v1", "sessions", &id.0], &[]).await;
-            show(v.with_context(|| format!("showing session {}", id.0))?, render::session)
+            typed(json, v.with_context(|| format!("showing session {}", id.0))?, render::session)?
         }
         Command::Sessions { action: Some(SessionsAction::Seat { id, to, nobody: _ }), .. } => {
             let v = api.post(&["v1", "sessions", &id.0, "seat"], &json!({ "to": to })).await;
-            show(v.with_context(|| format!("handing the seat of session {}", id.0))?, render::seat)
+            typed(json, v.with_context(|| format!("handing the seat of session {}", id.0))?, render::seat)?
         }
         Command::Sessions { action: Some(SessionsAction::End { id, reason }), .. } => {
             let body = match reason {
@@ -389,7 +389,7 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
                 None => json!({}),
             };
             let v = api.post(&["v1", "sessions", &id.0, "end"], &body).await;
-            show(v.with_context(|| format!("ending session {}", id.0))?, render::ended)
+            typed(json, v.with_context(|| format!("ending session {}", id.0))?, render::ended)?
         }
         Command::Keys { action: KeysAction::Rotate } => typed(
             json,

@@ -11,6 +11,7 @@ use cluster::heartbeat::RelayState;
 use serde_json::Value;
 use signaling_api::admin::{Rotated, Status};
 use signaling_api::relays::{AdminStateChanged, RelayList, RelayRemoved};
+use signaling_api::sessions::{SeatHanded, Session, SessionDetail, SessionList};
 
 /// Column alignment: text left, numbers right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,11 @@ fn fields(pairs: &[(&str, String)]) -> String {
 /// Control characters (escape sequences, newlines) replaced.
 fn clean(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
+}
+
+/// An optional string as a cell: `-` for none.
+fn opt(v: &Option<String>) -> String {
+    v.clone().unwrap_or_else(|| "-".into())
 }
 
 /// A JSON value as a cell: strings as they are, `-` for null or missing.
@@ -250,7 +256,7 @@ pub fn machines(v: &Value) -> String {
     if t.is_empty() { "no machines have registered\n".into() } else { t.render() }
 }
 
-pub fn sessions(v: &Value) -> String {
+pub fn sessions(v: &SessionList) -> String {
     let now = cluster::time::unix_now_ms();
     let mut t = Table::new(&[
         ("ID", Align::Left),
@@ -263,60 +269,57 @@ pub fn sessions(v: &Value) -> String {
         ("DURATION", Align::Right),
         ("END REASON", Align::Left),
     ]);
-    for s in list(v, "sessions") {
-        let requested = s["requested_ms"].as_i64();
-        let length = match (s["duration_ms"].as_i64(), requested) {
-            (Some(d), _) => duration(d),
-            (None, Some(at)) => format!("{} so far", duration(now - at)),
-            (None, None) => "-".into(),
+    for s in &v.sessions {
+        let length = match s.duration_ms {
+            Some(d) => duration(d),
+            None => format!("{} so far", duration(now - s.requested_ms)),
         };
         t.row(vec![
-            text(&s["id"]),
-            text(&s["machine_id"]),
-            text(&s["player"]),
-            text(&s["region"]),
-            text(&s["relay_id"]),
-            text(&s["status"]),
-            requested.map_or("-".into(), utc),
+            s.id.clone(),
+            s.machine_id.clone(),
+            s.player.clone(),
+            s.region.clone(),
+            s.relay_id.clone(),
+            s.status.clone(),
+            utc(s.requested_ms),
             length,
-            text(&s["end_reason"]),
+            opt(&s.end_reason),
         ]);
     }
     if t.is_empty() { "no sessions match\n".into() } else { t.render() }
 }
 
 /// One session's fields, then its event timeline relative to the request.
-pub fn session(v: &Value) -> String {
-    let requested = v["requested_ms"].as_i64().unwrap_or(0);
-    let since = |key: &str| v[key].as_i64().map(|at| format!("+{}", duration(at - requested)));
+pub fn session(v: &SessionDetail) -> String {
+    let s = &v.session;
+    let requested = s.requested_ms;
+    let since = |at: Option<i64>| at.map(|at| format!("+{}", duration(at - requested)));
     let mut pairs = vec![
-        ("session", text(&v["id"])),
-        ("status", text(&v["status"])),
-        ("machine", text(&v["machine_id"])),
-        ("player", text(&v["player"])),
-        ("mode", text(&v["mode"])),
-        ("region", text(&v["region"])),
-        ("relay", text(&v["relay_id"])),
-        ("chosen by", text(&v["source"])),
-        ("score", v["scores"]["score_ms"].as_f64().map_or("-".into(), ms)),
-        ("client ip", text(&v["client_ip"])),
-        ("requested", v["requested_ms"].as_i64().map_or("-".into(), utc)),
-        ("connected", since("connected_ms").unwrap_or_else(|| "-".into())),
+        ("session", s.id.clone()),
+        ("status", s.status.clone()),
+        ("machine", s.machine_id.clone()),
+        ("player", s.player.clone()),
+        ("mode", s.mode.clone()),
+        ("region", s.region.clone()),
+        ("relay", s.relay_id.clone()),
+        ("chosen by", s.source.clone()),
+        ("score", s.scores["score_ms"].as_f64().map_or("-".into(), ms)),
+        ("client ip", opt(&s.client_ip)),
+        ("requested", utc(requested)),
+        ("connected", since(s.connected_ms).unwrap_or_else(|| "-".into())),
     ];
-    if let Some(ended) = since("ended_ms") {
-        let why = format!("{}, {} by {}", ended, text(&v["end_reason"]), text(&v["ended_by"]));
-        pairs.push(("ended", why));
+    if let Some(ended) = since(s.ended_ms) {
+        pairs.push(("ended", format!("{ended}, {} by {}", opt(&s.end_reason), opt(&s.ended_by))));
     }
     let mut out = fields(&pairs);
     let mut t = Table::new(&[("TIME", Align::Right), ("EVENT", Align::Left), ("DETAIL", Align::Left)]);
-    for e in list(v, "events") {
-        let at = e["at_ms"].as_i64().map_or("-".into(), |at| format!("+{:.3}s", (at - requested) as f64 / 1000.0));
-        let kind = text(&e["kind"]);
-        let detail = match kind.as_str() {
-            "region_chosen" => region_chosen(&e["detail"]),
-            _ => key_values(&e["detail"]),
+    for e in &v.events {
+        let at = format!("+{:.3}s", (e.at_ms - requested) as f64 / 1000.0);
+        let detail = match e.kind.as_str() {
+            "region_chosen" => region_chosen(&e.detail),
+            _ => key_values(&e.detail),
         };
-        t.row(vec![at, kind, detail]);
+        t.row(vec![at, e.kind.clone(), detail]);
     }
     out.push('\n');
     out.push_str(&t.render());
@@ -352,23 +355,18 @@ fn key_values(d: &Value) -> String {
     }
 }
 
-pub fn seat(v: &Value) -> String {
-    let who = |x: &Value| if x.is_null() { "nobody".to_owned() } else { clean(&text(x)) };
-    format!(
-        "session {}: the seat is now {}'s (was {}'s)\n",
-        clean(&text(&v["session"])),
-        who(&v["holder"]),
-        who(&v["previous"])
-    )
+pub fn seat(v: &SeatHanded) -> String {
+    let who = |x: &Option<String>| x.as_deref().map_or_else(|| "nobody".to_owned(), clean);
+    format!("session {}: the seat is now {}'s (was {}'s)\n", clean(&v.session), who(&v.holder), who(&v.previous))
 }
 
-pub fn ended(v: &Value) -> String {
+pub fn ended(v: &Session) -> String {
     format!(
         "session {} ended ({}, by {}) after {}\n",
-        clean(&text(&v["id"])),
-        clean(&text(&v["end_reason"])),
-        clean(&text(&v["ended_by"])),
-        v["duration_ms"].as_i64().map_or("-".into(), duration),
+        clean(&v.id),
+        clean(&opt(&v.end_reason)),
+        clean(&opt(&v.ended_by)),
+        v.duration_ms.map_or("-".into(), duration),
     )
 }
 
