@@ -6,6 +6,8 @@
 //! here one resource at a time.
 
 pub mod admin;
+pub mod machines;
+pub mod regions;
 pub mod relays;
 pub mod sessions;
 

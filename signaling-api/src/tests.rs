@@ -6,6 +6,8 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::admin::{RelayCounts, Rotated, SecretCounts, SessionCounts, Status};
+use crate::machines::{MachineInfo, MachineList};
+use crate::regions::{ProbePolicy, ProbeTarget, RegionInfo, RegionList};
 use crate::relays::{AdminStateChanged, RelayInfo, RelayList, RelayRemoved};
 use crate::sessions::{SeatHanded, Session, SessionDetail, SessionEvent, SessionList};
 
@@ -121,4 +123,50 @@ fn session_responses() {
         SeatHanded { session: "ses_1".into(), holder: Some("bob".into()), previous: None },
         json!({ "session": "ses_1", "holder": "bob", "previous": null }),
     );
+}
+
+#[test]
+fn region_and_machine_responses() {
+    round_trip(
+        RegionList {
+            regions: vec![RegionInfo {
+                id: "eu-central".into(),
+                lat: 50.1,
+                lon: 8.7,
+                available: true,
+                probe_targets: vec![ProbeTarget {
+                    relay: "eu-1".into(),
+                    url: "stun:[2001:db8::1]:3478".into(),
+                    host: "2001:db8::1".into(),
+                    port: 3478,
+                }],
+            }],
+            probe: ProbePolicy { attempts: 5, timeout_ms: 800, discard_first: true, parallel: true },
+        },
+        json!({
+            "regions": [{ "id": "eu-central", "lat": 50.1, "lon": 8.7, "available": true, "probe_targets": [
+                { "relay": "eu-1", "url": "stun:[2001:db8::1]:3478", "host": "2001:db8::1", "port": 3478 }
+            ] }],
+            "probe": { "attempts": 5, "timeout_ms": 800, "discard_first": true, "parallel": true },
+        }),
+    );
+    let machine = |session_id| MachineInfo {
+        id: "m1".into(),
+        name: "Pusher 1".into(),
+        status: "in_session".into(),
+        last_seen_ms: 1000,
+        seen_ago_ms: 20,
+        rtts: [("eu-central".to_owned(), 12.5)].into(),
+        session_id,
+    };
+    let wire = json!({ "id": "m1", "name": "Pusher 1", "status": "in_session", "last_seen_ms": 1000,
+        "seen_ago_ms": 20, "rtts": { "eu-central": 12.5 } });
+    // A player sees no session field; an admin sees the session, or null.
+    round_trip(MachineList { machines: vec![machine(None)] }, json!({ "machines": [wire.clone()] }));
+    let mut with = wire.clone();
+    with["session_id"] = json!("ses_1");
+    round_trip(machine(Some(Some("ses_1".into()))), with);
+    let mut null = wire;
+    null["session_id"] = json!(null);
+    round_trip(machine(Some(None)), null);
 }

@@ -8,6 +8,7 @@ use axum::extract::State;
 use cluster::media::MediaRole;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use signaling_api::machines::{MachineInfo, MachineList};
 use tracing::info;
 
 use super::extract::{Bearer, Body};
@@ -122,24 +123,24 @@ fn machine_status(state: &AppState, m: &MachineRow, session: &Option<String>, no
     }
 }
 
-pub(super) async fn list_machines(State(state): State<AppState>, bearer: Bearer) -> ApiResult<Json<Value>> {
+pub(super) async fn list_machines(State(state): State<AppState>, bearer: Bearer) -> ApiResult<Json<MachineList>> {
     bearer.require(&[Role::Player])?;
     let now = now_ms();
-    let machines: Vec<Value> = state
+    let machines = state
         .store
         .machines()
         .await?
-        .iter()
-        .map(|(m, session)| {
-            let mut v = json!({
-                "id": m.id, "name": m.name, "status": machine_status(&state, m, session, now),
-                "last_seen_ms": m.last_seen_ms, "seen_ago_ms": now - m.last_seen_ms, "rtts": m.rtts,
-            });
-            if bearer.is_admin() {
-                v["session_id"] = json!(session);
-            }
-            v
+        .into_iter()
+        .map(|(m, session)| MachineInfo {
+            status: machine_status(&state, &m, &session, now).into(),
+            seen_ago_ms: now - m.last_seen_ms,
+            // Only admins see who plays.
+            session_id: bearer.is_admin().then_some(session),
+            id: m.id,
+            name: m.name,
+            last_seen_ms: m.last_seen_ms,
+            rtts: m.rtts,
         })
         .collect();
-    Ok(Json(json!({ "machines": machines })))
+    Ok(Json(MachineList { machines }))
 }

@@ -7,7 +7,8 @@ use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use signaling_api::regions::{ProbePolicy, ProbeTarget, RegionInfo, RegionList};
 
 use super::extract::{Bearer, Body};
 use crate::auth::Role;
@@ -17,37 +18,47 @@ use crate::state::{AppState, now_ms};
 
 /// How clients should probe (Photon's pinger: 5 attempts, 800 ms each, in parallel; the first
 /// sample is warm-up).
-fn probe_policy() -> Value {
-    json!({ "attempts": 5, "timeout_ms": 800, "discard_first": true, "parallel": true })
+fn probe_policy() -> ProbePolicy {
+    ProbePolicy { attempts: 5, timeout_ms: 800, discard_first: true, parallel: true }
 }
 
-pub(super) async fn regions(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+pub(super) async fn regions(State(state): State<AppState>) -> ApiResult<Json<RegionList>> {
     let now = now_ms();
     let relays = state.store.relays().await?;
-    let regions: Vec<Value> = state
+    let regions = state
         .config
         .regions
         .iter()
         .map(|region| {
-            let mut live: Vec<_> = relays.iter().filter(|r| r.region == region.id.as_str() && placement::takes_sessions(r, now)).collect();
+            let mut live: Vec<_> =
+                relays.iter().filter(|r| r.region == region.id.as_str() && placement::takes_sessions(r, now)).collect();
             live.sort_by(|a, b| a.utilisation.total_cmp(&b.utilisation).then(a.id.cmp(&b.id)));
-            let targets: Vec<Value> = live
+            let targets: Vec<ProbeTarget> = live
                 .iter()
                 .map(|r| {
-                    let host = if r.public_host.contains(':') { format!("[{}]", r.public_host) } else { r.public_host.clone() };
-                    json!({ "relay": r.id, "url": format!("stun:{host}:{}", r.turn_udp_port), "host": r.public_host, "port": r.turn_udp_port })
+                    let host = if r.public_host.contains(':') {
+                        format!("[{}]", r.public_host)
+                    } else {
+                        r.public_host.clone()
+                    };
+                    ProbeTarget {
+                        relay: r.id.clone(),
+                        url: format!("stun:{host}:{}", r.turn_udp_port),
+                        host: r.public_host.clone(),
+                        port: r.turn_udp_port,
+                    }
                 })
                 .collect();
-            json!({
-                "id": region.id,
-                "lat": region.location.lat(),
-                "lon": region.location.lon(),
-                "available": !targets.is_empty(),
-                "probe_targets": targets,
-            })
+            RegionInfo {
+                id: region.id.to_string(),
+                lat: region.location.lat(),
+                lon: region.location.lon(),
+                available: !targets.is_empty(),
+                probe_targets: targets,
+            }
         })
         .collect();
-    Ok(Json(json!({ "regions": regions, "probe": probe_policy() })))
+    Ok(Json(RegionList { regions, probe: probe_policy() }))
 }
 
 pub(super) async fn ice_config(

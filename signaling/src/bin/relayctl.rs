@@ -327,12 +327,8 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
     let settings = Settings::resolve(&cli.global)?;
     let json = settings.json;
     let api = Api::new(&settings)?;
-    // Either the JSON or the table made from it.
-    let show = |value: Value, table: fn(&Value) -> String| {
-        if json { Output::Json(value) } else { Output::Text(table(&value)) }
-    };
-    // The same for responses `signaling_api` types: read as the type, so an answer that is not
-    // the documented shape is an error (exit 1), whatever the output.
+    // Signaling's answer read as its `signaling_api` type, so an answer that is not the documented
+    // shape is an error (exit 1) whatever the output; then the JSON or the table made from it.
     fn typed<T: serde::de::DeserializeOwned>(
         json: bool,
         value: Value,
@@ -346,7 +342,9 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
         Command::Status => {
             typed(json, api.get(&["v1", "admin", "status"], &[]).await.context("getting the status")?, render::status)?
         }
-        Command::Regions => show(api.get_public(&["v1", "regions"]).await.context("listing regions")?, render::regions),
+        Command::Regions => {
+            typed(json, api.get_public(&["v1", "regions"]).await.context("listing regions")?, render::regions)?
+        }
         Command::Relays { action: None | Some(RelaysAction::List) } => {
             typed(json, api.get(&["v1", "relays"], &[]).await.context("listing relays")?, render::relays)?
         }
@@ -363,7 +361,7 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
             typed(json, v.with_context(|| format!("removing relay {}", id.0))?, render::removed)?
         }
         Command::Machines => {
-            show(api.get(&["v1", "machines"], &[]).await.context("listing machines")?, render::machines)
+            typed(json, api.get(&["v1", "machines"], &[]).await.context("listing machines")?, render::machines)?
         }
         Command::Sessions { filter, action: None }
         | Command::Sessions { action: Some(SessionsAction::List(filter)), .. } => {
@@ -404,6 +402,8 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
         }
         Command::Probe(args) => {
             let regions = api.get_public(&["v1", "regions"]).await.context("listing regions")?;
+            let regions: signaling_api::regions::RegionList =
+                serde_json::from_value(regions).context("signaling's answer is not a region list")?;
             let report = probe::run(&regions, &args).await?;
             if json { Output::Json(report.to_json()) } else { Output::Text(report.table()) }
         }

@@ -19,6 +19,7 @@ use anyhow::Context;
 use geo::probe::{MAX_SAMPLE_MS, MAX_SAMPLES, RECOMMENDED_ATTEMPTS, RECOMMENDED_TIMEOUT_MS, WARM_UP_MIN_SAMPLES};
 use geo::{ProbeSamples, ProbeSummary};
 use serde_json::{Value, json};
+use signaling_api::regions::RegionList;
 use tokio::net::UdpSocket;
 
 use crate::render::{Align, Table, ms};
@@ -118,22 +119,15 @@ pub struct Report {
 }
 
 /// Probes every target `GET /v1/regions` (`regions`) lists.
-pub async fn run(regions: &Value, args: &ProbeArgs) -> anyhow::Result<Report> {
-    let listed = regions["regions"].as_array().context("signaling's regions answer has no `regions` list")?;
+pub async fn run(regions: &RegionList, args: &ProbeArgs) -> anyhow::Result<Report> {
     let attempts = usize::from(args.attempts);
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut report = Report { regions: Vec::new() };
     let mut tasks = tokio::task::JoinSet::new();
-    for (ri, region) in listed.iter().enumerate() {
-        let id = region["id"].as_str().context("a region without an id")?.to_owned();
-        for (ti, target) in region["probe_targets"].as_array().map_or(&[][..], Vec::as_slice).iter().enumerate() {
-            let host = target["host"].as_str().with_context(|| format!("a probe target of {id} without a host"))?;
-            let port = target["port"]
-                .as_u64()
-                .and_then(|p| u16::try_from(p).ok())
-                .with_context(|| format!("a probe target of {id} without a port"))?;
-            let url = target["url"].as_str().map_or_else(|| format!("stun:{host}:{port}"), str::to_owned);
-            let host = host.to_owned();
+    for (ri, region) in regions.regions.iter().enumerate() {
+        let id = region.id.clone();
+        for (ti, target) in region.probe_targets.iter().enumerate() {
+            let (host, port, url) = (target.host.clone(), target.port, target.url.clone());
             tasks.spawn(async move {
                 let (samples, error) = match probe_target(&host, port, attempts, timeout).await {
                     Ok(samples) => (samples, None),

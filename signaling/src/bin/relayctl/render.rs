@@ -10,6 +10,8 @@ use std::fmt::Write as _;
 use cluster::heartbeat::RelayState;
 use serde_json::Value;
 use signaling_api::admin::{Rotated, Status};
+use signaling_api::machines::MachineList;
+use signaling_api::regions::RegionList;
 use signaling_api::relays::{AdminStateChanged, RelayList, RelayRemoved};
 use signaling_api::sessions::{SeatHanded, Session, SessionDetail, SessionList};
 
@@ -155,7 +157,7 @@ pub fn status(v: &Status) -> String {
     ])
 }
 
-pub fn regions(v: &Value) -> String {
+pub fn regions(v: &RegionList) -> String {
     let mut t = Table::new(&[
         ("REGION", Align::Left),
         ("LAT", Align::Right),
@@ -163,28 +165,26 @@ pub fn regions(v: &Value) -> String {
         ("AVAILABLE", Align::Left),
         ("PROBE TARGETS", Align::Left),
     ]);
-    for r in list(v, "regions") {
-        let targets: Vec<String> = list(r, "probe_targets").iter().map(|t| text(&t["url"])).collect();
+    for r in &v.regions {
+        let targets: Vec<&str> = r.probe_targets.iter().map(|t| t.url.as_str()).collect();
         t.row(vec![
-            text(&r["id"]),
-            r["lat"].as_f64().map_or("-".into(), |x| format!("{x:.2}")),
-            r["lon"].as_f64().map_or("-".into(), |x| format!("{x:.2}")),
-            text(&r["available"]),
+            r.id.clone(),
+            format!("{:.2}", r.lat),
+            format!("{:.2}", r.lon),
+            if r.available { "yes" } else { "no" }.into(),
             if targets.is_empty() { "-".into() } else { targets.join(", ") },
         ]);
     }
     let mut out = t.render();
-    let p = &v["probe"];
-    if p.is_object() {
-        let _ = writeln!(
-            out,
-            "\nclients probe with {} STUN Binding requests per target, {} ms timeout each{}{}",
-            text(&p["attempts"]),
-            text(&p["timeout_ms"]),
-            if p["parallel"] == true { ", regions in parallel" } else { "" },
-            if p["discard_first"] == true { ", first sample discarded" } else { "" },
-        );
-    }
+    let p = &v.probe;
+    let _ = writeln!(
+        out,
+        "\nclients probe with {} STUN Binding requests per target, {} ms timeout each{}{}",
+        p.attempts,
+        p.timeout_ms,
+        if p.parallel { ", regions in parallel" } else { "" },
+        if p.discard_first { ", first sample discarded" } else { "" },
+    );
     out
 }
 
@@ -228,7 +228,7 @@ pub fn removed(v: &RelayRemoved) -> String {
     format!("relay {} removed from the registry\n", clean(&v.relay))
 }
 
-pub fn machines(v: &Value) -> String {
+pub fn machines(v: &MachineList) -> String {
     let mut t = Table::new(&[
         ("ID", Align::Left),
         ("NAME", Align::Left),
@@ -237,19 +237,16 @@ pub fn machines(v: &Value) -> String {
         ("LAST SEEN", Align::Left),
         ("RTTS", Align::Left),
     ]);
-    for m in list(v, "machines") {
-        let rtts: Vec<String> = m["rtts"]
-            .as_object()
-            .map(|o| o.iter().filter_map(|(region, v)| Some(format!("{region} {}", ms(v.as_f64()?)))).collect())
-            .unwrap_or_default();
+    for m in &v.machines {
+        let rtts: Vec<String> = m.rtts.iter().map(|(region, rtt)| format!("{region} {}", ms(*rtt))).collect();
         t.row(vec![
-            text(&m["id"]),
-            text(&m["name"]),
-            text(&m["status"]),
+            m.id.clone(),
+            m.name.clone(),
+            m.status.clone(),
             // Only admins are shown sessions; a player's token sees `-`.
-            text(&m["session_id"]),
+            opt(&m.session_id.clone().flatten()),
             // signaling's clock against ours: a small skew shows as "0ms ago".
-            m["seen_ago_ms"].as_i64().map_or("-".into(), ago),
+            ago(m.seen_ago_ms),
             if rtts.is_empty() { "-".into() } else { rtts.join(", ") },
         ]);
     }
