@@ -6,6 +6,7 @@
 //! here one resource at a time.
 
 pub mod admin;
+pub mod ice;
 pub mod machines;
 pub mod regions;
 pub mod relays;

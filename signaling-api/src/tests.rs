@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::admin::{RelayCounts, Rotated, SecretCounts, SessionCounts, Status};
+use crate::ice::{Alternate, IceConfig, IceServer, RelayRef, SelectionSummary};
 use crate::machines::{MachineInfo, MachineList};
 use crate::regions::{ProbePolicy, ProbeTarget, RegionInfo, RegionList};
 use crate::relays::{AdminStateChanged, RelayInfo, RelayList, RelayRemoved};
@@ -169,4 +170,43 @@ fn region_and_machine_responses() {
     let mut null = wire;
     null["session_id"] = json!(null);
     round_trip(machine(Some(None)), null);
+}
+
+#[test]
+fn ice_config_responses() {
+    let server = || IceServer {
+        urls: vec!["turn:[2001:db8::1]:3478?transport=udp".into(), "turns:relay.example:443?transport=tcp".into()],
+        username: "1800000600:alice".into(),
+        credential: "c2VjcmV0".into(),
+    };
+    let relay = || RelayRef { id: "eu-1".into(), region: "eu-central".into(), host: "2001:db8::1".into() };
+    let server_wire = json!({ "urls": ["turn:[2001:db8::1]:3478?transport=udp", "turns:relay.example:443?transport=tcp"],
+        "username": "1800000600:alice", "credential": "c2VjcmV0" });
+    let relay_wire = json!({ "id": "eu-1", "region": "eu-central", "host": "2001:db8::1" });
+    let session = IceConfig {
+        ice_servers: vec![server()],
+        ice_transport_policy: "all".into(),
+        bundle_policy: "max-bundle".into(),
+        region: "eu-central".into(),
+        relay: relay(),
+        ttl: 600,
+        expires_at: 1_800_000_600,
+        refresh_after: 1_800_000_450,
+        alternates: None,
+        selection: None,
+    };
+    let mut wire = json!({ "iceServers": [server_wire.clone()], "iceTransportPolicy": "all",
+        "bundlePolicy": "max-bundle", "region": "eu-central", "relay": relay_wire.clone(), "ttl": 600,
+        "expires_at": 1_800_000_600u64, "refresh_after": 1_800_000_450u64 });
+    // A session's refreshed credentials: no alternates, no selection.
+    round_trip(session.clone(), wire.clone());
+    // A new placement: both.
+    let placed = IceConfig {
+        alternates: Some(vec![Alternate { region: "eu-central".into(), relay: relay(), ice_servers: vec![server()] }]),
+        selection: Some(SelectionSummary { source: geo::Source::Probes, score_ms: Some(21.5), scores: vec![] }),
+        ..session
+    };
+    wire["alternates"] = json!([{ "region": "eu-central", "relay": relay_wire, "iceServers": [server_wire] }]);
+    wire["selection"] = json!({ "source": "probes", "score_ms": 21.5, "scores": [] });
+    round_trip(placed, wire);
 }

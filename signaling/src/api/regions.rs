@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use serde::Deserialize;
-use serde_json::Value;
+use signaling_api::ice::IceConfig;
 use signaling_api::regions::{ProbePolicy, ProbeTarget, RegionInfo, RegionList};
 
 use super::extract::{Bearer, Body};
@@ -67,7 +67,7 @@ pub(super) async fn ice_config(
     headers: HeaderMap,
     bearer: Bearer,
     Body(req): Body<IceConfigRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<IceConfig>> {
     let claims = bearer.require(&[Role::Player])?.clone();
     let machine = match &req.machine_id {
         Some(id) => {

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use cluster::media::{MediaClaims, MediaRole};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use signaling_api::ice::IceConfig;
 use signaling_api::sessions::{SeatHanded, Session, SessionDetail, SessionEvent, SessionList};
 use tracing::info;
 
@@ -121,10 +122,10 @@ pub(super) async fn create_session(
             "machine_id": machine.id,
             "mode": mode,
             "region": row.region,
-            "relay": ice["relay"],
-            "selection": ice["selection"],
+            "relay": ice.relay,
+            "selection": ice.selection,
+            "alternates": ice.alternates,
             "ice": ice,
-            "alternates": ice["alternates"],
             "sfu": sfu,
         })),
     ))
@@ -393,7 +394,7 @@ pub(super) async fn session_ice_config(
     State(state): State<AppState>,
     bearer: Bearer,
     PathParam(id): PathParam<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<IceConfig>> {
     let s = visible_session(&state, &bearer, &id).await?;
     if s.ended_ms.is_some() {
         return Err(ApiError::Conflict("session has ended".into()));
@@ -402,15 +403,5 @@ pub(super) async fn session_ice_config(
         ApiError::Unavailable(format!("the session's relay {} is not live; start a new session", s.relay_id))
     })?;
     let secret = &placement::signing_secret(&state).await?;
-    let ttl = state.config.credential_ttl.as_secs();
-    Ok(Json(json!({
-        "iceServers": [placement::ice_server(&state, &relay, secret, &id)?],
-        "iceTransportPolicy": "all",
-        "bundlePolicy": "max-bundle",
-        "region": relay.region,
-        "relay": placement::RelayRef { id: &relay.id, region: &relay.region, host: &relay.public_host },
-        "ttl": ttl,
-        "expires_at": now_unix() + ttl,
-        "refresh_after": now_unix() + ttl * 3 / 4,
-    })))
+    Ok(Json(placement::session_ice_config(&state, &relay, secret, &id)?))
 }

@@ -398,7 +398,10 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
         Command::IceConfig(args) => {
             let body = ice_config_request(args)?;
             // Pretty JSON either way: it is meant for pasting into a test page.
-            Output::Json(api.post(&["v1", "ice-config"], &body).await.context("getting an ICE config")?)
+            let ice = api.post(&["v1", "ice-config"], &body).await.context("getting an ICE config")?;
+            serde_json::from_value::<signaling_api::ice::IceConfig>(ice.clone())
+                .context("signaling's answer is not an ICE configuration")?;
+            Output::Json(ice)
         }
         Command::Probe(args) => {
             let regions = api.get_public(&["v1", "regions"]).await.context("listing regions")?;

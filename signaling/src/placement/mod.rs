@@ -16,8 +16,9 @@ use geo::{
     Candidate, GeoLocation, Load, PreviousRegion, ProbeSummary, Region, RegionId, RegionState, RegionStatus, Selection,
     SelectionInput,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
+
+use signaling_api::ice::{Alternate, IceConfig, IceServer, RelayRef, SelectionSummary};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::{AppState, now_ms, now_unix};
@@ -199,7 +200,7 @@ fn url_host(host: &str) -> String {
 }
 
 /// One `RTCIceServer` for `relay` with a fresh credential tagged with `id`.
-pub fn ice_server(state: &AppState, relay: &RelayRow, secret: &str, id: &str) -> ApiResult<Value> {
+pub fn ice_server(state: &AppState, relay: &RelayRow, secret: &str, id: &str) -> ApiResult<IceServer> {
     let cred =
         cluster::credentials::mint(secret.as_bytes(), now_unix(), state.config.credential_ttl.as_secs(), Some(id))
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("minting a TURN credential: {e}")))?;
@@ -211,14 +212,12 @@ pub fn ice_server(state: &AppState, relay: &RelayRow, secret: &str, id: &str) ->
         urls.push(format!("turns:{host}:{tls}?transport=tcp"));
     }
     state.metrics.credentials_minted.with_label_values(&[&relay.region]).inc();
-    Ok(json!({ "urls": urls, "username": cred.username, "credential": cred.credential }))
+    Ok(IceServer { urls, username: cred.username, credential: cred.credential })
 }
 
-#[derive(Debug, Serialize)]
-pub struct RelayRef<'a> {
-    pub id: &'a str,
-    pub region: &'a str,
-    pub host: &'a str,
+/// Which relay an ICE configuration is for.
+pub fn relay_ref(relay: &RelayRow) -> RelayRef {
+    RelayRef { id: relay.id.clone(), region: relay.region.clone(), host: relay.public_host.clone() }
 }
 
 /// The newest TURN REST secret: what credentials and media tokens are signed with (every relay
@@ -231,34 +230,46 @@ pub async fn signing_secret(state: &AppState) -> ApiResult<String> {
 /// The ICE configuration: an `RTCConfiguration` (its `iceServers`, `iceTransportPolicy` and
 /// `bundlePolicy` go straight into `new RTCPeerConnection(...)`, which ignores the other members)
 /// plus what decided it and pre-minted alternates for failover without another request.
-pub async fn ice_config(state: &AppState, placement: &Placement, id: &str) -> ApiResult<Value> {
+pub async fn ice_config(state: &AppState, placement: &Placement, id: &str) -> ApiResult<IceConfig> {
     let secret = &signing_secret(state).await?;
-    let ttl = state.config.credential_ttl.as_secs();
+    let _ttl = state.config.credential_ttl.as_secs();
     let relay = &placement.relay;
     let alternates = placement
         .alternates
         .iter()
         .map(|r| {
-            Ok(json!({
-                "region": r.region,
-                "relay": RelayRef { id: &r.id, region: &r.region, host: &r.public_host },
-                "iceServers": [ice_server(state, r, secret, id)?],
-            }))
+            Ok(Alternate {
+                region: r.region.clone(),
+                relay: relay_ref(r),
+                ice_servers: vec![ice_server(state, r, secret, id)?],
+            })
         })
         .collect::<ApiResult<Vec<_>>>()?;
     let s = &placement.selection;
-    Ok(json!({
-        "iceServers": [ice_server(state, relay, secret, id)?],
-        "iceTransportPolicy": "all",
-        "bundlePolicy": "max-bundle",
-        "region": relay.region,
-        "relay": RelayRef { id: &relay.id, region: &relay.region, host: &relay.public_host },
-        "ttl": ttl,
-        "expires_at": now_unix() + ttl,
-        "refresh_after": now_unix() + ttl * 3 / 4,
-        "alternates": alternates,
-        "selection": { "source": s.source, "score_ms": s.score_ms, "scores": s.scores },
-    }))
+    Ok(IceConfig {
+        alternates: Some(alternates),
+        selection: Some(SelectionSummary { source: s.source, score_ms: s.score_ms, scores: s.scores.clone() }),
+        ..session_ice_config(state, relay, secret, id)?
+    })
+}
+
+/// The ICE configuration of a session's relay: fresh credentials, without alternates (a
+/// session stays on its relay).
+pub fn session_ice_config(state: &AppState, relay: &RelayRow, secret: &str, id: &str) -> ApiResult<IceConfig> {
+    let ttl = state.config.credential_ttl.as_secs();
+    let now = now_unix();
+    Ok(IceConfig {
+        ice_servers: vec![ice_server(state, relay, secret, id)?],
+        ice_transport_policy: "all".into(),
+        bundle_policy: "max-bundle".into(),
+        region: relay.region.clone(),
+        relay: relay_ref(relay),
+        ttl,
+        expires_at: now + ttl,
+        refresh_after: now + ttl * 3 / 4,
+        alternates: None,
+        selection: None,
+    })
 }
 
 /// Refreshes the relay gauges from the registry.
