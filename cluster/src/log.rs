@@ -1,7 +1,22 @@
 //! Logging as both binaries set it up: `log.format` (`text` or `json`) and `log.level` (a tracing
 //! filter such as `info` or `relay=debug`), validated with the config and installed once at start.
 
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
+
+/// The `[log]` section of both config files.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: String,
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self { format: "text".into(), level: "info".into() }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

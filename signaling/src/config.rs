@@ -141,18 +141,7 @@ impl Default for SessionSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSection {
-    pub format: String,
-    pub level: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        Self { format: "text".into(), level: "info".into() }
-    }
-}
+pub use cluster::log::LogSection;
 
 /// One `[[regions]]` entry.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

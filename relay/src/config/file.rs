@@ -241,18 +241,7 @@ impl Default for AdminSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSection {
-    pub format: String,
-    pub level: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        Self { format: "text".into(), level: "info".into() }
-    }
-}
+pub use cluster::log::LogSection;
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
