@@ -12,6 +12,16 @@ pub struct RelayList {
 /// A relay as the registry knows it, with its status now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RelayInfo {
+    #[serde(flatten)]
+    pub relay: Relay,
+    /// `serving`, `draining` or `dead`.
+    pub status: String,
+    pub seen_ago_ms: i64,
+}
+
+/// A relay as the registry keeps it (signaling's store row).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Relay {
     pub id: String,
     pub region: String,
     pub version: String,
@@ -32,9 +42,6 @@ pub struct RelayInfo {
     /// Unix milliseconds.
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
-    /// `serving`, `draining` or `dead`.
-    pub status: String,
-    pub seen_ago_ms: i64,
 }
 
 /// `POST /v1/relays/{id}/drain` and `/undrain`: the relay's admin state now.

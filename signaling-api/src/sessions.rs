@@ -4,9 +4,33 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// A session as its history shows it.
+/// A session as its history shows it: its record, its status and its duration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
+    #[serde(flatten)]
+    pub record: SessionRecord,
+    /// `requested`, `connected` or `ended`.
+    pub status: String,
+    /// From request to end; `None` while live.
+    pub duration_ms: Option<i64>,
+}
+
+impl From<SessionRecord> for Session {
+    fn from(record: SessionRecord) -> Self {
+        let status = if record.ended_ms.is_some() {
+            "ended"
+        } else if record.connected_ms.is_some() {
+            "connected"
+        } else {
+            "requested"
+        };
+        Self { status: status.into(), duration_ms: record.ended_ms.map(|e| e - record.requested_ms), record }
+    }
+}
+
+/// A session as signaling records it (its store row).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
     pub id: String,
     pub machine_id: String,
     pub player: String,
@@ -26,10 +50,6 @@ pub struct Session {
     pub end_reason: Option<String>,
     /// `player`, `machine`, `admin` or `signaling`.
     pub ended_by: Option<String>,
-    /// `requested`, `connected` or `ended`.
-    pub status: String,
-    /// From request to end; `None` while live.
-    pub duration_ms: Option<i64>,
 }
 
 /// `GET /v1/sessions`.

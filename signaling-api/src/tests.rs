@@ -9,8 +9,8 @@ use crate::admin::{RelayCounts, Rotated, SecretCounts, SessionCounts, Status};
 use crate::ice::{Alternate, IceConfig, IceServer, RelayRef, SelectionSummary};
 use crate::machines::{MachineInfo, MachineList};
 use crate::regions::{ProbePolicy, ProbeTarget, RegionInfo, RegionList};
-use crate::relays::{AdminStateChanged, RelayInfo, RelayList, RelayRemoved};
-use crate::sessions::{SeatHanded, Session, SessionDetail, SessionEvent, SessionList};
+use crate::relays::{AdminStateChanged, Relay, RelayInfo, RelayList, RelayRemoved};
+use crate::sessions::{SeatHanded, Session, SessionDetail, SessionEvent, SessionList, SessionRecord};
 
 /// `value` → JSON → back, equal; and `wire` (the JSON as clients have seen it) reads as `value`.
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: T, wire: serde_json::Value) {
@@ -20,7 +20,7 @@ fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(val
 }
 
 fn relay() -> RelayInfo {
-    RelayInfo {
+    let relay = Relay {
         id: "eu-1".into(),
         region: "eu-central".into(),
         version: "0.1.0".into(),
@@ -35,9 +35,8 @@ fn relay() -> RelayInfo {
         started_at: 1_800_000_000,
         first_seen_ms: 1_800_000_000_000,
         last_seen_ms: 1_800_000_005_000,
-        status: "draining".into(),
-        seen_ago_ms: 1200,
-    }
+    };
+    RelayInfo { relay, status: "draining".into(), seen_ago_ms: 1200 }
 }
 
 #[test]
@@ -86,7 +85,7 @@ fn relay_responses() {
 }
 
 fn session() -> Session {
-    Session {
+    let record = SessionRecord {
         id: "ses_1".into(),
         machine_id: "m1".into(),
         player: "alice".into(),
@@ -101,9 +100,11 @@ fn session() -> Session {
         ended_ms: Some(61_000),
         end_reason: Some("bye".into()),
         ended_by: Some("player".into()),
-        status: "ended".into(),
-        duration_ms: Some(60_000),
-    }
+    };
+    // Status and duration follow from the record.
+    let session = Session::from(record.clone());
+    assert_eq!(session, Session { record, status: "ended".into(), duration_ms: Some(60_000) });
+    session
 }
 
 #[test]

@@ -154,7 +154,9 @@ impl AllocationTable {
         self.slots.iter_mut().flatten()
     }
 
-    /// Checks the invariants of the module docs; the first broken one, in words.
+    /// Checks the invariants of the module docs; the first broken one, in words (tests only:
+    /// it walks every index).
+    #[cfg(test)]
     pub fn check(&self) -> Result<(), String> {
         let mut live = 0;
         for (s, alloc) in self.slots.iter().enumerate() {

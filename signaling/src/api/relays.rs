@@ -77,23 +77,10 @@ pub(super) async fn list_relays(State(state): State<AppState>, bearer: Bearer) -
         .relays()
         .await?
         .into_iter()
-        .map(|r| RelayInfo {
-            status: placement::relay_status(&r, now).into(),
-            seen_ago_ms: now - r.last_seen_ms,
-            id: r.id,
-            region: r.region,
-            version: r.version,
-            public_host: r.public_host,
-            turn_udp_port: r.turn_udp_port,
-            turn_tls_port: r.turn_tls_port,
-            sfu_url: r.sfu_url,
-            state: r.state,
-            admin_state: r.admin_state,
-            load: r.load,
-            utilisation: r.utilisation,
-            started_at: r.started_at,
-            first_seen_ms: r.first_seen_ms,
-            last_seen_ms: r.last_seen_ms,
+        .map(|relay| RelayInfo {
+            status: placement::relay_status(&relay, now).into(),
+            seen_ago_ms: now - relay.last_seen_ms,
+            relay,
         })
         .collect();
     Ok(Json(RelayList { relays }))

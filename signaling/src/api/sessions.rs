@@ -105,7 +105,7 @@ pub(super) async fn create_session(
     // machine gets its own for the same relay: both legs of the media path meet there.
     let ice = placement::ice_config(&state, &placement, &id).await?;
     let machine_ice = placement::ice_config(&state, &placement, &id).await?;
-    let mut notice = json!({ "type": "session", "session": session_json(&row), "ice": machine_ice });
+    let mut notice = json!({ "type": "session", "session": Session::from(row.clone()), "ice": machine_ice });
     let mut sfu = Value::Null;
     if let Some(r) = &sfu_relay {
         let base = r.sfu_url.as_deref().unwrap_or_default();
@@ -263,36 +263,6 @@ pub(super) async fn visible_session(state: &AppState, bearer: &Bearer, id: &str)
     Ok(s)
 }
 
-/// A session as the API shows it: the row, its status and its duration.
-fn session_json(s: &SessionRow) -> Session {
-    let status = if s.ended_ms.is_some() {
-        "ended"
-    } else if s.connected_ms.is_some() {
-        "connected"
-    } else {
-        "requested"
-    };
-    let s = s.clone();
-    Session {
-        status: status.into(),
-        duration_ms: s.ended_ms.map(|e| e - s.requested_ms),
-        id: s.id,
-        machine_id: s.machine_id,
-        player: s.player,
-        mode: s.mode,
-        region: s.region,
-        relay_id: s.relay_id,
-        source: s.source,
-        scores: s.scores,
-        client_ip: s.client_ip,
-        requested_ms: s.requested_ms,
-        connected_ms: s.connected_ms,
-        ended_ms: s.ended_ms,
-        end_reason: s.end_reason,
-        ended_by: s.ended_by,
-    }
-}
-
 pub(super) async fn show_session(
     State(state): State<AppState>,
     bearer: Bearer,
@@ -304,7 +274,7 @@ pub(super) async fn show_session(
         .into_iter()
         .map(|e| SessionEvent { seq: e.seq, at_ms: e.at_ms, kind: e.kind, detail: e.detail })
         .collect();
-    Ok(Json(SessionDetail { session: session_json(&s), events }))
+    Ok(Json(SessionDetail { session: s.into(), events }))
 }
 
 pub(super) async fn session_connected(
@@ -354,7 +324,7 @@ pub(super) async fn end_session(
     info!(session = %id, reason, by, "session ended");
     crate::ws::notify_ended(&state, &s.player, &s.machine_id, &id, &reason).await;
     let s = state.store.session(&id).await?.ok_or_else(|| ApiError::not_found("session vanished"))?;
-    Ok(Json(session_json(&s)))
+    Ok(Json(s.into()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -384,7 +354,7 @@ pub(super) async fn list_sessions(
         return Err(ApiError::bad("limit: must be 1-1000"));
     }
     let filter = SessionFilter { machine: q.machine, player: q.player, region: q.region, live, limit };
-    let sessions = state.store.sessions(&filter).await?.iter().map(session_json).collect();
+    let sessions = state.store.sessions(&filter).await?.into_iter().map(Session::from).collect();
     Ok(Json(SessionList { sessions }))
 }
 

@@ -334,7 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
         value: Value,
         table: fn(&T) -> String,
     ) -> anyhow::Result<Output> {
-        let typed: T = serde_json::from_value(value.clone())
+        let typed = T::deserialize(&value)
             .with_context(|| format!("signaling's answer is not a {}", std::any::type_name::<T>()))?;
         Ok(if json { Output::Json(value) } else { Output::Text(table(&typed)) })
     }

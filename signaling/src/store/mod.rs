@@ -39,25 +39,8 @@ pub struct Store {
     postgres_url: Option<String>,
 }
 
-/// A relay as the registry knows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RelayRow {
-    pub id: String,
-    pub region: String,
-    pub version: String,
-    pub public_host: String,
-    pub turn_udp_port: u16,
-    pub turn_tls_port: Option<u16>,
-    /// Base URL of the relay's WHIP/WHEP endpoints, when it runs an SFU.
-    pub sfu_url: Option<String>,
-    pub state: RelayState,
-    pub admin_state: RelayState,
-    pub load: cluster::heartbeat::Load,
-    pub utilisation: f64,
-    pub started_at: u64,
-    pub first_seen_ms: i64,
-    pub last_seen_ms: i64,
-}
+/// A relay as the registry knows it (the API's type: the store keeps what clients see).
+pub use signaling_api::relays::Relay as RelayRow;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MachineRow {
@@ -70,23 +53,8 @@ pub struct MachineRow {
     pub last_seen_ms: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct SessionRow {
-    pub id: String,
-    pub machine_id: String,
-    pub player: String,
-    pub mode: String,
-    pub region: String,
-    pub relay_id: String,
-    pub source: String,
-    pub scores: serde_json::Value,
-    pub client_ip: Option<String>,
-    pub requested_ms: i64,
-    pub connected_ms: Option<i64>,
-    pub ended_ms: Option<i64>,
-    pub end_reason: Option<String>,
-    pub ended_by: Option<String>,
-}
+/// A session as signaling records it (the API's type).
+pub use signaling_api::sessions::SessionRecord as SessionRow;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EventRow {

@@ -199,18 +199,19 @@ pub fn relays(v: &RelayList) -> String {
         ("ALLOCATIONS", Align::Right),
         ("SEEN", Align::Left),
     ]);
-    for r in &v.relays {
+    for info in &v.relays {
+        let r = &info.relay;
         let host = if r.public_host.contains(':') { format!("[{}]", r.public_host) } else { r.public_host.clone() };
         let (n, max) = (r.load.allocations, r.load.max_allocations);
         t.row(vec![
             r.id.clone(),
             r.region.clone(),
-            r.status.clone(),
+            info.status.clone(),
             r.admin_state.as_str().into(),
             format!("{host}:{}", r.turn_udp_port),
             format!("{:.0}%", r.utilisation * 100.0),
             if max > 0 { format!("{n}/{max}") } else { n.to_string() },
-            ago(r.seen_ago_ms),
+            ago(info.seen_ago_ms),
         ]);
     }
     if t.is_empty() { "no relays have registered\n".into() } else { t.render() }
@@ -266,8 +267,9 @@ pub fn sessions(v: &SessionList) -> String {
         ("DURATION", Align::Right),
         ("END REASON", Align::Left),
     ]);
-    for s in &v.sessions {
-        let length = match s.duration_ms {
+    for info in &v.sessions {
+        let s = &info.record;
+        let length = match info.duration_ms {
             Some(d) => duration(d),
             None => format!("{} so far", duration(now - s.requested_ms)),
         };
@@ -277,7 +279,7 @@ pub fn sessions(v: &SessionList) -> String {
             s.player.clone(),
             s.region.clone(),
             s.relay_id.clone(),
-            s.status.clone(),
+            info.status.clone(),
             utc(s.requested_ms),
             length,
             opt(&s.end_reason),
@@ -288,12 +290,12 @@ pub fn sessions(v: &SessionList) -> String {
 
 /// One session's fields, then its event timeline relative to the request.
 pub fn session(v: &SessionDetail) -> String {
-    let s = &v.session;
+    let s = &v.session.record;
     let requested = s.requested_ms;
     let since = |at: Option<i64>| at.map(|at| format!("+{}", duration(at - requested)));
     let mut pairs = vec![
         ("session", s.id.clone()),
-        ("status", s.status.clone()),
+        ("status", v.session.status.clone()),
         ("machine", s.machine_id.clone()),
         ("player", s.player.clone()),
         ("mode", s.mode.clone()),
@@ -358,11 +360,12 @@ pub fn seat(v: &SeatHanded) -> String {
 }
 
 pub fn ended(v: &Session) -> String {
+    let s = &v.record;
     format!(
         "session {} ended ({}, by {}) after {}\n",
-        clean(&v.id),
-        clean(&opt(&v.end_reason)),
-        clean(&opt(&v.ended_by)),
+        clean(&s.id),
+        clean(&opt(&s.end_reason)),
+        clean(&opt(&s.ended_by)),
         v.duration_ms.map_or("-".into(), duration),
     )
 }
