@@ -1,4 +1,5 @@
-//! `GET /v1/admin/status` and `POST /v1/admin/keys/rotate`.
+//! `GET /healthz`, `GET /v1/admin/status`, `POST /v1/admin/keys/rotate` and
+//! `POST /v1/admin/tokens`.
 
 use serde::{Deserialize, Serialize};
 
@@ -47,4 +48,48 @@ pub struct Rotated {
     pub version: i64,
     pub live_secrets: usize,
     pub previous_retire_after_secs: i64,
+}
+
+/// `GET /healthz`: signaling answers and its store is reachable (otherwise 503 with an error
+/// body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// `sqlite` or `postgres`.
+    pub store: String,
+}
+
+/// What a signaling token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Creates sessions, watches, asks for ICE configurations.
+    Player,
+    /// Registers a game machine and sends its heartbeats.
+    Machine,
+    /// Everything, including the admin routes.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Player => "player",
+            Self::Machine => "machine",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// `POST /v1/admin/tokens` (and `relayctl token --key`, which mints offline): a signed token for
+/// `sub` in `role`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenIssued {
+    pub token: String,
+    pub sub: String,
+    pub role: Role,
+    /// Unix seconds.
+    pub expires_at: u64,
 }

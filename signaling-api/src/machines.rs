@@ -1,8 +1,10 @@
-//! `GET /v1/machines`.
+//! `GET /v1/machines`, `POST /v1/machines/register` and `POST /v1/machines/heartbeat`.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::sessions::SessionRecord;
 
 /// `GET /v1/machines`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,4 +33,30 @@ pub struct MachineInfo {
 /// A field that is present, even as null, is `Some`.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
+}
+
+/// `POST /v1/machines/register`: the machine's id (its token's subject) and how often to send
+/// heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    pub machine_id: String,
+    pub heartbeat_secs: u64,
+}
+
+/// `POST /v1/machines/heartbeat`: the machine's live session, if any, and in an `sfu` session
+/// where to publish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub heartbeat_secs: u64,
+    pub session: Option<SessionRecord>,
+    pub sfu: Option<Publish>,
+}
+
+/// Where a machine publishes its camera (WHIP) in an `sfu` session, and with what media token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// The SFU relay's id.
+    pub relay: String,
+    pub whip_url: String,
+    pub token: String,
 }

@@ -1,8 +1,53 @@
-//! `GET /v1/sessions`, `GET /v1/sessions/{id}`, `POST /v1/sessions/{id}/end` and
+//! `POST /v1/sessions`, `GET /v1/sessions`, `GET /v1/sessions/{id}`,
+//! `POST /v1/sessions/{id}/end`, `POST /v1/sessions/{id}/watch` and
 //! `POST /v1/sessions/{id}/seat`.
 
+use cluster::media::MediaRole;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::ice::{Alternate, IceConfig, RelayRef, SelectionSummary};
+
+/// `POST /v1/sessions` (201): the new session, the player's ICE configuration and, in `sfu`
+/// mode, where to watch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionCreated {
+    pub session_id: String,
+    pub machine_id: String,
+    /// `direct` or `sfu`.
+    pub mode: String,
+    pub region: String,
+    /// The same as `ice.relay`, `ice.selection` and `ice.alternates`, at the top for clients
+    /// that do not look inside `ice`.
+    pub relay: RelayRef,
+    pub selection: Option<SelectionSummary>,
+    pub alternates: Option<Vec<Alternate>>,
+    pub ice: IceConfig,
+    /// `sfu` mode only (`null` otherwise).
+    pub sfu: Option<SfuViewer>,
+}
+
+/// Where the session's player watches (WHEP), on the machine's home SFU relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SfuViewer {
+    /// The SFU relay's id and region.
+    pub relay: String,
+    pub region: String,
+    pub whep_url: String,
+    /// A media token for the player (holds the seat).
+    pub token: String,
+}
+
+/// `POST /v1/sessions/{id}/watch`: a way into an `sfu` session for its player or a spectator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch {
+    /// The SFU relay's id.
+    pub relay: String,
+    pub whep_url: String,
+    pub token: String,
+    /// `player` for the session's own player, `spectator` for anyone else.
+    pub role: MediaRole,
+}
 
 /// A session as its history shows it: its record, its status and its duration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,12 +5,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::admin::{RelayCounts, Rotated, SecretCounts, SessionCounts, Status};
+use cluster::media::MediaRole;
+
+use crate::admin::{Health, RelayCounts, Role, Rotated, SecretCounts, SessionCounts, Status, TokenIssued};
 use crate::ice::{Alternate, IceConfig, IceServer, RelayRef, SelectionSummary};
-use crate::machines::{MachineInfo, MachineList};
+use crate::machines::{HeartbeatReply, MachineInfo, MachineList, Publish, Registered};
 use crate::regions::{ProbePolicy, ProbeTarget, RegionInfo, RegionList};
 use crate::relays::{AdminStateChanged, Relay, RelayInfo, RelayList, RelayRemoved};
-use crate::sessions::{SeatHanded, Session, SessionDetail, SessionEvent, SessionList, SessionRecord};
+use crate::sessions::{
+    SeatHanded, Session, SessionCreated, SessionDetail, SessionEvent, SessionList, SessionRecord, SfuViewer, Watch,
+};
 
 /// `value` → JSON → back, equal; and `wire` (the JSON as clients have seen it) reads as `value`.
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: T, wire: serde_json::Value) {
@@ -209,5 +213,82 @@ fn ice_config_responses() {
     };
     wire["alternates"] = json!([{ "region": "eu-central", "relay": relay_wire, "iceServers": [server_wire] }]);
     wire["selection"] = json!({ "source": "probes", "score_ms": 21.5, "scores": [] });
-    round_trip(placed, wire);
+    round_trip(placed.clone(), wire.clone());
+
+    // `POST /v1/sessions` repeats the placement's relay, selection and alternates at the top.
+    let created = |sfu| SessionCreated {
+        session_id: "ses_1".into(),
+        machine_id: "m1".into(),
+        mode: "direct".into(),
+        region: "eu-central".into(),
+        relay: relay(),
+        selection: placed.selection.clone(),
+        alternates: placed.alternates.clone(),
+        ice: placed.clone(),
+        sfu,
+    };
+    let mut created_wire = json!({ "session_id": "ses_1", "machine_id": "m1", "mode": "direct",
+        "region": "eu-central", "relay": relay_wire, "selection": wire["selection"],
+        "alternates": wire["alternates"], "ice": wire, "sfu": null });
+    round_trip(created(None), created_wire.clone());
+    let viewer = SfuViewer {
+        relay: "eu-1".into(),
+        region: "eu-central".into(),
+        whep_url: "https://eu-1.example/whep/ses_1".into(),
+        token: "tok".into(),
+    };
+    created_wire["sfu"] = json!({ "relay": "eu-1", "region": "eu-central",
+        "whep_url": "https://eu-1.example/whep/ses_1", "token": "tok" });
+    round_trip(created(Some(viewer)), created_wire);
+}
+
+#[test]
+fn watch_health_token_and_machine_responses() {
+    round_trip(
+        Watch {
+            relay: "eu-1".into(),
+            whep_url: "https://eu-1.example/whep/ses_1".into(),
+            token: "tok".into(),
+            role: MediaRole::Spectator,
+        },
+        json!({ "relay": "eu-1", "whep_url": "https://eu-1.example/whep/ses_1", "token": "tok", "role": "spectator" }),
+    );
+    round_trip(
+        Health { status: "ok".into(), store: "postgres".into() },
+        json!({ "status": "ok", "store": "postgres" }),
+    );
+    round_trip(
+        TokenIssued { token: "eyJ".into(), sub: "m1".into(), role: Role::Machine, expires_at: 1_800_003_600 },
+        json!({ "token": "eyJ", "sub": "m1", "role": "machine", "expires_at": 1_800_003_600u64 }),
+    );
+    round_trip(
+        Registered { machine_id: "m1".into(), heartbeat_secs: 5 },
+        json!({ "machine_id": "m1", "heartbeat_secs": 5 }),
+    );
+    // No live session: both null.
+    round_trip(
+        HeartbeatReply { heartbeat_secs: 5, session: None, sfu: None },
+        json!({ "heartbeat_secs": 5, "session": null, "sfu": null }),
+    );
+    // In an sfu session: the session's record (no status) and where to publish.
+    let record = session().record;
+    let record_wire = json!({
+        "id": "ses_1", "machine_id": "m1", "player": "alice", "mode": "sfu", "region": "eu-central",
+        "relay_id": "eu-1", "source": "probes", "scores": { "score_ms": 20.0, "sfu": { "relay": "eu-1" } },
+        "client_ip": "192.0.2.7", "requested_ms": 1000, "connected_ms": 1500, "ended_ms": 61_000,
+        "end_reason": "bye", "ended_by": "player",
+    });
+    round_trip(
+        HeartbeatReply {
+            heartbeat_secs: 5,
+            session: Some(record),
+            sfu: Some(Publish {
+                relay: "eu-1".into(),
+                whip_url: "https://eu-1.example/whip/m1".into(),
+                token: "pub".into(),
+            }),
+        },
+        json!({ "heartbeat_secs": 5, "session": record_wire,
+            "sfu": { "relay": "eu-1", "whip_url": "https://eu-1.example/whip/m1", "token": "pub" } }),
+    );
 }

@@ -19,24 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 
-/// What a token allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Player,
-    Machine,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Player => "player",
-            Self::Machine => "machine",
-            Self::Admin => "admin",
-        }
-    }
-}
+/// What a token allows (declared with the API, which names it in token answers).
+pub use signaling_api::admin::Role;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {

@@ -4,8 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
-use signaling_api::admin::{RelayCounts, Rotated, SecretCounts, SessionCounts, Status};
+use signaling_api::admin::{Health, RelayCounts, Rotated, SecretCounts, SessionCounts, Status, TokenIssued};
 use tracing::info;
 
 use super::extract::{Bearer, Body};
@@ -16,7 +15,7 @@ use crate::state::{AppState, now_ms, now_unix};
 
 pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
-        Ok(()) => Json(json!({"status": "ok", "store": state.store.kind()})).into_response(),
+        Ok(()) => Json(Health { status: "ok".into(), store: state.store.kind().into() }).into_response(),
         Err(e) => ApiError::Unavailable(format!("store unreachable: {e}")).into_response(),
     }
 }
@@ -68,7 +67,7 @@ pub(super) async fn mint_token(
     State(state): State<AppState>,
     bearer: Bearer,
     Body(req): Body<MintToken>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TokenIssued>> {
     bearer.require(&[])?;
     let ttl = req.ttl_secs.unwrap_or(3600);
     if !(1..=366 * 86_400).contains(&ttl) {
@@ -79,5 +78,5 @@ pub(super) async fn mint_token(
     }
     let now = now_unix();
     let token = state.keys.mint(&req.sub, req.role, now, ttl)?;
-    Ok(Json(json!({ "token": token, "sub": req.sub, "role": req.role, "expires_at": now + ttl })))
+    Ok(Json(TokenIssued { token, sub: req.sub, role: req.role, expires_at: now + ttl }))
 }

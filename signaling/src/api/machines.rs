@@ -7,8 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use cluster::media::MediaRole;
 use serde::Deserialize;
-use serde_json::{Value, json};
-use signaling_api::machines::{MachineInfo, MachineList};
+use signaling_api::machines::{HeartbeatReply, MachineInfo, MachineList, Publish, Registered};
 use tracing::info;
 
 use super::extract::{Bearer, Body};
@@ -47,7 +46,7 @@ pub(super) async fn register_machine(
     State(state): State<AppState>,
     bearer: Bearer,
     Body(req): Body<RegisterMachine>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Registered>> {
     let claims = bearer.require(&[Role::Machine])?;
     check_rtts(&state, &req.rtts)?;
     if let (Some(lat), Some(lon)) = (req.lat, req.lon) {
@@ -71,7 +70,7 @@ pub(super) async fn register_machine(
     };
     state.store.register_machine(&row).await?;
     info!(machine = %row.id, "machine registered");
-    Ok(Json(json!({ "machine_id": row.id, "heartbeat_secs": state.config.machine_heartbeat.as_secs() })))
+    Ok(Json(Registered { machine_id: row.id, heartbeat_secs: state.config.machine_heartbeat.as_secs() }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,7 +84,7 @@ pub(super) async fn machine_heartbeat(
     State(state): State<AppState>,
     bearer: Bearer,
     Body(req): Body<MachineHeartbeat>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<HeartbeatReply>> {
     let claims = bearer.require(&[Role::Machine])?;
     if let Some(rtts) = &req.rtts {
         check_rtts(&state, rtts)?;
@@ -93,7 +92,7 @@ pub(super) async fn machine_heartbeat(
     if !state.store.machine_heartbeat(&claims.sub, req.rtts.as_ref(), now_ms()).await? {
         return Err(ApiError::not_found("machine is not registered; POST /v1/machines/register first"));
     }
-    let live = state
+    let mut live = state
         .store
         .sessions(&SessionFilter {
             machine: Some(claims.sub.clone()),
@@ -103,14 +102,16 @@ pub(super) async fn machine_heartbeat(
         })
         .await?;
     // In an sfu session the machine publishes: where, and with what token.
-    let mut sfu = Value::Null;
-    if let Some(s) = live.first()
+    let session = live.pop();
+    let mut sfu = None;
+    if let Some(s) = &session
         && let Some(base) = s.scores["sfu"]["url"].as_str()
     {
         let token = media_token(&state, &claims.sub, &claims.sub, Some(&s.id), MediaRole::Publisher).await?;
-        sfu = json!({ "relay": s.scores["sfu"]["relay"], "whip_url": format!("{base}/whip/{}", claims.sub), "token": token });
+        let relay = s.scores["sfu"]["relay"].as_str().unwrap_or_default().to_owned();
+        sfu = Some(Publish { relay, whip_url: format!("{base}/whip/{}", claims.sub), token });
     }
-    Ok(Json(json!({ "heartbeat_secs": state.config.machine_heartbeat.as_secs(), "session": live.first(), "sfu": sfu })))
+    Ok(Json(HeartbeatReply { heartbeat_secs: state.config.machine_heartbeat.as_secs(), session, sfu }))
 }
 
 fn machine_status(state: &AppState, m: &MachineRow, session: &Option<String>, now: i64) -> &'static str {

@@ -10,7 +10,10 @@ use cluster::media::{MediaClaims, MediaRole};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use signaling_api::ice::IceConfig;
-use signaling_api::sessions::{SeatHanded, Session, SessionDetail, SessionEvent, SessionList};
+use signaling_api::machines::Publish;
+use signaling_api::sessions::{
+    SeatHanded, Session, SessionCreated, SessionDetail, SessionEvent, SessionList, SfuViewer, Watch,
+};
 use tracing::info;
 
 use super::extract::{Bearer, Body, OptionalBody, PathParam, QueryParam};
@@ -36,7 +39,7 @@ pub(super) async fn create_session(
     headers: HeaderMap,
     bearer: Bearer,
     Body(req): Body<CreateSession>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<SessionCreated>)> {
     let claims = bearer.require(&[Role::Player])?.clone();
     let mode = req.mode.as_deref().unwrap_or("direct");
     if mode != "direct" && mode != "sfu" {
@@ -106,29 +109,29 @@ pub(super) async fn create_session(
     let ice = placement::ice_config(&state, &placement, &id).await?;
     let machine_ice = placement::ice_config(&state, &placement, &id).await?;
     let mut notice = json!({ "type": "session", "session": Session::from(row.clone()), "ice": machine_ice });
-    let mut sfu = Value::Null;
+    let mut sfu = None;
     if let Some(r) = &sfu_relay {
         let base = r.sfu_url.as_deref().unwrap_or_default();
-        let publish = media_token(&state, &machine.id, &machine.id, Some(&id), MediaRole::Publisher).await?;
-        notice["sfu"] = json!({ "relay": r.id, "whip_url": format!("{base}/whip/{}", machine.id), "token": publish });
-        let watch = media_token(&state, &claims.sub, &machine.id, Some(&id), MediaRole::Player).await?;
-        sfu = json!({ "relay": r.id, "region": r.region, "whep_url": format!("{base}/whep/{id}"), "token": watch });
+        let token = media_token(&state, &machine.id, &machine.id, Some(&id), MediaRole::Publisher).await?;
+        let publish = Publish { relay: r.id.clone(), whip_url: format!("{base}/whip/{}", machine.id), token };
+        notice["sfu"] = serde_json::to_value(publish)?;
+        let token = media_token(&state, &claims.sub, &machine.id, Some(&id), MediaRole::Player).await?;
+        let whep_url = format!("{base}/whep/{id}");
+        sfu = Some(SfuViewer { relay: r.id.clone(), region: r.region.clone(), whep_url, token });
     }
     crate::ws::deliver(&state, &crate::hub::Party { role: Role::Machine, id: machine.id.clone() }, &notice).await;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "session_id": id,
-            "machine_id": machine.id,
-            "mode": mode,
-            "region": row.region,
-            "relay": ice.relay,
-            "selection": ice.selection,
-            "alternates": ice.alternates,
-            "ice": ice,
-            "sfu": sfu,
-        })),
-    ))
+    let created = SessionCreated {
+        session_id: id,
+        machine_id: machine.id,
+        mode: mode.into(),
+        region: row.region,
+        relay: ice.relay.clone(),
+        selection: ice.selection.clone(),
+        alternates: ice.alternates.clone(),
+        ice,
+        sfu,
+    };
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// The machine's home SFU relay: among relays in rotation that run an SFU, the one in the region
@@ -174,7 +177,7 @@ pub(super) async fn watch_session(
     State(state): State<AppState>,
     bearer: Bearer,
     PathParam(id): PathParam<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Watch>> {
     let claims = bearer.require(&[Role::Player])?.clone();
     let s = state.store.session(&id).await?.ok_or_else(|| ApiError::not_found(format!("no session {id:?}")))?;
     if s.ended_ms.is_some() {
@@ -185,7 +188,7 @@ pub(super) async fn watch_session(
     };
     let role = if claims.sub == s.player { MediaRole::Player } else { MediaRole::Spectator };
     let token = media_token(&state, &claims.sub, &s.machine_id, Some(&id), role).await?;
-    Ok(Json(json!({ "relay": relay, "whep_url": format!("{base}/whep/{id}"), "token": token, "role": role })))
+    Ok(Json(Watch { relay: relay.into(), whep_url: format!("{base}/whep/{id}"), token, role }))
 }
 
 #[derive(Debug, Deserialize)]

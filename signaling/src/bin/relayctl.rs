@@ -33,8 +33,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use signaling::auth::{Keys, Role, valid_subject};
+use signaling_api::admin::TokenIssued;
 
 use crate::client::Api;
 use crate::failure::{EXIT_SERVER, EXIT_USAGE, Failure};
@@ -422,18 +424,16 @@ async fn mint(api: &Api, args: MintArgs, json: bool) -> anyhow::Result<Output> {
             }
             let now = cluster::time::unix_now();
             let token = Keys::new(key.as_bytes()).mint(&args.sub, args.role, now, args.ttl_secs)?;
-            json!({ "token": token, "sub": args.sub, "role": args.role, "expires_at": now + args.ttl_secs })
+            let issued = TokenIssued { token, sub: args.sub, role: args.role, expires_at: now + args.ttl_secs };
+            serde_json::to_value(issued)?
         }
         None => {
             let body = json!({ "sub": args.sub, "role": args.role, "ttl_secs": args.ttl_secs });
             api.post(&["v1", "admin", "tokens"], &body).await.context("minting a token")?
         }
     };
-    if json {
-        return Ok(Output::Json(minted));
-    }
-    let token = minted["token"].as_str().context("signaling's answer has no token")?;
-    Ok(Output::Text(format!("{token}\n")))
+    let issued = TokenIssued::deserialize(&minted).context("signaling's answer is not a token")?;
+    Ok(if json { Output::Json(minted) } else { Output::Text(format!("{}\n", issued.token)) })
 }
 
 /// The body of `POST /v1/ice-config`: the probes from --probes-from, then --probe.
