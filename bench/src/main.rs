@@ -41,6 +41,10 @@ struct Common {
     /// The relay binary to test (default: `relay` next to this binary, built if missing).
     #[arg(long)]
     relay_bin: Option<PathBuf>,
+    /// Another relay binary (say, the previous commit's release build) to run side by side with
+    /// `ours` as the `baseline` target, on the same config.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
     /// Worker threads of every server (relay threads for coturn); default one per core.
     #[arg(long)]
     workers: Option<usize>,
@@ -79,7 +83,8 @@ enum Cmd {
         /// Small counts and short steps (seconds, not minutes), for the test suite.
         #[arg(long)]
         smoke: bool,
-        /// Targets to run (default all: ours, coturn, coturn-batched, raw).
+        /// Targets to run (default all: ours, ours-busy-poll, coturn, coturn-batched, raw, and baseline
+        /// when --baseline-bin is given).
         #[arg(long, value_delimiter = ',')]
         targets: Option<Vec<String>>,
         /// Idle allocations to hold in the scale test.
@@ -210,6 +215,10 @@ fn env(common: &Common) -> anyhow::Result<Env> {
     };
     let workers = common.workers.unwrap_or(server_cpus.as_ref().map_or(cpus, Vec::len));
     let mut env = Env::new(common.relay_bin.clone(), workers, server_cpus)?;
+    if let Some(bin) = &common.baseline_bin {
+        anyhow::ensure!(bin.exists(), "--baseline-bin: {} not found", bin.display());
+        env.baseline_bin = Some(bin.clone());
+    }
     if let Some(addr) = common.server {
         env.external = Some((addr, common.server_pid));
     }
@@ -362,7 +371,7 @@ fn compare(
     let env = env(common)?;
     let kinds: Vec<Kind> = match targets {
         Some(names) => names.iter().map(|n| Kind::parse(n)).collect::<anyhow::Result<_>>()?,
-        None => Kind::ALL.to_vec(),
+        None => env.default_targets(),
     };
     let mut plan = if smoke { Plan::smoke() } else { Plan::full() };
     if let Some(h) = hold {

@@ -276,7 +276,7 @@ impl Report {
     pub fn markdown(&self) -> String {
         let names: Vec<&str> = self.targets.iter().map(|t| t.target.as_str()).collect();
         let idx = |n: &str| names.iter().position(|x| *x == n);
-        let (ours, coturn, raw) = (idx("ours"), idx("coturn"), idx("raw"));
+        let (ours, coturn, raw, baseline) = (idx("ours"), idx("coturn"), idx("raw"), idx("baseline"));
         // `ours` and its variants (`ours-busy-poll`), each compared with coturn.
         let variants: Vec<usize> = (0..names.len()).filter(|&i| names[i].starts_with("ours")).collect();
         let mut out = String::new();
@@ -289,14 +289,17 @@ impl Report {
             .collect();
         let vs_header: Vec<String> = variants.iter().map(|&v| format!("{}/coturn", names[v])).collect();
         let ahead_header: Vec<String> = variants.iter().map(|&v| format!("{} ahead of coturn", names[v])).collect();
+        // With a baseline build, how ours compares with it: the change under measurement.
+        let vs_baseline_header = if baseline.is_some() { "ours/baseline | " } else { "" };
         let _ = writeln!(
             out,
-            "| figure | {} | {} | ours/raw | {} |",
+            "| figure | {} | {} | ours/raw | {vs_baseline_header}{} |",
             header.join(" | "),
             vs_header.join(" | "),
             ahead_header.join(" | ")
         );
-        let _ = writeln!(out, "|---|{}---|", "---|".repeat(names.len() + 2 * variants.len()));
+        let extra = usize::from(baseline.is_some());
+        let _ = writeln!(out, "|---|{}---|", "---|".repeat(names.len() + 2 * variants.len() + extra));
         for row in self.rows() {
             let cells: Vec<String> = row.values.iter().map(|v| v.map_or("—".into(), fmt_num)).collect();
             let ratio = |a: Option<usize>, b: Option<usize>| -> Option<f64> {
@@ -329,9 +332,16 @@ impl Report {
                 Better::Higher => "higher is better",
                 Better::Lower => "lower is better",
             };
+            let vs_baseline = match baseline {
+                Some(b) => format!(
+                    "{} | ",
+                    ratio(ours, Some(b)).filter(|_| row.ratios).map_or("—".into(), |r| format!("{r:.2}"))
+                ),
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "| {} ({better}) | {} | {} | {} | {} |",
+                "| {} ({better}) | {} | {} | {} | {vs_baseline}{} |",
                 row.figure,
                 cells.join(" | "),
                 vs_coturn.join(" | "),
@@ -382,7 +392,7 @@ impl Report {
 
     /// Delivered against offered load, one panel per throughput configuration.
     pub fn svg(&self) -> String {
-        const COLORS: [&str; 5] = ["#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#7f7f7f"];
+        const COLORS: [&str; 6] = ["#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#2ca02c", "#7f7f7f"];
         let configs = [(100, 1), (100, 64), (1200, 1), (1200, 64)];
         let (pw, ph, margin) = (420.0, 300.0, 50.0);
         let width = 2.0 * pw + 40.0;

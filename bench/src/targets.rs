@@ -8,6 +8,9 @@
 //! - `coturn`: Debian's `turnserver`.
 //! - `coturn-batched`: `turnserver` with `--udp-recvmmsg --udp-sendmmsg` where the installed
 //!   version has them (added in coturn 4.10); otherwise unavailable, and the report says why.
+//! - `baseline`: another build of the relay (`--baseline-bin`, for example the previous commit's)
+//!   on the same config as `ours`, so that a change is measured side by side with what it
+//!   replaces in one run; only with `--baseline-bin`.
 //! - `raw`: `bench raw-forwarder`, a bare UDP forwarder (see `raw.rs`), in its own process so its
 //!   CPU and memory are measured the same way.
 
@@ -37,11 +40,14 @@ pub enum Kind {
     OursBusyPoll,
     Coturn,
     CoturnBatched,
+    /// The relay from `--baseline-bin`, on `ours`'s config.
+    Baseline,
     Raw,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Ours, Kind::OursBusyPoll, Kind::Coturn, Kind::CoturnBatched, Kind::Raw];
+    pub const ALL: [Kind; 6] =
+        [Kind::Ours, Kind::OursBusyPoll, Kind::Coturn, Kind::CoturnBatched, Kind::Baseline, Kind::Raw];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -49,6 +55,7 @@ impl Kind {
             Kind::OursBusyPoll => "ours-busy-poll",
             Kind::Coturn => "coturn",
             Kind::CoturnBatched => "coturn-batched",
+            Kind::Baseline => "baseline",
             Kind::Raw => "raw",
         }
     }
@@ -109,6 +116,8 @@ impl CoturnInfo {
 #[derive(Debug, Clone)]
 pub struct Env {
     pub relay_bin: PathBuf,
+    /// The `baseline` target's relay binary, if one was given.
+    pub baseline_bin: Option<PathBuf>,
     pub bench_bin: PathBuf,
     pub workers: usize,
     /// CPUs the servers are confined to (the bench keeps the others), if pinning.
@@ -138,7 +147,16 @@ impl Env {
         }
         let dir = std::env::temp_dir().join(format!("relay-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { relay_bin, bench_bin, workers, server_cpus, external: None, dir, coturn: CoturnInfo::detect() })
+        Ok(Self {
+            relay_bin,
+            baseline_bin: None,
+            bench_bin,
+            workers,
+            server_cpus,
+            external: None,
+            dir,
+            coturn: CoturnInfo::detect(),
+        })
     }
 
     /// Why a target cannot run here, if it cannot.
@@ -150,8 +168,14 @@ impl Env {
             Kind::CoturnBatched if self.coturn.batching_flags().is_empty() => {
                 Some(format!("coturn {} has no --udp-recvmmsg/--udp-sendmmsg (added in 4.10)", self.coturn.version))
             }
+            Kind::Baseline if self.baseline_bin.is_none() => Some("no --baseline-bin given".into()),
             _ => None,
         }
+    }
+
+    /// The targets of a run with no `--targets`: all of them, `baseline` only if there is one.
+    pub fn default_targets(&self) -> Vec<Kind> {
+        Kind::ALL.into_iter().filter(|k| *k != Kind::Baseline || self.baseline_bin.is_some()).collect()
     }
 }
 
@@ -201,8 +225,9 @@ impl Server {
             bail!("{} unavailable: {why}", kind.name());
         }
         let (child, addr) = match kind {
-            Kind::Ours => start_ours(env, 0)?,
-            Kind::OursBusyPoll => start_ours(env, BUSY_POLL_US)?,
+            Kind::Ours => start_ours(env, &env.relay_bin, 0)?,
+            Kind::OursBusyPoll => start_ours(env, &env.relay_bin, BUSY_POLL_US)?,
+            Kind::Baseline => start_ours(env, env.baseline_bin.as_deref().context("--baseline-bin")?, 0)?,
             Kind::Coturn => start_coturn(env, &[])?,
             Kind::CoturnBatched => start_coturn(env, &env.coturn.batching_flags())?,
             Kind::Raw => start_raw(env, peer, drop_every, delay)?,
@@ -319,20 +344,20 @@ level = "warn"
     Ok(path)
 }
 
-/// The relay binary on the bench's config plus `extra`, stdout piped for its banner.
-fn spawn_ours(env: &Env, busy_poll_us: u64, extra: &str) -> anyhow::Result<Child> {
+/// A relay binary on the bench's config plus `extra`, stdout piped for its banner.
+fn spawn_ours(env: &Env, bin: &Path, busy_poll_us: u64, extra: &str) -> anyhow::Result<Child> {
     let config = write_config(&env.dir, env.workers, busy_poll_us, extra)?;
-    pinned(Command::new(&env.relay_bin), env)
+    pinned(Command::new(bin), env)
         .arg("--config")
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .with_context(|| format!("starting {}", env.relay_bin.display()))
+        .with_context(|| format!("starting {}", bin.display()))
 }
 
-fn start_ours(env: &Env, busy_poll_us: u64) -> anyhow::Result<(Child, SocketAddr)> {
-    let mut child = spawn_ours(env, busy_poll_us, "")?;
+fn start_ours(env: &Env, bin: &Path, busy_poll_us: u64) -> anyhow::Result<(Child, SocketAddr)> {
+    let mut child = spawn_ours(env, bin, busy_poll_us, "")?;
     let rest = read_ready_line(&mut child, "STUN/TURN   udp://")?;
     let addr = rest.split_whitespace().next().context("address in banner")?.parse()?;
     Ok((child, addr))
@@ -372,7 +397,7 @@ fn start_raw(env: &Env, peer: SocketAddr, drop_every: u64, delay: Duration) -> a
 /// Starts the relay with its SFU on (`bench sfu`): the bench's config plus an HTTP listener for
 /// WHIP/WHEP. Returns the process (killed when dropped) and where to reach it.
 pub fn start_ours_sfu(env: &Env) -> anyhow::Result<(Server, crate::sfu::Target)> {
-    let mut child = spawn_ours(env, 0, "\n[sfu]\nhttp_listen = \"127.0.0.1:0\"\n")?;
+    let mut child = spawn_ours(env, &env.relay_bin, 0, "\n[sfu]\nhttp_listen = \"127.0.0.1:0\"\n")?;
     let stdout = child.stdout.take().context("child stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

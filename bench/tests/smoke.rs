@@ -76,6 +76,38 @@ fn compare_smoke_every_target_delivers() {
 }
 
 #[test]
+fn a_baseline_build_runs_side_by_side_with_ours() {
+    // The same binary as its own baseline: what matters here is that both run in one report and
+    // the table carries the ratio column.
+    let relay = PathBuf::from(env!("CARGO_BIN_EXE_bench")).with_file_name("relay");
+    let dir = std::env::temp_dir().join(format!("bench-baseline-{}", std::process::id()));
+    let out = bench()
+        .args(["compare", "--smoke", "--targets", "ours,baseline", "--only", "latency", "--baseline-bin"])
+        .arg(&relay)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .expect("run bench compare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "compare failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| figure | ours | baseline |") && stdout.contains("| ours/baseline |"), "{stdout}");
+    let p99 = stdout.lines().find(|l| l.starts_with("| RTT p99 ")).unwrap_or_else(|| panic!("a p99 row:\n{stdout}"));
+    let ratio: Vec<f64> = p99.split('|').filter_map(|c| c.trim().parse().ok()).collect();
+    assert!(ratio.len() >= 3 && ratio.iter().all(|r| *r > 0.0), "both p99s and their ratio: {p99}");
+    let report: Value = serde_json::from_slice(&std::fs::read(dir.join("smoke.json")).unwrap()).unwrap();
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    for t in targets {
+        assert!(t["latency"]["samples"].as_u64().unwrap() > 0, "{t}");
+    }
+    // Without a binary, the baseline is reported as not run, and why.
+    let out =
+        bench().args(["compare", "--smoke", "--targets", "baseline", "--only", "latency", "--out"]).arg(&dir).output();
+    let stdout = String::from_utf8_lossy(&out.as_ref().unwrap().stdout).into_owned();
+    assert!(stdout.contains("no --baseline-bin given"), "{stdout}");
+}
+
+#[test]
 fn loss_is_measured_exactly() {
     // The raw forwarder drops every 50th client packet: 2% loss, nothing else on loopback.
     let r = run_json(&["throughput", "--target", "raw", "--drop-every", "50", "--rate", "5000", "--secs", "2"]);
