@@ -7,6 +7,7 @@
 //! - [`heartbeat`]: what a relay reports every [`heartbeat::INTERVAL`] and what signaling answers
 //!   (commands and the current credential secrets), as JSON over HTTP.
 //! - [`ids`]: region and relay ids as both sides accept them.
+//! - [`pki`]: the cluster CA that signs the relays' link certificates.
 //! - [`time`]: unix time as both sides count it, and UTC dates for people.
 //! - [`log`] and [`config_overrides!`]: how both binaries set up logging and take flags and
 //!   environment variables over their config files.
@@ -17,4 +18,5 @@ pub mod ids;
 pub mod log;
 pub mod media;
 pub mod overrides;
+pub mod pki;
 pub mod time;

@@ -4,6 +4,7 @@
 //! and health. `config` turns the TOML file, flags and environment into a validated `Config`.
 
 pub mod config;
+pub mod link;
 pub mod sfu;
 pub mod shell;
 #[cfg(feature = "testkit")]

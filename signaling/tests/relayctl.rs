@@ -514,3 +514,71 @@ async fn settings_come_from_flag_then_env_then_config_file() {
     named.env_remove("RELAYCTL_URL").env("RELAYCTL_CONFIG", &other);
     run(&mut named, &["status"]).await.fails(3, &["unreachable"]);
 }
+
+/// relayctl with nothing of the environment, for the offline commands: a config file that does
+/// not parse must not stop them.
+fn offline_relayctl(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_relayctl"));
+    for var in ["RELAYCTL_URL", "RELAYCTL_TOKEN", "RELAYCTL_JWT_KEY"] {
+        cmd.env_remove(var);
+    }
+    let config = dir.join("broken-config.toml");
+    std::fs::write(&config, "this is = not [toml").unwrap();
+    cmd.env("HOME", dir).env("RELAYCTL_CONFIG", config);
+    cmd
+}
+
+/// `openssl` on the files, for an independent reading of what relayctl wrote.
+fn openssl(args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl").args(args).output().expect("openssl (scripts/test.sh installs it)");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_init_and_issue_make_certificates_openssl_accepts() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("relayctl-ca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_dir = dir.join("ca");
+    let ca = path(&ca_dir);
+    let text = run(&mut offline_relayctl(&dir), &["ca", "init", "--dir", ca, "--name", "test cluster"]).await;
+    assert!(text.ok().contains("relayctl ca issue RELAY_ID"), "says what is next: {}", text.stdout);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&ca_dir.join("ca.key")), 0o600, "the CA key is the operator's alone");
+    let issued =
+        run(&mut offline_relayctl(&dir), &["--json", "ca", "issue", "eu-1.example.org", "--dir", ca]).await.json();
+    let cert = issued["cert"].as_str().unwrap().to_owned();
+    assert_eq!(cert, path(&ca_dir.join("eu-1.example.org.pem")));
+    assert_eq!(mode(Path::new(issued["key"].as_str().unwrap())), 0o600);
+    // openssl agrees: signed by the CA, for the relay id, for both ends of a TLS connection.
+    let ca_pem = path(&ca_dir.join("ca.pem")).to_owned();
+    let verify = openssl(&["verify", "-CAfile", &ca_pem, "-purpose", "sslclient", &cert]);
+    assert!(verify.contains(": OK"), "{verify}");
+    let verify = openssl(&["verify", "-CAfile", &ca_pem, "-purpose", "sslserver", &cert]);
+    assert!(verify.contains(": OK"), "{verify}");
+    let san = openssl(&["x509", "-in", &cert, "-noout", "-ext", "subjectAltName"]);
+    assert!(san.contains("DNS:eu-1.example.org"), "{san}");
+    let issuer = openssl(&["x509", "-in", &cert, "-noout", "-issuer"]);
+    assert!(issuer.contains("test cluster"), "{issuer}");
+    // A certificate from another CA does not verify against this one.
+    let other = path(&dir.join("other")).to_owned();
+    run(&mut offline_relayctl(&dir), &["ca", "init", "--dir", &other]).await.ok();
+    let verify = openssl(&["verify", "-CAfile", &format!("{other}/ca.pem"), &cert]);
+    assert!(!verify.contains(": OK"), "{verify}");
+
+    // Nothing is overwritten without --force; --force renews.
+    run(&mut offline_relayctl(&dir), &["ca", "init", "--dir", ca]).await.fails(2, &["ca.", "exists", "--force"]);
+    run(&mut offline_relayctl(&dir), &["ca", "issue", "eu-1.example.org", "--dir", ca]).await.fails(2, &["exists"]);
+    let before = std::fs::read(&cert).unwrap();
+    run(&mut offline_relayctl(&dir), &["ca", "issue", "eu-1.example.org", "--dir", ca, "--force"]).await.ok();
+    assert_ne!(std::fs::read(&cert).unwrap(), before, "renewed");
+    // Bad input: a relay id no certificate can hold, a directory without a CA, a key that is
+    // not the CA's.
+    run(&mut offline_relayctl(&dir), &["ca", "issue", "a..b", "--dir", ca]).await.fails(2, &["relay id \"a..b\""]);
+    let empty = path(&dir.join("empty")).to_owned();
+    run(&mut offline_relayctl(&dir), &["ca", "issue", "eu-2", "--dir", &empty]).await.fails(2, &["relayctl ca init"]);
+    std::fs::copy(format!("{other}/ca.key"), ca_dir.join("ca.key")).unwrap();
+    run(&mut offline_relayctl(&dir), &["ca", "issue", "eu-2", "--dir", ca]).await.fails(2, &["does not belong"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,6 +16,8 @@
 //! (`--config`, `RELAYCTL_CONFIG`, or `~/.config/relayctl/config.toml` if present), then defaults.
 
 // The crate root is this file, so its modules' paths are spelled out: they live in relayctl/.
+#[path = "relayctl/ca.rs"]
+mod ca;
 #[path = "relayctl/client.rs"]
 mod client;
 #[path = "relayctl/failure.rs"]
@@ -89,6 +91,11 @@ enum Command {
     IceConfig(IceConfigArgs),
     /// Measure STUN Binding round trips from this host to every region's probe targets
     Probe(probe::ProbeArgs),
+    /// The cluster CA for relay-to-relay links: make it, issue relay certificates (offline)
+    Ca {
+        #[command(subcommand)]
+        action: ca::CaAction,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,6 +333,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<Output> {
+    // Offline: no signaling, no settings beyond --json (a broken config file does not stop it).
+    let command = match cli.command {
+        Command::Ca { action } => return ca_output(action, cli.global.json),
+        command => command,
+    };
     let settings = Settings::resolve(&cli.global)?;
     let json = settings.json;
     let api = Api::new(&settings)?;
@@ -340,7 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
             .with_context(|| format!("signaling's answer is not a {}", std::any::type_name::<T>()))?;
         Ok(if json { Output::Json(value) } else { Output::Text(table(&typed)) })
     }
-    Ok(match cli.command {
+    Ok(match command {
         Command::Status => {
             typed(json, api.get(&["v1", "admin", "status"], &[]).await.context("getting the status")?, render::status)?
         }
@@ -405,6 +417,7 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
                 .context("signaling's answer is not an ICE configuration")?;
             Output::Json(ice)
         }
+        Command::Ca { action } => ca_output(action, json)?,
         Command::Probe(args) => {
             let regions = api.get_public(&["v1", "regions"]).await.context("listing regions")?;
             let regions: signaling_api::regions::RegionList =
@@ -413,6 +426,11 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
             if json { Output::Json(report.to_json()) } else { Output::Text(report.table()) }
         }
     })
+}
+
+fn ca_output(action: ca::CaAction, json: bool) -> anyhow::Result<Output> {
+    let (text, value) = ca::run(action, cluster::time::unix_now())?;
+    Ok(if json { Output::Json(value) } else { Output::Text(text) })
 }
 
 async fn mint(api: &Api, args: MintArgs, json: bool) -> anyhow::Result<Output> {

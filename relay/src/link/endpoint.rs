@@ -1,0 +1,191 @@
+//! A relay's link endpoint: one quinn endpoint, both accepting links from other relays and
+//! opening links to them, on its own UDP port (`link.listen`). A port of its own rather than the
+//! TURN port told apart by first byte: QUIC's long-header first bytes (0xc0-0xff) fall outside
+//! RFC 7983's ranges, but quinn wants its own socket (its own pacing, GSO, ECN and connection
+//! ids), and a separate port lets a firewall admit only the other relays' addresses to it.
+//!
+//! Admission: the TLS handshake checks the connecting relay's certificate (see [`super::tls`]);
+//! then the accepting relay opens a unidirectional *welcome* stream carrying [`WELCOME`]. The
+//! connecting relay's [`LinkEndpoint::connect`] returns only once it has read it: in TLS 1.3
+//! the client's handshake is over before the server has checked the client's certificate, so
+//! without the welcome a refused relay would believe it was linked until the close arrived.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::CertificateDer;
+use tracing::debug;
+
+use super::tls::{LinkTls, Refusal};
+
+/// Keep-alive on an idle link: well inside [`IDLE_TIMEOUT`] and inside the 30 s that NATs and
+/// stateful firewalls commonly keep a UDP mapping.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A link silent this long (no keep-alive either: the peer or the path is gone) is closed;
+/// six keep-alives lost in a row.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A handshake (or a welcome) not done by then fails.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Datagrams buffered each way: about 0.7 s of a 10 Mbit/s session.
+const DATAGRAM_BUFFER: usize = 1 << 20;
+/// What the welcome stream carries: the link protocol and its version.
+pub const WELCOME: &[u8] = b"relay-link/1 welcome\n";
+/// QUIC application close code for a relay refused after the handshake.
+const CLOSE_REFUSED: u32 = 0x100;
+
+/// A link to another relay, once both sides have admitted each other.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// The peer's relay id, from its certificate (accepting side) or as asked for (connecting
+    /// side, verified against its certificate).
+    pub peer: String,
+    pub connection: quinn::Connection,
+}
+
+/// Why a link did not come up.
+#[derive(Debug)]
+pub enum LinkError {
+    /// This relay refused the peer's certificate (counted in `relay_link_refusals_total`).
+    Refused(Refusal),
+    /// The peer refused this relay, or the handshake or welcome failed otherwise.
+    Failed(String),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(r) => write!(f, "refused the peer's certificate: {r}"),
+            Self::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+/// The link settings on every connection, both ways.
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("30 s is a valid idle timeout")));
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
+    t.datagram_send_buffer_size(DATAGRAM_BUFFER);
+    Arc::new(t)
+}
+
+/// One relay's QUIC endpoint for links.
+#[derive(Debug)]
+pub struct LinkEndpoint {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    tls: Arc<LinkTls>,
+}
+
+impl LinkEndpoint {
+    /// Listens on `addr` (call within a Tokio runtime).
+    pub fn bind(addr: SocketAddr, tls: LinkTls) -> anyhow::Result<Self> {
+        let crypto = QuicServerConfig::try_from(tls.server_config()?).context("link TLS for QUIC")?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(transport());
+        let crypto = QuicClientConfig::try_from(tls.client_config()?).context("link TLS for QUIC")?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(transport());
+        let endpoint = quinn::Endpoint::server(server, addr).with_context(|| format!("link.listen: binding {addr}"))?;
+        Ok(Self { endpoint, client, tls: Arc::new(tls) })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn relay_id(&self) -> &str {
+        self.tls.relay_id()
+    }
+
+    /// Certificates refused, by side and reason.
+    pub fn refusals(&self) -> &super::tls::Refusals {
+        self.tls.refusals()
+    }
+
+    /// The next relay admitted on a link; `None` once the endpoint is closed. Relays refused
+    /// on the way are counted and skipped.
+    pub async fn accept(&self) -> Option<Link> {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let remote = incoming.remote_address();
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.admit(incoming)).await {
+                Ok(Ok(link)) => return Some(link),
+                Ok(Err(e)) => debug!(%remote, "link refused: {e}"),
+                Err(_) => debug!(%remote, "link handshake timed out"),
+            }
+        }
+        None
+    }
+
+    async fn admit(&self, incoming: quinn::Incoming) -> Result<Link, LinkError> {
+        let connecting = incoming.accept().map_err(|e| LinkError::Failed(format!("accepting: {e}")))?;
+        // A certificate that is presented and bad fails here, counted by the verifier.
+        let connection = connecting.await.map_err(|e| LinkError::Failed(format!("handshake: {e}")))?;
+        let peer = connection
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|certs| certs.first().and_then(|c| cluster::pki::relay_id_of(c)));
+        let Some(peer) = peer else {
+            // No certificate at all (a verified one always names a relay: the verifier checks).
+            self.tls.refusals().count("accept", Refusal::NoCertificate);
+            connection.close(CLOSE_REFUSED.into(), b"a relay certificate from the cluster CA is required");
+            return Err(LinkError::Refused(Refusal::NoCertificate));
+        };
+        let welcome = async {
+            let mut stream = connection.open_uni().await?;
+            stream.write_all(WELCOME).await?;
+            stream.finish()?;
+            anyhow::Ok(())
+        };
+        welcome.await.map_err(|e| LinkError::Failed(format!("welcoming {peer}: {e:#}")))?;
+        Ok(Link { peer, connection })
+    }
+
+    /// A link to relay `relay_id` at `addr`: its certificate must be from the CA and for that
+    /// relay id, and it must admit this relay.
+    pub async fn connect(&self, addr: SocketAddr, relay_id: &str) -> Result<Link, LinkError> {
+        super::tls::server_name(relay_id).map_err(|e| LinkError::Failed(format!("{e:#}")))?;
+        let attempt = async {
+            let connecting = self
+                .endpoint
+                .connect_with(self.client.clone(), addr, relay_id)
+                .map_err(|e| LinkError::Failed(format!("connecting to {relay_id} at {addr}: {e}")))?;
+            let connection = connecting.await.map_err(|e| self.failure(relay_id, addr, e))?;
+            let mut welcome = connection.accept_uni().await.map_err(|e| self.failure(relay_id, addr, e))?;
+            let got = welcome
+                .read_to_end(WELCOME.len())
+                .await
+                .map_err(|e| LinkError::Failed(format!("{relay_id} at {addr}: reading its welcome: {e}")))?;
+            if got != WELCOME {
+                connection.close(CLOSE_REFUSED.into(), b"unexpected welcome");
+                return Err(LinkError::Failed(format!("{relay_id} at {addr}: not a relay link welcome")));
+            }
+            Ok(Link { peer: relay_id.to_owned(), connection })
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await.unwrap_or_else(|_| {
+            Err(LinkError::Failed(format!("{relay_id} at {addr}: no link within {HANDSHAKE_TIMEOUT:?}")))
+        })
+    }
+
+    /// A connection error on the connecting side: a certificate this relay refused (counted by
+    /// its verifier; the error names the reason) or a refusal or failure on the peer's side.
+    fn failure(&self, relay_id: &str, addr: SocketAddr, e: quinn::ConnectionError) -> LinkError {
+        LinkError::Failed(format!("{relay_id} at {addr}: {e}"))
+    }
+
+    /// Stops accepting and closes every link.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"relay stopping");
+    }
+
+    /// Waits until every link's close has been sent.
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}

@@ -1,0 +1,11 @@
+//! Relay-to-relay links: one QUIC connection (quinn) per pair of relays, opened by the edge
+//! relay that has viewers for a machine published at another (home) relay, with mutual TLS from
+//! the cluster CA.
+//!
+//! - [`tls`]: the link's TLS: the cluster CA as the only root, certificates for relay ids,
+//!   refusals counted by reason.
+//! - [`endpoint`]: the QUIC endpoint a relay listens on and opens links from; the admission of
+//!   a connecting relay (certificate, then a welcome stream that confirms it).
+
+pub mod endpoint;
+pub mod tls;

@@ -1,0 +1,198 @@
+//! Relay-to-relay links: mutual TLS with the cluster CA. Two relays with certificates from the
+//! CA link and know each other's relay id; a relay with a certificate from another CA (even one
+//! of the same name), an expired one, one for another relay, or none is refused, and the refusal
+//! is counted by reason on the side that refused.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster::pki::{Authority, Issued, Validity};
+use prometheus::{IntCounterVec, Opts};
+use relay::link::endpoint::{LinkEndpoint, WELCOME};
+use relay::link::tls::{LinkTls, Refusal, Refusals};
+
+const LOOPBACK: &str = "127.0.0.1:0";
+
+fn now() -> u64 {
+    cluster::time::unix_now()
+}
+
+fn refusals() -> Refusals {
+    Refusals::new(IntCounterVec::new(Opts::new("relay_link_refusals_total", "test"), &["side", "reason"]).unwrap())
+}
+
+fn new_ca(name: &str) -> Authority {
+    Authority::generate(name, Validity::days_from(now(), 10)).unwrap()
+}
+
+fn issue(ca: &Authority, id: &str) -> Issued {
+    ca.issue(id, Validity::days_from(now(), 1)).unwrap()
+}
+
+/// A relay's link endpoint trusting `trust`, presenting `cert`.
+fn endpoint(trust: &Authority, cert: &Issued) -> LinkEndpoint {
+    let tls = LinkTls::from_pem(
+        trust.cert_pem().as_bytes(),
+        cert.cert_pem.as_bytes(),
+        cert.key_pem.as_bytes(),
+        ["link.ca", "link.cert", "link.key"],
+        refusals(),
+    )
+    .unwrap();
+    LinkEndpoint::bind(LOOPBACK.parse().unwrap(), tls).unwrap()
+}
+
+/// The refusals counted on `side`, those that are not zero.
+fn refused(e: &LinkEndpoint, side: &str) -> Vec<(Refusal, u64)> {
+    Refusal::ALL.into_iter().map(|r| (r, e.refusals().get(side, r))).filter(|(_, n)| *n > 0).collect()
+}
+
+/// Accepts in the background; the admitted peers come out of the channel.
+fn accepting(e: Arc<LinkEndpoint>) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(link) = e.accept().await {
+            let _ = tx.send(link.peer.clone());
+            // Keep the connection open for the test's duration.
+            std::mem::forget(link);
+        }
+    });
+    rx
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} within 5 s");
+}
+
+#[tokio::test]
+async fn relays_with_certificates_from_the_cluster_ca_link_and_know_each_other() {
+    let ca = new_ca("cluster");
+    let a = Arc::new(endpoint(&ca, &issue(&ca, "eu-1")));
+    let b = endpoint(&ca, &issue(&ca, "asia-1.example.org"));
+    let mut admitted = accepting(Arc::clone(&a));
+    let addr = a.local_addr().unwrap();
+    let link = b.connect(addr, "eu-1").await.expect("B links to A");
+    assert_eq!(link.peer, "eu-1");
+    assert_eq!(admitted.recv().await.as_deref(), Some("asia-1.example.org"), "A knows B by its certificate");
+    // The link carries data both ways: a stream and a datagram.
+    let mut s = link.connection.open_uni().await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    s.finish().unwrap();
+    assert!(link.connection.max_datagram_size().is_some(), "datagrams are enabled on links");
+    for e in [&*a, &b] {
+        assert_eq!(refused(e, "accept"), [], "nothing refused");
+        assert_eq!(refused(e, "connect"), [], "nothing refused");
+    }
+    assert!(!WELCOME.is_empty());
+}
+
+#[tokio::test]
+async fn a_relay_with_a_certificate_from_another_ca_is_refused_and_counted() {
+    let ca = new_ca("cluster");
+    let a = Arc::new(endpoint(&ca, &issue(&ca, "eu-1")));
+    let _admitted = accepting(Arc::clone(&a));
+    let addr = a.local_addr().unwrap();
+    // Another CA with another name, and an impostor CA with the cluster CA's very name.
+    for (n, other) in [new_ca("another cluster"), new_ca("cluster")].iter().enumerate() {
+        // The intruder trusts the cluster CA, so it would accept A: only A's check stops it.
+        let intruder = endpoint(&ca, &issue(other, "us-1"));
+        let err = intruder.connect(addr, "eu-1").await.expect_err("A refuses it");
+        assert!(err.to_string().contains("us-1") || err.to_string().contains("eu-1"), "{err}");
+        let expected = n as u64 + 1;
+        wait_for("the refusal counted", || a.refusals().get("accept", Refusal::UntrustedCa) == expected).await;
+    }
+    assert_eq!(refused(&a, "accept"), [(Refusal::UntrustedCa, 2)]);
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused_and_counted() {
+    let ca = new_ca("cluster");
+    let a = Arc::new(endpoint(&ca, &issue(&ca, "eu-1")));
+    let _admitted = accepting(Arc::clone(&a));
+    let t = now();
+    let expired = ca.issue("us-1", Validity { not_before: t - 10 * 86_400, not_after: t - 86_400 }).unwrap();
+    let old = endpoint(&ca, &expired);
+    old.connect(a.local_addr().unwrap(), "eu-1").await.expect_err("A refuses an expired certificate");
+    wait_for("the refusal counted", || a.refusals().get("accept", Refusal::Expired) == 1).await;
+    assert_eq!(refused(&a, "accept"), [(Refusal::Expired, 1)]);
+    // And the other way round: a relay whose own certificate expired cannot be linked to.
+    let b = endpoint(&ca, &issue(&ca, "asia-1"));
+    let old = Arc::new(old);
+    let _admitted = accepting(Arc::clone(&old));
+    b.connect(old.local_addr().unwrap(), "us-1").await.expect_err("B refuses an expired certificate");
+    assert_eq!(refused(&b, "connect"), [(Refusal::Expired, 1)]);
+}
+
+#[tokio::test]
+async fn a_relay_answering_for_another_relay_id_is_refused_by_the_connecting_relay() {
+    let ca = new_ca("cluster");
+    let a = Arc::new(endpoint(&ca, &issue(&ca, "eu-1")));
+    let _admitted = accepting(Arc::clone(&a));
+    let b = endpoint(&ca, &issue(&ca, "asia-1"));
+    // B meant to reach us-1, but the relay at that address is eu-1.
+    let err = b.connect(a.local_addr().unwrap(), "us-1").await.expect_err("wrong relay");
+    assert!(err.to_string().contains("us-1"), "{err}");
+    assert_eq!(refused(&b, "connect"), [(Refusal::WrongRelay, 1)]);
+    // A relay id that cannot be in a certificate is refused before any packet is sent.
+    let err = b.connect(a.local_addr().unwrap(), "a..b").await.expect_err("not a relay id");
+    assert!(err.to_string().contains("a..b"), "{err}");
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_is_refused_and_counted() {
+    let ca = new_ca("cluster");
+    let a = Arc::new(endpoint(&ca, &issue(&ca, "eu-1")));
+    let mut admitted = accepting(Arc::clone(&a));
+    // A plain QUIC client that trusts the CA (so it accepts A) but has no certificate.
+    let mut roots = rustls::RootCertStore::empty();
+    let der = rustls::pki_types::CertificateDer::from(pem_der(ca.cert_pem()));
+    roots.add(der).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"relay-link/1".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut client = quinn::Endpoint::client(LOOPBACK.parse::<SocketAddr>().unwrap()).unwrap();
+    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = client.connect(a.local_addr().unwrap(), "eu-1").unwrap().await.expect("the TLS handshake passes");
+    // ... and then A closes it without a welcome.
+    let err = conn.accept_uni().await.expect_err("no welcome");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    assert_eq!(refused(&a, "accept"), [(Refusal::NoCertificate, 1)]);
+    assert!(admitted.try_recv().is_err(), "nobody was admitted");
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+}
+
+#[test]
+fn bad_link_credentials_fail_naming_the_key() {
+    let ca = new_ca("cluster");
+    let other = new_ca("other");
+    let mine = issue(&ca, "eu-1");
+    let theirs = issue(&other, "us-1");
+    let keys = ["link.ca", "link.cert", "link.key"];
+    let load = |ca: &str, cert: &str, key: &str| {
+        LinkTls::from_pem(ca.as_bytes(), cert.as_bytes(), key.as_bytes(), keys, refusals()).unwrap_err().to_string()
+    };
+    assert!(load("", &mine.cert_pem, &mine.key_pem).starts_with("link.ca:"));
+    assert!(load(ca.cert_pem(), "", &mine.key_pem).starts_with("link.cert:"));
+    assert!(load(ca.cert_pem(), &mine.cert_pem, "").starts_with("link.key:"));
+    let mismatch = load(ca.cert_pem(), &mine.cert_pem, &theirs.key_pem);
+    assert!(mismatch.starts_with("link.key:") && mismatch.contains("does not match link.cert"), "{mismatch}");
+    // A certificate that names no relay (the CA's own) is not a relay certificate.
+    let not_relay = load(ca.cert_pem(), ca.cert_pem(), &ca.key_pem());
+    assert!(not_relay.starts_with("link.cert:") && not_relay.contains("relayctl ca issue"), "{not_relay}");
+}
