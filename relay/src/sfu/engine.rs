@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::keyframe::Codec;
 use super::route::{MediaIn, PeerId, Role, RouteError, Router};
-use super::webrtc::{Peer, PeerError, PeerEvent, Transmit, stun_ufrag};
+use super::webrtc::{Peer, PeerError, PeerEvent, PeerOutput, Transmit, stun_ufrag};
 
 /// What the engine counts besides the router's [`super::RouteStats`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -295,10 +295,11 @@ impl Sfu {
 
     /// Closes a peer gracefully (its client learns at once, see [`Peer::close`]) and forgets it.
     fn close(&mut self, id: PeerId) {
-        if let Some(entry) = self.peers.get_mut(&id)
-            && let Err(e) = entry.peer.close(&mut self.transmits)
-        {
-            debug!(peer = id.0, error = %e, "closing a peer");
+        if let Some(entry) = self.peers.get_mut(&id) {
+            match entry.peer.close() {
+                Ok(sent) => self.transmits.extend(sent),
+                Err(e) => debug!(peer = id.0, error = %e, "closing a peer"),
+            }
         }
         self.forget(id);
     }
@@ -449,16 +450,18 @@ impl Sfu {
     /// events wrote to (str0m wants its output drained after every input).
     fn service(&mut self, now: Instant, first: PeerId) {
         let mut queue = vec![first];
-        let mut events = Vec::new();
         while let Some(id) = queue.pop() {
-            let Some(entry) = self.peers.get_mut(&id) else { continue };
-            events.clear();
-            if let Err(e) = entry.peer.poll(&mut events, &mut self.transmits) {
-                self.fail(id, &e);
-                continue;
-            }
-            for event in events.drain(..) {
-                self.on_event(now, id, event, &mut queue);
+            // Until the peer is drained, or gone (an event can end it).
+            while let Some(entry) = self.peers.get_mut(&id) {
+                match entry.peer.poll_output() {
+                    Ok(PeerOutput::Timeout(_)) => break,
+                    Ok(PeerOutput::Transmit(t)) => self.transmits.push(t),
+                    Ok(PeerOutput::Event(event)) => self.on_event(now, id, event, &mut queue),
+                    Err(e) => {
+                        self.fail(id, &e);
+                        break;
+                    }
+                }
             }
         }
     }

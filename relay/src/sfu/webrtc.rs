@@ -48,6 +48,15 @@ pub struct Transmit {
     pub data: Vec<u8>,
 }
 
+/// A peer's output: see [`Peer::poll_output`].
+#[derive(Debug, Clone)]
+pub enum PeerOutput {
+    /// Drained: nothing more until this time or the next input.
+    Timeout(Instant),
+    Transmit(Transmit),
+    Event(PeerEvent),
+}
+
 /// What a peer reports to the engine.
 #[derive(Debug, Clone)]
 pub enum PeerEvent {
@@ -176,35 +185,52 @@ impl Peer {
         guard(|| rtc.handle_input(Input::Timeout(now)).map_err(|e| PeerError::Rtc(e.to_string())))?
     }
 
-    /// Closes the connection gracefully (RTCP BYE, SCTP shutdown, DTLS close_notify) and puts
-    /// what that sends into `transmits`; the peer is done after this.
-    pub fn close(&mut self, transmits: &mut Vec<Transmit>) -> Result<(), PeerError> {
+    /// Closes the connection gracefully (RTCP BYE, SCTP shutdown, DTLS close_notify) and
+    /// returns what that sends; the peer is done after this.
+    pub fn close(&mut self) -> Result<Vec<Transmit>, PeerError> {
         let rtc = &mut self.rtc;
         guard(|| rtc.close().map_err(|e| PeerError::Rtc(e.to_string())))??;
-        self.poll(&mut Vec::new(), transmits)
+        let mut transmits = Vec::new();
+        loop {
+            match self.poll_output()? {
+                PeerOutput::Timeout(_) => return Ok(transmits),
+                PeerOutput::Transmit(t) => transmits.push(t),
+                PeerOutput::Event(_) => {}
+            }
+        }
     }
 
-    /// Drains str0m's output: datagrams into `transmits`, events into `events`.
-    pub fn poll(&mut self, events: &mut Vec<PeerEvent>, transmits: &mut Vec<Transmit>) -> Result<(), PeerError> {
+    /// The peer's next output, as str0m's `poll_output`: a datagram, an event, or (once drained)
+    /// when [`handle_timeout`](Self::handle_timeout) is next due. Poll until `Timeout` after
+    /// every input.
+    pub fn poll_output(&mut self) -> Result<PeerOutput, PeerError> {
         loop {
             let rtc = &mut self.rtc;
             let output = guard(|| rtc.poll_output().map_err(|e| PeerError::Rtc(e.to_string())))??;
             match output {
                 Output::Timeout(t) => {
                     self.timeout = t;
-                    return Ok(());
+                    return Ok(PeerOutput::Timeout(t));
                 }
-                Output::Transmit(t) => transmits.push(Transmit { to: t.destination, data: t.contents.to_vec() }),
-                Output::Event(e) => self.on_event(e, events)?,
+                Output::Transmit(t) => {
+                    return Ok(PeerOutput::Transmit(Transmit { to: t.destination, data: t.contents.to_vec() }));
+                }
+                // str0m events the engine has no use for are skipped.
+                Output::Event(e) => {
+                    if let Some(event) = self.on_event(e) {
+                        return Ok(PeerOutput::Event(event));
+                    }
+                }
             }
         }
     }
 
-    fn on_event(&mut self, event: Event, events: &mut Vec<PeerEvent>) -> Result<(), PeerError> {
+    /// What a str0m event means to the engine, if anything.
+    fn on_event(&mut self, event: Event) -> Option<PeerEvent> {
         match event {
-            Event::Connected => events.push(PeerEvent::Connected),
+            Event::Connected => Some(PeerEvent::Connected),
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {
-                events.push(PeerEvent::Disconnected)
+                Some(PeerEvent::Disconnected)
             }
             Event::MediaAdded(m) => {
                 let mut rids: Vec<Rid> =
@@ -215,24 +241,22 @@ impl Peer {
                     .media(m.mid)
                     .and_then(|media| media.remote_pts().first().copied())
                     .and_then(|pt| self.codec_of(pt));
-                let index = self.media.len();
-                events.push(PeerEvent::Media {
-                    index,
+                let event = PeerEvent::Media {
+                    index: self.media.len(),
                     receiving: m.direction.is_receiving(),
                     codec,
                     layers: rids.len().max(1),
-                });
+                };
                 self.media.push(MediaLine { mid: m.mid, kind: m.kind, rids, nacks: 0 });
+                Some(event)
             }
             Event::RtpPacket(p) => {
                 let ssrc = p.header.ssrc;
-                let Some((mid, rid)) = self.rtc.direct_api().stream_rx(&ssrc).map(|s| (s.mid(), s.rid())) else {
-                    return Ok(());
-                };
-                let Some(media) = self.media.iter().position(|m| m.mid == mid) else { return Ok(()) };
+                let (mid, rid) = self.rtc.direct_api().stream_rx(&ssrc).map(|s| (s.mid(), s.rid()))?;
+                let media = self.media.iter().position(|m| m.mid == mid)?;
                 let layer = rid.and_then(|r| self.media[media].rids.iter().position(|x| *x == r)).unwrap_or(0);
-                let Some(codec) = self.codec_of(p.header.payload_type) else { return Ok(()) };
-                events.push(PeerEvent::Rtp {
+                let codec = self.codec_of(p.header.payload_type)?;
+                Some(PeerEvent::Rtp {
                     media,
                     layer: layer as u8,
                     codec,
@@ -241,32 +265,32 @@ impl Peer {
                     marker: p.header.marker,
                     keyframe: is_keyframe(codec, &p.payload),
                     payload: p.payload,
-                });
+                })
             }
             Event::KeyframeRequest(r) => {
-                if let Some(media) = self.media.iter().position(|m| m.mid == r.mid) {
-                    events.push(PeerEvent::KeyframeRequest { media });
-                }
+                let media = self.media.iter().position(|m| m.mid == r.mid)?;
+                Some(PeerEvent::KeyframeRequest { media })
             }
             Event::EgressBitrateEstimate(BweKind::Twcc(b) | BweKind::Remb(_, b)) => {
-                events.push(PeerEvent::Bandwidth(b.as_f64() as u64));
+                Some(PeerEvent::Bandwidth(b.as_f64() as u64))
             }
             Event::ChannelOpen(id, _label) => {
                 self.channel.get_or_insert(id);
+                None
             }
-            Event::ChannelData(d) => events.push(PeerEvent::Data { binary: d.binary, data: d.data }),
+            Event::ChannelData(d) => Some(PeerEvent::Data { binary: d.binary, data: d.data }),
             Event::MediaEgressStats(s) => {
-                if let Some(line) = self.media.iter_mut().find(|m| m.mid == s.mid)
-                    && s.nacks > line.nacks
-                {
-                    events.push(PeerEvent::Nacks(s.nacks - line.nacks));
-                    line.nacks = s.nacks;
-                }
+                let line = self.media.iter_mut().find(|m| m.mid == s.mid).filter(|l| s.nacks > l.nacks)?;
+                let new = s.nacks - line.nacks;
+                line.nacks = s.nacks;
+                Some(PeerEvent::Nacks(new))
             }
-            Event::ChannelClose(id) if self.channel == Some(id) => self.channel = None,
-            _ => {}
+            Event::ChannelClose(id) if self.channel == Some(id) => {
+                self.channel = None;
+                None
+            }
+            _ => None,
         }
-        Ok(())
     }
 
     fn codec_of(&self, pt: Pt) -> Option<Codec> {
