@@ -3,9 +3,14 @@
 //! of the same name), an expired one, one for another relay, or none is refused, and the refusal
 //! is counted by reason on the side that refused.
 
+mod common;
+
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use common::RelayProcess;
 
 use cluster::pki::{Authority, Issued, Validity};
 use prometheus::{IntCounterVec, Opts};
@@ -195,4 +200,70 @@ fn bad_link_credentials_fail_naming_the_key() {
     // A certificate that names no relay (the CA's own) is not a relay certificate.
     let not_relay = load(ca.cert_pem(), ca.cert_pem(), &ca.key_pem());
     assert!(not_relay.starts_with("link.cert:") && not_relay.contains("relayctl ca issue"), "{not_relay}");
+}
+
+/// Writes `issued` as `DIR/NAME.pem` and `DIR/NAME.key`; returns their paths as strings.
+fn write_issued(dir: &Path, name: &str, issued: &Issued) -> (String, String) {
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    (cert.to_str().unwrap().to_owned(), key.to_str().unwrap().to_owned())
+}
+
+/// The link address from the relay's banner.
+fn link_addr(relay: &RelayProcess) -> SocketAddr {
+    let banner: Vec<String> = relay.stdout.try_iter().collect();
+    banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("links       quic://"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no links line in the banner: {banner:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_binary_admits_cluster_relays_and_counts_refusals_in_its_metrics() {
+    let dir = common::temp_dir("link");
+    let ca = new_ca("cluster");
+    let ca_pem = dir.join("ca.pem");
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    let ca_pem = ca_pem.to_str().unwrap().to_owned();
+    let (cert, key) = write_issued(&dir, "eu-1", &issue(&ca, "eu-1"));
+    let link_args = ["--link-listen", "127.0.0.1:0", "--link-ca", &ca_pem, "--link-cert", &cert, "--link-key", &key];
+    let relay = RelayProcess::start("relay.toml", &link_args);
+    let addr = link_addr(&relay);
+    let series = |reason: &str| format!("relay_link_refusals_total{{reason=\"{reason}\",side=\"accept\"}}");
+    for r in Refusal::ALL {
+        assert_eq!(relay.metric(&series(r.label())), 0.0, "every reason is exported from the start");
+    }
+    assert_eq!(relay.metric("relay_links_open"), 0.0);
+
+    // A relay of the cluster links in.
+    let b = endpoint(&ca, &issue(&ca, "asia-1"));
+    let link = b.connect(addr, "eu-1").await.expect("the relay admits a cluster relay");
+    wait_for("the link counted", || relay.metric("relay_links_open") == 1.0).await;
+    // One with another CA's certificate, and one whose certificate expired, do not.
+    let intruder = endpoint(&ca, &issue(&new_ca("cluster"), "us-1"));
+    intruder.connect(addr, "eu-1").await.expect_err("another CA's certificate");
+    let t = now();
+    let expired = ca.issue("us-2", Validity { not_before: t - 2 * 86_400, not_after: t - 60 }).unwrap();
+    endpoint(&ca, &expired).connect(addr, "eu-1").await.expect_err("an expired certificate");
+    wait_for("the refusals counted", || relay.metric(&series("expired")) == 1.0).await;
+    assert_eq!(relay.metric(&series("untrusted_ca")), 1.0);
+    assert_eq!(relay.metric("relay_links_open"), 1.0, "the refused relays hold no link");
+    // The admitted link goes away when its peer closes it.
+    link.connection.close(0u32.into(), b"bye");
+    wait_for("the closed link forgotten", || relay.metric("relay_links_open") == 0.0).await;
+
+    // A certificate for another relay than this one is refused at start, naming the key.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["--config", common::config_path("relay.toml").to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--sfu-http-listen", ""])
+        .args(["--signaling-url", "http://127.0.0.1:9", "--cluster-token", "t", "--region", "eu", "--relay-id", "eu-2"])
+        .args(link_args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("link.cert: is for relay \"eu-1\"") && stderr.contains("eu-2"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

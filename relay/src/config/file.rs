@@ -23,6 +23,22 @@ pub struct FileConfig {
     pub tcp: TcpSection,
     pub tls: TlsSection,
     pub limits: LimitsSection,
+    pub link: LinkSection,
+}
+
+/// `[link]`: relay-to-relay links (QUIC, mutual TLS with the cluster CA: `relayctl ca`); on
+/// when `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkSection {
+    /// UDP address of the link endpoint, e.g. "0.0.0.0:4433"; "" = no links.
+    pub listen: String,
+    /// The cluster CA's certificate (PEM), `ca.pem` of `relayctl ca init`.
+    pub ca: String,
+    /// This relay's certificate (PEM), from `relayctl ca issue RELAY_ID`.
+    pub cert: String,
+    /// Its private key (PEM).
+    pub key: String,
 }
 
 /// `[tcp]`: TURN over TCP (RFC 8656 framing), with UDP relays toward peers.
@@ -434,6 +450,18 @@ cluster::config_overrides! {
     /// cluster.bandwidth_cap_mbps: link capacity reported to signaling (0 = unknown).
     #[arg(long, env = "RELAY_BANDWIDTH_CAP_MBPS")]
     bandwidth_cap_mbps: u64 => value cluster.bandwidth_cap_mbps;
+    /// link.listen: UDP address for relay-to-relay links ("" = none).
+    #[arg(long, env = "RELAY_LINK_LISTEN")]
+    link_listen: String => value link.listen;
+    /// link.ca: the cluster CA certificate (PEM).
+    #[arg(long, env = "RELAY_LINK_CA")]
+    link_ca: String => value link.ca;
+    /// link.cert: this relay's link certificate (PEM).
+    #[arg(long, env = "RELAY_LINK_CERT")]
+    link_cert: String => value link.cert;
+    /// link.key: its private key (PEM).
+    #[arg(long, env = "RELAY_LINK_KEY")]
+    link_key: String => value link.key;
 }
 
 impl FileConfig {

@@ -65,6 +65,17 @@ pub struct Config {
     /// TURN over TLS: listening addresses, certificate chain and key files (`None` = off).
     pub tls: Option<TlsConfig>,
     pub limits: Limits,
+    /// Relay-to-relay links (`None` = off).
+    pub link: Option<LinkConfig>,
+}
+
+/// The validated `[link]` section, when links are on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkConfig {
+    pub listen: SocketAddr,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The validated `[tls]` section, when TLS is on.
@@ -293,6 +304,33 @@ impl Config {
         if file.tls.cert.trim().is_empty() && !file.tls.listen.is_empty() {
             bail!("tls.listen: set tls.cert and tls.key to serve TURN over TLS");
         }
+        let link = match file.link.listen.trim() {
+            "" => {
+                if let Some(key) =
+                    [("link.ca", &file.link.ca), ("link.cert", &file.link.cert), ("link.key", &file.link.key)]
+                        .iter()
+                        .find_map(|(k, v)| (!v.trim().is_empty()).then_some(k))
+                {
+                    bail!("link.listen: required with {key} (relay links are off without it)");
+                }
+                None
+            }
+            v => {
+                let listen = parse_key("link.listen", v)?;
+                let file_key = |key: &str, value: &str| -> anyhow::Result<PathBuf> {
+                    match value.trim() {
+                        "" => bail!("{key}: required with link.listen (see `relayctl ca`)"),
+                        v => Ok(PathBuf::from(v)),
+                    }
+                };
+                Some(LinkConfig {
+                    listen,
+                    ca: file_key("link.ca", &file.link.ca)?,
+                    cert: file_key("link.cert", &file.link.cert)?,
+                    key: file_key("link.key", &file.link.key)?,
+                })
+            }
+        };
         let l = &file.limits;
         if l.handshake_timeout_secs == 0 {
             bail!("limits.handshake_timeout_secs: must be positive");
@@ -352,6 +390,7 @@ impl Config {
             tcp_listen,
             tls,
             limits,
+            link,
         })
     }
 

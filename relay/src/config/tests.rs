@@ -34,6 +34,12 @@ fn errors_name_the_key() {
         (|f| f.sfu.public_url = "https://sfu.example.com/?x=1".into(), "sfu.public_url"),
         (|f| f.relay.min_port = 3000, "relay.min_port"),
         (|f| f.server.busy_poll_us = 5000, "server.busy_poll_us"),
+        (|f| f.link.listen = "0.0.0.0".into(), "link.listen"),
+        (|f| f.link.ca = "ca.pem".into(), "link.listen: required with link.ca"),
+        (|f| f.link.key = "r.key".into(), "link.listen: required with link.key"),
+        (|f| link(f, "", "r.pem", "r.key"), "link.ca: required with link.listen"),
+        (|f| link(f, "ca.pem", " ", "r.key"), "link.cert: required"),
+        (|f| link(f, "ca.pem", "r.pem", ""), "link.key: required"),
     ];
     for (mutate, key) in cases {
         let mut f = valid();
@@ -41,6 +47,26 @@ fn errors_name_the_key() {
         let err = Config::from_file(&f).unwrap_err().to_string();
         assert!(err.contains(key), "{err:?} should name {key}");
     }
+}
+
+fn link(f: &mut FileConfig, ca: &str, cert: &str, key: &str) {
+    f.link = LinkSection { listen: "0.0.0.0:4433".into(), ca: ca.into(), cert: cert.into(), key: key.into() };
+}
+
+#[test]
+fn links_are_off_by_default_and_on_with_all_four_keys() {
+    assert_eq!(Config::from_file(&valid()).unwrap().link, None);
+    let mut f = valid();
+    link(&mut f, "/etc/relay/ca.pem", "/etc/relay/eu-1.pem", "/etc/relay/eu-1.key");
+    assert_eq!(
+        Config::from_file(&f).unwrap().link,
+        Some(LinkConfig {
+            listen: "0.0.0.0:4433".parse().unwrap(),
+            ca: "/etc/relay/ca.pem".into(),
+            cert: "/etc/relay/eu-1.pem".into(),
+            key: "/etc/relay/eu-1.key".into(),
+        })
+    );
 }
 
 #[test]

@@ -276,6 +276,22 @@ impl Metrics {
         })
     }
 
+    /// Registers the series of relay-to-relay links (only a relay with `[link]` has them).
+    pub fn register_links(&self) -> prometheus::Result<super::links::LinkMetrics> {
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "relay_link_refusals_total",
+                "Relay link certificates refused, by side (accept: a relay linking in; connect: the relay linked to) \
+                 and reason.",
+            ),
+            &["side", "reason"],
+        )?;
+        self.registry.register(Box::new(refusals.clone()))?;
+        let open = IntGauge::new("relay_links_open", "Links to other relays, either way.")?;
+        self.registry.register(Box::new(open.clone()))?;
+        Ok(super::links::LinkMetrics { refusals: crate::link::tls::Refusals::new(refusals), open })
+    }
+
     /// Brings the Prometheus series up to date and renders them in the text format.
     pub fn render(&self) -> String {
         {

@@ -2,9 +2,11 @@
 //! sans-IO core. It moves bytes between the kernel and `turn::TurnServer` and nothing else.
 
 pub mod admin;
+pub mod banner;
 pub mod busy_poll;
 pub mod cluster;
 pub mod control;
+pub mod links;
 pub mod metrics;
 pub mod relays;
 pub mod reload;

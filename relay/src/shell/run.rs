@@ -55,6 +55,8 @@ pub struct Relay {
     pub tcp: Option<SocketAddr>,
     /// TURN over TLS.
     pub tls: Vec<SocketAddr>,
+    /// Relay-to-relay links, when on.
+    pub link: Option<SocketAddr>,
 }
 
 /// Tells the main thread when a worker exits, however it exits (including by panic).
@@ -243,6 +245,14 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
     if let Some(handle) = &sfu_handle {
         metrics.attach_sfu(handle.clone())?;
     }
+    let links = match &config.link {
+        Some(link) => {
+            let relay_id = config.cluster.as_ref().map(|c| c.relay_id.as_str());
+            let metrics = metrics.register_links()?;
+            Some(runtime.block_on(async { super::links::Links::start(link, relay_id, metrics) })?)
+        }
+        None => None,
+    };
     let sfu_cell = sfu_http.as_ref().and_then(|(_, tls)| tls.clone());
     let live = {
         let base = base.clone();
@@ -265,7 +275,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
                 turn_tls_port: tls_addrs.first().map(SocketAddr::port),
                 max_allocations: u64::from(config.max_total),
                 started_at,
-                sfu_url: sfu_addr.map(|addr| sfu_public_url(&config, &cluster.public_host, addr)),
+                sfu_url: sfu_addr.map(|addr| super::banner::sfu_public_url(&config, &cluster.public_host, addr)),
                 sfu: sfu_handle.clone(),
             };
             Some(Heartbeater::new(settings, Arc::clone(&control), Arc::clone(&metrics))?)
@@ -282,8 +292,9 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
         sfu_http: sfu_addr,
         tcp: tcp_addr,
         tls: tls_addrs,
+        link: links.as_ref().map(super::links::Links::local_addr).transpose()?,
     };
-    print_banner(&config, &relay);
+    super::banner::print_banner(&config, &relay);
     info!(udp = %listen, admin = %admin_addr, workers = workers.threads.len(), "relay started");
 
     let outcome = runtime.block_on(async {
@@ -297,12 +308,18 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
             (http, tls, state)
         });
         serve(admin_listener, admin_state, heartbeater, sfu_http)?;
+        if let Some(links) = &links {
+            links.serve();
+        }
         if supervise(&config, &live, &mut signals, &mut exit_rx).await? == Stop::Drain {
             drain(&config, &control, &metrics, sfu_handle.as_ref(), &mut signals, &mut exit_rx).await?;
         }
         Ok(())
     });
     control.stop();
+    if let Some(links) = &links {
+        links.close();
+    }
     if let Some(handle) = &sfu_handle {
         handle.stop();
     }
@@ -615,65 +632,4 @@ async fn drain(
         }
     }
     Ok(())
-}
-
-fn sfu_public_url(config: &Config, public_host: &str, bound: SocketAddr) -> String {
-    if let Some(url) = &config.sfu_public_url {
-        return url.trim_end_matches('/').to_owned();
-    }
-    let host = if public_host.contains(':') { format!("[{public_host}]") } else { public_host.to_owned() };
-    format!("{}://{host}:{}", sfu_scheme(config), bound.port())
-}
-
-fn sfu_scheme(config: &Config) -> &'static str {
-    if config.sfu_tls.is_some() { "https" } else { "http" }
-}
-
-fn print_banner(config: &Config, relay: &Relay) {
-    let host = match config.advertised_ip() {
-        ip if relay.listen.ip().is_unspecified() => ip,
-        _ => relay.listen.ip(),
-    };
-    let uri_host = if host.is_ipv6() { format!("[{host}]") } else { host.to_string() };
-    println!("relay {} ready", env!("CARGO_PKG_VERSION"));
-    println!("  STUN/TURN   udp://{}  ({} worker threads)", relay.listen, config.workers);
-    if let Some(v4) = relay.listen_v4 {
-        println!("  STUN/TURN   udp://{v4}  (dual stack, {} worker threads)", config.workers);
-    }
-    if let Some(tcp) = relay.tcp {
-        println!("  TURN/TCP    tcp://{tcp}");
-    }
-    for tls in &relay.tls {
-        println!("  TURN/TLS    tls://{tls}");
-    }
-    println!(
-        "  relay ports {}-{} on {}, advertised as {}",
-        config.ports.start(),
-        config.ports.end(),
-        config.relay_ip,
-        config.advertised_ip()
-    );
-    if let Some(http) = relay.sfu_http {
-        println!(
-            "  SFU         WHIP {scheme}://{http}/whip/{{machine}}, WHEP {scheme}://{http}/whep/{{session}} (media on udp {})",
-            relay.listen,
-            scheme = sfu_scheme(config),
-        );
-    }
-    println!("  metrics     http://{}/metrics", relay.admin);
-    println!("  health      http://{}/healthz", relay.admin);
-    let mut urls = vec![format!("stun:{uri_host}:{}", relay.listen.port())];
-    urls.push(format!("turn:{uri_host}:{}?transport=udp", relay.listen.port()));
-    urls.extend(relay.tcp.map(|a| format!("turn:{uri_host}:{}?transport=tcp", a.port())));
-    // turns: needs the certificate's host name; the address stands in for it here.
-    urls.extend(relay.tls.first().map(|a| format!("turns:{uri_host}:{}?transport=tcp", a.port())));
-    println!("  ICE server  {{\"urls\": {}, ...}}", serde_json::to_string(&urls).unwrap_or_default());
-    match &config.cluster {
-        Some(c) => println!(
-            "  cluster     signaling {} as relay {:?} in region {:?}, public host {}",
-            c.signaling_url, c.relay_id, c.region, c.public_host
-        ),
-        None => println!("  cluster     none (standalone: cluster.signaling_url is not set)"),
-    }
-    println!("  credentials relay credentials --config <this config>   (prints a ready RTCIceServer entry)");
 }

@@ -1,0 +1,98 @@
+//! The relay's link endpoint in the running process (`[link]`): its TLS loaded from the files,
+//! checked against this relay's id, bound before the banner; relays that link in are admitted
+//! (see `crate::link`) and their links kept until they close. `/metrics` counts refusals by
+//! reason and the links open.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::bail;
+use prometheus::IntGauge;
+use tracing::info;
+
+use crate::config::LinkConfig;
+use crate::link::endpoint::LinkEndpoint;
+use crate::link::tls::{LinkTls, Refusals};
+
+/// The config keys of the three files, for error messages.
+const KEYS: [&str; 3] = ["link.ca", "link.cert", "link.key"];
+
+/// The link series in `/metrics`.
+#[derive(Clone)]
+pub struct LinkMetrics {
+    pub refusals: Refusals,
+    /// `relay_links_open`: links to other relays, either way.
+    pub open: IntGauge,
+}
+
+/// The running link endpoint and the links it holds, by peer relay id.
+pub struct Links {
+    endpoint: Arc<LinkEndpoint>,
+    open: Arc<Mutex<HashMap<String, quinn::Connection>>>,
+    gauge: IntGauge,
+}
+
+impl Links {
+    /// Loads the link TLS and binds `config.listen` (within the runtime). `relay_id` is this
+    /// relay's id in the cluster, which its certificate must name.
+    pub fn start(config: &LinkConfig, relay_id: Option<&str>, metrics: LinkMetrics) -> anyhow::Result<Self> {
+        let tls = LinkTls::from_files(&config.ca, &config.cert, &config.key, KEYS, metrics.refusals)?;
+        if let Some(id) = relay_id
+            && tls.relay_id() != id
+        {
+            bail!(
+                "link.cert: is for relay {:?}, but this relay is {id:?} (cluster.relay_id); issue its own with \
+                 `relayctl ca issue {id}`",
+                tls.relay_id()
+            );
+        }
+        let endpoint = Arc::new(LinkEndpoint::bind(config.listen, tls)?);
+        Ok(Self { endpoint, open: Arc::default(), gauge: metrics.open })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn relay_id(&self) -> &str {
+        self.endpoint.relay_id()
+    }
+
+    /// Admits relays that link in, on the current runtime, until the endpoint closes.
+    pub fn serve(&self) {
+        let (endpoint, open, gauge) = (Arc::clone(&self.endpoint), Arc::clone(&self.open), self.gauge.clone());
+        tokio::spawn(async move {
+            while let Some(link) = endpoint.accept().await {
+                let (peer, connection) = (link.peer, link.connection);
+                info!(peer = %peer, remote = %connection.remote_address(), "relay linked in");
+                let id = connection.stable_id();
+                let replaced = lock(&open).insert(peer.clone(), connection.clone());
+                if let Some(old) = replaced {
+                    // The peer linked again (it restarted): its new link replaces the old one.
+                    old.close(0u32.into(), b"replaced by a new link");
+                }
+                gauge.set(lock(&open).len() as i64);
+                let (open, gauge) = (Arc::clone(&open), gauge.clone());
+                tokio::spawn(async move {
+                    let reason = connection.closed().await;
+                    let mut open = lock(&open);
+                    if open.get(&peer).is_some_and(|c| c.stable_id() == id) {
+                        open.remove(&peer);
+                    }
+                    gauge.set(open.len() as i64);
+                    info!(peer = %peer, %reason, "relay link closed");
+                });
+            }
+        });
+    }
+
+    /// Closes every link and stops accepting.
+    pub fn close(&self) {
+        self.endpoint.close();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
