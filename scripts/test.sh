@@ -78,6 +78,6 @@ cargo test --profile ci -p geo --test simulation -- --nocapture --test-threads 1
 step "abuse and fuzzing (figures)"
 # --workspace, as above, so the relay is not rebuilt with another feature set.
 cargo test --workspace --profile ci --test flood --test fuzz -- --nocapture 2>&1 \
-    | grep -E "^(flood|stun_message|channel_data|tcp_framing):"
+    | grep -E "^(flood|stun_message|channel_data|tcp_framing|link_wire):"
 
 step "all tests passed"

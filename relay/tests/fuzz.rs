@@ -106,6 +106,11 @@ fn fuzz_channel_data() {
 }
 
 #[test]
+fn fuzz_link_wire() {
+    run("link_wire", relay::testkit::fuzz::link_wire);
+}
+
+#[test]
 fn fuzz_tcp_framing() {
     run("tcp_framing", relay::testkit::fuzz::tcp_framing);
 }

@@ -6,6 +6,8 @@
 //!   refusals counted by reason.
 //! - [`endpoint`]: the QUIC endpoint a relay listens on and opens links from; the admission of
 //!   a connecting relay (certificate, then a welcome stream that confirms it).
+//! - [`wire`]: what travels on a link, sans-IO: media datagrams and control frames.
 
 pub mod endpoint;
 pub mod tls;
+pub mod wire;

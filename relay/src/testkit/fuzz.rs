@@ -13,6 +13,8 @@
 //! - [`tcp_framing`]: the stream framer (`turn::framing::frame`) over arbitrary bytes split at
 //!   arbitrary points: every message it yields lies within the input and the consumed lengths
 //!   add up, whatever the split.
+//! - [`link_wire`]: a relay link's wire (`link::wire`): the bytes as a media datagram, then as a
+//!   control stream split at arbitrary points; whatever decodes re-encodes to the same message.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use stun::message::{
 use stun::textattrs::TextAttribute;
 
 use super::FakeSockets;
+use crate::link::wire::{Control, Media};
 use crate::turn::auth::{Credentials, Key, NonceSource, integrity, long_term_key};
 use crate::turn::framing::{Frame, MAX_FRAME, frame};
 use crate::turn::limit::Rates;
@@ -279,6 +282,38 @@ pub fn tcp_framing(data: &[u8]) {
     assert_eq!(consumed + buf.len(), data.len(), "framing loses no byte");
 }
 
+/// A relay link's wire (see the module docs). The first byte picks where the control stream is
+/// split.
+pub fn link_wire(data: &[u8]) {
+    if let Ok(m) = Media::decode(data) {
+        let mut again = Vec::new();
+        m.encode(&mut again);
+        assert_eq!(Media::decode(&again).as_ref(), Ok(&m), "a datagram re-encodes to itself");
+    }
+    let Some((&step, data)) = data.split_first() else { return };
+    let step = usize::from(step).max(1);
+    let mut buf = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + step).min(data.len());
+        buf.extend_from_slice(&data[at..end]);
+        at = end;
+        loop {
+            match Control::decode(&buf) {
+                Ok(None) => break,
+                Err(_) => return,
+                Ok(Some((c, used))) => {
+                    assert!(used <= buf.len());
+                    let mut again = Vec::new();
+                    c.encode(&mut again).expect("a decoded message is within the limits");
+                    assert_eq!(Control::decode(&again), Ok(Some((c, again.len()))), "a frame re-encodes to itself");
+                    buf.drain(..used);
+                }
+            }
+        }
+    }
+}
+
 /// Inputs each target starts from: valid messages of every kind the relay handles.
 pub fn seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -318,5 +353,27 @@ pub fn seeds() -> Vec<Vec<u8>> {
         out.push(m.clone());
     }
     out.push(channel);
+    // link_wire: a media datagram, and a control stream of one frame of each direction.
+    let mut media = Vec::new();
+    let payload = b"\x90\xe0rtp";
+    Media { track: 1, layer: 1, seq: 300, timestamp: 9000, marker: true, keyframe: true, resend: false, payload }
+        .encode(&mut media);
+    out.push(media);
+    let mut stream = vec![7];
+    for c in [
+        Control::Subscribe { machine: "m1".into() },
+        Control::Nack { track: 1, layer: 0, seqs: vec![298, 299] },
+        Control::Track { machine: "m1".into(), track: 1, codec: 2, layers: 3 },
+        Control::SeatInput {
+            machine: "m1".into(),
+            binary: false,
+            data: b"coin".to_vec(),
+            arrived_unix_ms: 5,
+            rtt_ms: 40,
+        },
+    ] {
+        c.encode(&mut stream).expect("a small frame");
+    }
+    out.push(stream);
     out
 }
