@@ -92,6 +92,10 @@ pub struct Heartbeat {
     /// `/whep/{session}`), when it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sfu_url: Option<String>,
+    /// UDP port of the relay's link endpoint (QUIC, mutual TLS with the cluster CA) on
+    /// `public_host`, when it takes links from other relays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_port: Option<u16>,
     pub state: RelayState,
     pub load: Load,
     /// Version of the secret set the relay holds (0 = none received yet).
@@ -186,6 +190,7 @@ mod tests {
             turn_udp_port: 3478,
             turn_tls_port: None,
             sfu_url: None,
+            link_port: None,
             state: RelayState::Serving,
             load: Load::default(),
             secrets_version: 0,

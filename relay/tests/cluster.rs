@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use cluster::heartbeat::{Command, Heartbeat, HeartbeatReply, PATH, RelayState, Secrets};
+use cluster::pki::{Authority, Validity};
 use common::{RawClient, RelayProcess, unix_now};
 
 const REALM: &str = "relay";
@@ -176,7 +177,16 @@ fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
     let mut signaling = Signaling::start(reply(vec![], 0, &[]));
     let config = write_config();
     // With TURN over TLS on, so the heartbeat reports its port for signaling's turns: URL.
-    let (cert, key) = common::test_certificate(config.parent().unwrap(), "heartbeat");
+    let dir = config.parent().unwrap();
+    let (cert, key) = common::test_certificate(dir, "heartbeat");
+    // And with links, so it reports its link port.
+    let ca = Authority::generate("cluster", Validity::days_from(unix_now(), 1)).unwrap();
+    let issued = ca.issue("relay-test-1", Validity::days_from(unix_now(), 1)).unwrap();
+    let link_files = [("ca.pem", ca.cert_pem()), ("link.pem", &issued.cert_pem), ("link.key", &issued.key_pem)];
+    for (name, pem) in link_files {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     let mut relay = RelayProcess::start_with(
         config.to_str().unwrap(),
         "127.0.0.1:0",
@@ -189,6 +199,14 @@ fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
             key.to_str().unwrap(),
             "--tls-listen",
             "127.0.0.1:0",
+            "--link-listen",
+            "127.0.0.1:0",
+            "--link-ca",
+            &path("ca.pem"),
+            "--link-cert",
+            &path("link.pem"),
+            "--link-key",
+            &path("link.key"),
         ],
         &[("RELAY_CLUSTER_TOKEN", TOKEN)],
     );
@@ -199,6 +217,7 @@ fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
         .and_then(|rest| rest.split('/').next())
         .map(str::to_owned)
         .expect("the SFU's port in the banner");
+    let link_line = banner_line(&relay, "links ");
     let cluster_line = banner_line(&relay, "cluster ");
     for part in [signaling.url.as_str(), "\"relay-test-1\"", "\"test-1\""] {
         assert!(cluster_line.contains(part), "{part} in {cluster_line}");
@@ -215,6 +234,8 @@ fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
     // The SFU (the test relays run one on an ephemeral port) is announced with its base URL.
     let sfu_url = first.sfu_url.clone().expect("the SFU's URL");
     assert_eq!(sfu_url, format!("http://127.0.0.1:{sfu_port}"));
+    let link_port = link_line.split("quic://127.0.0.1:").nth(1).and_then(|r| r.split_whitespace().next());
+    assert_eq!(first.link_port.map(|p| p.to_string()).as_deref(), link_port, "the link port bound: {link_line}");
     assert_eq!(first.state, RelayState::Serving);
     assert_eq!(first.secrets_version, 0, "no secrets received yet");
     assert!((test_start..=unix_now()).contains(&first.started_at), "{}", first.started_at);

@@ -30,6 +30,9 @@ pub struct Relay {
     pub turn_tls_port: Option<u16>,
     /// Base URL of the relay's WHIP/WHEP endpoints, when it runs an SFU.
     pub sfu_url: Option<String>,
+    /// UDP port of its link endpoint for other relays (QUIC) on `public_host`, when it has one.
+    #[serde(default)]
+    pub link_port: Option<u16>,
     /// What the relay reports.
     pub state: RelayState,
     /// What an admin set (drain, undrain).

@@ -336,6 +336,31 @@ async fn heartbeat_sfu(s: &Signaling, id: &str, region: &str, port: u16, sfu_url
     s.call("POST", "/v1/relays/heartbeat", Some(CLUSTER_TOKEN), Some(hb)).await
 }
 
+/// Relays' link ports in the registry.
+async fn link_port_suite(backend: &str) {
+    // A relay's link port is registered with it, and forgotten when it stops reporting one (on a
+    // signaling of its own: this relay takes no part in the SFU suite's placements).
+    let s = Signaling::start(backend, "");
+    let admin = s.token("ops", "admin");
+    let link = |port: Value| {
+        let mut hb = common::heartbeat_json("link-1", "eu-central", 3999, "serving", 0.1);
+        hb["link_port"] = port;
+        hb
+    };
+    let listed_link = || async {
+        let (_, listed) = s.call("GET", "/v1/relays", Some(&admin), None).await;
+        listed["relays"].as_array().unwrap().iter().find(|r| r["id"] == "link-1").unwrap()["link_port"].clone()
+    };
+    let (status, body) = s.call("POST", "/v1/relays/heartbeat", Some(CLUSTER_TOKEN), Some(link(json!(4433)))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(listed_link().await, json!(4433));
+    let (status, body) = s.call("POST", "/v1/relays/heartbeat", Some(CLUSTER_TOKEN), Some(link(json!(0)))).await;
+    assert_eq!((status, body["error"]["message"].as_str()), (400, Some("link_port: must be a port (1-65535)")));
+    let (status, _) = s.call("POST", "/v1/relays/heartbeat", Some(CLUSTER_TOKEN), Some(link(json!(null)))).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed_link().await, json!(null));
+}
+
 /// SFU sessions: the machine's home SFU relay, WHEP/WHIP URLs and media tokens the relays verify
 /// with the TURN secret, spectators.
 async fn sfu_suite(backend: &str) {
@@ -434,11 +459,13 @@ async fn sfu_suite(backend: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sfu_sessions_on_sqlite() {
+    link_port_suite("sqlite").await;
     sfu_suite("sqlite").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sfu_sessions_on_postgres() {
+    link_port_suite("postgres").await;
     sfu_suite("postgres").await;
 }
 

@@ -178,12 +178,21 @@ async fn relays_drain_and_undrain_reach_the_relay() {
     let admin = s.token("ops", "admin");
     heartbeat_ok(&s, "eu-1", "eu-central", 40001).await;
     heartbeat_ok(&s, "us-1", "us-east", 40002).await;
+    // eu-1 takes links from other relays on UDP 4433; us-1 none.
+    let mut hb = common::heartbeat_json("eu-1", "eu-central", 40001, "serving", 0.1);
+    hb["link_port"] = json!(4433);
+    assert_eq!(s.call("POST", "/v1/relays/heartbeat", Some(common::CLUSTER_TOKEN), Some(hb)).await.0, 200);
 
     let table = run(&mut relayctl(&s, Some(&admin)), &["relays"]).await;
     let us = line(table.ok(), "us-1");
     for cell in ["us-east", "serving", "127.0.0.1:40002", "10%", "0/100", "ago"] {
         assert!(us.contains(cell), "{cell:?} not in {us:?}");
     }
+    let header: Vec<&str> = line(table.ok(), "ID").split_whitespace().collect();
+    let column = header.iter().position(|h| *h == "LINK").expect("a LINK column");
+    let cell = |l: &str| l.split_whitespace().nth(column).map(str::to_owned);
+    assert_eq!(cell(line(table.ok(), "eu-1")).as_deref(), Some("4433"));
+    assert_eq!(cell(us).as_deref(), Some("-"));
     let listed = run(&mut relayctl(&s, Some(&admin)), &["relays", "list"]).await;
     let ids: Vec<&str> = listed.ok().lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(ids, ["eu-1", "us-1"], "{}", listed.stdout);

@@ -59,6 +59,8 @@ pub struct Settings {
     pub started_at: u64,
     /// Public base URL of the SFU's WHIP/WHEP endpoints, when it runs.
     pub sfu_url: Option<String>,
+    /// The link endpoint's bound port, when links are on.
+    pub link_port: Option<u16>,
     /// The SFU, when it runs: told which sessions have ended.
     pub sfu: Option<SfuHandle>,
 }
@@ -167,6 +169,7 @@ impl Heartbeater {
             turn_udp_port: self.settings.turn_udp_port,
             turn_tls_port: self.settings.turn_tls_port,
             sfu_url: self.settings.sfu_url.clone(),
+            link_port: self.settings.link_port,
             state: self.control.state(),
             load: Load {
                 allocations: u64::try_from(self.metrics.allocations()).unwrap_or(0),

@@ -36,6 +36,9 @@ pub(super) async fn relay_heartbeat(
     {
         return Err(ApiError::bad("sfu_url: must be an http or https URL without query or fragment"));
     }
+    if hb.link_port == Some(0) {
+        return Err(ApiError::bad("link_port: must be a port (1-65535)"));
+    }
     if hb.turn_udp_port == 0 || hb.version.len() > 64 || !hb.load.cpu.is_finite() {
         return Err(ApiError::bad("turn_udp_port, version or load is out of range"));
     }

@@ -28,6 +28,7 @@ fn relay(spec: &str, utilisation: f64) -> RelayRow {
         turn_udp_port: 3478,
         turn_tls_port: None,
         sfu_url: None,
+        link_port: None,
         state: RelayState::Serving,
         admin_state: RelayState::Serving,
         load: Load { allocations: 0, max_allocations: 0, cpu: 0.0, bandwidth_bps: 0, bandwidth_cap_bps: 0 },

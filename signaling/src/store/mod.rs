@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "ws_messages", include_str!("../../migrations/0002_ws_messages.sql")),
     (3, "relay_sfu", include_str!("../../migrations/0003_relay_sfu.sql")),
     (4, "sessions_ended", include_str!("../../migrations/0004_sessions_ended.sql")),
+    (5, "relay_link", include_str!("../../migrations/0005_relay_link.sql")),
 ];
 
 #[derive(Debug, Clone)]
@@ -199,13 +200,13 @@ impl Store {
     pub async fn relay_heartbeat(&self, hb: &Heartbeat, now_ms: i64) -> anyhow::Result<RelayRow> {
         sqlx::query(
             "INSERT INTO relays (id, region, version, public_host, turn_udp_port, turn_tls_port, state, \
-             admin_state, load_json, utilisation, started_at, first_seen_ms, last_seen_ms, sfu_url) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'serving', $8, $9, $10, $11, $11, $12) \
+             admin_state, load_json, utilisation, started_at, first_seen_ms, last_seen_ms, sfu_url, link_port) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'serving', $8, $9, $10, $11, $11, $12, $13) \
              ON CONFLICT (id) DO UPDATE SET region = excluded.region, version = excluded.version, \
              public_host = excluded.public_host, turn_udp_port = excluded.turn_udp_port, \
              turn_tls_port = excluded.turn_tls_port, state = excluded.state, load_json = excluded.load_json, \
              utilisation = excluded.utilisation, started_at = excluded.started_at, last_seen_ms = excluded.last_seen_ms, \
-             sfu_url = excluded.sfu_url",
+             sfu_url = excluded.sfu_url, link_port = excluded.link_port",
         )
         .bind(&hb.relay_id)
         .bind(&hb.region)
@@ -219,6 +220,7 @@ impl Store {
         .bind(hb.started_at as i64)
         .bind(now_ms)
         .bind(hb.sfu_url.as_deref())
+        .bind(hb.link_port.map(i64::from))
         .execute(&self.pool)
         .await?;
         self.relay(&hb.relay_id).await?.context("relay vanished after its heartbeat")
@@ -233,6 +235,7 @@ impl Store {
             turn_udp_port: u16::try_from(row.try_get::<i64, _>("turn_udp_port")?)?,
             turn_tls_port: row.try_get::<Option<i64>, _>("turn_tls_port")?.map(u16::try_from).transpose()?,
             sfu_url: row.try_get("sfu_url")?,
+            link_port: row.try_get::<Option<i64>, _>("link_port")?.map(u16::try_from).transpose()?,
             state: state_from(&row.try_get::<String, _>("state")?),
             admin_state: state_from(&row.try_get::<String, _>("admin_state")?),
             load: serde_json::from_str(&row.try_get::<String, _>("load_json")?)?,
@@ -244,7 +247,7 @@ impl Store {
     }
 
     const RELAY_COLUMNS: &str = "id, region, version, public_host, turn_udp_port, turn_tls_port, state, admin_state, \
-                                 load_json, utilisation, started_at, first_seen_ms, last_seen_ms, sfu_url";
+                                 load_json, utilisation, started_at, first_seen_ms, last_seen_ms, sfu_url, link_port";
 
     pub async fn relay(&self, id: &str) -> anyhow::Result<Option<RelayRow>> {
         let row = sqlx::query(&format!("SELECT {} FROM relays WHERE id = $1", Self::RELAY_COLUMNS))
