@@ -7,7 +7,10 @@
 //! - [`endpoint`]: the QUIC endpoint a relay listens on and opens links from; the admission of
 //!   a connecting relay (certificate, then a welcome stream that confirms it).
 //! - [`wire`]: what travels on a link, sans-IO: media datagrams and control frames.
+//! - [`edge`]: the edge relay's side, sans-IO: one subscription per machine, merged key-frame
+//!   requests, layer masks, loss repair by NACK.
 
+pub mod edge;
 pub mod endpoint;
 pub mod tls;
 pub mod wire;

@@ -1,0 +1,179 @@
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn drain(edge: &mut Edge) -> Vec<Control> {
+    std::iter::from_fn(|| edge.poll_control()).collect()
+}
+
+/// Runs the edge's timers up to `until`, as a shell would.
+fn run_until(edge: &mut Edge, until: Instant) {
+    while let Some(at) = edge.poll_timeout().filter(|at| *at <= until) {
+        edge.handle_timeout(at);
+    }
+}
+
+fn packet(track: u64, layer: u8, seq: u64) -> Media<'static> {
+    Media { track, layer, seq, timestamp: 0, marker: false, keyframe: false, resend: false, payload: b"p" }
+}
+
+fn with_track(track: u64) -> Edge {
+    let mut edge = Edge::new();
+    edge.handle_control(&Control::Track { machine: "m1".into(), track, codec: 2, layers: 3 });
+    edge
+}
+
+#[test]
+fn twenty_viewers_make_one_subscription_and_the_last_leaving_ends_it_after_the_grace() {
+    let t0 = Instant::now();
+    let mut edge = Edge::new();
+    for _ in 0..20 {
+        edge.viewer_joined("m1");
+    }
+    assert_eq!(drain(&mut edge), [Control::Subscribe { machine: "m1".into() }]);
+    for i in 0..19 {
+        edge.viewer_left(t0 + Duration::from_secs(i), "m1");
+    }
+    assert_eq!(edge.poll_timeout(), None, "viewers remain: nothing scheduled");
+    let left = t0 + Duration::from_secs(30);
+    edge.viewer_left(left, "m1");
+    assert_eq!(edge.poll_timeout(), Some(left + UNSUBSCRIBE_GRACE));
+    run_until(&mut edge, left + UNSUBSCRIBE_GRACE - Duration::from_millis(1));
+    assert_eq!(drain(&mut edge), [], "not within the grace period");
+    run_until(&mut edge, left + UNSUBSCRIBE_GRACE);
+    assert_eq!(drain(&mut edge), [Control::Unsubscribe { machine: "m1".into() }]);
+    assert!(!edge.is_subscribed("m1"));
+    // A viewer after that subscribes again.
+    edge.viewer_joined("m1");
+    assert_eq!(drain(&mut edge), [Control::Subscribe { machine: "m1".into() }]);
+    assert_eq!((edge.stats().subscribes, edge.stats().unsubscribes), (2, 1));
+}
+
+#[test]
+fn a_viewer_back_within_the_grace_keeps_the_subscription() {
+    let t0 = Instant::now();
+    let mut edge = Edge::new();
+    edge.viewer_joined("m1");
+    edge.viewer_left(t0, "m1");
+    edge.viewer_joined("m1");
+    drain(&mut edge);
+    run_until(&mut edge, t0 + UNSUBSCRIBE_GRACE * 2);
+    assert_eq!(drain(&mut edge), [], "no unsubscribe, no second subscribe");
+    assert!(edge.is_subscribed("m1"));
+    // Leaving a machine never watched here changes nothing.
+    edge.viewer_left(t0, "m2");
+    assert_eq!(edge.poll_timeout(), None);
+}
+
+#[test]
+fn viewers_keyframe_requests_merge_into_one_upstream_per_interval() {
+    let t0 = Instant::now();
+    let mut edge = with_track(7);
+    // Twenty viewers ask within 100 ms: one goes at once, one when the window ends.
+    for i in 0..20 {
+        edge.request_keyframe(t0 + Duration::from_millis(i * 5), 7);
+    }
+    assert_eq!(drain(&mut edge), [Control::KeyframeRequest { track: 7 }]);
+    assert_eq!(edge.poll_timeout(), Some(t0 + KEYFRAME_INTERVAL));
+    run_until(&mut edge, t0 + KEYFRAME_INTERVAL);
+    assert_eq!(drain(&mut edge), [Control::KeyframeRequest { track: 7 }]);
+    // Quiet afterwards; a request after the window goes at once.
+    run_until(&mut edge, t0 + KEYFRAME_INTERVAL * 4);
+    assert_eq!(drain(&mut edge), []);
+    edge.request_keyframe(t0 + KEYFRAME_INTERVAL * 4, 7);
+    assert_eq!(drain(&mut edge), [Control::KeyframeRequest { track: 7 }]);
+    assert_eq!((edge.stats().keyframe_requests, edge.stats().keyframe_requests_sent), (21, 3));
+    // A request for a track the origin never announced goes nowhere.
+    edge.request_keyframe(t0, 99);
+    assert_eq!(drain(&mut edge), []);
+}
+
+#[test]
+fn layers_are_sent_when_they_change() {
+    let mut edge = with_track(1);
+    edge.set_layers(1, 0b001);
+    edge.set_layers(1, 0b001);
+    edge.set_layers(1, 0b011);
+    assert_eq!(drain(&mut edge), [Control::Layers { track: 1, mask: 1 }, Control::Layers { track: 1, mask: 3 }]);
+}
+
+#[test]
+fn a_lost_packet_is_nacked_once_missing_and_its_resend_repairs_it() {
+    let t0 = Instant::now();
+    let mut edge = with_track(1);
+    for s in [10, 11, 13, 14] {
+        assert_eq!(edge.handle_media(t0, &packet(1, 0, s)), Arrival::New);
+    }
+    assert_eq!(edge.poll_timeout(), Some(t0 + NACK_DELAY));
+    run_until(&mut edge, t0 + NACK_DELAY);
+    assert_eq!(drain(&mut edge), [Control::Nack { track: 1, layer: 0, seqs: vec![12] }]);
+    let resent = Media { resend: true, ..packet(1, 0, 12) };
+    assert_eq!(edge.handle_media(t0 + Duration::from_millis(60), &resent), Arrival::Repaired);
+    assert_eq!(edge.handle_media(t0 + Duration::from_millis(61), &resent), Arrival::Duplicate);
+    run_until(&mut edge, t0 + Duration::from_secs(2));
+    assert_eq!(drain(&mut edge), [], "nothing more to NACK");
+    let s = edge.stats();
+    assert_eq!((s.nacked, s.repaired, s.lost, s.duplicates), (1, 1, 0, 1));
+}
+
+#[test]
+fn reordering_within_the_delay_is_not_nacked_and_each_layer_is_followed_apart() {
+    let t0 = Instant::now();
+    let mut edge = with_track(1);
+    edge.handle_media(t0, &packet(1, 0, 1));
+    edge.handle_media(t0, &packet(1, 0, 3));
+    // Layer 1 numbers its own packets: 500 after 1 on layer 0 is no gap of layer 1.
+    edge.handle_media(t0, &packet(1, 1, 500));
+    edge.handle_media(t0, &packet(1, 1, 501));
+    assert_eq!(edge.handle_media(t0 + NACK_DELAY / 2, &packet(1, 0, 2)), Arrival::Repaired);
+    run_until(&mut edge, t0 + Duration::from_secs(1));
+    assert_eq!(drain(&mut edge), []);
+    assert_eq!(edge.stats().nacked, 0);
+}
+
+#[test]
+fn a_packet_that_never_comes_is_nacked_three_times_then_given_up() {
+    let t0 = Instant::now();
+    let mut edge = with_track(1);
+    edge.handle_media(t0, &packet(1, 2, 1));
+    edge.handle_media(t0, &packet(1, 2, 4));
+    run_until(&mut edge, t0 + Duration::from_secs(5));
+    let nacks = drain(&mut edge);
+    assert_eq!(nacks, vec![Control::Nack { track: 1, layer: 2, seqs: vec![2, 3] }; usize::from(NACK_TRIES)]);
+    assert_eq!(edge.poll_timeout(), None, "given up: nothing scheduled");
+    let s = edge.stats();
+    assert_eq!((s.nacked, s.lost), (6, 2));
+}
+
+#[test]
+fn a_long_gap_follows_at_most_max_missing_and_counts_the_rest_lost() {
+    let t0 = Instant::now();
+    let mut edge = with_track(1);
+    edge.handle_media(t0, &packet(1, 0, 0));
+    edge.handle_media(t0, &packet(1, 0, 5001));
+    assert_eq!(edge.stats().lost, 5000 - MAX_MISSING as u64);
+    run_until(&mut edge, t0 + NACK_DELAY);
+    let nacks = drain(&mut edge);
+    // NACK frames hold at most MAX_NACKS each; together, the newest MAX_MISSING.
+    assert!(nacks.iter().all(|n| matches!(n, Control::Nack { seqs, .. } if seqs.len() <= MAX_NACKS)));
+    let seqs: Vec<u64> = nacks
+        .into_iter()
+        .flat_map(|n| match n {
+            Control::Nack { seqs, .. } => seqs,
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(seqs, (5001 - MAX_MISSING as u64..5001).collect::<Vec<_>>());
+}
+
+#[test]
+fn media_of_an_unknown_or_ended_track_is_dropped() {
+    let t0 = Instant::now();
+    let mut edge = with_track(1);
+    assert_eq!(edge.handle_media(t0, &packet(2, 0, 1)), Arrival::Duplicate);
+    edge.handle_media(t0, &packet(1, 0, 1));
+    edge.handle_media(t0, &packet(1, 0, 5));
+    edge.handle_control(&Control::TrackEnded { track: 1 });
+    assert_eq!(edge.poll_timeout(), None, "its gaps are forgotten with it");
+    assert_eq!(edge.handle_media(t0, &packet(1, 0, 6)), Arrival::Duplicate);
+}
