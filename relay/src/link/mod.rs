@@ -9,8 +9,11 @@
 //! - [`wire`]: what travels on a link, sans-IO: media datagrams and control frames.
 //! - [`edge`]: the edge relay's side, sans-IO: one subscription per machine, merged key-frame
 //!   requests, layer masks, loss repair by NACK.
+//! - [`origin`]: the home relay's side, sans-IO: what crosses (subscribed machines, wanted
+//!   layers), NACKs answered from a per-layer buffer, events for the router.
 
 pub mod edge;
 pub mod endpoint;
+pub mod origin;
 pub mod tls;
 pub mod wire;
