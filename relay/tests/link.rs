@@ -91,11 +91,60 @@ async fn relays_with_certificates_from_the_cluster_ca_link_and_know_each_other()
     s.write_all(b"hello").await.unwrap();
     s.finish().unwrap();
     assert!(link.connection.max_datagram_size().is_some(), "datagrams are enabled on links");
+    assert!(!WELCOME.is_empty());
+}
+
+#[tokio::test]
+async fn a_browser_sized_packet_fits_a_link_datagram_from_the_start_and_a_larger_one_is_dropped_and_said() {
+    use relay::link::endpoint::{DatagramDrop, send_media};
+    use relay::link::wire::Media;
+    let ca = new_ca("cluster");
+    // No path MTU discovery: the datagram size is what a link has before discovery.
+    let tls = |id: &str| {
+        let cert = issue(&ca, id);
+        let keys = ["link.ca", "link.cert", "link.key"];
+        let pem = |s: &str| s.as_bytes().to_vec();
+        LinkTls::from_pem(&pem(ca.cert_pem()), &pem(&cert.cert_pem), &pem(&cert.key_pem), keys, refusals()).unwrap()
+    };
+    let bind = |id: &str| LinkEndpoint::bind_without_mtu_discovery(LOOPBACK.parse().unwrap(), tls(id)).unwrap();
+    let a = Arc::new(bind("eu-1"));
+    let b = bind("asia-1");
+    let accepted = {
+        let a = Arc::clone(&a);
+        tokio::spawn(async move { a.accept().await.expect("admitted") })
+    };
+    let link = b.connect(a.local_addr().unwrap(), "eu-1").await.unwrap();
+    let at_a = accepted.await.unwrap();
+    // Before any path MTU discovery: a 1,200-byte RTP payload with the link header fits.
+    let max = link.connection.max_datagram_size().expect("datagrams on");
+    let payload = vec![0x5a; 1200];
+    let mut datagram = Vec::new();
+    let media = Media {
+        track: 1,
+        layer: 2,
+        seq: 1 << 40,
+        timestamp: 1,
+        marker: true,
+        keyframe: true,
+        resend: false,
+        payload: &payload,
+    };
+    media.encode(&mut datagram);
+    assert!(datagram.len() <= max, "{} bytes fit in {max}", datagram.len());
+    send_media(&link.connection, datagram.clone().into()).expect("sent");
+    let got = tokio::time::timeout(Duration::from_secs(5), at_a.connection.read_datagram()).await.unwrap().unwrap();
+    assert_eq!(Media::decode(&got), Ok(media));
+    // A datagram over the limit is not sent, and the caller learns why (to count it).
+    let too_big = vec![0u8; max + 1];
+    assert_eq!(send_media(&link.connection, too_big.into()), Err(DatagramDrop::TooLarge { size: max + 1, max }));
+    assert_eq!(DatagramDrop::TooLarge { size: 0, max: 0 }.label(), "too_large");
+    // A closed link says so.
+    link.connection.close(0u32.into(), b"done");
+    assert_eq!(send_media(&link.connection, vec![1].into()), Err(DatagramDrop::LinkLost));
     for e in [&*a, &b] {
         assert_eq!(refused(e, "accept"), [], "nothing refused");
         assert_eq!(refused(e, "connect"), [], "nothing refused");
     }
-    assert!(!WELCOME.is_empty());
 }
 
 #[tokio::test]

@@ -31,6 +31,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Datagrams buffered each way: about 0.7 s of a 10 Mbit/s session.
 const DATAGRAM_BUFFER: usize = 1 << 20;
+/// The UDP payload a link starts with, before path MTU discovery: quinn's default (1200) leaves
+/// about 1,150 bytes per datagram, less than a browser's 1,200-byte RTP packets; 1,400 fits them
+/// with the link header on any path of the usual 1,500-byte MTU. On a narrower path quinn's
+/// black-hole detection falls back to 1,200, and the packets that no longer fit are dropped and
+/// counted ([`DatagramDrop::TooLarge`]).
+pub const INITIAL_MTU: u16 = 1400;
 /// What the welcome stream carries: the link protocol and its version.
 pub const WELCOME: &[u8] = b"relay-link/1 welcome\n";
 /// QUIC application close code for a relay refused after the handshake.
@@ -65,14 +71,54 @@ impl std::fmt::Display for LinkError {
 
 impl std::error::Error for LinkError {}
 
+/// Why a media datagram did not go out on a link (the `reason` of its drop counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatagramDrop {
+    /// Larger than the link can carry now (path MTU, or the peer's limit). Not repairable by
+    /// NACK: the resend would not fit either.
+    TooLarge { size: usize, max: usize },
+    /// The peer takes no datagrams (it is not a relay of this version).
+    Unsupported,
+    /// The link is gone.
+    LinkLost,
+}
+
+impl DatagramDrop {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "too_large",
+            Self::Unsupported => "unsupported",
+            Self::LinkLost => "link_lost",
+        }
+    }
+}
+
+/// Sends one media datagram on a link; when the send buffer is full quinn drops the *oldest*
+/// queued datagrams, the right choice for live media.
+pub fn send_media(connection: &quinn::Connection, datagram: bytes::Bytes) -> Result<(), DatagramDrop> {
+    let size = datagram.len();
+    connection.send_datagram(datagram).map_err(|e| match e {
+        quinn::SendDatagramError::TooLarge => {
+            DatagramDrop::TooLarge { size, max: connection.max_datagram_size().unwrap_or(0) }
+        }
+        quinn::SendDatagramError::UnsupportedByPeer | quinn::SendDatagramError::Disabled => DatagramDrop::Unsupported,
+        quinn::SendDatagramError::ConnectionLost(_) => DatagramDrop::LinkLost,
+    })
+}
+
 /// The link settings on every connection, both ways.
 fn transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config())
+}
+
+fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("30 s is a valid idle timeout")));
     t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
     t.datagram_send_buffer_size(DATAGRAM_BUFFER);
-    Arc::new(t)
+    t.initial_mtu(INITIAL_MTU);
+    t
 }
 
 /// One relay's QUIC endpoint for links.
@@ -86,12 +132,25 @@ pub struct LinkEndpoint {
 impl LinkEndpoint {
     /// Listens on `addr` (call within a Tokio runtime).
     pub fn bind(addr: SocketAddr, tls: LinkTls) -> anyhow::Result<Self> {
+        Self::bind_with(addr, tls, transport())
+    }
+
+    /// [`bind`](Self::bind) with path MTU discovery off, so that a test sees the link's
+    /// datagram size before discovery, as a long-haul path does for its first round trips.
+    #[cfg(feature = "testkit")]
+    pub fn bind_without_mtu_discovery(addr: SocketAddr, tls: LinkTls) -> anyhow::Result<Self> {
+        let mut t = transport_config();
+        t.mtu_discovery_config(None);
+        Self::bind_with(addr, tls, Arc::new(t))
+    }
+
+    fn bind_with(addr: SocketAddr, tls: LinkTls, transport: Arc<quinn::TransportConfig>) -> anyhow::Result<Self> {
         let crypto = QuicServerConfig::try_from(tls.server_config()?).context("link TLS for QUIC")?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(transport());
+        server.transport_config(Arc::clone(&transport));
         let crypto = QuicClientConfig::try_from(tls.client_config()?).context("link TLS for QUIC")?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(transport());
+        client.transport_config(transport);
         let endpoint = quinn::Endpoint::server(server, addr).with_context(|| format!("link.listen: binding {addr}"))?;
         Ok(Self { endpoint, client, tls: Arc::new(tls) })
     }
