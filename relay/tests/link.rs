@@ -316,3 +316,53 @@ async fn the_relay_binary_admits_cluster_relays_and_counts_refusals_in_its_metri
     assert!(stderr.contains("link.cert: is for relay \"eu-1\"") && stderr.contains("eu-2"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn control_frames_cross_a_link_stream_in_any_pieces_and_garbage_ends_it() {
+    use relay::link::stream::{ControlReader, StreamEnd, write_control};
+    use relay::link::wire::Control;
+    let ca = new_ca("cluster");
+    let a = Arc::new(endpoint(&ca, &issue(&ca, "eu-1")));
+    let b = endpoint(&ca, &issue(&ca, "asia-1"));
+    let accepted = {
+        let a = Arc::clone(&a);
+        tokio::spawn(async move { a.accept().await.expect("admitted") })
+    };
+    let link = b.connect(a.local_addr().unwrap(), "eu-1").await.unwrap();
+    let at_a = accepted.await.unwrap();
+    let messages = vec![
+        Control::Subscribe { machine: "m1".into() },
+        Control::Nack { track: 1, layer: 0, seqs: (0..300).collect() },
+        Control::SeatInput { machine: "m1".into(), binary: true, data: vec![9; 5000], arrived_unix_ms: 1, rtt_ms: 2 },
+    ];
+    // Whole frames, then the same frames a byte at a time.
+    let (mut send, recv) = link.connection.open_bi().await.unwrap();
+    for m in &messages {
+        write_control(&mut send, m).await.unwrap();
+    }
+    let mut bytes = Vec::new();
+    for m in &messages {
+        m.encode(&mut bytes).unwrap();
+    }
+    for b in &bytes {
+        send.write_all(std::slice::from_ref(b)).await.unwrap();
+    }
+    send.finish().unwrap();
+    drop(recv);
+    let (_, at_a_recv) = at_a.connection.accept_bi().await.unwrap();
+    let mut reader = ControlReader::new(at_a_recv);
+    for m in messages.iter().chain(&messages) {
+        assert_eq!(&reader.next().await.unwrap(), m);
+    }
+    assert!(matches!(reader.next().await, Err(StreamEnd::Finished)));
+
+    // A frame of an unknown type ends the stream, saying why; so does one cut short.
+    for (bytes, expected) in [(vec![1u8, 99], "unknown control frame type 99"), (vec![5u8, 1, 2], "inside a frame")] {
+        let (mut send, _recv) = link.connection.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+        let (_, recv) = at_a.connection.accept_bi().await.unwrap();
+        let end = ControlReader::new(recv).next().await.unwrap_err();
+        assert!(end.to_string().contains(expected), "{end}");
+    }
+}

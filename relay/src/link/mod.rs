@@ -7,6 +7,7 @@
 //! - [`endpoint`]: the QUIC endpoint a relay listens on and opens links from; the admission of
 //!   a connecting relay (certificate, then a welcome stream that confirms it).
 //! - [`wire`]: what travels on a link, sans-IO: media datagrams and control frames.
+//! - [`stream`]: control frames read from and written to a link's reliable stream.
 //! - [`edge`]: the edge relay's side, sans-IO: one subscription per machine, merged key-frame
 //!   requests, layer masks, loss repair by NACK.
 //! - [`origin`]: the home relay's side, sans-IO: what crosses (subscribed machines, wanted
@@ -15,5 +16,6 @@
 pub mod edge;
 pub mod endpoint;
 pub mod origin;
+pub mod stream;
 pub mod tls;
 pub mod wire;

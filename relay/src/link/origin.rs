@@ -180,8 +180,8 @@ impl Origin {
         }
         let kept = Kept { seq, timestamp, marker, keyframe, payload: Arc::clone(payload) };
         let buffer = t.buffers.entry(layer).or_insert_with(|| vec![None; BUFFER_PACKETS]);
-        buffer[(seq % BUFFER_PACKETS as u64) as usize] = Some(kept);
-        self.send(track, layer, seq, timestamp, marker, keyframe, false, payload);
+        buffer[(seq % BUFFER_PACKETS as u64) as usize] = Some(kept.clone());
+        self.send(track, layer, &kept, false);
     }
 
     fn resend(&mut self, track: u64, layer: u8, seqs: &[u64]) {
@@ -196,23 +196,13 @@ impl Origin {
         self.stats.nack_misses += (seqs.len() - found.len()) as u64;
         for k in found {
             self.stats.resent += 1;
-            self.send(track, layer, k.seq, k.timestamp, k.marker, k.keyframe, true, &k.payload);
+            self.send(track, layer, &k, true);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &mut self,
-        track: u64,
-        layer: u8,
-        seq: u64,
-        timestamp: u32,
-        marker: bool,
-        keyframe: bool,
-        resend: bool,
-        payload: &[u8],
-    ) {
-        let mut datagram = Vec::with_capacity(payload.len() + 24);
+    fn send(&mut self, track: u64, layer: u8, k: &Kept, resend: bool) {
+        let mut datagram = Vec::with_capacity(k.payload.len() + 24);
+        let (seq, timestamp, marker, keyframe, payload) = (k.seq, k.timestamp, k.marker, k.keyframe, &k.payload[..]);
         Media { track, layer, seq, timestamp, marker, keyframe, resend, payload }.encode(&mut datagram);
         self.stats.datagrams += 1;
         self.stats.bytes += datagram.len() as u64;

@@ -3,8 +3,24 @@
 
 use std::net::SocketAddr;
 
-use super::run::Relay;
 use crate::config::Config;
+
+/// Addresses the relay actually bound, for the start-up banner and for tests.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pub listen: SocketAddr,
+    /// The IPv4 half of a dual-stack `[::]` listener.
+    pub listen_v4: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    /// The WHIP/WHEP endpoint, when the SFU runs.
+    pub sfu_http: Option<SocketAddr>,
+    /// TURN over TCP, when on.
+    pub tcp: Option<SocketAddr>,
+    /// TURN over TLS.
+    pub tls: Vec<SocketAddr>,
+    /// Relay-to-relay links, when on.
+    pub link: Option<SocketAddr>,
+}
 
 pub(super) fn sfu_public_url(config: &Config, public_host: &str, bound: SocketAddr) -> String {
     if let Some(url) = &config.sfu_public_url {

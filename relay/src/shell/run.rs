@@ -42,22 +42,7 @@ use crate::turn::limit::{Bandwidth, Rates};
 use crate::turn::peer_filter::PeerFilter;
 use crate::turn::{OwnAddresses, PortPool, Quotas, RelayIp, ServerConfig, Shared, TurnServer};
 
-/// Addresses the relay actually bound, for the start-up banner and for tests.
-#[derive(Debug, Clone)]
-pub struct Relay {
-    pub listen: SocketAddr,
-    /// The IPv4 half of a dual-stack `[::]` listener.
-    pub listen_v4: Option<SocketAddr>,
-    pub admin: SocketAddr,
-    /// The WHIP/WHEP endpoint, when the SFU runs.
-    pub sfu_http: Option<SocketAddr>,
-    /// TURN over TCP, when on.
-    pub tcp: Option<SocketAddr>,
-    /// TURN over TLS.
-    pub tls: Vec<SocketAddr>,
-    /// Relay-to-relay links, when on.
-    pub link: Option<SocketAddr>,
-}
+pub use super::banner::Relay;
 
 /// Tells the main thread when a worker exits, however it exits (including by panic).
 struct ExitNotice(usize, tokio::sync::mpsc::UnboundedSender<usize>);
