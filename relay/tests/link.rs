@@ -366,3 +366,65 @@ async fn control_frames_cross_a_link_stream_in_any_pieces_and_garbage_ends_it() 
         assert!(end.to_string().contains(expected), "{end}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_across_40_ms_and_1_percent_loss_comes_up_and_keeps_its_control_stream_whole() {
+    use common::proxy::LossyProxy;
+    use relay::link::stream::{ControlReader, write_control};
+    use relay::link::wire::Control;
+    use std::sync::atomic::Ordering;
+    let ca = new_ca("cluster");
+    let a = Arc::new(endpoint(&ca, &issue(&ca, "eu-1")));
+    let b = endpoint(&ca, &issue(&ca, "asia-1"));
+    let proxy = LossyProxy::start(a.local_addr().unwrap(), Duration::from_millis(40), 100).await;
+    let accepted = {
+        let a = Arc::clone(&a);
+        tokio::spawn(async move { a.accept().await.expect("admitted") })
+    };
+    let link = b.connect(proxy.addr, "eu-1").await.expect("the link comes up through the proxy");
+    let at_a = accepted.await.unwrap();
+    // Datagrams: about 1% lost, nothing more (QUIC does not resend them; the edge NACKs).
+    let (sent, size) = (2000u64, 1000usize);
+    let received = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), at_a.connection.read_datagram()).await {
+            n += 1;
+        }
+        (n, at_a)
+    });
+    for i in 0..sent {
+        let mut d = vec![0u8; size];
+        d[..8].copy_from_slice(&i.to_be_bytes());
+        relay::link::endpoint::send_media(&link.connection, d.into()).unwrap();
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let (got, at_a) = received.await.unwrap();
+    let share = got as f64 / sent as f64;
+    println!(
+        "through the proxy: {got} of {sent} datagrams ({:.1}%), rtt {:?}, proxy dropped {} up",
+        share * 100.0,
+        link.connection.rtt(),
+        proxy.up.dropped.load(Ordering::Relaxed)
+    );
+    // Only what the path dropped is missing (a loss-based congestion controller would throttle
+    // the link to a fraction of this on such a path).
+    assert!((0.97..1.0).contains(&share), "{got} of {sent}");
+    assert!(
+        link.connection.rtt() >= Duration::from_millis(80),
+        "the delay is on the path: {:?}",
+        link.connection.rtt()
+    );
+    // The control stream loses nothing and keeps the order, whatever the path drops.
+    let (mut send, _recv) = link.connection.open_bi().await.unwrap();
+    for seq in 0..200u64 {
+        write_control(&mut send, &Control::Nack { track: 1, layer: 0, seqs: vec![seq] }).await.unwrap();
+    }
+    send.finish().unwrap();
+    let (_, recv) = at_a.connection.accept_bi().await.unwrap();
+    let mut reader = ControlReader::new(recv);
+    for seq in 0..200u64 {
+        assert_eq!(reader.next().await.unwrap(), Control::Nack { track: 1, layer: 0, seqs: vec![seq] });
+    }
+}

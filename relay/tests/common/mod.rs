@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod proxy;
 pub mod webrtc_client;
 
 use std::io::{BufRead, BufReader};
