@@ -121,8 +121,8 @@ fn transport_config() -> quinn::TransportConfig {
     // BBR, not quinn's default Cubic: datagrams are congestion-controlled, and a loss-based
     // controller reads a long path's random loss as congestion. Measured through a proxy with
     // 40 ms each way and 1% loss (`relay/tests/link.rs`): at 1 and 2 Mbyte/s offered, Cubic let
-    // 83% and 59% of the datagrams through, BBR 98.5-98.7% (every one the path did not drop). quinn calls its
-    // BBR experimental; it is the one that fits media over long-haul links.
+    // 83% and 59% of the datagrams through, BBR 98.5-98.7% (every one the path did not drop).
+    // quinn calls its BBR experimental; it is the one that fits media over long-haul links.
     t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     t
 }
