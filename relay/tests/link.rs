@@ -286,9 +286,27 @@ async fn the_relay_binary_admits_cluster_relays_and_counts_refusals_in_its_metri
     }
     assert_eq!(relay.metric("relay_links_open"), 0.0);
 
-    // A relay of the cluster links in.
+    // A peer that starts a handshake and goes silent: a client's first QUIC packet, captured
+    // and replayed from a socket that never answers. The relay waits for it up to its handshake
+    // timeout (10 s), and meanwhile admits others.
+    let capture = tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap();
+    let silent_client = endpoint(&ca, &issue(&ca, "us-9"));
+    let capture_addr = capture.local_addr().unwrap();
+    let attempt = tokio::spawn(async move {
+        let _ = silent_client.connect(capture_addr, "eu-1").await;
+    });
+    let mut initial = vec![0u8; 2048];
+    let n = capture.recv(&mut initial).await.unwrap();
+    attempt.abort();
+    let silent = tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap();
+    silent.send_to(&initial[..n], addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A relay of the cluster links in, at once.
     let b = endpoint(&ca, &issue(&ca, "asia-1"));
+    let started = std::time::Instant::now();
     let link = b.connect(addr, "eu-1").await.expect("the relay admits a cluster relay");
+    assert!(started.elapsed() < Duration::from_secs(3), "not held up by the silent one: {:?}", started.elapsed());
     wait_for("the link counted", || relay.metric("relay_links_open") == 1.0).await;
     // One with another CA's certificate, and one whose certificate expired, do not.
     let intruder = endpoint(&ca, &issue(&new_ca("cluster"), "us-1"));

@@ -174,21 +174,36 @@ impl LinkEndpoint {
         self.tls.refusals()
     }
 
-    /// The next relay admitted on a link; `None` once the endpoint is closed. Relays refused
-    /// on the way are counted and skipped.
+    /// The next relay trying to link in, its handshake not started; `None` once the endpoint is
+    /// closed. Admit it with [`admit`](Self::admit) in a task of its own: a handshake may take
+    /// up to [`HANDSHAKE_TIMEOUT`], and a silent peer must not hold up the others.
+    pub async fn incoming(&self) -> Option<quinn::Incoming> {
+        self.endpoint.accept().await
+    }
+
+    /// Handshake and admission of a relay linking in, within [`HANDSHAKE_TIMEOUT`].
+    pub async fn admit(&self, incoming: quinn::Incoming) -> Result<Link, LinkError> {
+        let remote = incoming.remote_address();
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.admit_now(incoming))
+            .await
+            .unwrap_or_else(|_| Err(LinkError::Failed(format!("{remote}: no handshake within {HANDSHAKE_TIMEOUT:?}"))))
+    }
+
+    /// The next relay admitted, admitting one at a time (tests, tools); `None` once the endpoint
+    /// is closed. Relays refused on the way are counted and skipped. A relay process uses
+    /// [`incoming`](Self::incoming) and [`admit`](Self::admit) instead (`shell::links`).
     pub async fn accept(&self) -> Option<Link> {
-        while let Some(incoming) = self.endpoint.accept().await {
+        while let Some(incoming) = self.incoming().await {
             let remote = incoming.remote_address();
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.admit(incoming)).await {
-                Ok(Ok(link)) => return Some(link),
-                Ok(Err(e)) => debug!(%remote, "link refused: {e}"),
-                Err(_) => debug!(%remote, "link handshake timed out"),
+            match self.admit(incoming).await {
+                Ok(link) => return Some(link),
+                Err(e) => debug!(%remote, "link refused: {e}"),
             }
         }
         None
     }
 
-    async fn admit(&self, incoming: quinn::Incoming) -> Result<Link, LinkError> {
+    async fn admit_now(&self, incoming: quinn::Incoming) -> Result<Link, LinkError> {
         let connecting = incoming.accept().map_err(|e| LinkError::Failed(format!("accepting: {e}")))?;
         // A certificate that is presented and bad fails here, counted by the verifier.
         let connection = connecting.await.map_err(|e| LinkError::Failed(format!("handshake: {e}")))?;

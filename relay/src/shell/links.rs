@@ -9,11 +9,15 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::bail;
 use prometheus::IntGauge;
-use tracing::info;
+use tokio::sync::Semaphore;
+use tracing::{debug, info};
 
 use crate::config::LinkConfig;
-use crate::link::endpoint::LinkEndpoint;
+use crate::link::endpoint::{Link, LinkEndpoint};
 use crate::link::tls::{LinkTls, Refusals};
+
+/// Handshakes of relays linking in that run at once; more wait to be accepted.
+const MAX_ADMISSIONS: usize = 64;
 
 /// The config keys of the three files, for error messages.
 const KEYS: [&str; 3] = ["link.ca", "link.cert", "link.key"];
@@ -59,29 +63,25 @@ impl Links {
         self.endpoint.relay_id()
     }
 
-    /// Admits relays that link in, on the current runtime, until the endpoint closes.
+    /// Admits relays that link in, on the current runtime, until the endpoint closes. Each
+    /// handshake runs in its own task, at most [`MAX_ADMISSIONS`] at once, so a peer that goes
+    /// silent mid-handshake holds up nobody else.
     pub fn serve(&self) {
         let (endpoint, open, gauge) = (Arc::clone(&self.endpoint), Arc::clone(&self.open), self.gauge.clone());
+        let slots = Arc::new(Semaphore::new(MAX_ADMISSIONS));
         tokio::spawn(async move {
-            while let Some(link) = endpoint.accept().await {
-                let (peer, connection) = (link.peer, link.connection);
-                info!(peer = %peer, remote = %connection.remote_address(), "relay linked in");
-                let id = connection.stable_id();
-                let replaced = lock(&open).insert(peer.clone(), connection.clone());
-                if let Some(old) = replaced {
-                    // The peer linked again (it restarted): its new link replaces the old one.
-                    old.close(0u32.into(), b"replaced by a new link");
-                }
-                gauge.set(lock(&open).len() as i64);
-                let (open, gauge) = (Arc::clone(&open), gauge.clone());
+            loop {
+                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
+                let Some(incoming) = endpoint.incoming().await else { return };
+                let (endpoint, open, gauge) = (Arc::clone(&endpoint), Arc::clone(&open), gauge.clone());
                 tokio::spawn(async move {
-                    let reason = connection.closed().await;
-                    let mut open = lock(&open);
-                    if open.get(&peer).is_some_and(|c| c.stable_id() == id) {
-                        open.remove(&peer);
+                    let remote = incoming.remote_address();
+                    let admitted = endpoint.admit(incoming).await;
+                    drop(permit);
+                    match admitted {
+                        Ok(link) => hold(link, open, gauge).await,
+                        Err(e) => debug!(%remote, "link refused: {e}"),
                     }
-                    gauge.set(open.len() as i64);
-                    info!(peer = %peer, %reason, "relay link closed");
                 });
             }
         });
@@ -91,6 +91,27 @@ impl Links {
     pub fn close(&self) {
         self.endpoint.close();
     }
+}
+
+/// Keeps an admitted link in the table until it closes (a newer link from the same relay
+/// replaces it).
+async fn hold(link: Link, open: Arc<Mutex<HashMap<String, quinn::Connection>>>, gauge: IntGauge) {
+    let (peer, connection) = (link.peer, link.connection);
+    info!(peer = %peer, remote = %connection.remote_address(), "relay linked in");
+    let id = connection.stable_id();
+    let replaced = lock(&open).insert(peer.clone(), connection.clone());
+    if let Some(old) = replaced {
+        // The peer linked again (it restarted): its new link replaces the old one.
+        old.close(0u32.into(), b"replaced by a new link");
+    }
+    gauge.set(lock(&open).len() as i64);
+    let reason = connection.closed().await;
+    let mut open = lock(&open);
+    if open.get(&peer).is_some_and(|c| c.stable_id() == id) {
+        open.remove(&peer);
+    }
+    gauge.set(open.len() as i64);
+    info!(peer = %peer, %reason, "relay link closed");
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -253,24 +253,34 @@ pub fn channel_data(data: &[u8]) {
     s.peer(PEER.parse().expect("an address"), data);
 }
 
+/// Appends `data` to `buf` `step` bytes at a time, as a stream delivers it, and after each piece
+/// lets `take` consume what it can from `buf`; stops early when `take` says `false`.
+fn in_pieces(data: &[u8], step: usize, buf: &mut Vec<u8>, mut take: impl FnMut(&mut Vec<u8>) -> bool) {
+    for piece in data.chunks(step.max(1)) {
+        buf.extend_from_slice(piece);
+        if !take(buf) {
+            return;
+        }
+    }
+}
+
 /// The stream framer (see the module docs). The first byte picks where the input is split.
 pub fn tcp_framing(data: &[u8]) {
     let Some((&step, data)) = data.split_first() else { return };
-    let step = usize::from(step).max(1);
     let mut buf = Vec::new();
     let mut consumed = 0;
-    let mut at = 0;
-    while at < data.len() {
-        let end = (at + step).min(data.len());
-        buf.extend_from_slice(&data[at..end]);
-        at = end;
+    let mut valid = true;
+    in_pieces(data, usize::from(step), &mut buf, |buf| {
         loop {
-            match frame(&buf) {
+            match frame(buf) {
                 Frame::Incomplete => {
                     assert!(buf.len() < MAX_FRAME + 4 || buf.len() < 4, "a full frame's worth is never incomplete");
-                    break;
+                    return true;
                 }
-                Frame::Invalid => return,
+                Frame::Invalid => {
+                    valid = false;
+                    return false;
+                }
                 Frame::Message { len, wire } => {
                     assert!(len <= wire && wire <= buf.len() && wire <= MAX_FRAME && wire - len < 4);
                     buf.drain(..wire);
@@ -278,8 +288,10 @@ pub fn tcp_framing(data: &[u8]) {
                 }
             }
         }
+    });
+    if valid {
+        assert_eq!(consumed + buf.len(), data.len(), "framing loses no byte");
     }
-    assert_eq!(consumed + buf.len(), data.len(), "framing loses no byte");
 }
 
 /// A relay link's wire (see the module docs). The first byte picks where the control stream is
@@ -291,17 +303,11 @@ pub fn link_wire(data: &[u8]) {
         assert_eq!(Media::decode(&again).as_ref(), Ok(&m), "a datagram re-encodes to itself");
     }
     let Some((&step, data)) = data.split_first() else { return };
-    let step = usize::from(step).max(1);
-    let mut buf = Vec::new();
-    let mut at = 0;
-    while at < data.len() {
-        let end = (at + step).min(data.len());
-        buf.extend_from_slice(&data[at..end]);
-        at = end;
+    in_pieces(data, usize::from(step), &mut Vec::new(), |buf| {
         loop {
-            match Control::decode(&buf) {
-                Ok(None) => break,
-                Err(_) => return,
+            match Control::decode(buf) {
+                Ok(None) => return true,
+                Err(_) => return false,
                 Ok(Some((c, used))) => {
                     assert!(used <= buf.len());
                     let mut again = Vec::new();
@@ -311,7 +317,7 @@ pub fn link_wire(data: &[u8]) {
                 }
             }
         }
-    }
+    });
 }
 
 /// Inputs each target starts from: valid messages of every kind the relay handles.
