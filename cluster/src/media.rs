@@ -38,9 +38,24 @@ pub struct MediaClaims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
     pub role: MediaRole,
+    /// For a viewer sent to a relay other than the machine's home relay: the home relay, which
+    /// the viewer's relay links to for the machine's media. Signed like the rest, so a viewer
+    /// cannot point a relay at an address of its choosing (and a link goes only to a relay
+    /// whose certificate from the cluster CA names this id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<HomeRelay>,
     pub aud: String,
     pub iat: u64,
     pub exp: u64,
+}
+
+/// A machine's home relay, as a viewer's media token names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeRelay {
+    /// Its relay id (what its link certificate names).
+    pub id: String,
+    /// Where it listens for links: `host:port`.
+    pub link: String,
 }
 
 impl MediaClaims {
@@ -51,6 +66,7 @@ impl MediaClaims {
             machine: machine.to_owned(),
             session: session.map(str::to_owned),
             role,
+            home: None,
             aud: String::new(),
             iat: now_unix,
             exp: now_unix + ttl_secs,
@@ -125,6 +141,7 @@ mod tests {
             machine: "cab-1".into(),
             session: Some("s-1".into()),
             role,
+            home: None,
             aud: String::new(),
             iat: 1000,
             exp,

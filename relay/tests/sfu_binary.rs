@@ -1,102 +1,18 @@
 //! The SFU in the real relay binary: WHIP and WHEP over HTTP with media tokens, and media on the
 //! TURN port (one UDP port for both), driven by str0m clients on real loopback sockets.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use cluster::media::MediaRole;
 use common::RelayProcess;
-use common::webrtc_client::{Client, vp8};
-use str0m::Input;
+use common::webrtc_client::{Http, Peer, pump_all, vp8};
 use str0m::media::{Direction, Mid};
-use str0m::net::{Protocol, Receive};
 
 mod common;
 
 fn token(role: MediaRole, machine: &str, session: Option<&str>) -> String {
     common::media_token(role, machine, session, "tester")
-}
-
-struct Http {
-    rt: tokio::runtime::Runtime,
-    client: reqwest::Client,
-    base: String,
-}
-
-impl Http {
-    fn new(base: String, client: reqwest::Client) -> Self {
-        Self { rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(), client, base }
-    }
-
-    /// POSTs `body` as `content_type`; returns status, Location and body.
-    fn post(&self, path: &str, token: Option<&str>, content_type: &str, body: &str) -> (u16, Option<String>, String) {
-        self.rt.block_on(async {
-            let mut req = self
-                .client
-                .post(format!("{}{path}", self.base))
-                .header("content-type", content_type)
-                .body(body.to_owned());
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            let res = req.send().await.unwrap();
-            let status = res.status().as_u16();
-            let location = res.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
-            (status, location, res.text().await.unwrap())
-        })
-    }
-
-    fn delete(&self, path: &str, token: &str) -> u16 {
-        self.rt.block_on(async {
-            let res = self.client.delete(format!("{}{path}", self.base)).bearer_auth(token).send().await.unwrap();
-            res.status().as_u16()
-        })
-    }
-}
-
-/// A client on its own loopback socket, talking to the relay's UDP port.
-struct Peer {
-    client: Client,
-    socket: UdpSocket,
-    relay: SocketAddr,
-}
-
-impl Peer {
-    fn new(relay: SocketAddr, direction: Direction) -> (Self, String, str0m::change::SdpPendingOffer) {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let (client, offer, pending) = Client::new(Instant::now(), socket.local_addr().unwrap(), direction);
-        (Self { client, socket, relay }, offer, pending)
-    }
-
-    /// Receives what is queued, runs timers, sends what the client wants to send.
-    fn pump(&mut self) {
-        let now = Instant::now();
-        let mut buf = vec![0u8; 2048];
-        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
-            if let Ok(r) = Receive::new(Protocol::Udp, from, self.client.addr, &buf[..n]) {
-                self.client.rtc.handle_input(Input::Receive(now, r)).unwrap();
-            }
-        }
-        if self.client.timeout <= now {
-            self.client.rtc.handle_input(Input::Timeout(now)).unwrap();
-        }
-        let mut wire = Vec::new();
-        self.client.poll(now, &mut wire);
-        for (_, data) in wire {
-            self.socket.send_to(&data, self.relay).unwrap();
-        }
-    }
-}
-
-fn pump_all(peers: &mut [&mut Peer], d: Duration) {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        for p in peers.iter_mut() {
-            p.pump();
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
 }
 
 #[test]

@@ -47,7 +47,7 @@ impl Net {
     fn subscribe_in(&mut self, role: Role, session: &str) -> usize {
         let addr = SocketAddr::new("10.0.0.1".parse().unwrap(), 6000 + self.clients.len() as u16);
         let (mut c, offer, pending) = Client::new(self.now, addr, Direction::RecvOnly);
-        let (id, answer) = self.sfu.subscribe(self.now, MACHINE, role, "viewer", Some(session), &offer).unwrap();
+        let (id, answer) = self.sfu.subscribe(self.now, MACHINE, role, "viewer", Some(session), None, &offer).unwrap();
         c.accept(pending, &answer);
         self.clients.push(c);
         self.ids.push(id);

@@ -129,6 +129,35 @@ impl Edge {
         }
     }
 
+    /// The seat holder here sent `data` to `machine`: it goes upstream on the control stream
+    /// (reliable, in order), stamped with when this relay received it and the seat holder's
+    /// round-trip time.
+    pub fn seat_input(&mut self, machine: &str, binary: bool, data: &[u8], arrived_unix_ms: u64, rtt_ms: u32) {
+        if self.machines.contains_key(machine) {
+            self.out.push_back(Control::SeatInput {
+                machine: machine.to_owned(),
+                binary,
+                data: data.to_vec(),
+                arrived_unix_ms,
+                rtt_ms,
+            });
+        }
+    }
+
+    /// The link to the origin was made again (it broke, or the origin restarted): what was
+    /// queued for the old one is dropped, tracks are forgotten until announced again, and every
+    /// machine still watched here is subscribed to afresh.
+    pub fn relinked(&mut self) {
+        self.out.clear();
+        self.tracks.clear();
+        let mut machines: Vec<&String> = self.machines.keys().collect();
+        machines.sort();
+        for machine in machines {
+            self.out.push_back(Control::Subscribe { machine: machine.clone() });
+            self.stats.subscribes += 1;
+        }
+    }
+
     /// A control message from the origin. `Track` starts following a track; `TrackEnded`
     /// forgets it. The caller acts on the rest (new tracks for the router, machine messages to
     /// viewers, unavailability to the viewers' requests).

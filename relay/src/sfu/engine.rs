@@ -16,53 +16,13 @@ use tracing::{debug, info, warn};
 use super::keyframe::Codec;
 use super::route::{MediaIn, PeerId, Role, RouteError, Router};
 use super::webrtc::{Peer, PeerError, PeerEvent, PeerOutput, Transmit, stun_ufrag};
+use crate::link::wire::Control;
 
-/// What the engine counts besides the router's [`super::RouteStats`].
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SfuStats {
-    pub peers_created: u64,
-    pub peers_connected: u64,
-    /// Peers ended by an error or a panic of their WebRTC stack, or by ICE.
-    pub peers_lost: u64,
-    pub panics: u64,
-    /// Datagrams the SFU took (matched to a peer).
-    pub datagrams_in: u64,
-    /// Datagrams matched to a peer that its stack refused.
-    pub datagrams_refused: u64,
-    /// NACKs received from subscribers (answered by str0m's RTX from shared payloads).
-    pub nacks_received: u64,
-    /// Subscribers closed because their session ended (signaling revoked its media tokens).
-    pub peers_revoked: u64,
-    /// Subscribers refused because they could decode none of the publisher's video codecs.
-    pub codec_refusals: u64,
-}
-
-/// Why a publish or subscribe request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SfuError {
-    #[error(transparent)]
-    Peer(#[from] PeerError),
-    #[error(transparent)]
-    Route(#[from] RouteError),
-    #[error("no subscriber {0:?} in machine {1:?}'s room")]
-    NoSubscriber(String, String),
-    #[error("session {0:?} has ended")]
-    SessionEnded(String),
-    #[error(
-        "the viewer cannot decode the machine's video: the machine sends {}, the offer takes {}",
-        names(publisher),
-        names(viewer)
-    )]
-    NoCommonCodec { publisher: Vec<Codec>, viewer: Vec<Codec> },
-}
-
-/// Codecs by their SDP names, for messages: "H264, VP8" (or "none").
-fn names(codecs: &[Codec]) -> String {
-    if codecs.is_empty() {
-        return "none".into();
-    }
-    codecs.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
-}
+mod links;
+mod report;
+use links::{LinkAction, LinkSet};
+pub use links::{LinkOutput, LinkStats, link_track, split_link_track};
+pub use report::{SfuError, SfuStats};
 
 struct Entry {
     peer: Peer,
@@ -108,6 +68,8 @@ pub struct Sfu {
     /// Changes whenever a media line or a publisher comes or goes: subscribers' track → line
     /// maps older than this are worked out again.
     layout: u64,
+    /// Relay links: stand-ins for machines published elsewhere, and the link cores.
+    links: LinkSet,
 }
 
 impl Sfu {
@@ -127,6 +89,7 @@ impl Sfu {
             serial: 0,
             ended: HashSet::new(),
             layout: 1,
+            links: LinkSet::default(),
         }
     }
 
@@ -184,6 +147,11 @@ impl Sfu {
     /// codec (see [`Sfu::refresh_lines`]), so a machine may send its camera twice, in H.264 and
     /// in a VP8 backup, and each viewer gets one it decodes; a viewer whose offer takes none of
     /// the machine's video codecs is refused ([`SfuError::NoCommonCodec`]).
+    ///
+    /// `home` is the machine's home relay (id, link address) when signaling sent the viewer
+    /// here from another region: unless the machine is published here, its media comes over a
+    /// relay link (see [`links`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn subscribe(
         &mut self,
         now: Instant,
@@ -191,10 +159,17 @@ impl Sfu {
         role: Role,
         label: &str,
         session: Option<&str>,
+        home: Option<(&str, &str)>,
         offer: &str,
     ) -> Result<(PeerId, String), SfuError> {
         if let Some(session) = session.filter(|s| self.ended.contains(*s)) {
             return Err(SfuError::SessionEnded(session.to_owned()));
+        }
+        let home = home.filter(|(id, _)| Some(*id) != self.links.own() && !self.publishers.contains_key(machine));
+        if let Some((id, _)) = home
+            && self.links.own().is_none()
+        {
+            return Err(SfuError::NoLinks { machine: machine.to_owned(), home: id.to_owned() });
         }
         let (peer, answer) = Peer::answer(now, offer, self.public)?;
         let id = self.add(peer, Some(role), label);
@@ -204,6 +179,12 @@ impl Sfu {
         if let Err(e) = self.router.subscribe(now, machine, id, role) {
             self.forget(id);
             return Err(e.into());
+        }
+        if let Some((home, addr)) = home {
+            let peers = &self.peers;
+            if self.links.watch(&mut self.router, &|p| peers.contains_key(&p), machine, home, addr) {
+                self.layout += 1;
+            }
         }
         self.service(now, id);
         // A viewer that can decode none of the machine's video codecs would get packets it
@@ -216,6 +197,7 @@ impl Sfu {
         }
         info!(peer = id.0, machine, ?role, "subscriber joined");
         self.deliver_keyframe_requests(now);
+        self.links.flush(&mut self.router, now);
         Ok((id, answer))
     }
 
@@ -370,7 +352,12 @@ impl Sfu {
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.values().map(|e| e.peer.timeout()).chain(self.router.poll_timeout()).min()
+        self.peers
+            .values()
+            .map(|e| e.peer.timeout())
+            .chain(self.router.poll_timeout())
+            .chain(self.links.poll_timeout())
+            .min()
     }
 
     /// Runs due timers of every peer and of the router.
@@ -386,6 +373,10 @@ impl Sfu {
         if self.router.poll_timeout().is_some_and(|t| t <= now) {
             self.router.handle_timeout(now);
             self.deliver_keyframe_requests(now);
+        }
+        if self.links.poll_timeout().is_some_and(|t| t <= now) {
+            self.links.handle_timeout(&mut self.router, now);
+            self.layout += 1;
         }
     }
 
@@ -426,6 +417,13 @@ impl Sfu {
 
     fn forget(&mut self, id: PeerId) {
         self.layout += 1;
+        self.links.forget_stand_in(id);
+        if let Some(machine) =
+            self.router.machine_of(id).filter(|_| self.peers.get(&id).is_some_and(|e| e.role.is_some()))
+        {
+            let machine = machine.to_owned();
+            self.links.viewer_left(&machine);
+        }
         if let Some(entry) = self.peers.remove(&id) {
             self.by_ufrag.remove(entry.peer.ufrag());
             self.ufrags.write().unwrap_or_else(|e| e.into_inner()).remove(entry.peer.ufrag());
@@ -503,21 +501,10 @@ impl Sfu {
                     self.layout += 1;
                 }
                 let pkt = MediaIn { track, layer, seq, timestamp, marker, keyframe, payload };
-                self.router.handle_media(now, id, pkt);
-                while let Some(f) = self.router.poll_forward() {
-                    self.refresh_lines(f.to);
-                    let Some(sub) = self.peers.get_mut(&f.to) else { continue };
-                    let Some(m) = sub.lines.get(track).copied().flatten() else { continue };
-                    match sub.peer.write_rtp(now, m, codec, f.seq, f.timestamp, f.marker, f.payload) {
-                        Ok(_) => {
-                            if !queue.contains(&f.to) {
-                                queue.push(f.to);
-                            }
-                        }
-                        Err(e) => self.fail(f.to, &e),
-                    }
+                if let Some(machine) = self.peers.get(&id).map(|e| e.label.clone()) {
+                    self.links.tap(&self.router, &machine, id, codec, &pkt);
                 }
-                self.deliver_to(now, queue);
+                self.route(now, id, codec, pkt, queue);
             }
             PeerEvent::KeyframeRequest { media } => {
                 self.refresh_lines(id);
@@ -534,19 +521,132 @@ impl Sfu {
                 self.deliver_to(now, queue);
             }
             PeerEvent::Data { binary, data } => {
-                let is_publisher = self.peers.get(&id).is_some_and(|e| e.role.is_none());
-                let targets = if is_publisher {
+                let publisher_of = self.peers.get(&id).filter(|e| e.role.is_none()).map(|e| e.label.clone());
+                let targets = if let Some(machine) = publisher_of {
+                    self.links.machine_message(&machine, binary, &data);
                     self.router.handle_publisher_message(id)
                 } else {
-                    self.router.handle_input(id).into_iter().collect()
+                    match self.router.handle_input(id) {
+                        Some(to) if self.links.is_stand_in(to) => {
+                            self.links.seat_input(&self.router, to, binary, &data);
+                            Vec::new()
+                        }
+                        to => to.into_iter().collect(),
+                    }
                 };
-                for to in targets {
-                    let Some(e) = self.peers.get_mut(&to) else { continue };
-                    match e.peer.send_data(binary, &data) {
-                        Ok(_) => queue.push(to),
-                        Err(err) => self.fail(to, &err),
+                self.send_data(&targets, binary, &data, queue);
+            }
+        }
+    }
+
+    /// Routes a packet of `from` (a publisher here, or a stand-in for one elsewhere) to the
+    /// room's subscribers, who join `queue`; key-frame requests it causes go out.
+    fn route(&mut self, now: Instant, from: PeerId, codec: Codec, pkt: MediaIn, queue: &mut Vec<PeerId>) {
+        let track = pkt.track;
+        self.router.handle_media(now, from, pkt);
+        while let Some(f) = self.router.poll_forward() {
+            self.refresh_lines(f.to);
+            let Some(sub) = self.peers.get_mut(&f.to) else { continue };
+            let Some(m) = sub.lines.get(track).copied().flatten() else { continue };
+            match sub.peer.write_rtp(now, m, codec, f.seq, f.timestamp, f.marker, f.payload) {
+                Ok(_) => {
+                    if !queue.contains(&f.to) {
+                        queue.push(f.to);
                     }
                 }
+                Err(e) => self.fail(f.to, &e),
+            }
+        }
+        self.deliver_to(now, queue);
+    }
+
+    /// Relay links are configured: this relay is `own` in the cluster.
+    pub fn attach_links(&mut self, own: &str) {
+        self.links.attach(own);
+    }
+
+    pub fn link_stats(&self) -> &LinkStats {
+        &self.links.stats
+    }
+
+    /// Per link: peer relay id, whether it is up, machines watched here through it.
+    pub fn link_summary(&self) -> Vec<(String, bool, usize)> {
+        self.links.summary()
+    }
+
+    /// The next thing for the shell to do on a link.
+    pub fn poll_link_output(&mut self) -> Option<LinkOutput> {
+        self.links.poll_output()
+    }
+
+    /// The link to `relay` is up (a new connection, either way).
+    pub fn link_up(&mut self, now: Instant, relay: &str) {
+        let peers = &self.peers;
+        self.links.link_up(&mut self.router, &|p| peers.contains_key(&p), now, relay);
+        self.layout += 1;
+    }
+
+    /// The link to `relay` is gone: its viewers here wait for it to come back.
+    pub fn link_down(&mut self, now: Instant, relay: &str) {
+        let peers = &self.peers;
+        self.links.link_down(&mut self.router, &|p| peers.contains_key(&p), now, relay);
+        self.layout += 1;
+    }
+
+    /// A media datagram from `relay`, for the viewers here of the machine it carries.
+    pub fn link_datagram(&mut self, now: Instant, relay: &str, data: &[u8]) {
+        let Some((stand_in, codec, pkt)) = self.links.datagram(&self.router, now, relay, data) else { return };
+        let mut queue = Vec::new();
+        self.route(now, stand_in, codec, pkt, &mut queue);
+        for id in queue {
+            self.service(now, id);
+        }
+        self.links.flush(&mut self.router, now);
+    }
+
+    /// A control message from `relay`.
+    pub fn link_control(&mut self, now: Instant, relay: &str, message: Control) {
+        let mut queue = Vec::new();
+        for action in self.links.control(&mut self.router, now, relay, message) {
+            match action {
+                LinkAction::Layout => self.layout += 1,
+                LinkAction::KeyframesFor { machine } => {
+                    if let Some(&publisher) = self.publishers.get(&machine) {
+                        for track in 0..self.router.tracks(&machine).len() {
+                            self.router.request_keyframe(now, publisher, track);
+                        }
+                    }
+                }
+                LinkAction::ToViewers { machine, binary, data } => {
+                    let viewers: Vec<PeerId> = self.router.subscribers(&machine).into_iter().map(|(p, _)| p).collect();
+                    self.send_data(&viewers, binary, &data, &mut queue);
+                }
+                LinkAction::ToMachine { machine, binary, data } => {
+                    // The edge let only its seat holder's input through; here the seat must not
+                    // be held by a viewer of this relay.
+                    match self.publishers.get(&machine).copied().filter(|_| self.router.seat(&machine).is_none()) {
+                        Some(publisher) => {
+                            self.links.stats.seat_inputs += 1;
+                            self.send_data(&[publisher], binary, &data, &mut queue);
+                        }
+                        None => self.links.stats.seat_inputs_dropped += 1,
+                    }
+                }
+            }
+        }
+        self.deliver_to(now, &mut queue);
+        for id in queue {
+            self.service(now, id);
+        }
+    }
+
+    /// A data-channel message to each of `to`, who join `queue`.
+    fn send_data(&mut self, to: &[PeerId], binary: bool, data: &[u8], queue: &mut Vec<PeerId>) {
+        for &id in to {
+            let Some(e) = self.peers.get_mut(&id) else { continue };
+            match e.peer.send_data(binary, data) {
+                Ok(_) => queue.push(id),
+                Err(err) => self.fail(id, &err),
             }
         }
     }
@@ -562,6 +662,10 @@ impl Sfu {
     /// Sends the router's key-frame requests to their publishers; they join `queue`.
     fn deliver_to(&mut self, now: Instant, queue: &mut Vec<PeerId>) {
         while let Some(r) = self.router.poll_keyframe_request() {
+            if self.links.is_stand_in(r.publisher) {
+                self.links.keyframe_upstream(now, r.publisher, r.track);
+                continue;
+            }
             let Some(entry) = self.peers.get_mut(&r.publisher) else { continue };
             let Some(media) = entry.tracks.iter().position(|t| *t == Some(r.track)) else { continue };
             match entry.peer.request_keyframe(now, media, r.layer) {

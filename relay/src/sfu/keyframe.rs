@@ -32,6 +32,22 @@ impl Codec {
         }
     }
 
+    /// The codec's number on relay links ([`crate::link::wire::Control::Track`]).
+    pub fn wire_id(self) -> u8 {
+        match self {
+            Self::Opus => 1,
+            Self::H264 => 2,
+            Self::Vp8 => 3,
+            Self::Vp9 => 4,
+            Self::Av1 => 5,
+        }
+    }
+
+    /// The codec numbered `id` on relay links.
+    pub fn from_wire_id(id: u8) -> Option<Self> {
+        [Self::Opus, Self::H264, Self::Vp8, Self::Vp9, Self::Av1].into_iter().find(|c| c.wire_id() == id)
+    }
+
     /// The RTP clock rate (RFC 7587 for Opus; 90 kHz for every video format).
     pub fn clock_rate(self) -> u32 {
         if self.is_audio() { 48_000 } else { 90_000 }

@@ -471,6 +471,16 @@ impl Router {
         }
     }
 
+    /// A key-frame request for `publisher`'s `track` from outside the room (a relay link's
+    /// edge, which merged its viewers' already): each layer is asked through its gate.
+    pub fn request_keyframe(&mut self, now: Instant, publisher: PeerId, track: usize) {
+        let Ok(room) = self.publisher_room(publisher) else { return };
+        let Some(t) = self.rooms[room].tracks.get_mut(track) else { return };
+        for (li, l) in t.layers.iter_mut().enumerate() {
+            ask(&mut l.gate, now, publisher, track, li as u8, &mut self.requests, &mut self.stats);
+        }
+    }
+
     /// A subscriber's NACK for outgoing sequence numbers of `track`: the packets still cached
     /// are queued for [`poll_forward`](Self::poll_forward) with the numbers the subscriber
     /// asked for.

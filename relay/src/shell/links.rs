@@ -1,23 +1,40 @@
 //! The relay's link endpoint in the running process (`[link]`): its TLS loaded from the files,
 //! checked against this relay's id, bound before the banner; relays that link in are admitted
-//! (see `crate::link`) and their links kept until they close. `/metrics` counts refusals by
-//! reason and the links open.
+//! (see `crate::link`), and links the SFU asks for are opened, with backoff while they fail.
+//!
+//! Every link, whichever side opened it, carries both ways: each side opens one unidirectional
+//! stream for its control messages and reads the peer's, and media goes as datagrams. The SFU
+//! thread owns what the links mean (`crate::sfu::engine`'s link side); this module carries its
+//! [`LinkOutput`]s and hands back what arrives. `/metrics` counts refusals by reason, the links
+//! open, datagrams and bytes per peer each way, datagrams dropped by reason, and each link's RTT.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::bail;
-use prometheus::IntGauge;
-use tokio::sync::Semaphore;
-use tracing::{debug, info};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, info, warn};
 
+use super::sfu::{LINK_QUEUE, SfuHandle};
 use crate::config::LinkConfig;
-use crate::link::endpoint::{Link, LinkEndpoint};
+use crate::link::endpoint::{Link, LinkEndpoint, send_media};
+use crate::link::stream::{ControlReader, StreamEnd, write_control};
 use crate::link::tls::{LinkTls, Refusals};
+use crate::link::wire::Control;
+use crate::sfu::engine::LinkOutput;
 
 /// Handshakes of relays linking in that run at once; more wait to be accepted.
 const MAX_ADMISSIONS: usize = 64;
+/// The first retry of a link that failed, doubled up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often each link's RTT gauge is brought up to date.
+const RTT_INTERVAL: Duration = Duration::from_secs(1);
+/// QUIC application close code for a peer whose control stream is malformed.
+const CLOSE_MALFORMED: u32 = 0x101;
 
 /// The config keys of the three files, for error messages.
 const KEYS: [&str; 3] = ["link.ca", "link.cert", "link.key"];
@@ -28,20 +45,26 @@ pub struct LinkMetrics {
     pub refusals: Refusals,
     /// `relay_links_open`: links to other relays, either way.
     pub open: IntGauge,
+    /// By peer and direction.
+    pub datagrams: IntCounterVec,
+    pub bytes: IntCounterVec,
+    /// By reason.
+    pub dropped: IntCounterVec,
+    /// By peer.
+    pub rtt: GaugeVec,
 }
 
-/// The running link endpoint and the links it holds, by peer relay id.
+/// The running link endpoint.
 pub struct Links {
     endpoint: Arc<LinkEndpoint>,
-    open: Arc<Mutex<HashMap<String, quinn::Connection>>>,
-    gauge: IntGauge,
+    metrics: LinkMetrics,
 }
 
 impl Links {
     /// Loads the link TLS and binds `config.listen` (within the runtime). `relay_id` is this
     /// relay's id in the cluster, which its certificate must name.
     pub fn start(config: &LinkConfig, relay_id: Option<&str>, metrics: LinkMetrics) -> anyhow::Result<Self> {
-        let tls = LinkTls::from_files(&config.ca, &config.cert, &config.key, KEYS, metrics.refusals)?;
+        let tls = LinkTls::from_files(&config.ca, &config.cert, &config.key, KEYS, metrics.refusals.clone())?;
         if let Some(id) = relay_id
             && tls.relay_id() != id
         {
@@ -52,7 +75,7 @@ impl Links {
             );
         }
         let endpoint = Arc::new(LinkEndpoint::bind(config.listen, tls)?);
-        Ok(Self { endpoint, open: Arc::default(), gauge: metrics.open })
+        Ok(Self { endpoint, metrics })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -63,28 +86,47 @@ impl Links {
         self.endpoint.relay_id()
     }
 
-    /// Admits relays that link in, on the current runtime, until the endpoint closes. Each
-    /// handshake runs in its own task, at most [`MAX_ADMISSIONS`] at once, so a peer that goes
-    /// silent mid-handshake holds up nobody else.
-    pub fn serve(&self) {
-        let (endpoint, open, gauge) = (Arc::clone(&self.endpoint), Arc::clone(&self.open), self.gauge.clone());
+    /// Serves links on the current runtime until the endpoint closes: admits relays that link
+    /// in (each handshake in its own task, at most [`MAX_ADMISSIONS`] at once, so a peer that
+    /// goes silent mid-handshake holds up nobody else), opens the links `sfu` asks for, and
+    /// carries media and control both ways.
+    pub fn serve(&self, sfu: Option<SfuHandle>) {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (outputs_tx, outputs) = mpsc::channel(LINK_QUEUE);
+        if let Some(sfu) = &sfu {
+            sfu.attach_links(self.relay_id().to_owned(), outputs_tx);
+        }
+        let endpoint = Arc::clone(&self.endpoint);
+        let admitted = events_tx.clone();
         let slots = Arc::new(Semaphore::new(MAX_ADMISSIONS));
         tokio::spawn(async move {
             loop {
                 let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
                 let Some(incoming) = endpoint.incoming().await else { return };
-                let (endpoint, open, gauge) = (Arc::clone(&endpoint), Arc::clone(&open), gauge.clone());
+                let (endpoint, admitted) = (Arc::clone(&endpoint), admitted.clone());
                 tokio::spawn(async move {
                     let remote = incoming.remote_address();
-                    let admitted = endpoint.admit(incoming).await;
+                    let result = endpoint.admit(incoming).await;
                     drop(permit);
-                    match admitted {
-                        Ok(link) => hold(link, open, gauge).await,
+                    match result {
+                        Ok(link) => {
+                            info!(peer = %link.peer, %remote, "relay linked in");
+                            let _ = admitted.send(Event::Linked(link));
+                        }
                         Err(e) => debug!(%remote, "link refused: {e}"),
                     }
                 });
             }
         });
+        let manager = Manager {
+            endpoint: Arc::clone(&self.endpoint),
+            sfu,
+            metrics: self.metrics.clone(),
+            links: HashMap::new(),
+            wanted: HashMap::new(),
+            events: events_tx,
+        };
+        tokio::spawn(manager.run(outputs, events));
     }
 
     /// Closes every link and stops accepting.
@@ -93,27 +135,232 @@ impl Links {
     }
 }
 
-/// Keeps an admitted link in the table until it closes (a newer link from the same relay
-/// replaces it).
-async fn hold(link: Link, open: Arc<Mutex<HashMap<String, quinn::Connection>>>, gauge: IntGauge) {
-    let (peer, connection) = (link.peer, link.connection);
-    info!(peer = %peer, remote = %connection.remote_address(), "relay linked in");
-    let id = connection.stable_id();
-    let replaced = lock(&open).insert(peer.clone(), connection.clone());
-    if let Some(old) = replaced {
-        // The peer linked again (it restarted): its new link replaces the old one.
-        old.close(0u32.into(), b"replaced by a new link");
-    }
-    gauge.set(lock(&open).len() as i64);
-    let reason = connection.closed().await;
-    let mut open = lock(&open);
-    if open.get(&peer).is_some_and(|c| c.stable_id() == id) {
-        open.remove(&peer);
-    }
-    gauge.set(open.len() as i64);
-    info!(peer = %peer, %reason, "relay link closed");
+/// What the link tasks tell the manager.
+enum Event {
+    /// A link is up (admitted, or opened by us).
+    Linked(Link),
+    /// A link closed (its connection's stable id).
+    Closed(Arc<str>, usize),
+    /// Time to try again to open a link.
+    Retry(Arc<str>),
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// A link up.
+struct Held {
+    connection: quinn::Connection,
+    control: mpsc::UnboundedSender<Control>,
+    sent: prometheus::IntCounter,
+    sent_bytes: prometheus::IntCounter,
+}
+
+/// A link the SFU wants: where, and how long to wait after the next failure.
+struct Wanted {
+    addr: String,
+    backoff: Duration,
+    connecting: bool,
+}
+
+/// Owns the links table: carries the SFU's outputs, opens wanted links, registers links that
+/// come up and tells the SFU of links coming and going.
+struct Manager {
+    endpoint: Arc<LinkEndpoint>,
+    sfu: Option<SfuHandle>,
+    metrics: LinkMetrics,
+    links: HashMap<Arc<str>, Held>,
+    wanted: HashMap<Arc<str>, Wanted>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Manager {
+    async fn run(mut self, mut outputs: mpsc::Receiver<LinkOutput>, mut events: mpsc::UnboundedReceiver<Event>) {
+        loop {
+            tokio::select! {
+                Some(output) = outputs.recv() => self.output(output),
+                Some(event) = events.recv() => self.event(event),
+                else => return,
+            }
+        }
+    }
+
+    fn output(&mut self, output: LinkOutput) {
+        match output {
+            LinkOutput::Datagram { relay, data } => {
+                let Some(held) = self.links.get(&relay) else {
+                    self.metrics.dropped.with_label_values(&["no_link"]).inc();
+                    return;
+                };
+                let size = data.len() as u64;
+                match send_media(&held.connection, bytes::Bytes::from(data)) {
+                    Ok(()) => {
+                        held.sent.inc();
+                        held.sent_bytes.inc_by(size);
+                    }
+                    Err(drop) => self.metrics.dropped.with_label_values(&[drop.label()]).inc(),
+                }
+            }
+            LinkOutput::Control { relay, message } => {
+                if let Some(held) = self.links.get(&relay) {
+                    let _ = held.control.send(message);
+                }
+            }
+            LinkOutput::Connect { relay, addr } => {
+                let wanted = self.wanted.entry(Arc::clone(&relay)).or_insert_with(|| Wanted {
+                    addr: addr.clone(),
+                    backoff: FIRST_BACKOFF,
+                    connecting: false,
+                });
+                if !addr.is_empty() {
+                    wanted.addr = addr;
+                }
+                if !self.links.contains_key(&relay) {
+                    self.connect(&relay);
+                }
+            }
+            LinkOutput::Forget { relay } => {
+                self.wanted.remove(&relay);
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Linked(link) => self.hold(link),
+            Event::Closed(peer, id) => {
+                if self.links.get(&peer).is_some_and(|h| h.connection.stable_id() == id) {
+                    self.links.remove(&peer);
+                    self.metrics.open.set(self.links.len() as i64);
+                    let _ = self.metrics.rtt.remove_label_values(&[&peer]);
+                    if let Some(sfu) = &self.sfu {
+                        sfu.link_down(peer);
+                    }
+                }
+            }
+            Event::Retry(relay) => {
+                if let Some(w) = self.wanted.get_mut(&relay) {
+                    w.connecting = false;
+                }
+                if !self.links.contains_key(&relay) {
+                    self.connect(&relay);
+                }
+            }
+        }
+    }
+
+    /// Opens a link to a wanted relay (one attempt at a time); a failure schedules a retry
+    /// after the relay's backoff, which doubles up to [`MAX_BACKOFF`].
+    fn connect(&mut self, relay: &Arc<str>) {
+        let Some(wanted) = self.wanted.get_mut(relay) else { return };
+        if wanted.connecting {
+            return;
+        }
+        wanted.connecting = true;
+        let backoff = wanted.backoff;
+        wanted.backoff = (wanted.backoff * 2).min(MAX_BACKOFF);
+        let (endpoint, events, relay, addr) =
+            (Arc::clone(&self.endpoint), self.events.clone(), Arc::clone(relay), wanted.addr.clone());
+        tokio::spawn(async move {
+            let result = match tokio::net::lookup_host(&addr).await.map(|mut a| a.next()) {
+                Ok(Some(to)) => endpoint.connect(to, &relay).await.map_err(|e| e.to_string()),
+                Ok(None) => Err(format!("{addr}: no address")),
+                Err(e) => Err(format!("{addr}: {e}")),
+            };
+            match result {
+                Ok(link) => {
+                    info!(peer = %relay, %addr, "linked to relay");
+                    let _ = events.send(Event::Linked(link));
+                }
+                Err(e) => {
+                    warn!(peer = %relay, %addr, retry_in = ?backoff, "link failed: {e}");
+                    tokio::time::sleep(backoff).await;
+                    let _ = events.send(Event::Retry(relay));
+                }
+            }
+        });
+    }
+
+    /// A link that came up: its tasks start, it replaces any older link to the same relay,
+    /// and the SFU is told.
+    fn hold(&mut self, link: Link) {
+        let peer: Arc<str> = Arc::from(link.peer.as_str());
+        let connection = link.connection;
+        if let Some(w) = self.wanted.get_mut(&peer) {
+            w.backoff = FIRST_BACKOFF;
+        }
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let held = Held {
+            connection: connection.clone(),
+            control,
+            sent: self.metrics.datagrams.with_label_values(&[&peer, "sent"]),
+            sent_bytes: self.metrics.bytes.with_label_values(&[&peer, "sent"]),
+        };
+        let replaced = self.links.insert(Arc::clone(&peer), held);
+        if let Some(old) = replaced {
+            // The peer linked again (it restarted, or both sides opened at once).
+            old.connection.close(0u32.into(), b"replaced by a new link");
+        }
+        self.metrics.open.set(self.links.len() as i64);
+        tokio::spawn(write_controls(connection.clone(), control_rx));
+        if let Some(sfu) = &self.sfu {
+            tokio::spawn(read_controls(connection.clone(), Arc::clone(&peer), sfu.clone()));
+            tokio::spawn(read_datagrams(connection.clone(), Arc::clone(&peer), sfu.clone(), self.metrics.clone()));
+            sfu.link_up(Arc::clone(&peer));
+        }
+        let (events, rtt) = (self.events.clone(), self.metrics.rtt.clone());
+        tokio::spawn(async move {
+            let id = connection.stable_id();
+            let mut tick = tokio::time::interval(RTT_INTERVAL);
+            let reason = loop {
+                tokio::select! {
+                    reason = connection.closed() => break reason,
+                    _ = tick.tick() => rtt.with_label_values(&[&peer]).set(connection.rtt().as_secs_f64()),
+                }
+            };
+            info!(peer = %peer, %reason, "relay link closed");
+            let _ = events.send(Event::Closed(peer, id));
+        });
+    }
+}
+
+/// Sends this side's control messages on a stream of its own.
+async fn write_controls(connection: quinn::Connection, mut messages: mpsc::UnboundedReceiver<Control>) {
+    let Ok(mut send) = connection.open_uni().await else { return };
+    while let Some(message) = messages.recv().await {
+        if let Err(e) = write_control(&mut send, &message).await {
+            debug!(error = %e, "link control stream ended");
+            return;
+        }
+    }
+}
+
+/// Hands the peer's control messages to the SFU; a malformed one closes the link.
+async fn read_controls(connection: quinn::Connection, peer: Arc<str>, sfu: SfuHandle) {
+    let Ok(recv) = connection.accept_uni().await else { return };
+    let mut reader = ControlReader::new(recv);
+    loop {
+        match reader.next().await {
+            Ok(message) => {
+                sfu.link_control(Arc::clone(&peer), message);
+            }
+            Err(StreamEnd::Malformed(e)) => {
+                warn!(peer = %peer, error = %e, "malformed link control stream: link closed");
+                connection.close(CLOSE_MALFORMED.into(), b"malformed control frame");
+                return;
+            }
+            Err(e) => {
+                debug!(peer = %peer, error = %e, "link control stream ended");
+                return;
+            }
+        }
+    }
+}
+
+/// Hands the peer's media datagrams to the SFU.
+async fn read_datagrams(connection: quinn::Connection, peer: Arc<str>, sfu: SfuHandle, metrics: LinkMetrics) {
+    let received = metrics.datagrams.with_label_values(&[&peer, "received"]);
+    let bytes = metrics.bytes.with_label_values(&[&peer, "received"]);
+    while let Ok(data) = connection.read_datagram().await {
+        received.inc();
+        bytes.inc_by(data.len() as u64);
+        sfu.link_datagram(Arc::clone(&peer), data);
+    }
 }

@@ -231,6 +231,40 @@ impl Metrics {
             |s| s.stats.codec_refusals,
         )?;
         counter("relay_sfu_peer_panics_total", "Peers ended because their WebRTC stack panicked.", |s| s.stats.panics)?;
+        counter(
+            "relay_link_media_routed_total",
+            "Media packets from relay links routed to viewers here (new, or repairing a loss).",
+            |s| s.links.media_in,
+        )?;
+        counter(
+            "relay_link_media_sent_total",
+            "Packets of machines published here sent over links (first copies: one per packet and link).",
+            |s| s.links.media_sent,
+        )?;
+        counter("relay_link_resent_total", "Packets sent again over links, answering the peers' NACKs.", |s| {
+            s.links.resent
+        })?;
+        counter(
+            "relay_link_repaired_total",
+            "Packets from links that filled a gap (the link's loss, repaired by NACK).",
+            |s| s.links.repaired,
+        )?;
+        counter("relay_link_malformed_datagrams_total", "Link datagrams that did not decode (dropped).", |s| {
+            s.links.malformed
+        })?;
+        counter("relay_link_seat_inputs_total", "Seat inputs from relay links delivered to machines here.", |s| {
+            s.links.seat_inputs
+        })?;
+        counter(
+            "relay_link_seat_inputs_dropped_total",
+            "Seat inputs from relay links dropped (the machine is not here, or a viewer here holds its seat).",
+            |s| s.links.seat_inputs_dropped,
+        )?;
+        counter(
+            "relay_link_queue_full_total",
+            "Link messages and datagrams dropped: the links' queue was full.",
+            |s| s.link_queue_full,
+        )?;
         let seen = Mutex::new(vec![0; counters.len()]);
         let metrics = SfuMetrics {
             handle,
@@ -289,7 +323,39 @@ impl Metrics {
         self.registry.register(Box::new(refusals.clone()))?;
         let open = IntGauge::new("relay_links_open", "Links to other relays, either way.")?;
         self.registry.register(Box::new(open.clone()))?;
-        Ok(super::links::LinkMetrics { refusals: crate::link::tls::Refusals::new(refusals), open })
+        let per_peer = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+            let v = IntCounterVec::new(Opts::new(name, help), labels)?;
+            self.registry.register(Box::new(v.clone()))?;
+            Ok(v)
+        };
+        let datagrams = per_peer(
+            "relay_link_datagrams_total",
+            "Media datagrams on links, by peer relay and direction (sent, received).",
+            &["peer", "direction"],
+        )?;
+        let bytes = per_peer(
+            "relay_link_datagram_bytes_total",
+            "Media datagram bytes on links, by peer relay and direction.",
+            &["peer", "direction"],
+        )?;
+        let dropped = per_peer(
+            "relay_link_datagrams_dropped_total",
+            "Media datagrams not sent on a link, by reason (too_large, unsupported, link_lost, no_link).",
+            &["reason"],
+        )?;
+        let rtt = prometheus::GaugeVec::new(
+            Opts::new("relay_link_rtt_seconds", "Round-trip time of each link, as QUIC measures it."),
+            &["peer"],
+        )?;
+        self.registry.register(Box::new(rtt.clone()))?;
+        Ok(super::links::LinkMetrics {
+            refusals: crate::link::tls::Refusals::new(refusals),
+            open,
+            datagrams,
+            bytes,
+            dropped,
+            rtt,
+        })
     }
 
     /// Brings the Prometheus series up to date and renders them in the text format.

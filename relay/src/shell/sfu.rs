@@ -21,14 +21,19 @@ use mio::{Events, Poll, Token, Waker};
 use tracing::{error, info};
 
 use super::udp::{SendBatch, SendQueue};
+use crate::link::wire::Control;
 use crate::sfu::demux::is_sfu_datagram;
+use crate::sfu::engine::{LinkOutput, LinkStats};
 use crate::sfu::route::{PeerId, Role};
 use crate::sfu::webrtc::Transmit;
 use crate::sfu::{RouteStats, Sfu, SfuError, SfuStats};
+use cluster::media::HomeRelay;
 
 const WAKER: Token = Token(0);
 /// Inputs (mostly datagrams) waiting for the SFU thread, at most.
 const QUEUE: usize = 16_384;
+/// Link outputs (mostly media datagrams) waiting for the links' task, at most.
+pub const LINK_QUEUE: usize = 16_384;
 
 enum Input {
     Datagram {
@@ -45,9 +50,20 @@ enum Input {
         role: Role,
         label: String,
         session: String,
+        /// The machine's home relay, when signaling sent the viewer here from another region.
+        home: Option<HomeRelay>,
         offer: String,
         reply: tokio::sync::oneshot::Sender<Result<(PeerId, String), SfuError>>,
     },
+    /// Relay links are served by `links` (see [`super::links`]); this relay is `own`.
+    AttachLinks {
+        own: String,
+        links: tokio::sync::mpsc::Sender<LinkOutput>,
+    },
+    LinkUp(Arc<str>),
+    LinkDown(Arc<str>),
+    LinkControl(Arc<str>, Control),
+    LinkDatagram(Arc<str>, bytes::Bytes),
     Remove {
         machine: String,
         id: PeerId,
@@ -74,6 +90,11 @@ pub struct SfuSnapshot {
     pub machines: Vec<(String, u64, usize)>,
     /// Inputs dropped because the SFU thread's queue was full (counted by the senders).
     pub queue_full: u64,
+    pub links: LinkStats,
+    /// Link outputs (mostly media datagrams) dropped because the links' queue was full.
+    pub link_queue_full: u64,
+    /// Per link: peer relay id, up, machines watched here through it.
+    pub link_summary: Vec<(String, bool, usize)>,
 }
 
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
@@ -133,6 +154,31 @@ impl SfuHandle {
         self.send(Input::EndSessions(ended))
     }
 
+    /// Serves relay links through `links`, as relay `own`.
+    pub fn attach_links(&self, own: String, links: tokio::sync::mpsc::Sender<LinkOutput>) -> bool {
+        self.send(Input::AttachLinks { own, links })
+    }
+
+    /// A link to `relay` came up.
+    pub fn link_up(&self, relay: Arc<str>) -> bool {
+        self.send(Input::LinkUp(relay))
+    }
+
+    /// The link to `relay` went down.
+    pub fn link_down(&self, relay: Arc<str>) -> bool {
+        self.send(Input::LinkDown(relay))
+    }
+
+    /// A control message from `relay`.
+    pub fn link_control(&self, relay: Arc<str>, message: Control) -> bool {
+        self.send(Input::LinkControl(relay, message))
+    }
+
+    /// A media datagram from `relay`.
+    pub fn link_datagram(&self, relay: Arc<str>, data: bytes::Bytes) -> bool {
+        self.send(Input::LinkDatagram(relay, data))
+    }
+
     /// Stops the SFU thread.
     pub fn stop(&self) {
         self.send(Input::Stop);
@@ -151,10 +197,11 @@ impl SfuHandle {
         role: Role,
         label: String,
         session: String,
+        home: Option<HomeRelay>,
         offer: String,
     ) -> Result<(PeerId, String), CallError<SfuError>> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.call(Input::Subscribe { machine, role, label, session, offer, reply }, rx).await
+        self.call(Input::Subscribe { machine, role, label, session, home, offer, reply }, rx).await
     }
 
     /// Hands the seat of `machine`; `Ok` is the previous holder, a refusal names what is missing.
@@ -213,6 +260,8 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
     let mut queue = SendQueue::new();
     let mut out: Vec<Transmit> = Vec::new();
     let fd = socket.as_raw_fd();
+    let mut links: Option<tokio::sync::mpsc::Sender<LinkOutput>> = None;
+    let mut link_queue_full = 0u64;
     loop {
         let now = Instant::now();
         let timeout = sfu.poll_timeout().map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
@@ -231,9 +280,18 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
                 Ok(Input::Publish { machine, offer, reply }) => {
                     let _ = reply.send(sfu.publish(now, &machine, &offer).map_err(|e| e.to_string()));
                 }
-                Ok(Input::Subscribe { machine, role, label, session, offer, reply }) => {
-                    let _ = reply.send(sfu.subscribe(now, &machine, role, &label, Some(&session), &offer));
+                Ok(Input::Subscribe { machine, role, label, session, home, offer, reply }) => {
+                    let home = home.as_ref().map(|h| (h.id.as_str(), h.link.as_str()));
+                    let _ = reply.send(sfu.subscribe(now, &machine, role, &label, Some(&session), home, &offer));
                 }
+                Ok(Input::AttachLinks { own, links: tx }) => {
+                    sfu.attach_links(&own);
+                    links = Some(tx);
+                }
+                Ok(Input::LinkUp(relay)) => sfu.link_up(now, &relay),
+                Ok(Input::LinkDown(relay)) => sfu.link_down(now, &relay),
+                Ok(Input::LinkControl(relay, message)) => sfu.link_control(now, &relay, message),
+                Ok(Input::LinkDatagram(relay, data)) => sfu.link_datagram(now, &relay, &data),
                 Ok(Input::EndSessions(ended)) => {
                     sfu.end_sessions(&ended);
                 }
@@ -273,7 +331,17 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
                 peers: sfu.peer_count(),
                 machines,
                 queue_full: 0,
+                links: sfu.link_stats().clone(),
+                link_queue_full,
+                link_summary: sfu.link_summary(),
             };
+        }
+        while let Some(o) = sfu.poll_link_output() {
+            if let Some(tx) = &links
+                && tx.try_send(o).is_err()
+            {
+                link_queue_full += 1;
+            }
         }
         out.extend(std::iter::from_fn(|| sfu.poll_transmit()));
         if !out.is_empty() {

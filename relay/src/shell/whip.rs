@@ -108,6 +108,7 @@ fn subscribe_refusal(e: SfuError) -> Problem {
             p
         }
         SfuError::SessionEnded(_) => problem(StatusCode::FORBIDDEN, e.to_string()),
+        SfuError::NoLinks { .. } => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         _ => problem(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
@@ -226,7 +227,7 @@ async fn whep(
     let offer = offer(&headers, &body)?;
     let (id, answer) = state
         .sfu
-        .subscribe(c.machine.clone(), role, c.sub.clone(), session.clone(), offer)
+        .subscribe(c.machine.clone(), role, c.sub.clone(), session.clone(), c.home.clone(), offer)
         .await
         .map_err(|e| refused(e, subscribe_refusal))?;
     info!(session, machine = c.machine, peer = id.0, ?role, "WHEP subscribe");

@@ -1,14 +1,15 @@
 //! A WebRTC client for SFU tests, on str0m with full ICE (the controlling side): one video and
 //! one audio line in one direction plus a data channel, recording what it receives.
 
-use std::net::SocketAddr;
-use std::time::Instant;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 
 use str0m::change::SdpAnswer;
 use str0m::channel::ChannelId;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, SeqNo};
-use str0m::{Candidate, Event, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 pub struct Client {
     pub rtc: Rtc,
@@ -118,4 +119,94 @@ pub fn vp8(key: bool, seq: u64) -> Vec<u8> {
     p.extend_from_slice(&seq.to_be_bytes());
     p.resize(1000, 0xab);
     p
+}
+
+/// A blocking HTTP client for WHIP/WHEP calls.
+pub struct Http {
+    pub rt: tokio::runtime::Runtime,
+    pub client: reqwest::Client,
+    pub base: String,
+}
+
+impl Http {
+    pub fn new(base: String, client: reqwest::Client) -> Self {
+        Self { rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(), client, base }
+    }
+
+    /// POSTs `body` as `content_type`; returns status, Location and body.
+    pub fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, Option<String>, String) {
+        self.rt.block_on(async {
+            let mut req = self
+                .client
+                .post(format!("{}{path}", self.base))
+                .header("content-type", content_type)
+                .body(body.to_owned());
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            let location = res.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
+            (status, location, res.text().await.unwrap())
+        })
+    }
+
+    pub fn delete(&self, path: &str, token: &str) -> u16 {
+        self.rt.block_on(async {
+            let res = self.client.delete(format!("{}{path}", self.base)).bearer_auth(token).send().await.unwrap();
+            res.status().as_u16()
+        })
+    }
+}
+
+/// A client on its own loopback socket, talking to the relay's UDP port.
+pub struct Peer {
+    pub client: Client,
+    pub socket: UdpSocket,
+    pub relay: SocketAddr,
+}
+
+impl Peer {
+    pub fn new(relay: SocketAddr, direction: Direction) -> (Self, String, str0m::change::SdpPendingOffer) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let (client, offer, pending) = Client::new(Instant::now(), socket.local_addr().unwrap(), direction);
+        (Self { client, socket, relay }, offer, pending)
+    }
+
+    /// Receives what is queued, runs timers, sends what the client wants to send.
+    pub fn pump(&mut self) {
+        let now = Instant::now();
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+            if let Ok(r) = Receive::new(Protocol::Udp, from, self.client.addr, &buf[..n]) {
+                self.client.rtc.handle_input(Input::Receive(now, r)).unwrap();
+            }
+        }
+        if self.client.timeout <= now {
+            self.client.rtc.handle_input(Input::Timeout(now)).unwrap();
+        }
+        let mut wire = Vec::new();
+        self.client.poll(now, &mut wire);
+        for (_, data) in wire {
+            self.socket.send_to(&data, self.relay).unwrap();
+        }
+    }
+}
+
+/// Pumps every peer for `d`.
+pub fn pump_all(peers: &mut [&mut Peer], d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        for p in peers.iter_mut() {
+            p.pump();
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
 }

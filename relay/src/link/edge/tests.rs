@@ -177,3 +177,44 @@ fn media_of_an_unknown_or_ended_track_is_dropped() {
     assert_eq!(edge.poll_timeout(), None, "its gaps are forgotten with it");
     assert_eq!(edge.handle_media(t0, &packet(1, 0, 6)), Arrival::Duplicate);
 }
+
+#[test]
+fn a_new_link_resubscribes_every_watched_machine_and_forgets_what_was_queued_and_announced() {
+    let t0 = Instant::now();
+    let mut edge = with_track(7);
+    edge.viewer_joined("m1");
+    edge.viewer_joined("m2");
+    edge.viewer_joined("gone");
+    edge.viewer_left(t0, "gone");
+    run_until(&mut edge, t0 + UNSUBSCRIBE_GRACE);
+    drain(&mut edge);
+    edge.request_keyframe(t0, 7);
+    edge.relinked();
+    assert_eq!(
+        drain(&mut edge),
+        vec![Control::Subscribe { machine: "m1".into() }, Control::Subscribe { machine: "m2".into() }],
+        "only what the old link did not carry is dropped; each machine still watched is asked for again"
+    );
+    // Track 7 was forgotten: its packets are not forwarded until the origin announces it again.
+    assert_eq!(edge.handle_media(t0, &packet(7, 0, 1)), Arrival::Duplicate);
+}
+
+#[test]
+fn seat_input_goes_upstream_stamped_only_for_a_watched_machine() {
+    let mut edge = Edge::new();
+    edge.seat_input("m1", false, b"left", 1_700_000_000_000, 42);
+    assert!(drain(&mut edge).is_empty(), "no subscription, nothing upstream");
+    edge.viewer_joined("m1");
+    drain(&mut edge);
+    edge.seat_input("m1", true, b"\x01", 1_700_000_000_123, 42);
+    assert_eq!(
+        drain(&mut edge),
+        vec![Control::SeatInput {
+            machine: "m1".into(),
+            binary: true,
+            data: vec![1],
+            arrived_unix_ms: 1_700_000_000_123,
+            rtt_ms: 42
+        }]
+    );
+}

@@ -1,0 +1,477 @@
+//! The SFU's side of relay links, still sans-IO: the link cores ([`Edge`], [`Origin`]) joined to
+//! the router. The shell carries their output ([`LinkOutput`]) over QUIC and hands back what
+//! arrives (the engine's `link_control`, `link_datagram`, `link_up`, `link_down`).
+//!
+//! - **Edge** (a viewer here, the machine published at its home relay): the machine's room
+//!   here gets a *stand-in* publisher, a [`PeerId`] with no WebRTC peer behind it, whose tracks
+//!   are those the home relay announces. Media from the link is routed to the viewers exactly
+//!   as a local publisher's (same rewriting, simulcast and key-frame rules); the router's
+//!   key-frame requests for the stand-in go upstream, merged by the [`Edge`]; the seat holder's
+//!   inputs go upstream stamped. One subscription per machine however many viewers, dropped
+//!   after a grace once the last leaves.
+//! - **Origin** (the machine published here, viewers at the peer relay): each packet of a
+//!   machine the peer subscribes to is handed to the link's [`Origin`], which sends the wanted
+//!   layers once per link and answers NACKs. A link track id is the publisher's id and its
+//!   track index ([`link_track`]): unique on the link, and new when the machine republishes.
+//!
+//! A link that breaks, or an origin that restarts, leaves the viewers here waiting: their room's
+//! stand-in is replaced (the router then waits for new key frames, with sequence numbers and
+//! timestamps continuing), and the link is asked for again ([`LinkOutput::Connect`]) while
+//! anyone watches.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, info};
+
+use crate::link::edge::{Arrival, Edge};
+use crate::link::origin::{Origin, OriginEvent};
+use crate::link::wire::{Control, Media};
+use crate::sfu::keyframe::Codec;
+use crate::sfu::route::{MediaIn, PeerId, Router};
+
+/// What the shell carries out for the links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkOutput {
+    /// Open a link to `relay` at `addr` (`host:port`) if there is none, retrying with backoff.
+    Connect { relay: Arc<str>, addr: String },
+    /// Nobody here needs a link to `relay` any more: stop retrying.
+    Forget { relay: Arc<str> },
+    /// Send on `relay`'s control stream.
+    Control { relay: Arc<str>, message: Control },
+    /// Send as a media datagram to `relay`.
+    Datagram { relay: Arc<str>, data: Vec<u8> },
+}
+
+/// What the SFU counts about its links.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Media datagrams from links that did not decode (dropped).
+    pub malformed: u64,
+    /// Media packets from links routed to viewers here (new or repaired).
+    pub media_in: u64,
+    /// Of those, packets that filled a gap (a resend answering this relay's NACK, or late).
+    pub repaired: u64,
+    /// Packets of machines published here sent over links (first copies, one per link).
+    pub media_sent: u64,
+    /// Packets sent again over links, answering the peers' NACKs.
+    pub resent: u64,
+    /// Seat inputs that arrived from links and reached the machine, or were dropped (no
+    /// machine, or the seat is held by a viewer here).
+    pub seat_inputs: u64,
+    pub seat_inputs_dropped: u64,
+}
+
+/// What the engine does for the links with its peers (the link side has none).
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkAction {
+    /// Viewers' lines need working out again (tracks came or went).
+    Layout,
+    /// A peer relay watches `machine`: ask its publisher here for key frames.
+    KeyframesFor { machine: String },
+    /// The machine's message, for its viewers here.
+    ToViewers { machine: String, binary: bool, data: Vec<u8> },
+    /// A seat input from a peer relay, for the machine if it is here and its seat is held by
+    /// no viewer here.
+    ToMachine { machine: String, binary: bool, data: Vec<u8> },
+}
+
+/// The links the SFU knows, by peer relay id, and the stand-ins of machines watched through
+/// them.
+#[derive(Default)]
+pub struct LinkSet {
+    /// This relay's id; `None` when no `[link]` is configured.
+    own: Option<String>,
+    links: HashMap<String, LinkState>,
+    /// Stand-in publisher → the relay it stands in for.
+    stand_ins: HashMap<PeerId, String>,
+    /// Machines that lost a viewer since the last flush (an edge counts them down then).
+    left: Vec<String>,
+    /// The `now` of the last flush: a flush is due at once while `left` is not empty.
+    last_flush: Option<Instant>,
+    out: VecDeque<LinkOutput>,
+    pub stats: LinkStats,
+}
+
+struct LinkState {
+    id: Arc<str>,
+    /// Where to reach it (empty for a relay that linked in and that this relay never asked).
+    addr: String,
+    up: bool,
+    edge: Edge,
+    origin: Origin,
+    /// Machines watched here through this link → their stand-in publishers.
+    machines: HashMap<String, PeerId>,
+    /// Link track id → the stand-in and its router track.
+    tracks: HashMap<u64, (PeerId, usize)>,
+}
+
+impl LinkState {
+    fn new(id: &str, addr: &str) -> Self {
+        Self {
+            id: Arc::from(id),
+            addr: addr.to_owned(),
+            up: false,
+            edge: Edge::new(),
+            origin: Origin::new(),
+            machines: HashMap::new(),
+            tracks: HashMap::new(),
+        }
+    }
+}
+
+/// The id of `publisher`'s router `track` on links: the publisher's id (53 bits, as the engine
+/// draws them) and the track index (8 bits), 61 bits in all, a QUIC varint.
+pub fn link_track(publisher: PeerId, track: usize) -> u64 {
+    (publisher.0 << 8) | (track as u64 & 0xff)
+}
+
+/// The publisher and track a link track id names.
+pub fn split_link_track(id: u64) -> (PeerId, usize) {
+    (PeerId(id >> 8), (id & 0xff) as usize)
+}
+
+/// Milliseconds since the Unix epoch: the arrival stamp of a seat input.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl LinkSet {
+    /// Relay links are configured: this relay is `own` in the cluster.
+    pub fn attach(&mut self, own: &str) {
+        self.own = Some(own.to_owned());
+    }
+
+    /// This relay's id, if links are configured.
+    pub fn own(&self) -> Option<&str> {
+        self.own.as_deref()
+    }
+
+    /// The next thing for the shell to do on a link.
+    pub fn poll_output(&mut self) -> Option<LinkOutput> {
+        self.out.pop_front()
+    }
+
+    /// Per link: peer relay id, whether it is up, machines watched here through it.
+    pub fn summary(&self) -> Vec<(String, bool, usize)> {
+        let mut all: Vec<_> = self.links.values().map(|l| (l.id.to_string(), l.up, l.machines.len())).collect();
+        all.sort();
+        all
+    }
+
+    /// A viewer of `machine` joined here and the machine's home is relay `home` at `addr`:
+    /// the room gets a stand-in publisher (once; `taken` tells the peer ids in use), the edge
+    /// subscribes (once), and the shell is asked for the link. True if a stand-in was made.
+    pub fn watch(
+        &mut self,
+        router: &mut Router,
+        taken: &dyn Fn(PeerId) -> bool,
+        machine: &str,
+        home: &str,
+        addr: &str,
+    ) -> bool {
+        let state = self.links.entry(home.to_owned()).or_insert_with(|| LinkState::new(home, addr));
+        if state.addr != addr && !addr.is_empty() {
+            state.addr = addr.to_owned();
+        }
+        let mut made = false;
+        if !state.machines.contains_key(machine) {
+            let id = fresh_id(taken, &self.stand_ins);
+            if let Ok(Some(old)) = router.publish(machine, id) {
+                self.stand_ins.remove(&old);
+            }
+            state.machines.insert(machine.to_owned(), id);
+            self.stand_ins.insert(id, home.to_owned());
+            made = true;
+            info!(machine, home, "watched through a relay link");
+        }
+        state.edge.viewer_joined(machine);
+        if !state.up {
+            self.out.push_back(LinkOutput::Connect { relay: Arc::clone(&state.id), addr: state.addr.clone() });
+        }
+        made
+    }
+
+    /// A stand-in replaced by a publisher here (the machine moved to this relay): forgotten.
+    pub fn forget_stand_in(&mut self, peer: PeerId) {
+        let Some(relay) = self.stand_ins.remove(&peer) else { return };
+        if let Some(state) = self.links.get_mut(&relay) {
+            state.machines.retain(|_, id| *id != peer);
+            state.tracks.retain(|_, (id, _)| *id != peer);
+        }
+    }
+
+    /// Whether `peer` is a stand-in for a machine published at another relay.
+    pub fn is_stand_in(&self, peer: PeerId) -> bool {
+        self.stand_ins.contains_key(&peer)
+    }
+
+    /// A viewer of `machine` left (or was refused): if the machine is watched through a link,
+    /// the edge counts it at the next flush.
+    pub fn viewer_left(&mut self, machine: &str) {
+        if self.links.values().any(|l| l.machines.contains_key(machine)) {
+            self.left.push(machine.to_owned());
+        }
+    }
+
+    /// The link to `relay` is up (a new connection, either way).
+    pub fn link_up(&mut self, router: &mut Router, taken: &dyn Fn(PeerId) -> bool, now: Instant, relay: &str) {
+        let state = self.links.entry(relay.to_owned()).or_insert_with(|| LinkState::new(relay, ""));
+        state.up = true;
+        state.origin = Origin::new();
+        state.tracks.clear();
+        state.edge.relinked();
+        info!(relay, watched = state.machines.len(), "relay link up");
+        self.replace_stand_ins(router, taken, relay);
+        self.flush(router, now);
+    }
+
+    /// The link to `relay` is gone. Viewers here wait for it again; the shell is asked to
+    /// reconnect while anyone watches through it.
+    pub fn link_down(&mut self, router: &mut Router, taken: &dyn Fn(PeerId) -> bool, now: Instant, relay: &str) {
+        let Some(state) = self.links.get_mut(relay) else { return };
+        state.up = false;
+        state.origin = Origin::new();
+        state.tracks.clear();
+        info!(relay, watched = state.machines.len(), "relay link down");
+        if state.machines.is_empty() {
+            self.links.remove(relay);
+        } else {
+            let (relay, addr) = (Arc::clone(&state.id), state.addr.clone());
+            self.replace_stand_ins(router, taken, &relay);
+            self.out.push_back(LinkOutput::Connect { relay, addr });
+        }
+        self.flush(router, now);
+    }
+
+    /// Gives each room watched through `relay` a new stand-in publisher: its old tracks are
+    /// dropped and the viewers wait for key frames of the tracks the origin announces anew.
+    fn replace_stand_ins(&mut self, router: &mut Router, taken: &dyn Fn(PeerId) -> bool, relay: &str) {
+        let Some(machines) = self.links.get(relay).map(|l| l.machines.clone()) else { return };
+        for (machine, old) in machines {
+            let id = fresh_id(taken, &self.stand_ins);
+            let _ = router.publish(&machine, id);
+            self.stand_ins.remove(&old);
+            self.stand_ins.insert(id, relay.to_owned());
+            if let Some(state) = self.links.get_mut(relay) {
+                state.machines.insert(machine, id);
+            }
+        }
+    }
+
+    /// A control message from `relay`; what the engine must do with its peers comes back.
+    pub fn control(&mut self, router: &mut Router, now: Instant, relay: &str, message: Control) -> Vec<LinkAction> {
+        let mut actions = Vec::new();
+        let Some(state) = self.links.get_mut(relay) else { return actions };
+        match message {
+            Control::Track { ref machine, track, codec, layers } => {
+                state.edge.handle_control(&message);
+                let Some(&stand_in) = state.machines.get(machine) else { return actions };
+                let Some(codec) = Codec::from_wire_id(codec) else {
+                    debug!(relay, codec, "link track of an unknown codec ignored");
+                    return actions;
+                };
+                match router.add_track(stand_in, codec, usize::from(layers)) {
+                    Ok(index) => {
+                        state.tracks.insert(track, (stand_in, index));
+                        actions.push(LinkAction::Layout);
+                    }
+                    Err(e) => debug!(relay, error = %e, "link track refused"),
+                }
+            }
+            Control::TrackEnded { track } => {
+                state.edge.handle_control(&message);
+                state.tracks.remove(&track);
+            }
+            Control::MachineMessage { machine, binary, data } => {
+                actions.push(LinkAction::ToViewers { machine, binary, data });
+            }
+            Control::Unavailable { machine, reason } => {
+                info!(relay, machine, reason, "the home relay cannot serve the machine");
+            }
+            origin_bound => {
+                let resent = state.origin.stats().resent;
+                state.origin.handle_control(origin_bound);
+                self.stats.resent += state.origin.stats().resent - resent;
+                while let Some(event) = state.origin.poll_event() {
+                    match event {
+                        OriginEvent::Subscribed { machine } => {
+                            info!(relay, machine, "machine watched from a relay link");
+                            // Its tracks are announced with their first packets (when their codec
+                            // is sure); a key frame of each gets the edge's viewers going.
+                            actions.push(LinkAction::KeyframesFor { machine });
+                        }
+                        OriginEvent::Unsubscribed { machine } => info!(relay, machine, "relay link unsubscribed"),
+                        OriginEvent::KeyframeRequest { track } => {
+                            let (publisher, track) = split_link_track(track);
+                            router.request_keyframe(now, publisher, track);
+                        }
+                        OriginEvent::SeatInput { machine, binary, data, arrived_unix_ms, rtt_ms } => {
+                            debug!(relay, machine, arrived_unix_ms, rtt_ms, "seat input from a relay link");
+                            actions.push(LinkAction::ToMachine { machine, binary, data });
+                        }
+                    }
+                }
+            }
+        }
+        self.flush(router, now);
+        actions
+    }
+
+    /// A media datagram from `relay`: a new packet, or one that repairs a loss, comes back for
+    /// the viewers here (from its stand-in publisher); duplicates and malformed ones are
+    /// dropped and counted.
+    pub fn datagram(
+        &mut self,
+        router: &Router,
+        now: Instant,
+        relay: &str,
+        data: &[u8],
+    ) -> Option<(PeerId, Codec, MediaIn)> {
+        let Ok(media) = Media::decode(data) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        let state = self.links.get_mut(relay)?;
+        match state.edge.handle_media(now, &media) {
+            Arrival::Duplicate => return None,
+            Arrival::Repaired => self.stats.repaired += 1,
+            Arrival::New => {}
+        }
+        let &(stand_in, track) = state.tracks.get(&media.track)?;
+        self.stats.media_in += 1;
+        let (codec, _) = *router.tracks(router.machine_of(stand_in)?).get(track)?;
+        let pkt = MediaIn {
+            track,
+            layer: media.layer,
+            seq: media.seq,
+            timestamp: media.timestamp,
+            marker: media.marker,
+            keyframe: media.keyframe,
+            payload: Arc::from(media.payload),
+        };
+        Some((stand_in, codec, pkt))
+    }
+
+    /// A packet of a local publisher's `track` for every link whose peer watches the machine.
+    pub fn tap(&mut self, router: &Router, machine: &str, publisher: PeerId, codec: Codec, pkt: &MediaIn) {
+        if !self.links.values().any(|l| l.up && l.origin.is_subscribed(machine)) {
+            return;
+        }
+        let layers = router.tracks(machine).get(pkt.track).map_or(1, |(_, l)| *l as u8);
+        let id = link_track(publisher, pkt.track);
+        for state in self.links.values_mut().filter(|l| l.up && l.origin.is_subscribed(machine)) {
+            state.origin.track_added(machine, id, codec.wire_id(), layers);
+            let sent = state.origin.stats().datagrams;
+            state.origin.handle_media(id, pkt.layer, pkt.seq, pkt.timestamp, pkt.marker, pkt.keyframe, &pkt.payload);
+            self.stats.media_sent += state.origin.stats().datagrams - sent;
+            drain(state, &mut self.out);
+        }
+    }
+
+    /// A message of `machine` (published here) for the viewers at every relay watching it.
+    pub fn machine_message(&mut self, machine: &str, binary: bool, data: &[u8]) {
+        for state in self.links.values_mut().filter(|l| l.up) {
+            state.origin.machine_message(machine, binary, data);
+            drain(state, &mut self.out);
+        }
+    }
+
+    /// The seat holder here sent `data` to a machine watched through a link, via its stand-in.
+    pub fn seat_input(&mut self, router: &Router, stand_in: PeerId, binary: bool, data: &[u8]) {
+        let Some(relay) = self.stand_ins.get(&stand_in) else { return };
+        let Some(machine) = router.machine_of(stand_in) else { return };
+        if let Some(state) = self.links.get_mut(relay) {
+            state.edge.seat_input(machine, binary, data, unix_ms(), 0);
+            drain(state, &mut self.out);
+        }
+    }
+
+    /// The router asks `stand_in` for a key frame of `track`: upstream through the edge.
+    pub fn keyframe_upstream(&mut self, now: Instant, stand_in: PeerId, track: usize) {
+        let Some(relay) = self.stand_ins.get(&stand_in) else { return };
+        let Some(state) = self.links.get_mut(relay) else { return };
+        let link_track = state.tracks.iter().find(|(_, v)| **v == (stand_in, track)).map(|(k, _)| *k);
+        if let Some(link_track) = link_track {
+            state.edge.request_keyframe(now, link_track);
+            drain(state, &mut self.out);
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let flush = self.last_flush.filter(|_| !self.left.is_empty());
+        self.links.values().filter_map(|l| l.edge.poll_timeout()).chain(flush).min()
+    }
+
+    /// Runs the links' due timers.
+    pub fn handle_timeout(&mut self, router: &mut Router, now: Instant) {
+        for state in self.links.values_mut() {
+            if state.edge.poll_timeout().is_some_and(|t| t <= now) {
+                state.edge.handle_timeout(now);
+            }
+        }
+        self.flush(router, now);
+    }
+
+    /// Viewers who left are counted down at their edges; rooms no edge subscribes to any more
+    /// lose their stand-ins; links nobody needs are forgotten; what the cores queued goes out.
+    pub fn flush(&mut self, router: &mut Router, now: Instant) {
+        self.last_flush = Some(now);
+        for machine in std::mem::take(&mut self.left) {
+            for state in self.links.values_mut().filter(|l| l.machines.contains_key(&machine)) {
+                state.edge.viewer_left(now, &machine);
+            }
+        }
+        let mut dropped = Vec::new();
+        for state in self.links.values_mut() {
+            let gone: Vec<String> = state.machines.keys().filter(|m| !state.edge.is_subscribed(m)).cloned().collect();
+            for machine in gone {
+                if let Some(id) = state.machines.remove(&machine) {
+                    state.tracks.retain(|_, (s, _)| *s != id);
+                    dropped.push(id);
+                    info!(machine, relay = %state.id, "no viewers left: unsubscribed from the relay link");
+                }
+            }
+            drain(state, &mut self.out);
+        }
+        for id in dropped {
+            self.stand_ins.remove(&id);
+            let _ = router.remove(id);
+        }
+        let idle: Vec<String> =
+            self.links.iter().filter(|(_, l)| !l.up && l.machines.is_empty()).map(|(k, _)| k.clone()).collect();
+        for relay in idle {
+            if let Some(state) = self.links.remove(&relay) {
+                self.out.push_back(LinkOutput::Forget { relay: state.id });
+            }
+        }
+    }
+}
+
+/// Moves what a link's cores queued to the shell's outbox, if the link is up.
+fn drain(state: &mut LinkState, out: &mut VecDeque<LinkOutput>) {
+    if !state.up {
+        return;
+    }
+    while let Some(message) = state.edge.poll_control() {
+        out.push_back(LinkOutput::Control { relay: Arc::clone(&state.id), message });
+    }
+    while let Some(message) = state.origin.poll_control() {
+        out.push_back(LinkOutput::Control { relay: Arc::clone(&state.id), message });
+    }
+    while let Some(data) = state.origin.poll_datagram() {
+        out.push_back(LinkOutput::Datagram { relay: Arc::clone(&state.id), data });
+    }
+}
+
+/// A peer id used by no peer (`taken`) and no stand-in.
+fn fresh_id<W>(taken: &dyn Fn(PeerId) -> bool, stand_ins: &HashMap<PeerId, W>) -> PeerId {
+    loop {
+        let id = PeerId((rand::random::<u64>() >> 11) | 1);
+        if !taken(id) && !stand_ins.contains_key(&id) {
+            return id;
+        }
+    }
+}

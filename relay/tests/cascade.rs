@@ -1,0 +1,212 @@
+//! Relays forward a machine's media to each other over QUIC links, in the real binaries: a
+//! machine publishes at relay A (eu-1); viewers whose media tokens name A as the machine's home
+//! watch at relay B (asia-1), which links to A through a user-space proxy with 40 ms of delay
+//! each way and 1% loss. B subscribes once however many viewers it has, repairs the link's loss
+//! from A's buffer, and carries the seat holder's input to the machine and the machine's
+//! messages to its viewers.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cluster::media::{HomeRelay, MediaClaims, MediaRole};
+use cluster::pki::{Authority, Validity};
+use common::RelayProcess;
+use common::proxy::LossyProxy;
+use common::webrtc_client::{Http, Peer, pump_all, vp8};
+use str0m::media::Direction;
+
+const SDP: &str = "application/sdp";
+
+/// A relay with a link certificate for `id` from `ca`: the process, its WHIP/WHEP base URL and
+/// its link address.
+fn relay_with_link(ca: &Authority, dir: &Path, id: &str) -> (RelayProcess, String, SocketAddr) {
+    let now = cluster::time::unix_now();
+    let issued = ca.issue(id, Validity::days_from(now, 1)).unwrap();
+    let (ca_pem, cert, key) = (dir.join("ca.pem"), dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    let [ca_pem, cert, key] = [ca_pem, cert, key].map(|p| p.to_str().unwrap().to_owned());
+    let relay = RelayProcess::start(
+        "relay.toml",
+        &["--link-listen", "127.0.0.1:0", "--link-ca", &ca_pem, "--link-cert", &cert, "--link-key", &key],
+    );
+    let (http, link) = addresses(&relay);
+    (relay, http, link)
+}
+
+/// The SFU's base URL and the link address, from the banner.
+fn addresses(relay: &RelayProcess) -> (String, SocketAddr) {
+    let mut banner: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        banner.extend(relay.stdout.try_iter());
+        let sfu = banner.iter().find_map(|l| l.trim().strip_prefix("SFU         WHIP ")).and_then(|r| {
+            let (scheme, rest) = r.split_once("://")?;
+            Some(format!("{scheme}://{}", rest.split('/').next()?))
+        });
+        let link = banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("links       quic://"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+        if let (Some(sfu), Some(link)) = (sfu, link) {
+            return (sfu, link);
+        }
+        assert!(Instant::now() < deadline, "no SFU or links line in the banner: {banner:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A viewer's media token whose claims send it to a relay other than the machine's home.
+fn viewer_token(role: MediaRole, sub: &str, home: Option<(&str, SocketAddr)>) -> String {
+    let mut claims = MediaClaims::new(sub, "cab-1", Some("s-1"), role, common::unix_now(), 600);
+    claims.home = home.map(|(id, link)| HomeRelay { id: id.to_owned(), link: link.to_string() });
+    cluster::media::mint(common::MEDIA_SECRET.as_bytes(), claims).unwrap()
+}
+
+/// The packet numbers (the VP8 payload's bytes 2..10, see [`vp8`]) a viewer received.
+fn received(peer: &Peer) -> Vec<u64> {
+    let mut seqs: Vec<u64> = peer
+        .client
+        .rtp
+        .iter()
+        .filter(|(mid, _, p)| *mid == peer.client.video && p.len() >= 10)
+        .map(|(_, _, p)| u64::from_be_bytes(p[2..10].try_into().unwrap()))
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs
+}
+
+/// Sends packets `range` from the machine at 200 a second, a key frame every 100, pumping
+/// every peer meanwhile.
+fn send(machine: &mut Peer, viewers: &mut [Peer], range: std::ops::Range<u64>) {
+    for i in range {
+        machine.client.send_rtp(Instant::now(), true, 1000 + i, i as u32 * 450, vp8(i.is_multiple_of(100), i));
+        let mut all: Vec<&mut Peer> = std::iter::once(&mut *machine).chain(viewers.iter_mut()).collect();
+        pump_all(&mut all, Duration::from_millis(5));
+    }
+}
+
+fn pump(machine: &mut Peer, viewers: &mut [Peer], d: Duration) {
+    let mut all: Vec<&mut Peer> = std::iter::once(machine).chain(viewers.iter_mut()).collect();
+    pump_all(&mut all, d);
+}
+
+/// Waits (up to 3 s: the SFU's figures are at most 1 s old) for `series` to read `want`.
+fn wait_for_metric(relay: &RelayProcess, series: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while relay.metric(series) != want {
+        assert!(Instant::now() < deadline, "{series} is {}, not {want}", relay.metric(series));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A viewer at `http`'s relay, connected.
+fn join(http: &Http, relay_udp: SocketAddr, token: &str) -> Peer {
+    let (mut peer, offer, pending) = Peer::new(relay_udp, Direction::RecvOnly);
+    let (status, _, answer) = http.post("/whep/s-1", Some(token), SDP, &offer);
+    assert_eq!(status, 201, "{answer}");
+    peer.client.accept(pending, &answer);
+    peer
+}
+
+#[test]
+fn viewers_at_another_relay_play_the_machine_over_one_repaired_link_copy_and_its_seat_reaches_it() {
+    let dir = common::temp_dir("cascade");
+    let ca = Authority::generate("cluster", Validity::days_from(cluster::time::unix_now(), 10)).unwrap();
+    let (a, a_http, a_link) = relay_with_link(&ca, &dir, "eu-1");
+    let (b, b_http, _) = relay_with_link(&ca, &dir, "asia-1");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let proxy = rt.block_on(LossyProxy::start(a_link, Duration::from_millis(40), 100));
+    let home = Some(("eu-1", proxy.addr));
+
+    // The machine publishes at A.
+    let a_api = Http::new(a_http, reqwest::Client::new());
+    let b_api = Http::new(b_http, reqwest::Client::new());
+    let (mut machine, offer, pending) = Peer::new(a.udp, Direction::SendOnly);
+    let publisher = common::media_token(MediaRole::Publisher, "cab-1", None, "cab-1");
+    let (status, _, answer) = a_api.post("/whip/cab-1", Some(&publisher), SDP, &offer);
+    assert_eq!(status, 201, "{answer}");
+    machine.client.accept(pending, &answer);
+
+    // The player watches at B, which links to A for it.
+    let mut viewers = vec![join(&b_api, b.udp, &viewer_token(MediaRole::Player, "player", home))];
+    pump(&mut machine, &mut viewers, Duration::from_secs(2));
+    assert!(machine.client.connected && viewers[0].client.connected && viewers[0].client.open);
+    send(&mut machine, &mut viewers, 0..200);
+    assert_eq!(b.metric("relay_links_open"), 1.0, "B linked to A");
+    assert_eq!(a.metric("relay_links_open"), 1.0, "A admitted B");
+    let first = *received(&viewers[0]).first().expect("the player at B receives the machine's video");
+
+    // With 1 viewer and then 20 at B, A sends each packet over the link once; the link's loss
+    // is repaired.
+    for (round, more) in [(0u64, 0usize), (1, 19)] {
+        for i in 0..more {
+            viewers.push(join(&b_api, b.udp, &viewer_token(MediaRole::Spectator, &format!("fan-{i}"), home)));
+        }
+        pump(&mut machine, &mut viewers, Duration::from_secs(2));
+        // Both figures from one scrape (one snapshot of the SFU thread's, at most 1 s old).
+        let figures = || {
+            let m = a.metrics();
+            let read = |series| common::metric_value(&m, series);
+            (read("relay_sfu_ingest_packets_total"), read("relay_link_media_sent_total"))
+        };
+        pump(&mut machine, &mut viewers, Duration::from_millis(1200));
+        let (ingest, copies) = figures();
+        let start = 200 + round * 600;
+        send(&mut machine, &mut viewers, start..start + 600);
+        pump(&mut machine, &mut viewers, Duration::from_millis(1200));
+        let (ingest_after, copies_after) = figures();
+        let (ingest, copies) = (ingest_after - ingest, copies_after - copies);
+        eprintln!("{} viewers at B: A received {ingest} packets, sent {copies} over the link", viewers.len());
+        assert!(ingest >= 600.0, "A received {ingest} packets of 600");
+        assert!(
+            (copies - ingest).abs() <= ingest * 0.01,
+            "{} viewers at B: A sent {copies} first copies over the link for {ingest} packets",
+            viewers.len()
+        );
+        for (n, v) in viewers.iter().enumerate() {
+            let got = received(v).into_iter().filter(|s| (start..start + 600).contains(s)).count();
+            assert!(got as f64 >= 600.0 * 0.995, "viewer {n} of {} at B got {got} of 600 packets", viewers.len());
+        }
+    }
+    let (dropped, resent) =
+        (proxy.down.dropped.load(std::sync::atomic::Ordering::Relaxed), a.metric("relay_link_resent_total"));
+    assert!(dropped > 0 && resent > 0.0, "the proxy dropped {dropped} datagrams to B, A resent {resent}");
+    eprintln!(
+        "link: {dropped} datagrams dropped on the way to B, {resent} resent by A, first packet seen at B: {first}, \
+         repaired at B: {}",
+        b.metric("relay_link_repaired_total")
+    );
+
+    // The seat holder's input at B reaches the machine at A; the machine's message reaches
+    // every viewer at B.
+    viewers[0].client.send_data(b"left");
+    viewers[1].client.send_data(b"right");
+    pump(&mut machine, &mut viewers, Duration::from_millis(800));
+    assert_eq!(machine.client.data, vec![b"left".to_vec()], "only the seat holder's input, over the link");
+    wait_for_metric(&a, "relay_link_seat_inputs_total", 1.0);
+    machine.client.send_data(b"credit 1");
+    pump(&mut machine, &mut viewers, Duration::from_millis(800));
+    for (n, v) in viewers.iter().enumerate() {
+        assert_eq!(v.client.data, vec![b"credit 1".to_vec()], "viewer {n} at B");
+    }
+    assert_eq!(b.metric("relay_link_malformed_datagrams_total"), 0.0);
+    drop(proxy);
+}
+
+#[test]
+fn a_viewer_sent_to_a_relay_without_links_is_told_why() {
+    let relay = RelayProcess::start("relay.toml", &[]);
+    let api = Http::new(relay.sfu_http(), reqwest::Client::new());
+    let (_, offer, _) = Peer::new(relay.udp, Direction::RecvOnly);
+    let token = viewer_token(MediaRole::Player, "player", Some(("eu-1", "127.0.0.1:9".parse().unwrap())));
+    let (status, _, body) = api.post("/whep/s-1", Some(&token), SDP, &offer);
+    assert_eq!(status, 503, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(json["error"].as_str().is_some_and(|e| e.contains("eu-1") && e.contains("[link]")), "{body}");
+}
