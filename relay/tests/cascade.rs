@@ -157,13 +157,16 @@ fn viewers_at_another_relay_play_the_machine_over_one_repaired_link_copy_and_its
         };
         pump(&mut machine, &mut viewers, Duration::from_millis(1200));
         let (ingest, copies) = figures();
-        let start = 200 + round * 600;
-        send(&mut machine, &mut viewers, start..start + 600);
+        // 600 packets counted, 20 more after them: a loss is seen (and repaired) when a later
+        // packet arrives, as in any live stream. Each round starts with a key frame (the test
+        // machine sends one every 100 packets and does not answer requests).
+        let start = 200 + round * 700;
+        send(&mut machine, &mut viewers, start..start + 620);
         pump(&mut machine, &mut viewers, Duration::from_millis(1200));
         let (ingest_after, copies_after) = figures();
         let (ingest, copies) = (ingest_after - ingest, copies_after - copies);
         eprintln!("{} viewers at B: A received {ingest} packets, sent {copies} over the link", viewers.len());
-        assert!(ingest >= 600.0, "A received {ingest} packets of 600");
+        assert!(ingest >= 620.0, "A received {ingest} packets of 620");
         assert!(
             (copies - ingest).abs() <= ingest * 0.01,
             "{} viewers at B: A sent {copies} first copies over the link for {ingest} packets",
@@ -171,7 +174,18 @@ fn viewers_at_another_relay_play_the_machine_over_one_repaired_link_copy_and_its
         );
         for (n, v) in viewers.iter().enumerate() {
             let got = received(v).into_iter().filter(|s| (start..start + 600).contains(s)).count();
-            assert!(got as f64 >= 600.0 * 0.995, "viewer {n} of {} at B got {got} of 600 packets", viewers.len());
+            // The bar is 99.5%; with the loss repaired none should be missing (the proxy drops
+            // about 0.6% of what A sends, so without repair 3 or more would be).
+            let missing: Vec<u64> = (start..start + 600).filter(|s| !received(v).contains(s)).collect();
+            assert!(
+                got >= 599,
+                "viewer {n} of {} at B got {got} of 600 packets, missing {missing:?}; B repaired {}, nacked {}, lost {}, A resent {}",
+                viewers.len(),
+                b.metric("relay_link_repaired_total"),
+                b.metric("relay_link_nacked_total"),
+                b.metric("relay_link_lost_total"),
+                a.metric("relay_link_resent_total")
+            );
         }
     }
     let (dropped, resent) =

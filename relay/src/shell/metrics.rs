@@ -249,6 +249,14 @@ impl Metrics {
             "Packets from links that filled a gap (the link's loss, repaired by NACK).",
             |s| s.links.repaired,
         )?;
+        counter("relay_link_nacked_total", "Packets missing from links, NACKed upstream (each try counts).", |s| {
+            s.links.nacked
+        })?;
+        counter(
+            "relay_link_lost_total",
+            "Packets missing from links and given up on (not repaired after 3 NACKs).",
+            |s| s.links.lost,
+        )?;
         counter("relay_link_malformed_datagrams_total", "Link datagrams that did not decode (dropped).", |s| {
             s.links.malformed
         })?;

@@ -184,15 +184,19 @@ impl Peer {
     pub fn pump(&mut self) {
         let now = Instant::now();
         let mut buf = vec![0u8; 2048];
+        let mut wire = Vec::new();
         while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
             if let Ok(r) = Receive::new(Protocol::Udp, from, self.client.addr, &buf[..n]) {
                 self.client.rtc.handle_input(Input::Receive(now, r)).unwrap();
+                // Drained after every input, as str0m requires: in RTP mode it holds only the
+                // last packet received for the next poll, so a batch of packets read before
+                // polling would lose all but one.
+                self.client.poll(now, &mut wire);
             }
         }
         if self.client.timeout <= now {
             self.client.rtc.handle_input(Input::Timeout(now)).unwrap();
         }
-        let mut wire = Vec::new();
         self.client.poll(now, &mut wire);
         for (_, data) in wire {
             self.socket.send_to(&data, self.relay).unwrap();

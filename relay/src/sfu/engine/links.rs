@@ -53,6 +53,9 @@ pub struct LinkStats {
     pub media_in: u64,
     /// Of those, packets that filled a gap (a resend answering this relay's NACK, or late).
     pub repaired: u64,
+    /// Packets NACKed upstream (each try counts), and given up on (not repaired in time).
+    pub nacked: u64,
+    pub lost: u64,
     /// Packets of machines published here sent over links (first copies, one per link).
     pub media_sent: u64,
     /// Packets sent again over links, answering the peers' NACKs.
@@ -334,7 +337,10 @@ impl LinkSet {
             return None;
         };
         let state = self.links.get_mut(relay)?;
-        match state.edge.handle_media(now, &media) {
+        let lost = state.edge.stats().lost;
+        let arrival = state.edge.handle_media(now, &media);
+        self.stats.lost += state.edge.stats().lost - lost;
+        match arrival {
             Arrival::Duplicate => return None,
             Arrival::Repaired => self.stats.repaired += 1,
             Arrival::New => {}
@@ -409,7 +415,11 @@ impl LinkSet {
     pub fn handle_timeout(&mut self, router: &mut Router, now: Instant) {
         for state in self.links.values_mut() {
             if state.edge.poll_timeout().is_some_and(|t| t <= now) {
+                let before = state.edge.stats();
                 state.edge.handle_timeout(now);
+                let after = state.edge.stats();
+                self.stats.nacked += after.nacked - before.nacked;
+                self.stats.lost += after.lost - before.lost;
             }
         }
         self.flush(router, now);
