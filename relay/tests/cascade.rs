@@ -20,19 +20,21 @@ use str0m::media::Direction;
 
 const SDP: &str = "application/sdp";
 
-/// A relay with a link certificate for `id` from `ca`: the process, its WHIP/WHEP base URL and
-/// its link address.
-fn relay_with_link(ca: &Authority, dir: &Path, id: &str) -> (RelayProcess, String, SocketAddr) {
-    let now = cluster::time::unix_now();
-    let issued = ca.issue(id, Validity::days_from(now, 1)).unwrap();
+/// A relay with a link certificate for `id` from `ca`, listening for links on `listen`: the
+/// process, its WHIP/WHEP base URL and its link address.
+fn relay_with_link(ca: &Authority, dir: &Path, id: &str, listen: &str) -> (RelayProcess, String, SocketAddr) {
     let (ca_pem, cert, key) = (dir.join("ca.pem"), dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
-    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
-    std::fs::write(&cert, &issued.cert_pem).unwrap();
-    std::fs::write(&key, &issued.key_pem).unwrap();
+    // Issued once: a relay that restarts keeps its key and certificate.
+    if !key.exists() {
+        let issued = ca.issue(id, Validity::days_from(cluster::time::unix_now(), 1)).unwrap();
+        std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
+    }
     let [ca_pem, cert, key] = [ca_pem, cert, key].map(|p| p.to_str().unwrap().to_owned());
     let relay = RelayProcess::start(
         "relay.toml",
-        &["--link-listen", "127.0.0.1:0", "--link-ca", &ca_pem, "--link-cert", &cert, "--link-key", &key],
+        &["--link-listen", listen, "--link-ca", &ca_pem, "--link-cert", &cert, "--link-key", &key],
     );
     let (http, link) = addresses(&relay);
     (relay, http, link)
@@ -118,8 +120,8 @@ fn join(http: &Http, relay_udp: SocketAddr, token: &str) -> Peer {
 fn viewers_at_another_relay_play_the_machine_over_one_repaired_link_copy_and_its_seat_reaches_it() {
     let dir = common::temp_dir("cascade");
     let ca = Authority::generate("cluster", Validity::days_from(cluster::time::unix_now(), 10)).unwrap();
-    let (a, a_http, a_link) = relay_with_link(&ca, &dir, "eu-1");
-    let (b, b_http, _) = relay_with_link(&ca, &dir, "asia-1");
+    let (a, a_http, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
+    let (b, b_http, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let proxy = rt.block_on(LossyProxy::start(a_link, Duration::from_millis(40), 100));
     let home = Some(("eu-1", proxy.addr));
@@ -223,4 +225,55 @@ fn a_viewer_sent_to_a_relay_without_links_is_told_why() {
     assert_eq!(status, 503, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(json["error"].as_str().is_some_and(|e| e.contains("eu-1") && e.contains("[link]")), "{body}");
+}
+
+/// The machine publishes at `api`'s relay and connects.
+fn publish(api: &Http, relay_udp: SocketAddr) -> Peer {
+    let (mut machine, offer, pending) = Peer::new(relay_udp, Direction::SendOnly);
+    let token = common::media_token(MediaRole::Publisher, "cab-1", None, "cab-1");
+    let (status, _, answer) = api.post("/whip/cab-1", Some(&token), SDP, &offer);
+    assert_eq!(status, 201, "{answer}");
+    machine.client.accept(pending, &answer);
+    machine
+}
+
+#[test]
+fn when_the_home_relay_restarts_the_edge_links_again_and_its_viewer_plays_again() {
+    let dir = common::temp_dir("cascade-restart");
+    let ca = Authority::generate("cluster", Validity::days_from(cluster::time::unix_now(), 10)).unwrap();
+    // A's link port, kept across its restart.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let a_listen = format!("127.0.0.1:{port}");
+    let (mut a, a_http, a_link) = relay_with_link(&ca, &dir, "eu-1", &a_listen);
+    let (b, b_http, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
+    let b_api = Http::new(b_http, reqwest::Client::new());
+    let mut machine = publish(&Http::new(a_http, reqwest::Client::new()), a.udp);
+    let mut viewers = vec![join(&b_api, b.udp, &viewer_token(MediaRole::Player, "player", Some(("eu-1", a_link))))];
+    pump(&mut machine, &mut viewers, Duration::from_secs(1));
+    send(&mut machine, &mut viewers, 0..200);
+    assert!(received(&viewers[0]).contains(&150), "the viewer at B plays before the restart");
+
+    // A dies and comes back on the same link port; the machine publishes there again.
+    assert_eq!(a.signal_and_wait(libc::SIGKILL, Duration::from_secs(5)), None, "killed, not exited");
+    pump(&mut machine, &mut viewers, Duration::from_millis(500));
+    let (a2, a2_http, _) = relay_with_link(&ca, &dir, "eu-1", &a_listen);
+    let restarted = Instant::now();
+    let mut machine = publish(&Http::new(a2_http, reqwest::Client::new()), a2.udp);
+    let mut i = 10_000u64;
+    let played_again = loop {
+        send(&mut machine, &mut viewers, i..i + 20);
+        i += 20;
+        if received(&viewers[0]).iter().any(|&s| s >= 10_000) {
+            break restarted.elapsed();
+        }
+        if restarted.elapsed() > Duration::from_secs(15) {
+            let logs: Vec<String> = b.logs.try_iter().collect();
+            panic!("the viewer at B did not play again within 15 s; B's logs:\n{}", logs.join("\n"));
+        }
+    };
+    eprintln!("the viewer at B played again {played_again:?} after the home relay restarted");
+    assert_eq!(b.metric("relay_links_open"), 1.0);
+    let before = received(&viewers[0]).len();
+    send(&mut machine, &mut viewers, i..i + 200);
+    assert!(received(&viewers[0]).len() >= before + 195, "and goes on playing");
 }

@@ -21,12 +21,14 @@ use tracing::debug;
 
 use super::tls::{LinkTls, Refusal};
 
-/// Keep-alive on an idle link: well inside [`IDLE_TIMEOUT`] and inside the 30 s that NATs and
-/// stateful firewalls commonly keep a UDP mapping.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
-/// A link silent this long (no keep-alive either: the peer or the path is gone) is closed;
-/// six keep-alives lost in a row.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keep-alive on a quiet link (an edge sends little but ACKs): well inside [`IDLE_TIMEOUT`] and
+/// the 30 s NATs keep a UDP mapping, and often enough that a peer that restarted answers within
+/// a second with a stateless reset (see [`LinkEndpoint::bind`]), so the edge links again at
+/// once instead of waiting out the idle timeout. One small packet a second per link.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// A link silent this long (no keep-alive either: the peer or the path is gone) is closed and
+/// the edge starts linking again; ten keep-alives lost in a row.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A handshake (or a welcome) not done by then fails.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Datagrams buffered each way: about 0.7 s of a 10 Mbit/s session.
@@ -114,7 +116,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
 fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
-    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("30 s is a valid idle timeout")));
+    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("10 s is a valid idle timeout")));
     t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
     t.datagram_send_buffer_size(DATAGRAM_BUFFER);
     t.initial_mtu(INITIAL_MTU);
@@ -125,6 +127,26 @@ fn transport_config() -> quinn::TransportConfig {
     // quinn calls its BBR experimental; it is the one that fits media over long-haul links.
     t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     t
+}
+
+/// Connection IDs of links: 8 random bytes, any of which a relay answers with a stateless
+/// reset when it knows no such connection (quinn's default generator signs its IDs with a key
+/// drawn at start and drops packets whose ID it did not sign, which after a restart is every
+/// packet of every link the peers still hold).
+struct LinkCids;
+
+impl quinn::ConnectionIdGenerator for LinkCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&rand::random::<[u8; 8]>())
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// One relay's QUIC endpoint for links.
@@ -157,7 +179,17 @@ impl LinkEndpoint {
         let crypto = QuicClientConfig::try_from(tls.client_config()?).context("link TLS for QUIC")?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(transport);
-        let endpoint = quinn::Endpoint::server(server, addr).with_context(|| format!("link.listen: binding {addr}"))?;
+        // The stateless-reset key is derived from the relay's private key, so it survives a
+        // restart: a peer still holding a link to the relay's previous process gets a reset it
+        // can verify for its next packet, and links again at once. (quinn's default connection
+        // IDs are checked with a key drawn at start, so a restarted relay would drop those
+        // packets as junk instead of answering: see [`LinkCids`].)
+        let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tls.stateless_reset_secret());
+        let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("link.listen: binding {addr}"))?;
+        let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+        config.cid_generator(|| Box::new(LinkCids));
+        let endpoint = quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime))
+            .with_context(|| format!("link.listen: {addr}"))?;
         Ok(Self { endpoint, client, tls: Arc::new(tls) })
     }
 

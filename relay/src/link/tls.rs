@@ -127,6 +127,19 @@ pub struct LinkTls {
     refusals: Refusals,
 }
 
+impl LinkTls {
+    /// A secret for QUIC stateless resets that stays the same across restarts (and differs
+    /// from relay to relay): SHA-256 over a label and the relay's private key.
+    pub fn stateless_reset_secret(&self) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"relay-link stateless reset v1\0");
+        ctx.update(self.key.secret_der());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+}
+
 impl fmt::Debug for LinkTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LinkTls").field("relay_id", &self.relay_id).finish_non_exhaustive()

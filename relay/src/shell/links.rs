@@ -285,6 +285,7 @@ impl Manager {
         let connection = link.connection;
         if let Some(w) = self.wanted.get_mut(&peer) {
             w.backoff = FIRST_BACKOFF;
+            w.connecting = false;
         }
         let (control, control_rx) = mpsc::unbounded_channel();
         let held = Held {
