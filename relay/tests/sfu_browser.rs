@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster::media::MediaRole;
+use cluster::pki::{Authority, Validity};
 use common::browser::{Browser, Reports, latest, serve_pages, url, wait_for};
+use common::links::{relay_with_link, viewer_token_for};
 use common::{RelayProcess, unix_now};
 use relay::turn::auth::rest_password;
 use serde_json::Value;
@@ -289,4 +291,53 @@ fn firefox_without_h264_is_refused_or_served_the_vp8_backup() {
     assert_eq!(codec("firefox"), Value::from("video/VP8"));
     assert_eq!(codec("chromium"), Value::from("video/H264"));
     assert_eq!(relay.metric("relay_sfu_codec_refusals_total"), 1.0);
+}
+
+/// Relays forward a session to each other: Chromium publishes its camera at relay A (eu-1); a
+/// Chromium player whose token sends it to relay B (asia-1) decodes it there, B linking to A
+/// over QUIC with certificates from the cluster CA; its inputs reach the machine's page over
+/// the link, and the machine's messages reach it.
+#[test]
+fn chromium_plays_at_another_relay_over_a_relay_link_and_its_input_reaches_the_machine() {
+    let dir = common::temp_dir("sfu-browser-link");
+    let ca = Authority::generate("cluster", Validity::days_from(unix_now(), 10)).unwrap();
+    let (a, a_sfu, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
+    let (b, b_sfu, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
+    let reports: Reports = Arc::default();
+    let pages = serve_sfu_pages(&reports);
+
+    let publisher = common::media_token(MediaRole::Publisher, MACHINE, None, MACHINE);
+    let _machine = Browser::open(&url(
+        &format!("http://{pages}/publisher.html"),
+        &[("name", "machine"), ("whip", &format!("{a_sfu}/whip/{MACHINE}")), ("token", &publisher)],
+    ));
+    wait_for("the machine to publish at A", Duration::from_secs(30), &reports, |r| {
+        latest(r, "machine", "framesEncoded").is_some_and(|v| v["state"] == "connected")
+    });
+    let player = viewer_token_for(MediaRole::Player, MACHINE, SESSION, "player", Some(("eu-1", a_link)));
+    let _player = Browser::open(&url(
+        &format!("http://{pages}/viewer.html"),
+        &[("name", "player"), ("whep", &format!("{b_sfu}/whep/{SESSION}")), ("token", &player)],
+    ));
+    wait_for("the player at B to decode frames", Duration::from_secs(40), &reports, |r| {
+        frames_decoded(r, "player") >= 30
+    });
+    let before = frames_decoded(&reports, "player");
+    wait_for("the player's framesDecoded to grow", Duration::from_secs(20), &reports, |r| {
+        frames_decoded(r, "player") > before + 10
+    });
+    let inputs = || -> Vec<String> {
+        let reports = reports.lock().unwrap();
+        let list = reports.get("machine").map(Vec::as_slice).unwrap_or_default();
+        list.iter().filter_map(|v| v.get("input").and_then(Value::as_str).map(str::to_owned)).collect()
+    };
+    wait_for("the player's inputs at the machine, over the link", Duration::from_secs(10), &reports, |_| {
+        inputs().iter().any(|i| i.starts_with("text:player input "))
+    });
+    wait_for("the machine's messages at the player", Duration::from_secs(10), &reports, |r| {
+        latest(r, "player", "message").is_some()
+    });
+    assert!(a.metric("relay_link_media_sent_total") > 0.0 && a.metric("relay_link_seat_inputs_total") > 0.0);
+    assert_eq!(b.metric("relay_links_open"), 1.0);
+    assert_eq!(b.metric("relay_sfu_peer_panics_total"), 0.0);
 }

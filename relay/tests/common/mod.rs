@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod links;
 pub mod proxy;
 pub mod webrtc_client;
 
