@@ -96,6 +96,11 @@ pub struct Heartbeat {
     /// `public_host`, when it takes links from other relays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_port: Option<u16>,
+    /// Round-trip times, in ms, to the relays this one has links with (relay id → RTT), as
+    /// QUIC measures them on the links: signaling places a viewer at its own region's relay
+    /// when the path through the link is the shorter.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub link_rtts: std::collections::BTreeMap<String, f64>,
     pub state: RelayState,
     pub load: Load,
     /// Version of the secret set the relay holds (0 = none received yet).
@@ -145,6 +150,19 @@ pub struct HeartbeatReply {
     /// catches up with the next one. Absent from an older signaling's replies.
     #[serde(default)]
     pub ended_sessions: Vec<String>,
+    /// The other relays that take links (id and `host:port`): a relay keeps a link to each
+    /// whose id sorts after its own (one link per pair), to measure the RTTs it reports and
+    /// to have the link ready when viewers come. Absent from an older signaling's replies.
+    #[serde(default)]
+    pub link_peers: Vec<LinkPeer>,
+}
+
+/// A relay to link with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkPeer {
+    pub id: String,
+    /// `host:port` of its link endpoint.
+    pub link: String,
 }
 
 #[cfg(test)]
@@ -167,16 +185,18 @@ mod tests {
             secrets: Secrets { version: 3, keys: vec!["k".into()] },
             interval_ms: 2000,
             ended_sessions: vec!["s-1".into()],
+            link_peers: vec![LinkPeer { id: "ap-1".into(), link: "ap-1.example.net:4433".into() }],
         };
         let json = serde_json::to_string(&reply).unwrap();
         assert_eq!(
             json,
-            r#"{"commands":[{"type":"drain"}],"secrets":{"version":3,"keys":["k"]},"interval_ms":2000,"ended_sessions":["s-1"]}"#
+            r#"{"commands":[{"type":"drain"}],"secrets":{"version":3,"keys":["k"]},"interval_ms":2000,"ended_sessions":["s-1"],"link_peers":[{"id":"ap-1","link":"ap-1.example.net:4433"}]}"#
         );
         assert_eq!(serde_json::from_str::<HeartbeatReply>(&json).unwrap(), reply);
         // An older signaling's reply has no ended sessions.
         let old = r#"{"commands":[],"secrets":{"version":3,"keys":["k"]},"interval_ms":2000}"#;
-        assert!(serde_json::from_str::<HeartbeatReply>(old).unwrap().ended_sessions.is_empty());
+        let old = serde_json::from_str::<HeartbeatReply>(old).unwrap();
+        assert!(old.ended_sessions.is_empty() && old.link_peers.is_empty());
         assert!(!format!("{:?}", reply.secrets).contains("\"k\""));
     }
 
@@ -191,6 +211,7 @@ mod tests {
             turn_tls_port: None,
             sfu_url: None,
             link_port: None,
+            link_rtts: Default::default(),
             state: RelayState::Serving,
             load: Load::default(),
             secrets_version: 0,

@@ -116,6 +116,7 @@ fn reply(commands: Vec<Command>, version: u64, keys: &[&str]) -> HeartbeatReply 
         secrets: Secrets { version, keys: keys.iter().map(|k| k.to_string()).collect() },
         interval_ms: 2000,
         ended_sessions: Vec::new(),
+        link_peers: Vec::new(),
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Relay {
     /// UDP port of its link endpoint for other relays (QUIC) on `public_host`, when it has one.
     #[serde(default)]
     pub link_port: Option<u16>,
+    /// Round-trip times in ms to the relays it has links with, by relay id (its last heartbeat).
+    #[serde(default)]
+    pub link_rtts: std::collections::BTreeMap<String, f64>,
     /// What the relay reports.
     pub state: RelayState,
     /// What an admin set (drain, undrain).

@@ -33,6 +33,7 @@ fn relay() -> RelayInfo {
         turn_tls_port: Some(443),
         sfu_url: None,
         link_port: Some(4433),
+        link_rtts: [("ap-1".to_owned(), 162.5)].into_iter().collect(),
         state: RelayState::Serving,
         admin_state: RelayState::Draining,
         load: Load { allocations: 3, max_allocations: 100, cpu: 0.25, bandwidth_bps: 1000, bandwidth_cap_bps: 0 },
@@ -75,7 +76,7 @@ fn relay_responses() {
         RelayList { relays: vec![relay()] },
         json!({ "relays": [{
             "id": "eu-1", "region": "eu-central", "version": "0.1.0", "public_host": "2001:db8::1",
-            "turn_udp_port": 3478, "turn_tls_port": 443, "sfu_url": null, "link_port": 4433, "state": "serving",
+            "turn_udp_port": 3478, "turn_tls_port": 443, "sfu_url": null, "link_port": 4433, "link_rtts": {"ap-1": 162.5}, "state": "serving",
             "admin_state": "draining",
             "load": { "allocations": 3, "max_allocations": 100, "cpu": 0.25, "bandwidth_bps": 1000, "bandwidth_cap_bps": 0 },
             "utilisation": 0.25, "started_at": 1_800_000_000u64, "first_seen_ms": 1_800_000_000_000u64,

@@ -61,6 +61,9 @@ pub struct Settings {
     pub sfu_url: Option<String>,
     /// The link endpoint's bound port, when links are on.
     pub link_port: Option<u16>,
+    /// The links, when on: their RTTs go into heartbeats, and the relays to link with come
+    /// back in replies.
+    pub links: Option<super::links::LinkHandle>,
     /// The SFU, when it runs: told which sessions have ended.
     pub sfu: Option<SfuHandle>,
 }
@@ -170,6 +173,7 @@ impl Heartbeater {
             turn_tls_port: self.settings.turn_tls_port,
             sfu_url: self.settings.sfu_url.clone(),
             link_port: self.settings.link_port,
+            link_rtts: self.settings.links.as_ref().map(super::links::LinkHandle::rtts).unwrap_or_default(),
             state: self.control.state(),
             load: Load {
                 allocations: u64::try_from(self.metrics.allocations()).unwrap_or(0),
@@ -223,6 +227,9 @@ impl Heartbeater {
                     info!("signaling undrains this relay: taking new allocations again");
                 }
             }
+        }
+        if let Some(links) = &self.settings.links {
+            links.set_peers(reply.link_peers.clone());
         }
         let ended = self.control.set_ended_sessions(&reply.ended_sessions);
         if ended != self.sfu_ended

@@ -8,9 +8,9 @@
 //! [`LinkOutput`]s and hands back what arrives. `/metrics` counts refusals by reason, the links
 //! open, datagrams and bytes per peer each way, datagrams dropped by reason, and each link's RTT.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -19,6 +19,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use super::sfu::{LINK_QUEUE, SfuHandle};
+use ::cluster::heartbeat::LinkPeer;
+
 use crate::config::LinkConfig;
 use crate::link::endpoint::{Link, LinkEndpoint, send_media};
 use crate::link::stream::{ControlReader, StreamEnd, write_control};
@@ -58,6 +60,32 @@ pub struct LinkMetrics {
 pub struct Links {
     endpoint: Arc<LinkEndpoint>,
     metrics: LinkMetrics,
+    handle: LinkHandle,
+    peers: Mutex<Option<mpsc::UnboundedReceiver<Vec<LinkPeer>>>>,
+}
+
+/// What the heartbeat needs of the links: their RTTs, and where to hand the relays to link
+/// with.
+#[derive(Clone)]
+pub struct LinkHandle {
+    rtts: Arc<Mutex<BTreeMap<String, f64>>>,
+    peers: mpsc::UnboundedSender<Vec<LinkPeer>>,
+}
+
+impl LinkHandle {
+    /// Each open link's RTT in ms, by peer relay id.
+    pub fn rtts(&self) -> BTreeMap<String, f64> {
+        lock(&self.rtts).clone()
+    }
+
+    /// The relays signaling lists as taking links (each heartbeat reply).
+    pub fn set_peers(&self, peers: Vec<LinkPeer>) {
+        let _ = self.peers.send(peers);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Links {
@@ -75,7 +103,13 @@ impl Links {
             );
         }
         let endpoint = Arc::new(LinkEndpoint::bind(config.listen, tls)?);
-        Ok(Self { endpoint, metrics })
+        let (peers_tx, peers) = mpsc::unbounded_channel();
+        let handle = LinkHandle { rtts: Arc::default(), peers: peers_tx };
+        Ok(Self { endpoint, metrics, handle, peers: Mutex::new(Some(peers)) })
+    }
+
+    pub fn handle(&self) -> LinkHandle {
+        self.handle.clone()
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -124,9 +158,12 @@ impl Links {
             metrics: self.metrics.clone(),
             links: HashMap::new(),
             wanted: HashMap::new(),
+            mesh: HashSet::new(),
+            rtts: Arc::clone(&self.handle.rtts),
             events: events_tx,
         };
-        tokio::spawn(manager.run(outputs, events));
+        let peers = lock(&self.peers).take().unwrap_or_else(|| mpsc::unbounded_channel().1);
+        tokio::spawn(manager.run(outputs, events, peers));
     }
 
     /// Closes every link and stops accepting.
@@ -168,18 +205,46 @@ struct Manager {
     metrics: LinkMetrics,
     links: HashMap<Arc<str>, Held>,
     wanted: HashMap<Arc<str>, Wanted>,
+    /// Relays kept linked whatever the SFU needs (signaling's list, those whose id sorts after
+    /// this relay's: one link per pair), for their RTTs and a link ready for viewers.
+    mesh: HashSet<Arc<str>>,
+    rtts: Arc<Mutex<BTreeMap<String, f64>>>,
     events: mpsc::UnboundedSender<Event>,
 }
 
 impl Manager {
-    async fn run(mut self, mut outputs: mpsc::Receiver<LinkOutput>, mut events: mpsc::UnboundedReceiver<Event>) {
+    async fn run(
+        mut self,
+        mut outputs: mpsc::Receiver<LinkOutput>,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        mut peers: mpsc::UnboundedReceiver<Vec<LinkPeer>>,
+    ) {
         loop {
             tokio::select! {
                 Some(output) = outputs.recv() => self.output(output),
                 Some(event) = events.recv() => self.event(event),
+                Some(list) = peers.recv() => self.mesh(list),
                 else => return,
             }
         }
+    }
+
+    /// Signaling's list of relays that take links: keep a link to each whose id sorts after
+    /// ours; stop retrying those no longer listed (unless the SFU wants them).
+    fn mesh(&mut self, list: Vec<LinkPeer>) {
+        let own = self.endpoint.relay_id().to_owned();
+        let mut mesh = HashSet::new();
+        for peer in list.into_iter().filter(|p| p.id.as_str() > own.as_str()) {
+            let id: Arc<str> = Arc::from(peer.id.as_str());
+            mesh.insert(Arc::clone(&id));
+            if !self.mesh.contains(&id) {
+                self.output(LinkOutput::Connect { relay: id, addr: peer.link });
+            }
+        }
+        for gone in self.mesh.difference(&mesh) {
+            self.wanted.remove(gone);
+        }
+        self.mesh = mesh;
     }
 
     fn output(&mut self, output: LinkOutput) {
@@ -217,7 +282,9 @@ impl Manager {
                 }
             }
             LinkOutput::Forget { relay } => {
-                self.wanted.remove(&relay);
+                if !self.mesh.contains(&relay) {
+                    self.wanted.remove(&relay);
+                }
             }
         }
     }
@@ -230,6 +297,7 @@ impl Manager {
                     self.links.remove(&peer);
                     self.metrics.open.set(self.links.len() as i64);
                     let _ = self.metrics.rtt.remove_label_values(&[&peer]);
+                    lock(&self.rtts).remove(&*peer);
                     if let Some(sfu) = &self.sfu {
                         sfu.link_down(peer);
                     }
@@ -306,14 +374,18 @@ impl Manager {
             tokio::spawn(read_datagrams(connection.clone(), Arc::clone(&peer), sfu.clone(), self.metrics.clone()));
             sfu.link_up(Arc::clone(&peer));
         }
-        let (events, rtt) = (self.events.clone(), self.metrics.rtt.clone());
+        let (events, rtt, rtts) = (self.events.clone(), self.metrics.rtt.clone(), Arc::clone(&self.rtts));
         tokio::spawn(async move {
             let id = connection.stable_id();
             let mut tick = tokio::time::interval(RTT_INTERVAL);
             let reason = loop {
                 tokio::select! {
                     reason = connection.closed() => break reason,
-                    _ = tick.tick() => rtt.with_label_values(&[&peer]).set(connection.rtt().as_secs_f64()),
+                    _ = tick.tick() => {
+                        let now = connection.rtt();
+                        rtt.with_label_values(&[&peer]).set(now.as_secs_f64());
+                        lock(&rtts).insert(peer.to_string(), now.as_secs_f64() * 1000.0);
+                    }
                 }
             };
             info!(peer = %peer, %reason, "relay link closed");

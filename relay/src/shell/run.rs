@@ -263,6 +263,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
                 sfu_url: sfu_addr.map(|addr| super::banner::sfu_public_url(&config, &cluster.public_host, addr)),
                 sfu: sfu_handle.clone(),
                 link_port: links.as_ref().map(|l| l.local_addr().map(|a| a.port())).transpose()?,
+                links: links.as_ref().map(super::links::Links::handle),
             };
             Some(Heartbeater::new(settings, Arc::clone(&control), Arc::clone(&metrics))?)
         }

@@ -107,7 +107,7 @@ pub(super) async fn machine_heartbeat(
     if let Some(s) = &session
         && let Some(base) = s.scores["sfu"]["url"].as_str()
     {
-        let token = media_token(&state, &claims.sub, &claims.sub, Some(&s.id), MediaRole::Publisher).await?;
+        let token = media_token(&state, &claims.sub, &claims.sub, Some(&s.id), MediaRole::Publisher, None).await?;
         let relay = s.scores["sfu"]["relay"].as_str().unwrap_or_default().to_owned();
         sfu = Some(Publish { relay, whip_url: format!("{base}/whip/{}", claims.sub), token });
     }

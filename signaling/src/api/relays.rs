@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use cluster::heartbeat::{Command, Heartbeat, HeartbeatReply, RelayState};
+use cluster::heartbeat::{Command, Heartbeat, HeartbeatReply, LinkPeer, RelayState};
 use signaling_api::relays::{AdminStateChanged, RelayInfo, RelayList, RelayRemoved};
 use tracing::info;
 
@@ -16,6 +16,13 @@ use cluster::ids::valid_relay_id;
 /// At most this many ended sessions in a heartbeat reply (the newest): a relay refuses their
 /// media tokens.
 const MAX_ENDED_SESSIONS: i64 = 10_000;
+/// At most this many link RTTs in a heartbeat (one per other relay; a cluster has a handful).
+const MAX_LINK_RTTS: usize = 256;
+
+/// `host:port` of a relay's link endpoint (an IPv6 literal in brackets).
+pub(crate) fn host_port(host: &str, port: u16) -> String {
+    format!("{}:{port}", placement::url_host(host))
+}
 
 pub(super) async fn relay_heartbeat(
     State(state): State<AppState>,
@@ -38,6 +45,13 @@ pub(super) async fn relay_heartbeat(
     }
     if hb.link_port == Some(0) {
         return Err(ApiError::bad("link_port: must be a port (1-65535)"));
+    }
+    if hb.link_rtts.len() > MAX_LINK_RTTS
+        || hb.link_rtts.iter().any(|(id, ms)| !cluster::ids::valid_relay_id(id) || !ms.is_finite() || *ms < 0.0)
+    {
+        return Err(ApiError::bad(format!(
+            "link_rtts: at most {MAX_LINK_RTTS} relay ids, each with a finite, non-negative RTT in ms"
+        )));
     }
     if hb.turn_udp_port == 0 || hb.version.len() > 64 || !hb.load.cpu.is_finite() {
         return Err(ApiError::bad("turn_udp_port, version or load is out of range"));
@@ -64,11 +78,21 @@ pub(super) async fn relay_heartbeat(
     // tokens out there, which every relay must refuse (any relay can verify them).
     let ttl_ms = i64::try_from(state.config.credential_ttl.as_millis()).unwrap_or(i64::MAX);
     let ended_sessions = state.store.ended_sfu_sessions(now.saturating_sub(ttl_ms), MAX_ENDED_SESSIONS).await?;
+    // Every other live relay that takes links, for the relay to link with.
+    let link_peers = state
+        .store
+        .relays()
+        .await?
+        .into_iter()
+        .filter(|r| r.id != hb.relay_id && placement::is_live(r, now))
+        .filter_map(|r| r.link_port.map(|port| LinkPeer { link: host_port(&r.public_host, port), id: r.id }))
+        .collect();
     Ok(Json(HeartbeatReply {
         commands,
         secrets,
         interval_ms: cluster::heartbeat::INTERVAL.as_millis() as u64,
         ended_sessions,
+        link_peers,
     }))
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
-use cluster::media::{MediaClaims, MediaRole};
+use cluster::media::{HomeRelay, MediaClaims, MediaRole};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use signaling_api::ice::IceConfig;
@@ -60,13 +60,18 @@ pub(super) async fn create_session(
     let sel = &placement.selection;
     let mut scores = json!({ "score_ms": sel.score_ms, "scores": sel.scores, "alternates": sel.alternates });
     // SFU mode: the machine publishes to its home relay (the SFU relay in the region it reaches
-    // fastest); the player watches there, reaching it directly or through its own region's TURN.
-    let sfu_relay = if mode == "sfu" {
+    // fastest); the player watches there, or at its own region's relay linked to the home relay
+    // when that path is the shorter end to end (`placement::sfu_viewer_path`).
+    let (sfu_relay, viewer_relay) = if mode == "sfu" {
         let relay = sfu_home(&state, &machine, &placement.relay).await?;
-        scores["sfu"] = json!({ "relay": relay.id, "region": relay.region, "url": relay.sfu_url });
-        Some(relay)
+        let path = placement::sfu_viewer_path(&relay, &placement.relay, &req.placement);
+        scores["sfu"] = json!({ "relay": relay.id, "region": relay.region, "url": relay.sfu_url,
+            "viewer": { "relay": path.relay.id, "region": path.relay.region, "linked": path.linked,
+                        "direct_ms": path.direct_ms, "linked_ms": path.linked_ms } });
+        let viewer = path.linked.then(|| path.relay.clone());
+        (Some(relay), viewer)
     } else {
-        None
+        (None, None)
     };
     let source = serde_json::to_value(sel.source)?.as_str().unwrap_or("unknown").to_owned();
     let row = SessionRow {
@@ -95,6 +100,12 @@ pub(super) async fn create_session(
     if let Some(r) = &sfu_relay {
         events.push(("sfu_relay_chosen", json!({ "relay": r.id, "region": r.region })));
     }
+    if let Some(v) = &viewer_relay {
+        events.push((
+            "sfu_viewer_relay_chosen",
+            json!({ "relay": v.id, "region": v.region, "linked_to": scores["sfu"]["relay"] }),
+        ));
+    }
     match state.store.create_session(&row, &events).await {
         Ok(()) => {}
         Err(CreateError::Busy) => {
@@ -112,12 +123,20 @@ pub(super) async fn create_session(
     let mut sfu = None;
     if let Some(r) = &sfu_relay {
         let base = r.sfu_url.as_deref().unwrap_or_default();
-        let token = media_token(&state, &machine.id, &machine.id, Some(&id), MediaRole::Publisher).await?;
+        let token = media_token(&state, &machine.id, &machine.id, Some(&id), MediaRole::Publisher, None).await?;
         let publish = Publish { relay: r.id.clone(), whip_url: format!("{base}/whip/{}", machine.id), token };
         notice["sfu"] = serde_json::to_value(publish)?;
-        let token = media_token(&state, &claims.sub, &machine.id, Some(&id), MediaRole::Player).await?;
-        let whep_url = format!("{base}/whep/{id}");
-        sfu = Some(SfuViewer { relay: r.id.clone(), region: r.region.clone(), whep_url, token });
+        // The player's relay: the home relay, or its own region's, which links to the home
+        // relay named in the (signed) token.
+        let (viewer, home) = match (&viewer_relay, r.link_port) {
+            (Some(v), Some(port)) => {
+                (v, Some(HomeRelay { id: r.id.clone(), link: super::relays::host_port(&r.public_host, port) }))
+            }
+            _ => (r, None),
+        };
+        let token = media_token(&state, &claims.sub, &machine.id, Some(&id), MediaRole::Player, home).await?;
+        let whep_url = format!("{}/whep/{id}", viewer.sfu_url.as_deref().unwrap_or_default());
+        sfu = Some(SfuViewer { relay: viewer.id.clone(), region: viewer.region.clone(), whep_url, token });
     }
     crate::ws::deliver(&state, &crate::hub::Party { role: Role::Machine, id: machine.id.clone() }, &notice).await;
     let created = SessionCreated {
@@ -158,17 +177,20 @@ pub(super) async fn sfu_home(state: &AppState, machine: &MachineRow, chosen: &Re
         .ok_or_else(|| ApiError::Unavailable("no relay with an SFU is in rotation".into()))
 }
 
-/// A media token (WHIP/WHEP) signed with the newest TURN REST secret, which every relay holds.
+/// A media token (WHIP/WHEP) signed with the newest TURN REST secret, which every relay holds;
+/// `home` names the machine's home relay for a viewer sent to another relay.
 pub(super) async fn media_token(
     state: &AppState,
     sub: &str,
     machine: &str,
     session: Option<&str>,
     role: MediaRole,
+    home: Option<HomeRelay>,
 ) -> ApiResult<String> {
     let secret = &placement::signing_secret(state).await?;
     let now = now_unix();
-    let claims = MediaClaims::new(sub, machine, session, role, now, state.config.credential_ttl.as_secs());
+    let mut claims = MediaClaims::new(sub, machine, session, role, now, state.config.credential_ttl.as_secs());
+    claims.home = home;
     cluster::media::mint(secret.as_bytes(), claims).map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
 }
 
@@ -187,7 +209,7 @@ pub(super) async fn watch_session(
         return Err(ApiError::Conflict("only sfu sessions can be watched".into()));
     };
     let role = if claims.sub == s.player { MediaRole::Player } else { MediaRole::Spectator };
-    let token = media_token(&state, &claims.sub, &s.machine_id, Some(&id), role).await?;
+    let token = media_token(&state, &claims.sub, &s.machine_id, Some(&id), role, None).await?;
     Ok(Json(Watch { relay: relay.into(), whep_url: format!("{base}/whep/{id}"), token, role }))
 }
 
@@ -225,7 +247,7 @@ pub(super) async fn hand_seat(
         .map_err(|()| ApiError::Internal(anyhow::anyhow!("SFU URL {base} cannot take a path")))?
         .pop_if_empty()
         .extend(["seat", s.machine_id.as_str()]);
-    let token = media_token(&state, "signaling", &s.machine_id, Some(&id), MediaRole::Operator).await?;
+    let token = media_token(&state, "signaling", &s.machine_id, Some(&id), MediaRole::Operator, None).await?;
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(std::time::Duration::from_secs(5))

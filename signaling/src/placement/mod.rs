@@ -167,6 +167,51 @@ pub fn decide(input: &PlacementInput<'_>) -> ApiResult<Placement> {
     Ok(Placement { selection, relay, alternates })
 }
 
+/// What a relay link adds to a path beyond the link's own RTT (forwarding at both relays).
+pub const LINK_HOP_MS: f64 = 1.0;
+
+/// Where the player of an `sfu` session watches, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewerPath<'a> {
+    pub relay: &'a RelayRow,
+    /// True when `relay` is not the machine's home relay: it links to the home relay.
+    pub linked: bool,
+    /// Player → home relay (the client's probes of the home relay's region), ms.
+    pub direct_ms: Option<f64>,
+    /// Player → its own region's relay → home relay (probes, plus the two relays' link RTT and
+    /// [`LINK_HOP_MS`]), ms.
+    pub linked_ms: Option<f64>,
+}
+
+/// Where the player of an `sfu` session watches: at the machine's `home` relay, or at
+/// `candidate` (the relay placement chose for the player's own region) linked to the home
+/// relay, whichever path is shorter end to end. The machine's leg (machine → home relay) is on
+/// both paths, so the comparison is player → home against player → candidate → home, with the
+/// relay-to-relay RTT the two relays measure on their link (either's report; the smaller if
+/// both). Without the numbers to compare (no probe of either region, no link RTT), or when the
+/// candidate cannot serve (no SFU, no link endpoint, or the home relay has none), the player
+/// watches at home. Pure.
+pub fn sfu_viewer_path<'a>(home: &'a RelayRow, candidate: &'a RelayRow, request: &PlacementRequest) -> ViewerPath<'a> {
+    let probe = |region: &str| {
+        let samples = request.probes.get(region)?;
+        geo::ProbeSamples::new(samples.clone()).ok()?.summarize().rtt_ms()
+    };
+    let direct_ms = probe(&home.region);
+    let link_ms = [home.link_rtts.get(&candidate.id), candidate.link_rtts.get(&home.id)]
+        .into_iter()
+        .flatten()
+        .copied()
+        .min_by(f64::total_cmp);
+    let can_link = candidate.id != home.id
+        && candidate.sfu_url.is_some()
+        && candidate.link_port.is_some()
+        && home.link_port.is_some();
+    let linked_ms =
+        if can_link { probe(&candidate.region).zip(link_ms).map(|(p, l)| p + l + LINK_HOP_MS) } else { None };
+    let linked = matches!((direct_ms, linked_ms), (Some(d), Some(l)) if l < d);
+    ViewerPath { relay: if linked { candidate } else { home }, linked, direct_ms, linked_ms }
+}
+
 /// Chooses a region and relay for a client at `client_ip`, optionally to play `machine`: reads
 /// the registry, the clock and the GeoIP database, [`decide`]s, and counts the selection.
 pub async fn place(
@@ -195,7 +240,7 @@ fn source_name(s: &Selection) -> String {
 }
 
 /// The host part of a TURN URL (IPv6 literals in brackets).
-fn url_host(host: &str) -> String {
+pub(crate) fn url_host(host: &str) -> String {
     if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() }
 }
 

@@ -29,6 +29,7 @@ fn relay(spec: &str, utilisation: f64) -> RelayRow {
         turn_tls_port: None,
         sfu_url: None,
         link_port: None,
+        link_rtts: BTreeMap::new(),
         state: RelayState::Serving,
         admin_state: RelayState::Serving,
         load: Load { allocations: 0, max_allocations: 0, cpu: 0.0, bandwidth_bps: 0, bandwidth_cap_bps: 0 },
@@ -230,4 +231,79 @@ fn the_same_input_gives_the_same_answer() {
     }
     // ApiError is what handlers return; its status is what the client sees.
     assert_eq!(ApiError::bad("x").status().as_u16(), 400);
+}
+
+/// An SFU relay with a link endpoint and the link RTTs it reports.
+fn sfu_relay(spec: &str, link_rtts: &[(&str, f64)]) -> RelayRow {
+    let mut r = relay(spec, 0.1);
+    r.sfu_url = Some(format!("https://{}", r.public_host));
+    r.link_port = Some(4433);
+    r.link_rtts = link_rtts.iter().map(|(id, ms)| ((*id).to_owned(), *ms)).collect();
+    r
+}
+
+#[test]
+fn a_far_player_watches_at_its_own_region_relay_when_the_linked_path_is_shorter() {
+    // The machine is homed in eu; the player is in ap, 250 ms from eu's relay, 20 ms from ap's.
+    let far = probes(&[("ap", 20.0), ("eu", 250.0)]);
+    let near = probes(&[("ap", 20.0), ("eu", 30.0)]);
+    let home = sfu_relay("eu1@eu", &[("ap1", 160.0)]);
+    // Name, home relay, the player's region's relay, probes, where the player watches, the
+    // linked path's length.
+    type Case = (&'static str, RelayRow, RelayRow, PlacementRequest, &'static str, Option<f64>);
+    let cases: Vec<Case> = vec![
+        (
+            "far player, short link: 20 + 160 + 1 < 250",
+            home.clone(),
+            sfu_relay("ap1@ap", &[]),
+            far.clone(),
+            "ap1",
+            Some(181.0),
+        ),
+        (
+            "the smaller of the two relays' reports counts",
+            sfu_relay("eu1@eu", &[("ap1", 300.0)]),
+            sfu_relay("ap1@ap", &[("eu1", 150.0)]),
+            far.clone(),
+            "ap1",
+            Some(171.0),
+        ),
+        (
+            "far player, long link: 20 + 240 + 1 > 250",
+            sfu_relay("eu1@eu", &[("ap1", 240.0)]),
+            sfu_relay("ap1@ap", &[]),
+            far.clone(),
+            "eu1",
+            Some(261.0),
+        ),
+        (
+            "a player near the home relay watches there",
+            home.clone(),
+            sfu_relay("ap1@ap", &[]),
+            near,
+            "eu1",
+            Some(181.0),
+        ),
+        ("no link RTT known: home", sfu_relay("eu1@eu", &[]), sfu_relay("ap1@ap", &[]), far.clone(), "eu1", None),
+        (
+            "no probe of the home region: home",
+            home.clone(),
+            sfu_relay("ap1@ap", &[]),
+            probes(&[("ap", 20.0)]),
+            "eu1",
+            Some(181.0),
+        ),
+        ("a candidate without an SFU: home", home.clone(), relay("ap1@ap", 0.1), far.clone(), "eu1", None),
+        ("the candidate is the home relay", home.clone(), home.clone(), far.clone(), "eu1", None),
+    ];
+    for (name, home, candidate, request, want, linked_ms) in &cases {
+        let path = sfu_viewer_path(home, candidate, request);
+        assert_eq!(path.relay.id, *want, "{name}");
+        assert_eq!(path.linked, *want != home.id, "{name}");
+        assert_eq!(path.linked_ms, *linked_ms, "{name}");
+    }
+    // Without links on the home relay, never linked.
+    let mut no_links = home.clone();
+    no_links.link_port = None;
+    assert!(!sfu_viewer_path(&no_links, &sfu_relay("ap1@ap", &[("eu1", 10.0)]), &far).linked);
 }
