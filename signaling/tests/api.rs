@@ -457,16 +457,96 @@ async fn sfu_suite(backend: &str) {
     assert_eq!(st, 503, "{body}");
 }
 
+/// The whole path of an sfu session: a player far from the machine's home relay watches at its
+/// own region's relay, linked to the home relay, when that path is shorter end to end (the
+/// relays' link RTTs from their heartbeats); a player near the home relay watches there.
+async fn linked_path_suite(backend: &str) {
+    use cluster::media::{HomeRelay, verify};
+    let s = Signaling::start(backend, "");
+    let alice = s.token("alice", "player");
+    let machine = s.token("cab-1", "machine");
+    let admin = s.token("ops", "admin");
+    let relay = |id: &str, region: &str, port: u16, link_port: u16, rtts: Value| {
+        let mut hb = common::heartbeat_json(id, region, port, "serving", 0.1);
+        hb["sfu_url"] = json!(format!("https://sfu-{id}.example.com"));
+        hb["link_port"] = json!(link_port);
+        hb["link_rtts"] = rtts;
+        hb
+    };
+    let hb = |body: Value| s.call("POST", "/v1/relays/heartbeat", Some(CLUSTER_TOKEN), Some(body));
+    let (st, eu) = hb(relay("eu-1", "eu-central", 40001, 4433, json!({ "ap-1": 150.0 }))).await;
+    assert_eq!(st, 200, "{eu}");
+    let (st, ap) = hb(relay("ap-1", "ap-southeast", 40003, 4434, json!({ "eu-1": 160.0 }))).await;
+    assert_eq!(st, 200, "{ap}");
+    // Each relay is told the others that take links.
+    assert_eq!(ap["link_peers"], json!([{ "id": "eu-1", "link": "127.0.0.1:4433" }]), "{ap}");
+    let (_, eu) = hb(relay("eu-1", "eu-central", 40001, 4433, json!({ "ap-1": 150.0 }))).await;
+    assert_eq!(eu["link_peers"], json!([{ "id": "ap-1", "link": "127.0.0.1:4434" }]), "{eu}");
+    for bad in [json!({ "ap-1": -1.0 }), json!({ "Not An Id": 3.0 }), json!({ "ap-1": "fast" })] {
+        let (st, body) = hb(relay("eu-1", "eu-central", 40001, 4433, bad.clone())).await;
+        assert_eq!(st, 400, "{bad}: {body}");
+    }
+    let (_, listed) = s.call("GET", "/v1/relays", Some(&admin), None).await;
+    let eu_row = listed["relays"].as_array().unwrap().iter().find(|r| r["id"] == "eu-1").unwrap().clone();
+    assert_eq!(eu_row["link_rtts"], json!({ "ap-1": 150.0 }), "{eu_row}");
+    // The machine is in Europe: its home relay is eu-1.
+    let rtts = json!({ "name": "Cabinet 1", "rtts": { "eu-central": 5.0, "us-east": 90.0, "ap-southeast": 200.0 } });
+    assert_eq!(s.call("POST", "/v1/machines/register", Some(&machine), Some(rtts)).await.0, 200);
+    let keys = [SEED_SECRET.as_bytes().to_vec()];
+
+    // Far: 20 ms to ap, 250 ms to eu; 20 + 150 + 1 < 250.
+    let (st, far) = s
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(&alice),
+            Some(json!({ "machine_id": "cab-1", "mode": "sfu", "probes": probes(250.0, 300.0, 20.0) })),
+        )
+        .await;
+    assert_eq!(st, 201, "{far}");
+    let id = far["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (far["sfu"]["relay"].as_str(), far["sfu"]["region"].as_str()),
+        (Some("ap-1"), Some("ap-southeast")),
+        "{far}"
+    );
+    assert_eq!(far["sfu"]["whep_url"], format!("https://sfu-ap-1.example.com/whep/{id}"));
+    let claims = verify(&keys, far["sfu"]["token"].as_str().unwrap(), unix_now()).unwrap();
+    assert_eq!(claims.home, Some(HomeRelay { id: "eu-1".into(), link: "127.0.0.1:4433".into() }));
+    // The machine still publishes at home.
+    let (_, mhb) = s.call("POST", "/v1/machines/heartbeat", Some(&machine), Some(json!({}))).await;
+    assert_eq!(mhb["sfu"]["whip_url"], "https://sfu-eu-1.example.com/whip/cab-1", "{mhb}");
+    let (_, detail) = s.call("GET", &format!("/v1/sessions/{id}"), Some(&admin), None).await;
+    let kinds: Vec<&str> = detail["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["requested", "region_chosen", "sfu_relay_chosen", "sfu_viewer_relay_chosen"]);
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{id}/end"), Some(&alice), None).await.0, 200);
+
+    // Near: 20 ms to ap, 30 ms to eu; 171 > 30: at home, and the token names no other relay.
+    let (st, near) = s
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(&alice),
+            Some(json!({ "machine_id": "cab-1", "mode": "sfu", "probes": probes(30.0, 300.0, 20.0) })),
+        )
+        .await;
+    assert_eq!(st, 201, "{near}");
+    assert_eq!(near["sfu"]["relay"], "eu-1", "{near}");
+    assert_eq!(verify(&keys, near["sfu"]["token"].as_str().unwrap(), unix_now()).unwrap().home, None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sfu_sessions_on_sqlite() {
     link_port_suite("sqlite").await;
     sfu_suite("sqlite").await;
+    linked_path_suite("sqlite").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sfu_sessions_on_postgres() {
     link_port_suite("postgres").await;
     sfu_suite("postgres").await;
+    linked_path_suite("postgres").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
