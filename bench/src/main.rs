@@ -8,6 +8,7 @@
 //!   cargo run --release -p bench -- allocations --target ours --hold 50000
 //!   cargo run --release -p bench -- throughput --server 192.0.2.7:3478 --secret S   (any TURN server)
 
+mod cascade;
 mod raw;
 mod report;
 mod scenarios;
@@ -171,6 +172,24 @@ enum Cmd {
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
     },
+    /// A machine at relay A, viewers at relay B linked to A over QUIC through a delaying proxy,
+    /// beside the same viewers at A: what the relay hop adds, CPU per packet at A and B, link
+    /// copies per packet.
+    Cascade {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 20)]
+        viewers: usize,
+        /// Seconds of streaming per case.
+        #[arg(long, default_value_t = 8.0)]
+        secs: f64,
+        /// The emulated one-way delay between the relays, in ms.
+        #[arg(long, default_value_t = 40.0)]
+        link_delay_ms: f64,
+        /// Where to write cascade.json.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
     /// Prints the table of a saved `compare` run again (and rewrites its SVG next to it).
     Report {
         /// A compare.json written by `compare`.
@@ -270,6 +289,21 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("{}", sfu::markdown(&report));
+            }
+            Ok(())
+        }
+        Cmd::Cascade { common, viewers, secs, link_delay_ms, out } => {
+            let env = env(&common)?;
+            eprintln!(
+                "bench cascade: {viewers} viewers, {secs} s per case, {link_delay_ms} ms each way between the relays"
+            );
+            let report = cascade::run(&env, viewers, secs, Duration::from_secs_f64(link_delay_ms / 1000.0))?;
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("cascade.json"), serde_json::to_string_pretty(&report)?)?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", cascade::markdown(&report));
             }
             Ok(())
         }

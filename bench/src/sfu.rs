@@ -74,6 +74,8 @@ struct Client {
     rtc: Rtc,
     socket: MioSocket,
     addr: SocketAddr,
+    /// The relay's media address it talks to.
+    relay: SocketAddr,
     video: Mid,
     audio: Mid,
     timeout: Instant,
@@ -84,7 +86,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(now: Instant, direction: Direction) -> anyhow::Result<(Self, String, SdpPendingOffer)> {
+    fn new(now: Instant, relay: SocketAddr, direction: Direction) -> anyhow::Result<(Self, String, SdpPendingOffer)> {
         let std_socket = UdpSocket::bind("127.0.0.1:0")?;
         let sock = socket2::SockRef::from(&std_socket);
         let _ = sock.set_recv_buffer_size(4 << 20);
@@ -101,6 +103,7 @@ impl Client {
             rtc,
             socket: MioSocket::from_std(std_socket),
             addr,
+            relay,
             video,
             audio,
             timeout: now,
@@ -117,8 +120,9 @@ impl Client {
         Ok(())
     }
 
-    /// Runs str0m's output: sends datagrams to `relay`, records received video.
-    fn drive(&mut self, relay: SocketAddr, epoch: Instant) {
+    /// Runs str0m's output: sends datagrams to its relay, records received video.
+    fn drive(&mut self, epoch: Instant) {
+        let relay = self.relay;
         loop {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
@@ -144,7 +148,7 @@ impl Client {
         }
     }
 
-    fn receive(&mut self, buf: &mut [u8], relay: SocketAddr, epoch: Instant) {
+    fn receive(&mut self, buf: &mut [u8], epoch: Instant) {
         loop {
             match self.socket.recv_from(buf) {
                 Ok((n, from)) => {
@@ -152,17 +156,17 @@ impl Client {
                     if let Ok(r) = Receive::new(Protocol::Udp, from, self.addr, &buf[..n]) {
                         let _ = self.rtc.handle_input(Input::Receive(now, r));
                     }
-                    self.drive(relay, epoch);
+                    self.drive(epoch);
                 }
                 Err(_) => return,
             }
         }
     }
 
-    fn tick(&mut self, now: Instant, relay: SocketAddr, epoch: Instant) {
+    fn tick(&mut self, now: Instant, epoch: Instant) {
         if self.timeout <= now {
             let _ = self.rtc.handle_input(Input::Timeout(now));
-            self.drive(relay, epoch);
+            self.drive(epoch);
         }
     }
 
@@ -202,17 +206,21 @@ fn http(addr: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> 
     Ok((status, location, body.to_owned()))
 }
 
-/// The relay's `relay_sfu_egress_packets_total`.
-fn egress_packets(admin: SocketAddr) -> anyhow::Result<f64> {
+/// One counter of the relay's `/metrics` (a series without labels).
+pub fn metric(admin: SocketAddr, series: &str) -> anyhow::Result<f64> {
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(s, "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     text.lines()
-        .find_map(|l| l.strip_prefix("relay_sfu_egress_packets_total "))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
-        .context("no relay_sfu_egress_packets_total in the relay's metrics")
+        .with_context(|| format!("no {series} in the relay's metrics"))
+}
+
+fn egress_packets(admin: SocketAddr) -> anyhow::Result<f64> {
+    metric(admin, "relay_sfu_egress_packets_total")
 }
 
 /// What the bench needs of the relay it started.
@@ -221,25 +229,59 @@ pub struct Target {
     pub udp: SocketAddr,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    /// Its link endpoint, when it takes links.
+    pub link: Option<SocketAddr>,
     pub secret: String,
 }
 
-fn token(secret: &str, role: cluster::media::MediaRole, machine: &str, session: Option<&str>, sub: &str) -> String {
+/// What the home relay did during a step whose viewers watched at another relay.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HomeFigures {
+    /// CPU seconds the home relay used.
+    pub cpu_s: f64,
+    /// Packets it received from the machine, and first copies it sent over links.
+    pub ingest: f64,
+    pub link_sent: f64,
+}
+
+fn token(
+    secret: &str,
+    role: cluster::media::MediaRole,
+    machine: &str,
+    session: Option<&str>,
+    sub: &str,
+    home: Option<&cluster::media::HomeRelay>,
+) -> String {
     let now = cluster::time::unix_now();
-    let claims = cluster::media::MediaClaims::new(sub, machine, session, role, now, 3600);
+    let mut claims = cluster::media::MediaClaims::new(sub, machine, session, role, now, 3600);
+    claims.home = home.cloned();
     cluster::media::mint(secret.as_bytes(), claims).expect("a non-empty secret")
 }
 
 /// Runs one step: `viewers` viewers for `secs` seconds.
 pub fn step(target: &Target, viewers: usize, secs: f64, step_no: usize) -> anyhow::Result<SfuStep> {
+    Ok(step_via(target, target, None, viewers, secs, step_no)?.0)
+}
+
+/// One step with the machine publishing at `home` and the viewers watching at `watch`, their
+/// tokens naming `link` as the machine's home relay when `watch` is another relay. The step's
+/// CPU and egress figures are `watch`'s; the home relay's come apart when it is another.
+pub fn step_via(
+    home: &Target,
+    target: &Target,
+    link: Option<cluster::media::HomeRelay>,
+    viewers: usize,
+    secs: f64,
+    step_no: usize,
+) -> anyhow::Result<(SfuStep, HomeFigures)> {
     use cluster::media::MediaRole;
     let machine = format!("bench-{step_no}");
     let session = format!("bench-session-{step_no}");
     let epoch = Instant::now();
-    let publisher_token = token(&target.secret, MediaRole::Publisher, &machine, None, &machine);
-    let (mut publisher, offer, pending) = Client::new(Instant::now(), Direction::SendOnly)?;
+    let publisher_token = token(&home.secret, MediaRole::Publisher, &machine, None, &machine, None);
+    let (mut publisher, offer, pending) = Client::new(Instant::now(), home.udp, Direction::SendOnly)?;
     let (status, publisher_location, answer) =
-        http(target.http, "POST", &format!("/whip/{machine}"), &publisher_token, &offer)?;
+        http(home.http, "POST", &format!("/whip/{machine}"), &publisher_token, &offer)?;
     if status != 201 {
         bail!("WHIP answered {status}: {answer}");
     }
@@ -248,8 +290,8 @@ pub fn step(target: &Target, viewers: usize, secs: f64, step_no: usize) -> anyho
     let mut locations = Vec::new();
     for i in 0..viewers {
         let role = if i == 0 { MediaRole::Player } else { MediaRole::Spectator };
-        let viewer_token = token(&target.secret, role, &machine, Some(&session), &format!("viewer-{i}"));
-        let (mut c, offer, pending) = Client::new(Instant::now(), Direction::RecvOnly)?;
+        let viewer_token = token(&target.secret, role, &machine, Some(&session), &format!("viewer-{i}"), link.as_ref());
+        let (mut c, offer, pending) = Client::new(Instant::now(), target.udp, Direction::RecvOnly)?;
         let (status, location, answer) = http(target.http, "POST", &format!("/whep/{session}"), &viewer_token, &offer)?;
         if status != 201 {
             bail!("WHEP answered {status}: {answer}");
@@ -263,7 +305,6 @@ pub fn step(target: &Target, viewers: usize, secs: f64, step_no: usize) -> anyho
     for (i, c) in clients.iter_mut().enumerate() {
         poll.registry().register(&mut c.socket, Token(i), Interest::READABLE)?;
     }
-    let relay = target.udp;
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 2048];
     let mut run = |clients: &mut Vec<Client>, until: Instant, mut each: Option<&mut Sender<'_>>| {
@@ -274,7 +315,7 @@ pub fn step(target: &Target, viewers: usize, secs: f64, step_no: usize) -> anyho
             let _ = poll.poll(&mut events, Some(wait));
             for e in events.iter() {
                 if let Some(c) = clients.get_mut(e.token().0) {
-                    c.receive(&mut buf, relay, epoch);
+                    c.receive(&mut buf, epoch);
                 }
             }
             let now = Instant::now();
@@ -283,7 +324,7 @@ pub fn step(target: &Target, viewers: usize, secs: f64, step_no: usize) -> anyho
             }
             if now >= next_tick {
                 for c in clients.iter_mut() {
-                    c.tick(now, relay, epoch);
+                    c.tick(now, epoch);
                 }
                 next_tick = now + Duration::from_millis(5);
             }
@@ -291,7 +332,7 @@ pub fn step(target: &Target, viewers: usize, secs: f64, step_no: usize) -> anyho
     };
     // Connect everyone (ICE, DTLS), then give the SFU a moment to settle the subscriptions.
     for c in clients.iter_mut() {
-        c.drive(relay, epoch);
+        c.drive(epoch);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while !clients.iter().all(|c| c.connected) {
@@ -316,6 +357,8 @@ pub fn step(target: &Target, viewers: usize, secs: f64, step_no: usize) -> anyho
     let cpu_before = crate::sys::cpu_seconds(target.pid)?;
     let own_before = crate::sys::cpu_seconds(std::process::id())?;
     let egress_before = egress_packets(target.admin)?;
+    let elsewhere = home.pid != target.pid;
+    let home_before = if elsewhere { home_figures(home)? } else { HomeFigures::default() };
     let mut send = |c: &mut Client, now: Instant| {
         if now >= next_frame && now < end {
             let key = frame.is_multiple_of(2 * FPS);
@@ -342,15 +385,26 @@ pub fn step(target: &Target, viewers: usize, secs: f64, step_no: usize) -> anyho
             audio_seq += 1;
             next_audio += Duration::from_millis(20);
         }
-        c.drive(relay, epoch);
+        c.drive(epoch);
     };
     run(&mut clients, end, Some(&mut send));
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = crate::sys::cpu_seconds(target.pid)? - cpu_before;
     let own = crate::sys::cpu_seconds(std::process::id())? - own_before;
+    let home_cpu = if elsewhere { crate::sys::cpu_seconds(home.pid)? - home_before.cpu_s } else { 0.0 };
     // Stragglers; then the relay's figures, which it publishes once a second, catch up.
     run(&mut clients, Instant::now() + Duration::from_millis(1200), None);
     let egress = egress_packets(target.admin)? - egress_before;
+    let home_figures = if elsewhere {
+        let after = home_figures(home)?;
+        HomeFigures {
+            cpu_s: home_cpu,
+            ingest: after.ingest - home_before.ingest,
+            link_sent: after.link_sent - home_before.link_sent,
+        }
+    } else {
+        HomeFigures::default()
+    };
 
     let mut latency = Latency::new();
     let mut delivered = 0u64;
@@ -364,12 +418,12 @@ pub fn step(target: &Target, viewers: usize, secs: f64, step_no: usize) -> anyho
     for (location, token) in &locations {
         let _ = http(target.http, "DELETE", location, token, "");
     }
-    let _ = http(target.http, "DELETE", &publisher_location, &publisher_token, "");
+    let _ = http(home.http, "DELETE", &publisher_location, &publisher_token, "");
 
     let expected = sent * viewers as u64;
     let relay_cores = cpu / elapsed;
     let egress_pps = egress / elapsed;
-    Ok(SfuStep {
+    let step = SfuStep {
         viewers,
         secs: elapsed,
         sent,
@@ -381,6 +435,16 @@ pub fn step(target: &Target, viewers: usize, secs: f64, step_no: usize) -> anyho
         egress_pps_per_core: if relay_cores > 0.0 { egress_pps / relay_cores } else { 0.0 },
         latency: latency.summary(),
         bench_cores: own / elapsed,
+    };
+    Ok((step, home_figures))
+}
+
+/// The home relay's CPU seconds so far and its ingest and link counters.
+fn home_figures(home: &Target) -> anyhow::Result<HomeFigures> {
+    Ok(HomeFigures {
+        cpu_s: crate::sys::cpu_seconds(home.pid)?,
+        ingest: metric(home.admin, "relay_sfu_ingest_packets_total")?,
+        link_sent: metric(home.admin, "relay_link_media_sent_total")?,
     })
 }
 

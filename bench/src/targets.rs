@@ -299,8 +299,8 @@ fn read_ready_line(child: &mut Child, prefix: &'static str) -> anyhow::Result<St
 }
 
 /// The relay config equivalent to coturn's command line, plus `extra` TOML at the end.
-fn write_config(dir: &Path, workers: usize, busy_poll_us: u64, extra: &str) -> anyhow::Result<PathBuf> {
-    let path = dir.join("relay.toml");
+fn write_config(dir: &Path, name: &str, workers: usize, busy_poll_us: u64, extra: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
     let text = format!(
         r#"# Written by the bench: equivalent to the coturn command line it runs.
 [server]
@@ -346,7 +346,12 @@ level = "warn"
 
 /// A relay binary on the bench's config plus `extra`, stdout piped for its banner.
 fn spawn_ours(env: &Env, bin: &Path, busy_poll_us: u64, extra: &str) -> anyhow::Result<Child> {
-    let config = write_config(&env.dir, env.workers, busy_poll_us, extra)?;
+    spawn_named(env, bin, "relay", busy_poll_us, extra)
+}
+
+/// [`spawn_ours`] with its config at `<dir>/<name>.toml` (several relays at once).
+fn spawn_named(env: &Env, bin: &Path, name: &str, busy_poll_us: u64, extra: &str) -> anyhow::Result<Child> {
+    let config = write_config(&env.dir, name, env.workers, busy_poll_us, extra)?;
     pinned(Command::new(bin), env)
         .arg("--config")
         .arg(&config)
@@ -397,7 +402,14 @@ fn start_raw(env: &Env, peer: SocketAddr, drop_every: u64, delay: Duration) -> a
 /// Starts the relay with its SFU on (`bench sfu`): the bench's config plus an HTTP listener for
 /// WHIP/WHEP. Returns the process (killed when dropped) and where to reach it.
 pub fn start_ours_sfu(env: &Env) -> anyhow::Result<(Server, crate::sfu::Target)> {
-    let mut child = spawn_ours(env, &env.relay_bin, 0, "\n[sfu]\nhttp_listen = \"127.0.0.1:0\"\n")?;
+    start_sfu_named(env, "relay", "")
+}
+
+/// The relay with its SFU on, its config at `<dir>/<name>.toml` with `extra` TOML after the
+/// `[sfu]` section (say, a `[link]` section: the link address then comes from the banner).
+pub fn start_sfu_named(env: &Env, name: &str, extra: &str) -> anyhow::Result<(Server, crate::sfu::Target)> {
+    let sfu = format!("\n[sfu]\nhttp_listen = \"127.0.0.1:0\"\n{extra}");
+    let mut child = spawn_named(env, &env.relay_bin, name, 0, &sfu)?;
     let stdout = child.stdout.take().context("child stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -405,21 +417,29 @@ pub fn start_ours_sfu(env: &Env) -> anyhow::Result<(Server, crate::sfu::Target)>
             let _ = tx.send(line);
         }
     });
-    let prefixes = ["STUN/TURN   udp://", "SFU         WHIP http://", "metrics     http://"];
+    let mut prefixes = vec!["STUN/TURN   udp://", "SFU         WHIP http://", "metrics     http://"];
+    if extra.contains("[link]") {
+        prefixes.push("links       quic://");
+    }
     let mut banner = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while banner.len() < prefixes.len() {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .context("the relay did not print its SFU banner within 30 s")?;
-        for p in prefixes {
+        for &p in &prefixes {
             if let Some(rest) = line.trim().strip_prefix(p) {
                 banner.insert(p, rest.to_owned());
             }
         }
     }
     let (udp, http, admin) = crate::sfu::addresses(&banner)?;
+    let link = banner
+        .get("links       quic://")
+        .map(|l| l.split_whitespace().next().unwrap_or_default().parse())
+        .transpose()
+        .context("the link address in the banner")?;
     let pid = child.id();
     let server = Server { kind: Kind::Ours, addr: udp, pid: Some(pid), child: Some(child) };
-    Ok((server, crate::sfu::Target { pid, udp, http, admin, secret: SECRET.to_owned() }))
+    Ok((server, crate::sfu::Target { pid, udp, http, admin, link, secret: SECRET.to_owned() }))
 }

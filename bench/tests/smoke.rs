@@ -151,3 +151,28 @@ fn sfu_smoke_every_viewer_receives_the_stream() {
     let saved: Value = serde_json::from_slice(&std::fs::read(dir.join("sfu.json")).unwrap()).unwrap();
     assert_eq!(saved["steps"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn cascade_smoke_viewers_at_the_linked_relay_get_one_link_copy_per_packet() {
+    let dir = std::env::temp_dir().join(format!("bench-cascade-smoke-{}", std::process::id()));
+    let out = dir.to_str().unwrap();
+    let report = run_json(&["cascade", "--viewers", "3", "--secs", "3", "--link-delay-ms", "20", "--out", out]);
+    let cases = report["cases"].as_array().unwrap();
+    let paths: Vec<&str> = cases.iter().map(|c| c["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["direct", "cascade"], "{report}");
+    for c in cases {
+        let s = &c["step"];
+        assert!(s["sent"].as_u64().unwrap() >= 200, "{c}");
+        assert!(s["loss"].as_f64().unwrap() < 0.01, "every viewer got the stream: {c}");
+    }
+    let cascade = &cases[1];
+    // The media crossed the 20 ms link once, whatever the viewer count.
+    let copies = cascade["link_copies_per_packet"].as_f64().unwrap();
+    assert!((copies - 1.0).abs() <= 0.01, "{cascade}");
+    let measured = cascade["step"]["latency"]["p50_us"].as_f64().unwrap();
+    assert!(measured >= 20_000.0, "the viewers at B see the link's delay: {cascade}");
+    let hop = cascade["hop_latency"]["p50_us"].as_f64().unwrap();
+    assert!((hop - (measured - 20_000.0)).abs() < 1.0, "the hop is the latency less the link's delay: {cascade}");
+    let saved: Value = serde_json::from_slice(&std::fs::read(dir.join("cascade.json")).unwrap()).unwrap();
+    assert_eq!(saved["cases"].as_array().unwrap().len(), 2);
+}

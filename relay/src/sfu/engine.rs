@@ -595,7 +595,7 @@ impl Sfu {
 
     /// A media datagram from `relay`, for the viewers here of the machine it carries.
     pub fn link_datagram(&mut self, now: Instant, relay: &str, data: &[u8]) {
-        let Some((stand_in, codec, pkt)) = self.links.datagram(&self.router, now, relay, data) else { return };
+        let Some((stand_in, codec, pkt)) = self.links.datagram(now, relay, data) else { return };
         let mut queue = Vec::new();
         self.route(now, stand_in, codec, pkt, &mut queue);
         for id in queue {
@@ -610,6 +610,7 @@ impl Sfu {
         for action in self.links.control(&mut self.router, now, relay, message) {
             match action {
                 LinkAction::Layout => self.layout += 1,
+                LinkAction::Media { stand_in, codec, pkt } => self.route(now, stand_in, codec, pkt, &mut queue),
                 LinkAction::KeyframesFor { machine } => {
                     if let Some(&publisher) = self.publishers.get(&machine) {
                         for track in 0..self.router.tracks(&machine).len() {

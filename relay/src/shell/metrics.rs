@@ -249,6 +249,11 @@ impl Metrics {
             "Packets from links that filled a gap (the link's loss, repaired by NACK).",
             |s| s.links.repaired,
         )?;
+        counter(
+            "relay_link_early_total",
+            "Link packets that came before their track's announcement (kept briefly, then routed).",
+            |s| s.links.early,
+        )?;
         counter("relay_link_nacked_total", "Packets missing from links, NACKed upstream (each try counts).", |s| {
             s.links.nacked
         })?;

@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
@@ -53,6 +53,8 @@ pub struct LinkStats {
     pub media_in: u64,
     /// Of those, packets that filled a gap (a resend answering this relay's NACK, or late).
     pub repaired: u64,
+    /// Packets that came before their track's announcement (kept briefly, then routed).
+    pub early: u64,
     /// Packets NACKed upstream (each try counts), and given up on (not repaired in time).
     pub nacked: u64,
     pub lost: u64,
@@ -66,8 +68,12 @@ pub struct LinkStats {
     pub seat_inputs_dropped: u64,
 }
 
+/// Datagrams kept per link for tracks not announced yet, at most, and for how long.
+const EARLY_PACKETS: usize = 512;
+const EARLY_AGE: Duration = Duration::from_secs(1);
+
 /// What the engine does for the links with its peers (the link side has none).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum LinkAction {
     /// Viewers' lines need working out again (tracks came or went).
     Layout,
@@ -78,6 +84,8 @@ pub enum LinkAction {
     /// A seat input from a peer relay, for the machine if it is here and its seat is held by
     /// no viewer here.
     ToMachine { machine: String, binary: bool, data: Vec<u8> },
+    /// A packet that came before its track's announcement, for the viewers here.
+    Media { stand_in: PeerId, codec: Codec, pkt: MediaIn },
 }
 
 /// The links the SFU knows, by peer relay id, and the stand-ins of machines watched through
@@ -106,8 +114,12 @@ struct LinkState {
     origin: Origin,
     /// Machines watched here through this link → their stand-in publishers.
     machines: HashMap<String, PeerId>,
-    /// Link track id → the stand-in and its router track.
-    tracks: HashMap<u64, (PeerId, usize)>,
+    /// Link track id → the stand-in, its router track and codec.
+    tracks: HashMap<u64, (PeerId, usize, Codec)>,
+    /// Datagrams of tracks not announced yet: the announcement comes on the control stream and
+    /// the media as datagrams, so the first packets (a key frame's) may overtake it. Kept up
+    /// to [`EARLY_PACKETS`] for [`EARLY_AGE`], routed when the track is announced.
+    early: VecDeque<(Instant, u64, Vec<u8>)>,
 }
 
 impl LinkState {
@@ -120,6 +132,7 @@ impl LinkState {
             origin: Origin::new(),
             machines: HashMap::new(),
             tracks: HashMap::new(),
+            early: VecDeque::new(),
         }
     }
 }
@@ -201,7 +214,7 @@ impl LinkSet {
         let Some(relay) = self.stand_ins.remove(&peer) else { return };
         if let Some(state) = self.links.get_mut(&relay) {
             state.machines.retain(|_, id| *id != peer);
-            state.tracks.retain(|_, (id, _)| *id != peer);
+            state.tracks.retain(|_, (id, _, _)| *id != peer);
         }
     }
 
@@ -277,8 +290,17 @@ impl LinkSet {
                 };
                 match router.add_track(stand_in, codec, usize::from(layers)) {
                     Ok(index) => {
-                        state.tracks.insert(track, (stand_in, index));
+                        state.tracks.insert(track, (stand_in, index, codec));
                         actions.push(LinkAction::Layout);
+                        // Packets that overtook the announcement, in the order they came.
+                        let (early, kept): (Vec<_>, Vec<_>) =
+                            std::mem::take(&mut state.early).into_iter().partition(|(_, t, _)| *t == track);
+                        state.early = kept.into();
+                        for (_, _, data) in early {
+                            if let Some((stand_in, codec, pkt)) = accept(state, &mut self.stats, now, &data) {
+                                actions.push(LinkAction::Media { stand_in, codec, pkt });
+                            }
+                        }
                     }
                     Err(e) => debug!(relay, error = %e, "link track refused"),
                 }
@@ -325,39 +347,23 @@ impl LinkSet {
     /// A media datagram from `relay`: a new packet, or one that repairs a loss, comes back for
     /// the viewers here (from its stand-in publisher); duplicates and malformed ones are
     /// dropped and counted.
-    pub fn datagram(
-        &mut self,
-        router: &Router,
-        now: Instant,
-        relay: &str,
-        data: &[u8],
-    ) -> Option<(PeerId, Codec, MediaIn)> {
+    pub fn datagram(&mut self, now: Instant, relay: &str, data: &[u8]) -> Option<(PeerId, Codec, MediaIn)> {
         let Ok(media) = Media::decode(data) else {
             self.stats.malformed += 1;
             return None;
         };
         let state = self.links.get_mut(relay)?;
-        let lost = state.edge.stats().lost;
-        let arrival = state.edge.handle_media(now, &media);
-        self.stats.lost += state.edge.stats().lost - lost;
-        match arrival {
-            Arrival::Duplicate => return None,
-            Arrival::Repaired => self.stats.repaired += 1,
-            Arrival::New => {}
+        if !state.tracks.contains_key(&media.track) {
+            while state.early.len() >= EARLY_PACKETS
+                || state.early.front().is_some_and(|(at, _, _)| now.saturating_duration_since(*at) > EARLY_AGE)
+            {
+                state.early.pop_front();
+            }
+            state.early.push_back((now, media.track, data.to_vec()));
+            self.stats.early += 1;
+            return None;
         }
-        let &(stand_in, track) = state.tracks.get(&media.track)?;
-        self.stats.media_in += 1;
-        let (codec, _) = *router.tracks(router.machine_of(stand_in)?).get(track)?;
-        let pkt = MediaIn {
-            track,
-            layer: media.layer,
-            seq: media.seq,
-            timestamp: media.timestamp,
-            marker: media.marker,
-            keyframe: media.keyframe,
-            payload: Arc::from(media.payload),
-        };
-        Some((stand_in, codec, pkt))
+        accept(state, &mut self.stats, now, data)
     }
 
     /// A packet of a local publisher's `track` for every link whose peer watches the machine.
@@ -398,7 +404,7 @@ impl LinkSet {
     pub fn keyframe_upstream(&mut self, now: Instant, stand_in: PeerId, track: usize) {
         let Some(relay) = self.stand_ins.get(&stand_in) else { return };
         let Some(state) = self.links.get_mut(relay) else { return };
-        let link_track = state.tracks.iter().find(|(_, v)| **v == (stand_in, track)).map(|(k, _)| *k);
+        let link_track = state.tracks.iter().find(|(_, v)| (v.0, v.1) == (stand_in, track)).map(|(k, _)| *k);
         if let Some(link_track) = link_track {
             state.edge.request_keyframe(now, link_track);
             drain(state, &mut self.out);
@@ -439,7 +445,7 @@ impl LinkSet {
             let gone: Vec<String> = state.machines.keys().filter(|m| !state.edge.is_subscribed(m)).cloned().collect();
             for machine in gone {
                 if let Some(id) = state.machines.remove(&machine) {
-                    state.tracks.retain(|_, (s, _)| *s != id);
+                    state.tracks.retain(|_, (s, _, _)| *s != id);
                     dropped.push(id);
                     info!(machine, relay = %state.id, "no viewers left: unsubscribed from the relay link");
                 }
@@ -458,6 +464,32 @@ impl LinkSet {
             }
         }
     }
+}
+
+/// A media datagram of an announced track through the edge's loss tracking: the packet for the
+/// viewers, unless it is a duplicate.
+fn accept(state: &mut LinkState, stats: &mut LinkStats, now: Instant, data: &[u8]) -> Option<(PeerId, Codec, MediaIn)> {
+    let media = Media::decode(data).ok()?;
+    let &(stand_in, track, codec) = state.tracks.get(&media.track)?;
+    let lost = state.edge.stats().lost;
+    let arrival = state.edge.handle_media(now, &media);
+    stats.lost += state.edge.stats().lost - lost;
+    match arrival {
+        Arrival::Duplicate => return None,
+        Arrival::Repaired => stats.repaired += 1,
+        Arrival::New => {}
+    }
+    stats.media_in += 1;
+    let pkt = MediaIn {
+        track,
+        layer: media.layer,
+        seq: media.seq,
+        timestamp: media.timestamp,
+        marker: media.marker,
+        keyframe: media.keyframe,
+        payload: Arc::from(media.payload),
+    };
+    Some((stand_in, codec, pkt))
 }
 
 /// Moves what a link's cores queued to the shell's outbox, if the link is up.

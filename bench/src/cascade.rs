@@ -1,0 +1,212 @@
+//! `bench cascade`: the machine publishes at relay A, viewers watch at relay B, which links to A
+//! over QUIC through a user-space proxy that delays every datagram by a fixed one-way delay (no
+//! `tc netem` here). Beside it, the direct case: the same viewers at A. Reported per case:
+//! delivery, the viewers' latency (for the cascade, minus the emulated link delay: what the
+//! relay hop adds), CPU per forwarded packet at A and at B, and link copies per packet (A's
+//! first copies over the link per packet it received: 1.0 whatever the viewer count).
+
+use std::collections::BinaryHeap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cluster::media::HomeRelay;
+use cluster::pki::{Authority, Validity};
+use serde::Serialize;
+
+use crate::sfu::{HomeFigures, SfuStep};
+use crate::stats::LatencySummary;
+use crate::targets::Env;
+
+/// One case's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct CascadeCase {
+    /// `direct` (viewers at A) or `cascade` (viewers at B, linked to A).
+    pub path: String,
+    pub step: SfuStep,
+    /// The viewers' latency minus the emulated link delay (the cascade), or as measured.
+    pub hop_latency: LatencySummary,
+    /// Relay A's CPU µs per packet it forwarded (to viewers when direct; over the link, first
+    /// copies, when cascading).
+    pub a_us_per_packet: f64,
+    /// Relay B's CPU µs per packet it forwarded to viewers (cascade only).
+    pub b_us_per_packet: Option<f64>,
+    /// A's first copies over the link per packet it received (cascade only).
+    pub link_copies_per_packet: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CascadeReport {
+    pub viewers: usize,
+    pub link_delay_ms: f64,
+    pub cases: Vec<CascadeCase>,
+}
+
+/// Relay `id`'s `[link]` section, with a certificate from `ca` written into `dir`.
+fn link_section(ca: &Authority, env: &Env, id: &str) -> anyhow::Result<String> {
+    let issued = ca.issue(id, Validity::days_from(cluster::time::unix_now(), 1))?;
+    let (ca_pem, cert, key) =
+        (env.dir.join("cluster-ca.pem"), env.dir.join(format!("{id}.pem")), env.dir.join(format!("{id}.key")));
+    std::fs::write(&ca_pem, ca.cert_pem())?;
+    std::fs::write(&cert, &issued.cert_pem)?;
+    std::fs::write(&key, &issued.key_pem)?;
+    Ok(format!(
+        "\n[link]\nlisten = \"127.0.0.1:0\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        ca_pem.display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string()
+    ))
+}
+
+/// Runs both cases with `viewers` viewers for `secs` seconds each.
+pub fn run(env: &Env, viewers: usize, secs: f64, delay: Duration) -> anyhow::Result<CascadeReport> {
+    let ca = Authority::generate("bench-cluster", Validity::days_from(cluster::time::unix_now(), 1))?;
+    let (_a_server, a) = crate::targets::start_sfu_named(env, "relay-a", &link_section(&ca, env, "relay-a")?)?;
+    let (_b_server, b) = crate::targets::start_sfu_named(env, "relay-b", &link_section(&ca, env, "relay-b")?)?;
+    let a_link = a.link.context("relay A printed no link address")?;
+    let proxy = DelayProxy::start(a_link, delay)?;
+    let home = HomeRelay { id: "relay-a".into(), link: proxy.addr.to_string() };
+    let delay_ms = delay.as_secs_f64() * 1000.0;
+    let mut cases = Vec::new();
+    let (direct, _) = crate::sfu::step_via(&a, &a, None, viewers, secs, 0)?;
+    cases.push(CascadeCase {
+        path: "direct".into(),
+        hop_latency: direct.latency,
+        a_us_per_packet: direct.cpu_us_per_packet,
+        b_us_per_packet: None,
+        link_copies_per_packet: None,
+        step: direct,
+    });
+    // A first, short round links B to A and settles the subscription; then the measured one.
+    crate::sfu::step_via(&a, &b, Some(home.clone()), viewers, 2.0_f64.min(secs), 1)?;
+    let (step, at_a): (SfuStep, HomeFigures) = crate::sfu::step_via(&a, &b, Some(home), viewers, secs, 2)?;
+    let less = |us: f64| (us - delay_ms * 1000.0).max(0.0);
+    let mut hop = step.latency;
+    hop.p50_us = less(hop.p50_us);
+    hop.p99_us = less(hop.p99_us);
+    hop.p999_us = less(hop.p999_us);
+    hop.max_us = less(hop.max_us);
+    cases.push(CascadeCase {
+        path: "cascade".into(),
+        hop_latency: hop,
+        a_us_per_packet: if at_a.link_sent > 0.0 { at_a.cpu_s * 1e6 / at_a.link_sent } else { 0.0 },
+        b_us_per_packet: Some(step.cpu_us_per_packet),
+        link_copies_per_packet: Some(if at_a.ingest > 0.0 { at_a.link_sent / at_a.ingest } else { 0.0 }),
+        step,
+    });
+    drop(proxy);
+    Ok(CascadeReport { viewers, link_delay_ms: delay_ms, cases })
+}
+
+pub const HEADER: &str = "| path | viewers | loss | latency p50 / p99 (ms) | minus link delay p50 / p99 (ms) | A µs/pkt | B µs/pkt | link copies/pkt |\n\
+|---|---:|---:|---:|---:|---:|---:|---:|\n";
+
+pub fn markdown(r: &CascadeReport) -> String {
+    let mut out = String::from(HEADER);
+    for c in &r.cases {
+        let s = &c.step;
+        let opt = |v: Option<f64>, digits: usize| v.map_or("–".to_owned(), |v| format!("{v:.digits$}"));
+        out.push_str(&format!(
+            "| {} | {} | {:.3}% | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {} | {} |\n",
+            c.path,
+            s.viewers,
+            s.loss * 100.0,
+            s.latency.p50_us / 1000.0,
+            s.latency.p99_us / 1000.0,
+            c.hop_latency.p50_us / 1000.0,
+            c.hop_latency.p99_us / 1000.0,
+            c.a_us_per_packet,
+            opt(c.b_us_per_packet, 2),
+            opt(c.link_copies_per_packet, 3),
+        ));
+    }
+    out.push_str(&format!(
+        "\nLink: {:.0} ms each way through a user-space proxy. The cascade's \"minus link delay\" is what the relay hop adds.\n",
+        r.link_delay_ms
+    ));
+    out
+}
+
+/// A UDP proxy in front of `server` that holds every datagram `delay`, both ways (one client).
+struct DelayProxy {
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A datagram due at `0`.
+struct Due(Instant, Vec<u8>, SocketAddr);
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    /// Earliest first in a max-heap.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.cmp(&self.0)
+    }
+}
+
+impl DelayProxy {
+    fn start(server: SocketAddr, delay: Duration) -> anyhow::Result<Self> {
+        let front = UdpSocket::bind("127.0.0.1:0")?;
+        let back = UdpSocket::bind("127.0.0.1:0")?;
+        let addr = front.local_addr()?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<Due>();
+        let client = std::sync::Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+        for (socket, toward_server) in [(front.try_clone()?, true), (back.try_clone()?, false)] {
+            let (tx, stop, client) = (tx.clone(), stop.clone(), client.clone());
+            socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 2048];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                    let to = if toward_server {
+                        *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
+                        server
+                    } else {
+                        match *client.lock().unwrap_or_else(|e| e.into_inner()) {
+                            Some(c) => c,
+                            None => continue,
+                        }
+                    };
+                    let _ = tx.send(Due(Instant::now() + delay, buf[..n].to_vec(), to));
+                }
+            });
+        }
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            let mut heap = BinaryHeap::new();
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let wait = heap
+                    .peek()
+                    .map_or(Duration::from_millis(100), |d: &Due| d.0.saturating_duration_since(Instant::now()));
+                if let Ok(d) = rx.recv_timeout(wait) {
+                    heap.push(d);
+                }
+                while heap.peek().is_some_and(|d| d.0 <= Instant::now()) {
+                    let Some(Due(_, data, to)) = heap.pop() else { break };
+                    // Datagrams for the server leave from `back`, those for the client from `front`.
+                    let socket = if to == server { &back } else { &front };
+                    let _ = socket.send_to(&data, to);
+                }
+            }
+        });
+        Ok(Self { addr, stop })
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
