@@ -296,6 +296,55 @@ fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
     let last = common::metric_value(&m, "relay_cluster_last_heartbeat_timestamp_seconds");
     assert!((test_start as f64..=unix_now() as f64 + 1.0).contains(&last), "{last}");
 
+    // Signaling lists the relays that take links: the relay links to the one whose id sorts
+    // after its own (one link per pair: the other links to it) and reports its RTT.
+    let links = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let peer = |id: &str| {
+        let issued = ca.issue(id, Validity::days_from(unix_now(), 1)).unwrap();
+        let refusals = prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["side", "reason"]).unwrap();
+        let tls = relay::link::tls::LinkTls::from_pem(
+            ca.cert_pem().as_bytes(),
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+            ["ca", "cert", "key"],
+            relay::link::tls::Refusals::new(refusals),
+        )
+        .unwrap();
+        let _guard = links.enter();
+        let endpoint =
+            Arc::new(relay::link::endpoint::LinkEndpoint::bind("127.0.0.1:0".parse().unwrap(), tls).unwrap());
+        let admitted = Arc::new(Mutex::new(Vec::new()));
+        let (e, a) = (Arc::clone(&endpoint), Arc::clone(&admitted));
+        links.spawn(async move {
+            while let Some(link) = e.accept().await {
+                a.lock().unwrap().push(link);
+            }
+        });
+        (endpoint, admitted)
+    };
+    let (after, after_links) = peer("relay-test-2");
+    let (before_us, before_links) = peer("relay-test-0");
+    let mut with_peers = reply(vec![], 1, &["s2"]);
+    with_peers.link_peers = [("relay-test-2", &after), ("relay-test-0", &before_us)]
+        .into_iter()
+        .map(|(id, e)| cluster::heartbeat::LinkPeer { id: id.into(), link: e.local_addr().unwrap().to_string() })
+        .collect();
+    let mut seen = signaling.set_reply(with_peers);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let rtt = loop {
+        let (_, hb) = signaling.nth(seen);
+        seen += 1;
+        if let Some(ms) = hb.link_rtts.get("relay-test-2") {
+            break *ms;
+        }
+        assert!(Instant::now() < deadline, "no link RTT to relay-test-2 in the heartbeats: {:?}", hb.link_rtts);
+    };
+    assert!(rtt > 0.0 && rtt < 1000.0, "{rtt} ms on loopback");
+    let linked: Vec<String> = after_links.lock().unwrap().iter().map(|l| l.peer.clone()).collect();
+    assert_eq!(linked, ["relay-test-1"]);
+    assert!(before_links.lock().unwrap().is_empty(), "relay-test-0 links to relay-test-1, not the other way");
+    assert_eq!(relay.metric("relay_links_open"), 1.0);
+
     // Signaling goes away: heartbeats fail, the relay keeps serving with the last secrets.
     signaling.go_away();
     eventually(Duration::from_secs(5), "a failed heartbeat is counted", || {
