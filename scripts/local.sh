@@ -6,8 +6,10 @@
 #   scripts/local.sh
 #
 # Ports: signaling 127.0.0.1:8080; relays' STUN/TURN on UDP 3478 (eu-central), 3479 (us-east),
-# 3480 (ap-southeast), their metrics on 9090-9092. Keys are generated on first start and kept in
-# .local/keys.env, so tokens stay valid across restarts; delete .local/ to start afresh.
+# 3480 (ap-southeast), their metrics on 9090-9092, their relay-to-relay links (QUIC) on UDP
+# 4433-4435. Keys are generated on first start and kept in .local/keys.env, the cluster CA and
+# the relays' link certificates in .local/ca/, so tokens stay valid across restarts; delete
+# .local/ to start afresh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,6 +59,14 @@ await() {
 await "$state/logs/signaling.out" "ready" "$state/logs/signaling.log"
 
 regions=(eu-central us-east ap-southeast)
+# The cluster CA for relay links, and a certificate for each relay (kept across restarts).
+ca=$state/ca
+if [[ ! -f "$ca/ca.pem" ]]; then
+    "$bin/relayctl" ca init --dir "$ca" --name local-cluster >/dev/null
+fi
+for region in "${regions[@]}"; do
+    [[ -f "$ca/local-$region.pem" ]] || "$bin/relayctl" ca issue "local-$region" --dir "$ca" >/dev/null
+done
 for i in 0 1 2; do
     region=${regions[$i]}
     # Loopback peers are allowed so that relaying can be tried between local processes; the
@@ -67,6 +77,8 @@ for i in 0 1 2; do
         --min-port $((40000 + i * 5000)) --max-port $((44999 + i * 5000)) \
         --signaling-url http://127.0.0.1:8080 --region "$region" --relay-id "local-$region" \
         --public-host 127.0.0.1 --allow-peer 127.0.0.0/8 \
+        --link-listen "127.0.0.1:$((4433 + i))" --link-ca "$ca/ca.pem" \
+        --link-cert "$ca/local-$region.pem" --link-key "$ca/local-$region.key" \
         >"$state/logs/relay-$region.out" 2>"$state/logs/relay-$region.log" &
     pids+=($!)
 done
@@ -110,6 +122,7 @@ An ICE configuration for a player (probes favour us-east here; without them the 
 The admin CLI:
 
   $bin/relayctl relays
+  $bin/relayctl relays links          # the relays' QUIC links to each other and their RTTs
   $bin/relayctl probe
   $bin/relayctl relays drain local-us-east
   $bin/relayctl sessions

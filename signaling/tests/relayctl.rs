@@ -181,7 +181,7 @@ async fn relays_drain_and_undrain_reach_the_relay() {
     // eu-1 takes links from other relays on UDP 4433; us-1 none.
     let mut hb = common::heartbeat_json("eu-1", "eu-central", 40001, "serving", 0.1);
     hb["link_port"] = json!(4433);
-    assert_eq!(s.call("POST", "/v1/relays/heartbeat", Some(common::CLUSTER_TOKEN), Some(hb)).await.0, 200);
+    assert_eq!(s.call("POST", "/v1/relays/heartbeat", Some(common::CLUSTER_TOKEN), Some(hb.clone())).await.0, 200);
 
     let table = run(&mut relayctl(&s, Some(&admin)), &["relays"]).await;
     let us = line(table.ok(), "us-1");
@@ -193,6 +193,13 @@ async fn relays_drain_and_undrain_reach_the_relay() {
     let cell = |l: &str| l.split_whitespace().nth(column).map(str::to_owned);
     assert_eq!(cell(line(table.ok(), "eu-1")).as_deref(), Some("4433"));
     assert_eq!(cell(us).as_deref(), Some("-"));
+    let none = run(&mut relayctl(&s, Some(&admin)), &["relays", "links"]).await;
+    assert!(none.ok().contains("no relay reports a link"), "{}", none.stdout);
+    hb["link_rtts"] = json!({ "us-1": 81.25 });
+    assert_eq!(s.call("POST", "/v1/relays/heartbeat", Some(common::CLUSTER_TOKEN), Some(hb.clone())).await.0, 200);
+    let links = run(&mut relayctl(&s, Some(&admin)), &["relays", "links"]).await;
+    let row: Vec<&str> = line(links.ok(), "eu-1").split_whitespace().collect();
+    assert_eq!(row, ["eu-1", "eu-central", "us-1", "us-east", "81.2", "ms", "serving"], "{}", links.stdout);
     let listed = run(&mut relayctl(&s, Some(&admin)), &["relays", "list"]).await;
     let ids: Vec<&str> = listed.ok().lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(ids, ["eu-1", "us-1"], "{}", listed.stdout);

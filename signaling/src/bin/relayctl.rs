@@ -102,6 +102,8 @@ enum Command {
 enum RelaysAction {
     /// List relays (the default)
     List,
+    /// The relay-to-relay links the relays report: each relay, its peers and their RTT
+    Links,
     /// Stop handing out a relay: it keeps its sessions and takes no new ones
     Drain { id: RelayId },
     /// Put a drained relay back in rotation
@@ -361,6 +363,9 @@ async fn run(cli: Cli) -> anyhow::Result<Output> {
         }
         Command::Relays { action: None | Some(RelaysAction::List) } => {
             typed(json, api.get(&["v1", "relays"], &[]).await.context("listing relays")?, render::relays)?
+        }
+        Command::Relays { action: Some(RelaysAction::Links) } => {
+            typed(json, api.get(&["v1", "relays"], &[]).await.context("listing relays")?, render::links)?
         }
         Command::Relays { action: Some(RelaysAction::Drain { id }) } => {
             let v = api.post(&["v1", "relays", &id.0, "drain"], &json!({})).await;

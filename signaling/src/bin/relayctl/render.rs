@@ -219,6 +219,34 @@ pub fn relays(v: &RelayList) -> String {
     if t.is_empty() { "no relays have registered\n".into() } else { t.render() }
 }
 
+/// Each link a relay reports (from its last heartbeat): the relay, the peer, the RTT it
+/// measures, and the peer's status in the registry.
+pub fn links(v: &RelayList) -> String {
+    let mut t = Table::new(&[
+        ("RELAY", Align::Left),
+        ("REGION", Align::Left),
+        ("PEER", Align::Left),
+        ("PEER REGION", Align::Left),
+        ("RTT", Align::Right),
+        ("PEER STATUS", Align::Left),
+    ]);
+    for info in &v.relays {
+        let r = &info.relay;
+        for (peer, ms) in &r.link_rtts {
+            let other = v.relays.iter().find(|o| &o.relay.id == peer);
+            t.row(vec![
+                r.id.clone(),
+                r.region.clone(),
+                clean(peer),
+                other.map_or_else(|| "-".into(), |o| o.relay.region.clone()),
+                format!("{ms:.1} ms"),
+                other.map_or_else(|| "unknown".into(), |o| o.status.clone()),
+            ]);
+        }
+    }
+    if t.is_empty() { "no relay reports a link to another\n".into() } else { t.render() }
+}
+
 pub fn admin_state(v: &AdminStateChanged) -> String {
     let relay = clean(&v.relay);
     match v.admin_state {
