@@ -519,6 +519,21 @@ async fn linked_path_suite(backend: &str) {
     let (_, detail) = s.call("GET", &format!("/v1/sessions/{id}"), Some(&admin), None).await;
     let kinds: Vec<&str> = detail["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["requested", "region_chosen", "sfu_relay_chosen", "sfu_viewer_relay_chosen"]);
+    // A far spectator with its probes watches at its own region's relay too; without probes, at
+    // home.
+    let bob = s.token("bob", "player");
+    let watch_path = format!("/v1/sessions/{id}/watch");
+    let watch = |body: Option<Value>| s.call("POST", &watch_path, Some(&bob), body);
+    let (st, far_watch) = watch(Some(json!({ "probes": probes(250.0, 300.0, 20.0) }))).await;
+    assert_eq!((st, far_watch["relay"].as_str()), (200, Some("ap-1")), "{far_watch}");
+    assert_eq!(far_watch["whep_url"], format!("https://sfu-ap-1.example.com/whep/{id}"));
+    let claims = verify(&keys, far_watch["token"].as_str().unwrap(), unix_now()).unwrap();
+    assert_eq!(claims.home.map(|h| h.id).as_deref(), Some("eu-1"));
+    let (st, home_watch) = watch(None).await;
+    assert_eq!((st, home_watch["relay"].as_str()), (200, Some("eu-1")), "{home_watch}");
+    assert_eq!(verify(&keys, home_watch["token"].as_str().unwrap(), unix_now()).unwrap().home, None);
+    let (st, bad) = watch(Some(json!({ "probes": { "mars": [1.0] } }))).await;
+    assert_eq!(st, 400, "{bad}");
     assert_eq!(s.call("POST", &format!("/v1/sessions/{id}/end"), Some(&alice), None).await.0, 200);
 
     // Near: 20 ms to ap, 30 ms to eu; 171 > 30: at home, and the token names no other relay.

@@ -194,11 +194,16 @@ pub(super) async fn media_token(
     cluster::media::mint(secret.as_bytes(), claims).map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
 }
 
-/// A spectator's way into an SFU session: a WHEP URL and a spectator token.
+/// A spectator's way into an SFU session: a WHEP URL and a spectator token. With the viewer's
+/// probes (the body of `POST /v1/sessions`, optional), at its own region's relay linked to the
+/// home relay when that path is shorter, as for the player.
 pub(super) async fn watch_session(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     bearer: Bearer,
     PathParam(id): PathParam<String>,
+    OptionalBody(req): OptionalBody<PlacementRequest>,
 ) -> ApiResult<Json<Watch>> {
     let claims = bearer.require(&[Role::Player])?.clone();
     let s = state.store.session(&id).await?.ok_or_else(|| ApiError::not_found(format!("no session {id:?}")))?;
@@ -209,8 +214,23 @@ pub(super) async fn watch_session(
         return Err(ApiError::Conflict("only sfu sessions can be watched".into()));
     };
     let role = if claims.sub == s.player { MediaRole::Player } else { MediaRole::Spectator };
-    let token = media_token(&state, &claims.sub, &s.machine_id, Some(&id), role, None).await?;
-    Ok(Json(Watch { relay: relay.into(), whep_url: format!("{base}/whep/{id}"), token, role }))
+    let mut at = (relay.to_owned(), format!("{base}/whep/{id}"), None);
+    if !req.probes.is_empty()
+        && let Some(home) = state.store.relay(relay).await?
+        && let Some(port) = home.link_port
+    {
+        let machine = state.store.machine(&s.machine_id).await?;
+        let placement = placement::place(&state, &req, state.client_ip(peer, &headers), machine.as_ref()).await?;
+        let path = placement::sfu_viewer_path(&home, &placement.relay, &req);
+        if path.linked {
+            let link = HomeRelay { id: home.id.clone(), link: super::relays::host_port(&home.public_host, port) };
+            let url = format!("{}/whep/{id}", path.relay.sfu_url.as_deref().unwrap_or_default());
+            at = (path.relay.id.clone(), url, Some(link));
+        }
+    }
+    let (relay, whep_url, home) = at;
+    let token = media_token(&state, &claims.sub, &s.machine_id, Some(&id), role, home).await?;
+    Ok(Json(Watch { relay, whep_url, token, role }))
 }
 
 #[derive(Debug, Deserialize)]
