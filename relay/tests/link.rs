@@ -259,16 +259,6 @@ fn write_issued(dir: &Path, name: &str, issued: &Issued) -> (String, String) {
     (cert.to_str().unwrap().to_owned(), key.to_str().unwrap().to_owned())
 }
 
-/// The link address from the relay's banner.
-fn link_addr(relay: &RelayProcess) -> SocketAddr {
-    let banner: Vec<String> = relay.stdout.try_iter().collect();
-    banner
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("links       quic://"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no links line in the banner: {banner:?}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_binary_admits_cluster_relays_and_counts_refusals_in_its_metrics() {
     let dir = common::temp_dir("link");
@@ -279,7 +269,7 @@ async fn the_relay_binary_admits_cluster_relays_and_counts_refusals_in_its_metri
     let (cert, key) = write_issued(&dir, "eu-1", &issue(&ca, "eu-1"));
     let link_args = ["--link-listen", "127.0.0.1:0", "--link-ca", &ca_pem, "--link-cert", &cert, "--link-key", &key];
     let relay = RelayProcess::start("relay.toml", &link_args);
-    let addr = link_addr(&relay);
+    let (_, addr) = common::links::addresses(&relay);
     let series = |reason: &str| format!("relay_link_refusals_total{{reason=\"{reason}\",side=\"accept\"}}");
     for r in Refusal::ALL {
         assert_eq!(relay.metric(&series(r.label())), 0.0, "every reason is exported from the start");

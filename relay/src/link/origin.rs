@@ -83,6 +83,11 @@ impl Origin {
         self.stats
     }
 
+    /// Whether `track` is announced on this link.
+    pub fn has_track(&self, track: u64) -> bool {
+        self.tracks.contains_key(&track)
+    }
+
     pub fn is_subscribed(&self, machine: &str) -> bool {
         self.subscribed.contains(machine)
     }

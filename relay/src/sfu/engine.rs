@@ -390,13 +390,9 @@ impl Sfu {
 
     fn add(&mut self, peer: Peer, role: Option<Role>, label: &str) -> PeerId {
         // Random ids: they end up in WHIP/WHEP resource URLs, which must not be guessable (one
-        // viewer must not be able to end another's subscription).
-        let id = loop {
-            let id = PeerId((rand::random::<u64>() >> 11) | 1);
-            if !self.peers.contains_key(&id) {
-                break id;
-            }
-        };
+        // viewer must not be able to end another's subscription). None a stand-in has.
+        let peers = &self.peers;
+        let id = self.links.fresh_id(&|p| peers.contains_key(&p));
         self.by_ufrag.insert(peer.ufrag().to_owned(), id);
         self.ufrags.write().unwrap_or_else(|e| e.into_inner()).insert(peer.ufrag().to_owned());
         self.serial += 1;
@@ -501,8 +497,8 @@ impl Sfu {
                     self.layout += 1;
                 }
                 let pkt = MediaIn { track, layer, seq, timestamp, marker, keyframe, payload };
-                if let Some(machine) = self.peers.get(&id).map(|e| e.label.clone()) {
-                    self.links.tap(&self.router, &machine, id, codec, &pkt);
+                if let Some(entry) = self.peers.get(&id) {
+                    self.links.tap(&self.router, &entry.label, id, codec, &pkt);
                 }
                 self.route(now, id, codec, pkt, queue);
             }
@@ -567,11 +563,6 @@ impl Sfu {
 
     pub fn link_stats(&self) -> &LinkStats {
         &self.links.stats
-    }
-
-    /// Per link: peer relay id, whether it is up, machines watched here through it.
-    pub fn link_summary(&self) -> Vec<(String, bool, usize)> {
-        self.links.summary()
     }
 
     /// The next thing for the shell to do on a link.

@@ -93,8 +93,6 @@ pub struct SfuSnapshot {
     pub links: LinkStats,
     /// Link outputs (mostly media datagrams) dropped because the links' queue was full.
     pub link_queue_full: u64,
-    /// Per link: peer relay id, up, machines watched here through it.
-    pub link_summary: Vec<(String, bool, usize)>,
 }
 
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
@@ -333,7 +331,6 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
                 queue_full: 0,
                 links: sfu.link_stats().clone(),
                 link_queue_full,
-                link_summary: sfu.link_summary(),
             };
         }
         while let Some(o) = sfu.poll_link_output() {

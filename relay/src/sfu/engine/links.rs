@@ -169,13 +169,6 @@ impl LinkSet {
         self.out.pop_front()
     }
 
-    /// Per link: peer relay id, whether it is up, machines watched here through it.
-    pub fn summary(&self) -> Vec<(String, bool, usize)> {
-        let mut all: Vec<_> = self.links.values().map(|l| (l.id.to_string(), l.up, l.machines.len())).collect();
-        all.sort();
-        all
-    }
-
     /// A viewer of `machine` joined here and the machine's home is relay `home` at `addr`:
     /// the room gets a stand-in publisher (once; `taken` tells the peer ids in use), the edge
     /// subscribes (once), and the shell is asked for the link. True if a stand-in was made.
@@ -207,6 +200,11 @@ impl LinkSet {
             self.out.push_back(LinkOutput::Connect { relay: Arc::clone(&state.id), addr: state.addr.clone() });
         }
         made
+    }
+
+    /// A random peer id (53 bits: see [`link_track`]) used by no peer (`taken`) and no stand-in.
+    pub fn fresh_id(&self, taken: &dyn Fn(PeerId) -> bool) -> PeerId {
+        fresh_id(taken, &self.stand_ins)
     }
 
     /// A stand-in replaced by a publisher here (the machine moved to this relay): forgotten.
@@ -297,7 +295,8 @@ impl LinkSet {
                             std::mem::take(&mut state.early).into_iter().partition(|(_, t, _)| *t == track);
                         state.early = kept.into();
                         for (_, _, data) in early {
-                            if let Some((stand_in, codec, pkt)) = accept(state, &mut self.stats, now, &data) {
+                            let Ok(media) = Media::decode(&data) else { continue };
+                            if let Some((stand_in, codec, pkt)) = accept(state, &mut self.stats, now, &media) {
                                 actions.push(LinkAction::Media { stand_in, codec, pkt });
                             }
                         }
@@ -309,8 +308,13 @@ impl LinkSet {
                 state.edge.handle_control(&message);
                 state.tracks.remove(&track);
             }
-            Control::MachineMessage { machine, binary, data } => {
+            // Only for a machine this relay watches through that link: a peer relay speaks for
+            // the machines homed there, not for others.
+            Control::MachineMessage { machine, binary, data } if state.machines.contains_key(&machine) => {
                 actions.push(LinkAction::ToViewers { machine, binary, data });
+            }
+            Control::MachineMessage { machine, .. } => {
+                debug!(relay, machine, "machine message for a machine not watched through this link dropped");
             }
             Control::Unavailable { machine, reason } => {
                 info!(relay, machine, reason, "the home relay cannot serve the machine");
@@ -363,7 +367,7 @@ impl LinkSet {
             self.stats.early += 1;
             return None;
         }
-        accept(state, &mut self.stats, now, data)
+        accept(state, &mut self.stats, now, &media)
     }
 
     /// A packet of a local publisher's `track` for every link whose peer watches the machine.
@@ -371,10 +375,13 @@ impl LinkSet {
         if !self.links.values().any(|l| l.up && l.origin.is_subscribed(machine)) {
             return;
         }
-        let layers = router.tracks(machine).get(pkt.track).map_or(1, |(_, l)| *l as u8);
         let id = link_track(publisher, pkt.track);
         for state in self.links.values_mut().filter(|l| l.up && l.origin.is_subscribed(machine)) {
-            state.origin.track_added(machine, id, codec.wire_id(), layers);
+            if !state.origin.has_track(id) {
+                // Announced with its first packet here (its codec is sure by then).
+                let layers = router.tracks(machine).get(pkt.track).map_or(1, |(_, l)| *l as u8);
+                state.origin.track_added(machine, id, codec.wire_id(), layers);
+            }
             let sent = state.origin.stats().datagrams;
             state.origin.handle_media(id, pkt.layer, pkt.seq, pkt.timestamp, pkt.marker, pkt.keyframe, &pkt.payload);
             self.stats.media_sent += state.origin.stats().datagrams - sent;
@@ -468,11 +475,15 @@ impl LinkSet {
 
 /// A media datagram of an announced track through the edge's loss tracking: the packet for the
 /// viewers, unless it is a duplicate.
-fn accept(state: &mut LinkState, stats: &mut LinkStats, now: Instant, data: &[u8]) -> Option<(PeerId, Codec, MediaIn)> {
-    let media = Media::decode(data).ok()?;
+fn accept(
+    state: &mut LinkState,
+    stats: &mut LinkStats,
+    now: Instant,
+    media: &Media<'_>,
+) -> Option<(PeerId, Codec, MediaIn)> {
     let &(stand_in, track, codec) = state.tracks.get(&media.track)?;
     let lost = state.edge.stats().lost;
-    let arrival = state.edge.handle_media(now, &media);
+    let arrival = state.edge.handle_media(now, media);
     stats.lost += state.edge.stats().lost - lost;
     match arrival {
         Arrival::Duplicate => return None,
@@ -517,3 +528,6 @@ fn fresh_id<W>(taken: &dyn Fn(PeerId) -> bool, stand_ins: &HashMap<PeerId, W>) -
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
