@@ -40,7 +40,60 @@ pub struct CascadeCase {
 pub struct CascadeReport {
     pub viewers: usize,
     pub link_delay_ms: f64,
+    /// Direct and cascade cases alternate, one pair per round.
+    pub rounds: usize,
     pub cases: Vec<CascadeCase>,
+    /// Over the rounds: the medians of each path's p50 and p99 (minus the link delay for the
+    /// cascade), and what the hop adds (cascade median minus direct median), in µs.
+    pub summary: HopSummary,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HopSummary {
+    pub direct_p50_us: f64,
+    pub direct_p99_us: f64,
+    pub cascade_p50_us: f64,
+    pub cascade_p99_us: f64,
+    pub hop_p50_us: f64,
+    pub hop_p99_us: f64,
+    /// The smallest and largest p99 of each path over the rounds (the method's noise).
+    pub direct_p99_range_us: (f64, f64),
+    pub cascade_p99_range_us: (f64, f64),
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn range(v: &[f64]) -> (f64, f64) {
+    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// Medians over the rounds and the hop's share.
+pub fn summarise(cases: &[CascadeCase]) -> HopSummary {
+    let of = |path: &str, f: fn(&CascadeCase) -> f64| -> Vec<f64> {
+        cases.iter().filter(|c| c.path == path).map(f).collect()
+    };
+    let (d50, d99) = (of("direct", |c| c.hop_latency.p50_us), of("direct", |c| c.hop_latency.p99_us));
+    let (c50, c99) = (of("cascade", |c| c.hop_latency.p50_us), of("cascade", |c| c.hop_latency.p99_us));
+    if d99.is_empty() || c99.is_empty() {
+        return HopSummary::default();
+    }
+    let s = HopSummary {
+        direct_p50_us: median(d50),
+        direct_p99_us: median(d99.clone()),
+        cascade_p50_us: median(c50),
+        cascade_p99_us: median(c99.clone()),
+        direct_p99_range_us: range(&d99),
+        cascade_p99_range_us: range(&c99),
+        ..HopSummary::default()
+    };
+    HopSummary { hop_p50_us: s.cascade_p50_us - s.direct_p50_us, hop_p99_us: s.cascade_p99_us - s.direct_p99_us, ..s }
 }
 
 /// Relay `id`'s `[link]` section, with a certificate from `ca` written into `dir`.
@@ -59,8 +112,8 @@ fn link_section(ca: &Authority, env: &Env, id: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// Runs both cases with `viewers` viewers for `secs` seconds each.
-pub fn run(env: &Env, viewers: usize, secs: f64, delay: Duration) -> anyhow::Result<CascadeReport> {
+/// Runs both cases `rounds` times, alternating, with `viewers` viewers for `secs` seconds each.
+pub fn run(env: &Env, viewers: usize, secs: f64, delay: Duration, rounds: usize) -> anyhow::Result<CascadeReport> {
     let ca = Authority::generate("bench-cluster", Validity::days_from(cluster::time::unix_now(), 1))?;
     let (_a_server, a) = crate::targets::start_sfu_named(env, "relay-a", &link_section(&ca, env, "relay-a")?)?;
     let (_b_server, b) = crate::targets::start_sfu_named(env, "relay-b", &link_section(&ca, env, "relay-b")?)?;
@@ -69,34 +122,38 @@ pub fn run(env: &Env, viewers: usize, secs: f64, delay: Duration) -> anyhow::Res
     let home = HomeRelay { id: "relay-a".into(), link: proxy.addr.to_string() };
     let delay_ms = delay.as_secs_f64() * 1000.0;
     let mut cases = Vec::new();
-    let (direct, _) = crate::sfu::step_via(&a, &a, None, viewers, secs, 0)?;
-    cases.push(CascadeCase {
-        path: "direct".into(),
-        hop_latency: direct.latency,
-        a_us_per_packet: direct.cpu_us_per_packet,
-        b_us_per_packet: None,
-        link_copies_per_packet: None,
-        step: direct,
-    });
-    // A first, short round links B to A and settles the subscription; then the measured one.
+    // A first, short round links B to A and settles the subscription.
     crate::sfu::step_via(&a, &b, Some(home.clone()), viewers, 2.0_f64.min(secs), 1)?;
-    let (step, at_a): (SfuStep, HomeFigures) = crate::sfu::step_via(&a, &b, Some(home), viewers, secs, 2)?;
-    let less = |us: f64| (us - delay_ms * 1000.0).max(0.0);
-    let mut hop = step.latency;
-    hop.p50_us = less(hop.p50_us);
-    hop.p99_us = less(hop.p99_us);
-    hop.p999_us = less(hop.p999_us);
-    hop.max_us = less(hop.max_us);
-    cases.push(CascadeCase {
-        path: "cascade".into(),
-        hop_latency: hop,
-        a_us_per_packet: if at_a.link_sent > 0.0 { at_a.cpu_s * 1e6 / at_a.link_sent } else { 0.0 },
-        b_us_per_packet: Some(step.cpu_us_per_packet),
-        link_copies_per_packet: Some(if at_a.ingest > 0.0 { at_a.link_sent / at_a.ingest } else { 0.0 }),
-        step,
-    });
+    for round in 0..rounds.max(1) {
+        let (direct, _) = crate::sfu::step_via(&a, &a, None, viewers, secs, 10 + 2 * round)?;
+        cases.push(CascadeCase {
+            path: "direct".into(),
+            hop_latency: direct.latency,
+            a_us_per_packet: direct.cpu_us_per_packet,
+            b_us_per_packet: None,
+            link_copies_per_packet: None,
+            step: direct,
+        });
+        let (step, at_a): (SfuStep, HomeFigures) =
+            crate::sfu::step_via(&a, &b, Some(home.clone()), viewers, secs, 11 + 2 * round)?;
+        let less = |us: f64| (us - delay_ms * 1000.0).max(0.0);
+        let mut hop = step.latency;
+        hop.p50_us = less(hop.p50_us);
+        hop.p99_us = less(hop.p99_us);
+        hop.p999_us = less(hop.p999_us);
+        hop.max_us = less(hop.max_us);
+        cases.push(CascadeCase {
+            path: "cascade".into(),
+            hop_latency: hop,
+            a_us_per_packet: if at_a.link_sent > 0.0 { at_a.cpu_s * 1e6 / at_a.link_sent } else { 0.0 },
+            b_us_per_packet: Some(step.cpu_us_per_packet),
+            link_copies_per_packet: Some(if at_a.ingest > 0.0 { at_a.link_sent / at_a.ingest } else { 0.0 }),
+            step,
+        });
+    }
     drop(proxy);
-    Ok(CascadeReport { viewers, link_delay_ms: delay_ms, cases })
+    let summary = summarise(&cases);
+    Ok(CascadeReport { viewers, link_delay_ms: delay_ms, rounds: rounds.max(1), cases, summary })
 }
 
 pub const HEADER: &str = "| path | viewers | loss | latency p50 / p99 (ms) | minus link delay p50 / p99 (ms) | A µs/pkt | B µs/pkt | link copies/pkt |\n\
@@ -121,9 +178,24 @@ pub fn markdown(r: &CascadeReport) -> String {
             opt(c.link_copies_per_packet, 3),
         ));
     }
+    let h = &r.summary;
+    let ms = |us: f64| us / 1000.0;
     out.push_str(&format!(
-        "\nLink: {:.0} ms each way through a user-space proxy. The cascade's \"minus link delay\" is what the relay hop adds.\n",
-        r.link_delay_ms
+        "\nLink: {:.0} ms each way through a user-space proxy; latency ends at the kernel's arrival stamp in the viewer's socket.\n\
+         Medians over {} rounds, p50 / p99 (ms): direct {:.2} / {:.2} (p99 {:.2}-{:.2}); cascade minus link delay {:.2} / {:.2} (p99 {:.2}-{:.2}).\n\
+         **The relay hop adds {:.2} ms at p50 and {:.2} ms at p99.**\n",
+        r.link_delay_ms,
+        r.rounds,
+        ms(h.direct_p50_us),
+        ms(h.direct_p99_us),
+        ms(h.direct_p99_range_us.0),
+        ms(h.direct_p99_range_us.1),
+        ms(h.cascade_p50_us),
+        ms(h.cascade_p99_us),
+        ms(h.cascade_p99_range_us.0),
+        ms(h.cascade_p99_range_us.1),
+        ms(h.hop_p50_us),
+        ms(h.hop_p99_us),
     ));
     out
 }
@@ -208,5 +280,55 @@ impl DelayProxy {
 impl Drop for DelayProxy {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(path: &str, p50_ms: f64, p99_ms: f64) -> CascadeCase {
+        let step = SfuStep {
+            viewers: 1,
+            secs: 1.0,
+            sent: 1,
+            delivered: 1,
+            loss: 0.0,
+            egress_pps: 0.0,
+            relay_cores: 0.0,
+            cpu_us_per_packet: 0.0,
+            egress_pps_per_core: 0.0,
+            latency: LatencySummary::default(),
+            bench_cores: 0.0,
+        };
+        let hop_latency =
+            LatencySummary { p50_us: p50_ms * 1000.0, p99_us: p99_ms * 1000.0, ..LatencySummary::default() };
+        CascadeCase {
+            path: path.into(),
+            step,
+            hop_latency,
+            a_us_per_packet: 0.0,
+            b_us_per_packet: None,
+            link_copies_per_packet: None,
+        }
+    }
+
+    #[test]
+    fn the_hop_is_the_difference_of_the_medians_over_rounds() {
+        let cases = [
+            case("direct", 4.0, 17.0),
+            case("cascade", 4.5, 30.0),
+            case("direct", 5.0, 19.0),
+            case("cascade", 5.0, 18.0),
+            case("direct", 4.5, 18.0),
+            case("cascade", 4.8, 18.5),
+        ];
+        let s = summarise(&cases);
+        assert_eq!((s.direct_p50_us, s.direct_p99_us), (4500.0, 18_000.0));
+        assert_eq!((s.cascade_p50_us, s.cascade_p99_us), (4800.0, 18_500.0), "one slow round does not move a median");
+        assert!((s.hop_p50_us - 300.0).abs() < 1e-6 && (s.hop_p99_us - 500.0).abs() < 1e-6, "{s:?}");
+        assert_eq!(s.cascade_p99_range_us, (18_000.0, 30_000.0));
+        assert_eq!(summarise(&cases[..1]).hop_p99_us, 0.0, "no cascade case, no figure");
+        assert_eq!(median(vec![3.0, 1.0]), 2.0);
     }
 }

@@ -186,6 +186,9 @@ enum Cmd {
         /// The emulated one-way delay between the relays, in ms.
         #[arg(long, default_value_t = 40.0)]
         link_delay_ms: f64,
+        /// Pairs of cases (direct, then cascade) to run; the summary takes medians over them.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Where to write cascade.json.
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
@@ -292,12 +295,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Cascade { common, viewers, secs, link_delay_ms, out } => {
+        Cmd::Cascade { common, viewers, secs, link_delay_ms, rounds, out } => {
             let env = env(&common)?;
             eprintln!(
                 "bench cascade: {viewers} viewers, {secs} s per case, {link_delay_ms} ms each way between the relays"
             );
-            let report = cascade::run(&env, viewers, secs, Duration::from_secs_f64(link_delay_ms / 1000.0))?;
+            let report = cascade::run(&env, viewers, secs, Duration::from_secs_f64(link_delay_ms / 1000.0), rounds)?;
             std::fs::create_dir_all(&out)?;
             std::fs::write(out.join("cascade.json"), serde_json::to_string_pretty(&report)?)?;
             if common.json {

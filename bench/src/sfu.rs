@@ -6,7 +6,8 @@
 //! frames a second packetized into RTP of up to 1,200 bytes, a key frame (about 50 KB) every
 //! 2 seconds and delta frames of about 9.5 KB between, plus Opus at 50 packets a second. Every
 //! video payload carries its send time and index, so each viewer counts loss and the latency
-//! from publisher send to viewer receive (both ends' WebRTC stacks included).
+//! from publisher send to the datagram's arrival in the viewer's socket (stamped by the kernel:
+//! how long this one busy process takes to read and decrypt 20 viewers' copies is left out).
 //!
 //! The number of viewers ramps up step by step; each step reports delivered packets, loss, the
 //! relay's CPU (all its threads, from /proc) per forwarded packet, and egress packets per second
@@ -83,6 +84,9 @@ struct Client {
     /// Viewer: indices of the video packets received.
     seen: Vec<u64>,
     latency: Latency,
+    /// When the kernel received the datagram being handled (latency ends there, not when this
+    /// busy process got round to reading it).
+    arrival: Option<Instant>,
 }
 
 impl Client {
@@ -92,6 +96,7 @@ impl Client {
         let _ = sock.set_recv_buffer_size(4 << 20);
         let _ = sock.set_send_buffer_size(4 << 20);
         std_socket.set_nonblocking(true)?;
+        crate::sys::enable_arrival_stamps(std::os::fd::AsRawFd::as_raw_fd(&std_socket))?;
         let addr = std_socket.local_addr()?;
         let mut rtc = RtcConfig::new().set_rtp_mode(true).clear_codecs().enable_vp8(true).enable_opus(true).build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp")?);
@@ -110,6 +115,7 @@ impl Client {
             connected: false,
             seen: Vec::new(),
             latency: Latency::new(),
+            arrival: None,
         };
         Ok((client, offer.to_sdp_string(), pending))
     }
@@ -137,7 +143,8 @@ impl Client {
                     if p.payload.len() >= 2 + STAMP {
                         let sent = u64::from_be_bytes(p.payload[2..10].try_into().unwrap_or_default());
                         let index = u64::from_be_bytes(p.payload[10..18].try_into().unwrap_or_default());
-                        let now = epoch.elapsed().as_nanos() as u64;
+                        let at = self.arrival.unwrap_or_else(Instant::now);
+                        let now = at.saturating_duration_since(epoch).as_nanos() as u64;
                         self.latency.record(now.saturating_sub(sent));
                         self.seen.push(index);
                     }
@@ -150,13 +157,15 @@ impl Client {
 
     fn receive(&mut self, buf: &mut [u8], epoch: Instant) {
         loop {
-            match self.socket.recv_from(buf) {
-                Ok((n, from)) => {
+            match crate::sys::recv_stamped(std::os::fd::AsRawFd::as_raw_fd(&self.socket), buf) {
+                Ok((n, from, arrival)) => {
                     let now = Instant::now();
                     if let Ok(r) = Receive::new(Protocol::Udp, from, self.addr, &buf[..n]) {
                         let _ = self.rtc.handle_input(Input::Receive(now, r));
                     }
+                    self.arrival = arrival;
                     self.drive(epoch);
+                    self.arrival = None;
                 }
                 Err(_) => return,
             }

@@ -91,6 +91,86 @@ pub fn pin_to(cpus: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
+/// Asks the kernel to stamp every datagram `fd` receives with its arrival time
+/// (`SO_TIMESTAMPNS`), which [`recv_stamped`] returns.
+pub fn enable_arrival_stamps(fd: std::os::fd::RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` lives across the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Receives one datagram from a nonblocking UDP socket, with its sender and the time the kernel
+/// received it as an `Instant` (`None` without `SO_TIMESTAMPNS`). A measurement taken from this
+/// time leaves out how long the datagram waited in the socket for this process to get to it.
+pub fn recv_stamped(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, std::net::SocketAddr, Option<std::time::Instant>)> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+    // SAFETY: all-zero is a valid value of these plain C structs.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&raw mut name).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: every pointer in `msg` points at a live buffer of the length given beside it.
+    let n = unsafe { libc::recvmsg(fd, &raw mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut kernel = None;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                kernel = Some(std::time::UNIX_EPOCH + std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+            }
+            c = libc::CMSG_NXTHDR(&raw const msg, c);
+        }
+    }
+    let from = match i32::from(name.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a: libc::sockaddr_in = unsafe { std::ptr::read_unaligned((&raw const name).cast()) };
+            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a: libc::sockaddr_in6 = unsafe { std::ptr::read_unaligned((&raw const name).cast()) };
+            SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            ))
+        }
+        family => return Err(io::Error::other(format!("datagram from address family {family}"))),
+    };
+    // The stamp is wall-clock time; carried over to the monotonic clock at this instant.
+    let arrival = kernel.map(|at| {
+        let (now, wall) = (std::time::Instant::now(), std::time::SystemTime::now());
+        now.checked_sub(wall.duration_since(at).unwrap_or_default()).unwrap_or(now)
+    });
+    Ok((n as usize, from, arrival))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +188,27 @@ mod tests {
         assert!(rss_bytes(me).unwrap() > 1 << 20);
         let steal = host_steal_seconds().unwrap();
         assert!(steal >= 0.0 && host_steal_seconds().unwrap() >= steal);
+    }
+
+    #[test]
+    fn stamps_arrival_in_the_kernel() {
+        use std::os::fd::AsRawFd;
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        enable_arrival_stamps(rx.as_raw_fd()).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = std::time::Instant::now();
+        tx.send_to(b"stamp me", rx.local_addr().unwrap()).unwrap();
+        // The datagram waits in the socket; the stamp says when it arrived, not when it is read.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut buf = [0u8; 64];
+        let (n, from, arrival) = recv_stamped(rx.as_raw_fd(), &mut buf).unwrap();
+        let read_at = std::time::Instant::now();
+        assert_eq!((&buf[..n], from), (&b"stamp me"[..], tx.local_addr().unwrap()));
+        let arrival = arrival.expect("SO_TIMESTAMPNS gave no stamp");
+        assert!(read_at.duration_since(arrival) >= std::time::Duration::from_millis(40), "{arrival:?} {read_at:?}");
+        assert!(arrival + std::time::Duration::from_millis(5) >= before, "{arrival:?} before {before:?}");
+        // Nothing waiting: an error, not a datagram.
+        assert!(recv_stamped(rx.as_raw_fd(), &mut buf).is_err());
     }
 }

@@ -156,7 +156,8 @@ fn sfu_smoke_every_viewer_receives_the_stream() {
 fn cascade_smoke_viewers_at_the_linked_relay_get_one_link_copy_per_packet() {
     let dir = std::env::temp_dir().join(format!("bench-cascade-smoke-{}", std::process::id()));
     let out = dir.to_str().unwrap();
-    let report = run_json(&["cascade", "--viewers", "3", "--secs", "3", "--link-delay-ms", "20", "--out", out]);
+    let report =
+        run_json(&["cascade", "--viewers", "3", "--secs", "3", "--link-delay-ms", "20", "--rounds", "1", "--out", out]);
     let cases = report["cases"].as_array().unwrap();
     let paths: Vec<&str> = cases.iter().map(|c| c["path"].as_str().unwrap()).collect();
     assert_eq!(paths, ["direct", "cascade"], "{report}");
@@ -173,6 +174,10 @@ fn cascade_smoke_viewers_at_the_linked_relay_get_one_link_copy_per_packet() {
     assert!(measured >= 20_000.0, "the viewers at B see the link's delay: {cascade}");
     let hop = cascade["hop_latency"]["p50_us"].as_f64().unwrap();
     assert!((hop - (measured - 20_000.0)).abs() < 1.0, "the hop is the latency less the link's delay: {cascade}");
+    // One round: the summary's hop is this cascade's p99 less the direct case's.
+    let direct_p99 = cases[0]["hop_latency"]["p99_us"].as_f64().unwrap();
+    let hop_p99 = report["summary"]["hop_p99_us"].as_f64().unwrap();
+    assert!((hop_p99 - (cascade["hop_latency"]["p99_us"].as_f64().unwrap() - direct_p99)).abs() < 1.0, "{report}");
     let saved: Value = serde_json::from_slice(&std::fs::read(dir.join("cascade.json")).unwrap()).unwrap();
     assert_eq!(saved["cases"].as_array().unwrap().len(), 2);
 }

@@ -101,6 +101,9 @@ pub struct Heartbeat {
     /// when the path through the link is the shorter.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub link_rtts: std::collections::BTreeMap<String, f64>,
+    /// This relay's links to other relays, one per peer (for `relayctl relays links`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkReport>,
     pub state: RelayState,
     pub load: Load,
     /// Version of the secret set the relay holds (0 = none received yet).
@@ -155,6 +158,64 @@ pub struct HeartbeatReply {
     /// to have the link ready when viewers come. Absent from an older signaling's replies.
     #[serde(default)]
     pub link_peers: Vec<LinkPeer>,
+}
+
+/// One of a relay's links to another relay, as it reports it. Counters run from the relay's
+/// start (datagrams, bytes) or from when the link was last needed (the SFU's figures).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkReport {
+    /// The peer relay's id.
+    pub peer: String,
+    pub state: LinkState,
+    /// QUIC's smoothed RTT while the link is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// Media datagrams and their bytes, each way.
+    #[serde(default)]
+    pub datagrams_sent: u64,
+    #[serde(default)]
+    pub datagrams_received: u64,
+    #[serde(default)]
+    pub bytes_sent: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// Packets from the peer that filled a gap (the link's loss, repaired by NACK), and those
+    /// given up on.
+    #[serde(default)]
+    pub repaired: u64,
+    #[serde(default)]
+    pub lost: u64,
+    /// Packets sent again to the peer, answering its NACKs.
+    #[serde(default)]
+    pub resent: u64,
+    /// Machines watched here through the link, and machines of this relay the peer watches.
+    #[serde(default)]
+    pub watching: u32,
+    #[serde(default)]
+    pub serving: u32,
+}
+
+/// Where a link stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// Up: media and control flow.
+    #[default]
+    Up,
+    /// Being opened.
+    Connecting,
+    /// Down; the next attempt waits out a backoff.
+    Retrying,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Connecting => "connecting",
+            Self::Retrying => "retrying",
+        }
+    }
 }
 
 /// A relay to link with.
@@ -212,6 +273,7 @@ mod tests {
             sfu_url: None,
             link_port: None,
             link_rtts: Default::default(),
+            links: Vec::new(),
             state: RelayState::Serving,
             load: Load::default(),
             secrets_version: 0,

@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
-use cluster::heartbeat::{Command, Heartbeat, HeartbeatReply, PATH, RelayState, Secrets};
+use cluster::heartbeat::{Command, Heartbeat, HeartbeatReply, LinkState, PATH, RelayState, Secrets};
 use cluster::pki::{Authority, Validity};
 use common::{RawClient, RelayProcess, unix_now};
 
@@ -344,6 +344,18 @@ fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
     assert_eq!(linked, ["relay-test-1"]);
     assert!(before_links.lock().unwrap().is_empty(), "relay-test-0 links to relay-test-1, not the other way");
     assert_eq!(relay.metric("relay_links_open"), 1.0);
+    // The heartbeat reports the link in full (no media on it yet).
+    let (_, hb) = signaling.nth(seen);
+    let report = hb.links.iter().find(|l| l.peer == "relay-test-2").unwrap_or_else(|| panic!("{:?}", hb.links));
+    assert_eq!((report.state, report.datagrams_sent, report.watching), (LinkState::Up, 0, 0), "{report:?}");
+    assert!(report.rtt_ms.is_some_and(|ms| ms > 0.0), "{report:?}");
+    assert_eq!(hb.links.len(), 1, "relay-test-0 links in, if at all, and has not: {:?}", hb.links);
+    // The peer drops the link: the relay, which keeps one to it, links again.
+    let first = after_links.lock().unwrap()[0].connection.clone();
+    first.close(0u32.into(), b"test drops the link");
+    eventually(Duration::from_secs(5), "relay-test-1 links to relay-test-2 again", || {
+        after_links.lock().unwrap().len() >= 2
+    });
 
     // Signaling goes away: heartbeats fail, the relay keeps serving with the last secrets.
     signaling.go_away();

@@ -36,6 +36,10 @@ pub struct Relay {
     /// Round-trip times in ms to the relays it has links with, by relay id (its last heartbeat).
     #[serde(default)]
     pub link_rtts: std::collections::BTreeMap<String, f64>,
+    /// Its links to other relays: state, RTT, datagrams and bytes each way, repairs (its last
+    /// heartbeat).
+    #[serde(default)]
+    pub links: Vec<cluster::heartbeat::LinkReport>,
     /// What the relay reports.
     pub state: RelayState,
     /// What an admin set (drain, undrain).

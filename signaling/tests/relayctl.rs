@@ -199,7 +199,101 @@ async fn relays_drain_and_undrain_reach_the_relay() {
     assert_eq!(s.call("POST", "/v1/relays/heartbeat", Some(common::CLUSTER_TOKEN), Some(hb.clone())).await.0, 200);
     let links = run(&mut relayctl(&s, Some(&admin)), &["relays", "links"]).await;
     let row: Vec<&str> = line(links.ok(), "eu-1").split_whitespace().collect();
-    assert_eq!(row, ["eu-1", "eu-central", "us-1", "us-east", "81.2", "ms", "serving"], "{}", links.stdout);
+    let dashes = ["-"; 6];
+    let expected: Vec<&str> = ["eu-1", "eu-central", "us-1", "us-east", "up", "81.2", "ms"]
+        .into_iter()
+        .chain(dashes)
+        .chain(["serving"])
+        .collect();
+    assert_eq!(row, expected, "an RTT alone (an older relay): {}", links.stdout);
+    // A relay that reports its links in full: one row per link, with its traffic and repairs.
+    hb["links"] = json!([
+        { "peer": "us-1", "state": "up", "rtt_ms": 80.5, "datagrams_sent": 12345, "datagrams_received": 7,
+          "bytes_sent": 14_200_000, "bytes_received": 900, "repaired": 42, "lost": 1, "resent": 3,
+          "watching": 0, "serving": 2 },
+        { "peer": "ap-9", "state": "retrying" }
+    ]);
+    assert_eq!(s.call("POST", "/v1/relays/heartbeat", Some(common::CLUSTER_TOKEN), Some(hb.clone())).await.0, 200);
+    let links = run(&mut relayctl(&s, Some(&admin)), &["relays", "links"]).await;
+    let header: Vec<&str> = line(links.ok(), "RELAY").split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "RELAY", "REGION", "PEER", "PEER", "REGION", "STATE", "RTT", "SENT", "RECEIVED", "REPAIRED", "LOST",
+            "WATCHING", "SERVING", "PEER", "STATUS"
+        ]
+    );
+    let rows: Vec<Vec<&str>> = links.ok().lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows,
+        [
+            vec![
+                "eu-1",
+                "eu-central",
+                "us-1",
+                "us-east",
+                "up",
+                "80.5",
+                "ms",
+                "12345",
+                "pkts",
+                "/",
+                "14.2",
+                "MB",
+                "7",
+                "pkts",
+                "/",
+                "900",
+                "B",
+                "42",
+                "1",
+                "0",
+                "2",
+                "serving"
+            ],
+            vec![
+                "eu-1",
+                "eu-central",
+                "ap-9",
+                "-",
+                "retrying",
+                "-",
+                "0",
+                "pkts",
+                "/",
+                "0",
+                "B",
+                "0",
+                "pkts",
+                "/",
+                "0",
+                "B",
+                "0",
+                "0",
+                "0",
+                "0",
+                "unknown"
+            ],
+        ],
+        "{}",
+        links.stdout
+    );
+    let json = run(&mut relayctl(&s, Some(&admin)), &["relays", "--json"]).await.json();
+    let eu = json["relays"].as_array().unwrap().iter().find(|r| r["id"] == "eu-1").unwrap().clone();
+    assert_eq!(eu["links"][0]["repaired"], 42, "{eu}");
+    // Reports signaling cannot trust are refused, naming the field.
+    for bad in [
+        json!([{ "peer": "Not An Id", "state": "up" }]),
+        json!([{ "peer": "us-1", "state": "up" }, { "peer": "us-1", "state": "up" }]),
+        json!([{ "peer": "us-1", "state": "up", "rtt_ms": -1.0 }]),
+        json!([{ "peer": "us-1", "state": "sideways" }]),
+    ] {
+        let mut bad_hb = hb.clone();
+        bad_hb["links"] = bad.clone();
+        let (status, body) = s.call("POST", "/v1/relays/heartbeat", Some(common::CLUSTER_TOKEN), Some(bad_hb)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.to_string().contains("links"), "{bad}: {body}");
+    }
     let listed = run(&mut relayctl(&s, Some(&admin)), &["relays", "list"]).await;
     let ids: Vec<&str> = listed.ok().lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(ids, ["eu-1", "us-1"], "{}", listed.stdout);

@@ -92,6 +92,11 @@ impl Origin {
         self.subscribed.contains(machine)
     }
 
+    /// How many machines the edge watches through this origin.
+    pub fn subscriptions(&self) -> usize {
+        self.subscribed.len()
+    }
+
     /// A control message from the edge.
     pub fn handle_control(&mut self, message: Control) {
         match message {

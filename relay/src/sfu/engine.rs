@@ -21,7 +21,7 @@ use crate::link::wire::Control;
 mod links;
 mod report;
 use links::{LinkAction, LinkSet};
-pub use links::{LinkOutput, LinkStats, link_track, split_link_track};
+pub use links::{LinkOutput, LinkStats, LinkView, link_track, split_link_track};
 pub use report::{SfuError, SfuStats};
 
 struct Entry {
@@ -563,6 +563,11 @@ impl Sfu {
 
     pub fn link_stats(&self) -> &LinkStats {
         &self.links.stats
+    }
+
+    /// Each relay link as the SFU sees it, by peer relay id.
+    pub fn link_views(&self) -> Vec<(String, LinkView)> {
+        self.links.views()
     }
 
     /// The next thing for the shell to do on a link.

@@ -174,6 +174,10 @@ impl Heartbeater {
             sfu_url: self.settings.sfu_url.clone(),
             link_port: self.settings.link_port,
             link_rtts: self.settings.links.as_ref().map(super::links::LinkHandle::rtts).unwrap_or_default(),
+            links: self.settings.links.as_ref().map_or_else(Vec::new, |links| {
+                let views = self.settings.sfu.as_ref().map(|sfu| sfu.snapshot().link_views).unwrap_or_default();
+                links.reports(&views)
+            }),
             state: self.control.state(),
             load: Load {
                 allocations: u64::try_from(self.metrics.allocations()).unwrap_or(0),

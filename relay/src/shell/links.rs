@@ -19,14 +19,14 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use super::sfu::{LINK_QUEUE, SfuHandle};
-use ::cluster::heartbeat::LinkPeer;
+use ::cluster::heartbeat::{LinkPeer, LinkReport, LinkState};
 
 use crate::config::LinkConfig;
 use crate::link::endpoint::{Link, LinkEndpoint, send_media};
 use crate::link::stream::{ControlReader, StreamEnd, write_control};
 use crate::link::tls::{LinkTls, Refusals};
 use crate::link::wire::Control;
-use crate::sfu::engine::LinkOutput;
+use crate::sfu::engine::{LinkOutput, LinkView};
 
 /// Handshakes of relays linking in that run at once; more wait to be accepted.
 const MAX_ADMISSIONS: usize = 64;
@@ -64,18 +64,56 @@ pub struct Links {
     peers: Mutex<Option<mpsc::UnboundedReceiver<Vec<LinkPeer>>>>,
 }
 
-/// What the heartbeat needs of the links: their RTTs, and where to hand the relays to link
-/// with.
+/// Each link up or wanted, by peer relay id: its state and (while up) its RTT in ms.
+type StatusMap = BTreeMap<String, (LinkState, Option<f64>)>;
+
+/// What the heartbeat needs of the links: their state, RTTs and counters, and where to hand
+/// the relays to link with.
 #[derive(Clone)]
 pub struct LinkHandle {
-    rtts: Arc<Mutex<BTreeMap<String, f64>>>,
+    /// Each link up or wanted, by peer relay id: its state and (while up) its RTT in ms.
+    status: Arc<Mutex<StatusMap>>,
+    metrics: LinkMetrics,
     peers: mpsc::UnboundedSender<Vec<LinkPeer>>,
 }
 
 impl LinkHandle {
     /// Each open link's RTT in ms, by peer relay id.
     pub fn rtts(&self) -> BTreeMap<String, f64> {
-        lock(&self.rtts).clone()
+        lock(&self.status).iter().filter_map(|(peer, (_, rtt))| rtt.map(|ms| (peer.clone(), ms))).collect()
+    }
+
+    /// One report per link up or wanted: its state and RTT from the links' task, datagrams and
+    /// bytes each way from `/metrics`, and `views`, the SFU's side (repairs, machines).
+    pub fn reports(&self, views: &[(String, LinkView)]) -> Vec<LinkReport> {
+        let status = lock(&self.status).clone();
+        let mut peers: Vec<&str> =
+            status.keys().map(String::as_str).chain(views.iter().map(|(p, _)| p.as_str())).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        let count = |peer: &str, direction: &str| self.metrics.datagrams.with_label_values(&[peer, direction]).get();
+        let bytes = |peer: &str, direction: &str| self.metrics.bytes.with_label_values(&[peer, direction]).get();
+        peers
+            .into_iter()
+            .map(|peer| {
+                let (state, rtt_ms) = status.get(peer).copied().unwrap_or((LinkState::Retrying, None));
+                let view = views.iter().find(|(p, _)| p == peer).map(|(_, v)| v.clone()).unwrap_or_default();
+                LinkReport {
+                    peer: peer.to_owned(),
+                    state,
+                    rtt_ms,
+                    datagrams_sent: count(peer, "sent"),
+                    datagrams_received: count(peer, "received"),
+                    bytes_sent: bytes(peer, "sent"),
+                    bytes_received: bytes(peer, "received"),
+                    repaired: view.repaired,
+                    lost: view.lost,
+                    resent: view.resent,
+                    watching: u32::try_from(view.watching).unwrap_or(u32::MAX),
+                    serving: u32::try_from(view.serving).unwrap_or(u32::MAX),
+                }
+            })
+            .collect()
     }
 
     /// The relays signaling lists as taking links (each heartbeat reply).
@@ -104,7 +142,7 @@ impl Links {
         }
         let endpoint = Arc::new(LinkEndpoint::bind(config.listen, tls)?);
         let (peers_tx, peers) = mpsc::unbounded_channel();
-        let handle = LinkHandle { rtts: Arc::default(), peers: peers_tx };
+        let handle = LinkHandle { status: Arc::default(), metrics: metrics.clone(), peers: peers_tx };
         Ok(Self { endpoint, metrics, handle, peers: Mutex::new(Some(peers)) })
     }
 
@@ -159,7 +197,7 @@ impl Links {
             links: HashMap::new(),
             wanted: HashMap::new(),
             mesh: HashSet::new(),
-            rtts: Arc::clone(&self.handle.rtts),
+            status: Arc::clone(&self.handle.status),
             events: events_tx,
         };
         let peers = lock(&self.peers).take().unwrap_or_else(|| mpsc::unbounded_channel().1);
@@ -178,6 +216,8 @@ enum Event {
     Linked(Link),
     /// A link closed (its connection's stable id).
     Closed(Arc<str>, usize),
+    /// An attempt to open a link failed; the next waits out the backoff.
+    Failed(Arc<str>),
     /// Time to try again to open a link.
     Retry(Arc<str>),
 }
@@ -208,7 +248,8 @@ struct Manager {
     /// Relays kept linked whatever the SFU needs (signaling's list, those whose id sorts after
     /// this relay's: one link per pair), for their RTTs and a link ready for viewers.
     mesh: HashSet<Arc<str>>,
-    rtts: Arc<Mutex<BTreeMap<String, f64>>>,
+    /// Shared with the heartbeat (see [`LinkHandle`]).
+    status: Arc<Mutex<StatusMap>>,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -243,6 +284,7 @@ impl Manager {
         }
         for gone in self.mesh.difference(&mesh) {
             self.wanted.remove(gone);
+            self.unwanted(gone);
         }
         self.mesh = mesh;
     }
@@ -284,6 +326,7 @@ impl Manager {
             LinkOutput::Forget { relay } => {
                 if !self.mesh.contains(&relay) {
                     self.wanted.remove(&relay);
+                    self.unwanted(&relay);
                 }
             }
         }
@@ -297,10 +340,21 @@ impl Manager {
                     self.links.remove(&peer);
                     self.metrics.open.set(self.links.len() as i64);
                     let _ = self.metrics.rtt.remove_label_values(&[&peer]);
-                    lock(&self.rtts).remove(&*peer);
+                    if self.wanted.contains_key(&peer) {
+                        // Wanted (by the mesh or the SFU): open it again at once, then back off.
+                        self.set_status(&peer, LinkState::Retrying);
+                        self.connect(&peer);
+                    } else {
+                        lock(&self.status).remove(&*peer);
+                    }
                     if let Some(sfu) = &self.sfu {
                         sfu.link_down(peer);
                     }
+                }
+            }
+            Event::Failed(relay) => {
+                if self.wanted.contains_key(&relay) && !self.links.contains_key(&relay) {
+                    self.set_status(&relay, LinkState::Retrying);
                 }
             }
             Event::Retry(relay) => {
@@ -314,6 +368,18 @@ impl Manager {
         }
     }
 
+    /// A link that is not up: `state`, and no RTT.
+    fn set_status(&self, relay: &str, state: LinkState) {
+        lock(&self.status).insert(relay.to_owned(), (state, None));
+    }
+
+    /// No longer wanted: a link that is not up leaves the reports.
+    fn unwanted(&self, relay: &str) {
+        if !self.links.contains_key(relay) {
+            lock(&self.status).remove(relay);
+        }
+    }
+
     /// Opens a link to a wanted relay (one attempt at a time); a failure schedules a retry
     /// after the relay's backoff, which doubles up to [`MAX_BACKOFF`].
     fn connect(&mut self, relay: &Arc<str>) {
@@ -324,8 +390,9 @@ impl Manager {
         wanted.connecting = true;
         let backoff = wanted.backoff;
         wanted.backoff = (wanted.backoff * 2).min(MAX_BACKOFF);
-        let (endpoint, events, relay, addr) =
-            (Arc::clone(&self.endpoint), self.events.clone(), Arc::clone(relay), wanted.addr.clone());
+        let addr = wanted.addr.clone();
+        self.set_status(relay, LinkState::Connecting);
+        let (endpoint, events, relay) = (Arc::clone(&self.endpoint), self.events.clone(), Arc::clone(relay));
         tokio::spawn(async move {
             let result = match tokio::net::lookup_host(&addr).await.map(|mut a| a.next()) {
                 Ok(Some(to)) => endpoint.connect(to, &relay).await.map_err(|e| e.to_string()),
@@ -339,6 +406,7 @@ impl Manager {
                 }
                 Err(e) => {
                     warn!(peer = %relay, %addr, retry_in = ?backoff, "link failed: {e}");
+                    let _ = events.send(Event::Failed(Arc::clone(&relay)));
                     tokio::time::sleep(backoff).await;
                     let _ = events.send(Event::Retry(relay));
                 }
@@ -368,13 +436,14 @@ impl Manager {
             old.connection.close(0u32.into(), b"replaced by a new link");
         }
         self.metrics.open.set(self.links.len() as i64);
+        lock(&self.status).insert(peer.to_string(), (LinkState::Up, Some(connection.rtt().as_secs_f64() * 1000.0)));
         tokio::spawn(write_controls(connection.clone(), control_rx));
         if let Some(sfu) = &self.sfu {
             tokio::spawn(read_controls(connection.clone(), Arc::clone(&peer), sfu.clone()));
             tokio::spawn(read_datagrams(connection.clone(), Arc::clone(&peer), sfu.clone(), self.metrics.clone()));
             sfu.link_up(Arc::clone(&peer));
         }
-        let (events, rtt, rtts) = (self.events.clone(), self.metrics.rtt.clone(), Arc::clone(&self.rtts));
+        let (events, rtt, status) = (self.events.clone(), self.metrics.rtt.clone(), Arc::clone(&self.status));
         tokio::spawn(async move {
             let id = connection.stable_id();
             let mut tick = tokio::time::interval(RTT_INTERVAL);
@@ -384,7 +453,9 @@ impl Manager {
                     _ = tick.tick() => {
                         let now = connection.rtt();
                         rtt.with_label_values(&[&peer]).set(now.as_secs_f64());
-                        lock(&rtts).insert(peer.to_string(), now.as_secs_f64() * 1000.0);
+                        if let Some((LinkState::Up, ms)) = lock(&status).get_mut(&*peer) {
+                            *ms = Some(now.as_secs_f64() * 1000.0);
+                        }
                     }
                 }
             };
@@ -435,5 +506,60 @@ async fn read_datagrams(connection: quinn::Connection, peer: Arc<str>, sfu: SfuH
         received.inc();
         bytes.inc_by(data.len() as u64);
         sfu.link_datagram(Arc::clone(&peer), data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Opts;
+
+    fn metrics() -> LinkMetrics {
+        let vec = |name: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, "test"), labels).unwrap();
+        LinkMetrics {
+            refusals: Refusals::new(vec("refusals", &["side", "reason"])),
+            open: IntGauge::new("open", "test").unwrap(),
+            datagrams: vec("datagrams", &["peer", "direction"]),
+            bytes: vec("bytes", &["peer", "direction"]),
+            dropped: vec("dropped", &["reason"]),
+            rtt: GaugeVec::new(Opts::new("rtt", "test"), &["peer"]).unwrap(),
+        }
+    }
+
+    #[test]
+    fn reports_join_the_links_task_the_counters_and_the_sfu() {
+        let (peers, _rx) = mpsc::unbounded_channel();
+        let handle = LinkHandle { status: Arc::default(), metrics: metrics(), peers };
+        lock(&handle.status).insert("ap-1".into(), (LinkState::Up, Some(151.5)));
+        lock(&handle.status).insert("us-1".into(), (LinkState::Connecting, None));
+        handle.metrics.datagrams.with_label_values(&["ap-1", "sent"]).inc_by(900);
+        handle.metrics.bytes.with_label_values(&["ap-1", "sent"]).inc_by(1_000_000);
+        handle.metrics.datagrams.with_label_values(&["ap-1", "received"]).inc_by(3);
+        handle.metrics.bytes.with_label_values(&["ap-1", "received"]).inc_by(120);
+        let up = LinkView { up: true, watching: 1, serving: 2, repaired: 7, lost: 1, resent: 4 };
+        // The SFU still wants a link the links' task has not heard of yet (just asked for).
+        let wanted = LinkView { up: false, watching: 1, ..LinkView::default() };
+        let reports = handle.reports(&[("ap-1".into(), up), ("sa-1".into(), wanted)]);
+        let peers: Vec<(&str, LinkState)> = reports.iter().map(|r| (r.peer.as_str(), r.state)).collect();
+        assert_eq!(peers, [("ap-1", LinkState::Up), ("sa-1", LinkState::Retrying), ("us-1", LinkState::Connecting)]);
+        assert_eq!(
+            reports[0],
+            LinkReport {
+                peer: "ap-1".into(),
+                state: LinkState::Up,
+                rtt_ms: Some(151.5),
+                datagrams_sent: 900,
+                datagrams_received: 3,
+                bytes_sent: 1_000_000,
+                bytes_received: 120,
+                repaired: 7,
+                lost: 1,
+                resent: 4,
+                watching: 1,
+                serving: 2,
+            }
+        );
+        assert_eq!((reports[1].watching, reports[2].rtt_ms, reports[2].datagrams_sent), (1, None, 0));
+        assert_eq!(handle.rtts(), BTreeMap::from([("ap-1".to_owned(), 151.5)]), "RTTs of links up only");
     }
 }

@@ -23,7 +23,7 @@ use tracing::{error, info};
 use super::udp::{SendBatch, SendQueue};
 use crate::link::wire::Control;
 use crate::sfu::demux::is_sfu_datagram;
-use crate::sfu::engine::{LinkOutput, LinkStats};
+use crate::sfu::engine::{LinkOutput, LinkStats, LinkView};
 use crate::sfu::route::{PeerId, Role};
 use crate::sfu::webrtc::Transmit;
 use crate::sfu::{RouteStats, Sfu, SfuError, SfuStats};
@@ -91,6 +91,8 @@ pub struct SfuSnapshot {
     /// Inputs dropped because the SFU thread's queue was full (counted by the senders).
     pub queue_full: u64,
     pub links: LinkStats,
+    /// Each relay link as the SFU sees it, by peer relay id.
+    pub link_views: Vec<(String, LinkView)>,
     /// Link outputs (mostly media datagrams) dropped because the links' queue was full.
     pub link_queue_full: u64,
 }
@@ -330,6 +332,7 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
                 machines,
                 queue_full: 0,
                 links: sfu.link_stats().clone(),
+                link_views: sfu.link_views(),
                 link_queue_full,
             };
         }

@@ -53,6 +53,9 @@ pub(super) async fn relay_heartbeat(
             "link_rtts: at most {MAX_LINK_RTTS} relay ids, each with a finite, non-negative RTT in ms"
         )));
     }
+    if let Err(e) = valid_link_reports(&hb.links) {
+        return Err(ApiError::bad(format!("links: {e}")));
+    }
     if hb.turn_udp_port == 0 || hb.version.len() > 64 || !hb.load.cpu.is_finite() {
         return Err(ApiError::bad("turn_udp_port, version or load is out of range"));
     }
@@ -158,6 +161,27 @@ pub(super) async fn undrain_relay(
     PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<AdminStateChanged>> {
     set_admin_state(&state, &bearer, &id, RelayState::Serving).await
+}
+
+/// A relay's link reports: at most [`MAX_LINK_RTTS`], one per peer, each naming a valid relay
+/// id, with a finite, non-negative RTT.
+fn valid_link_reports(links: &[cluster::heartbeat::LinkReport]) -> Result<(), String> {
+    if links.len() > MAX_LINK_RTTS {
+        return Err(format!("at most {MAX_LINK_RTTS} links"));
+    }
+    let mut peers = std::collections::HashSet::new();
+    for l in links {
+        if !valid_relay_id(&l.peer) {
+            return Err("each peer must be a relay id (1-64 of a-z, 0-9, . and -)".into());
+        }
+        if !peers.insert(l.peer.as_str()) {
+            return Err(format!("peer {:?} reported twice", l.peer));
+        }
+        if l.rtt_ms.is_some_and(|ms| !ms.is_finite() || ms < 0.0) {
+            return Err(format!("rtt_ms of peer {:?} must be a finite, non-negative number of ms", l.peer));
+        }
+    }
+    Ok(())
 }
 
 /// An SFU relay's base URL must be something a browser can POST to.

@@ -30,6 +30,7 @@ fn relay(spec: &str, utilisation: f64) -> RelayRow {
         sfu_url: None,
         link_port: None,
         link_rtts: BTreeMap::new(),
+        links: Vec::new(),
         state: RelayState::Serving,
         admin_state: RelayState::Serving,
         load: Load { allocations: 0, max_allocations: 0, cpu: 0.0, bandwidth_bps: 0, bandwidth_cap_bps: 0 },

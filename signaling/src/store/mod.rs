@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "sessions_ended", include_str!("../../migrations/0004_sessions_ended.sql")),
     (5, "relay_link", include_str!("../../migrations/0005_relay_link.sql")),
     (6, "relay_link_rtts", include_str!("../../migrations/0006_relay_link_rtts.sql")),
+    (7, "relay_links", include_str!("../../migrations/0007_relay_links.sql")),
 ];
 
 #[derive(Debug, Clone)]
@@ -202,13 +203,14 @@ impl Store {
         sqlx::query(
             "INSERT INTO relays (id, region, version, public_host, turn_udp_port, turn_tls_port, state, \
              admin_state, load_json, utilisation, started_at, first_seen_ms, last_seen_ms, sfu_url, link_port, \
-             link_rtts_json) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'serving', $8, $9, $10, $11, $11, $12, $13, $14) \
+             link_rtts_json, links_json) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'serving', $8, $9, $10, $11, $11, $12, $13, $14, $15) \
              ON CONFLICT (id) DO UPDATE SET region = excluded.region, version = excluded.version, \
              public_host = excluded.public_host, turn_udp_port = excluded.turn_udp_port, \
              turn_tls_port = excluded.turn_tls_port, state = excluded.state, load_json = excluded.load_json, \
              utilisation = excluded.utilisation, started_at = excluded.started_at, last_seen_ms = excluded.last_seen_ms, \
-             sfu_url = excluded.sfu_url, link_port = excluded.link_port, link_rtts_json = excluded.link_rtts_json",
+             sfu_url = excluded.sfu_url, link_port = excluded.link_port, link_rtts_json = excluded.link_rtts_json, \
+             links_json = excluded.links_json",
         )
         .bind(&hb.relay_id)
         .bind(&hb.region)
@@ -224,6 +226,7 @@ impl Store {
         .bind(hb.sfu_url.as_deref())
         .bind(hb.link_port.map(i64::from))
         .bind(serde_json::to_string(&hb.link_rtts)?)
+        .bind(serde_json::to_string(&hb.links)?)
         .execute(&self.pool)
         .await?;
         self.relay(&hb.relay_id).await?.context("relay vanished after its heartbeat")
@@ -240,6 +243,7 @@ impl Store {
             sfu_url: row.try_get("sfu_url")?,
             link_port: row.try_get::<Option<i64>, _>("link_port")?.map(u16::try_from).transpose()?,
             link_rtts: serde_json::from_str(&row.try_get::<String, _>("link_rtts_json")?)?,
+            links: serde_json::from_str(&row.try_get::<String, _>("links_json")?)?,
             state: state_from(&row.try_get::<String, _>("state")?),
             admin_state: state_from(&row.try_get::<String, _>("admin_state")?),
             load: serde_json::from_str(&row.try_get::<String, _>("load_json")?)?,
@@ -252,7 +256,7 @@ impl Store {
 
     const RELAY_COLUMNS: &str = "id, region, version, public_host, turn_udp_port, turn_tls_port, state, admin_state, \
                                  load_json, utilisation, started_at, first_seen_ms, last_seen_ms, sfu_url, link_port, \
-                                 link_rtts_json";
+                                 link_rtts_json, links_json";
 
     pub async fn relay(&self, id: &str) -> anyhow::Result<Option<RelayRow>> {
         let row = sqlx::query(&format!("SELECT {} FROM relays WHERE id = $1", Self::RELAY_COLUMNS))

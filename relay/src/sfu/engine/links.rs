@@ -68,6 +68,20 @@ pub struct LinkStats {
     pub seat_inputs_dropped: u64,
 }
 
+/// One link as the SFU sees it (for the heartbeat's link reports).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LinkView {
+    pub up: bool,
+    /// Machines watched here through the link, and machines here the peer watches.
+    pub watching: usize,
+    pub serving: usize,
+    /// Packets from the peer that filled a gap, and those given up on.
+    pub repaired: u64,
+    pub lost: u64,
+    /// Packets sent again to the peer, answering its NACKs.
+    pub resent: u64,
+}
+
 /// Datagrams kept per link for tracks not announced yet, at most, and for how long.
 const EARLY_PACKETS: usize = 512;
 const EARLY_AGE: Duration = Duration::from_secs(1);
@@ -120,6 +134,8 @@ struct LinkState {
     /// the media as datagrams, so the first packets (a key frame's) may overtake it. Kept up
     /// to [`EARLY_PACKETS`] for [`EARLY_AGE`], routed when the track is announced.
     early: VecDeque<(Instant, u64, Vec<u8>)>,
+    /// Packets sent again to the peer (the origin counts afresh with each link).
+    resent: u64,
 }
 
 impl LinkState {
@@ -133,6 +149,7 @@ impl LinkState {
             machines: HashMap::new(),
             tracks: HashMap::new(),
             early: VecDeque::new(),
+            resent: 0,
         }
     }
 }
@@ -160,6 +177,28 @@ impl LinkSet {
     }
 
     /// This relay's id, if links are configured.
+    /// Each link the SFU knows (up, or wanted for viewers here), by peer relay id.
+    pub fn views(&self) -> Vec<(String, LinkView)> {
+        let mut views: Vec<(String, LinkView)> = self
+            .links
+            .iter()
+            .map(|(id, l)| {
+                let edge = l.edge.stats();
+                let view = LinkView {
+                    up: l.up,
+                    watching: l.machines.len(),
+                    serving: l.origin.subscriptions(),
+                    repaired: edge.repaired,
+                    lost: edge.lost,
+                    resent: l.resent,
+                };
+                (id.clone(), view)
+            })
+            .collect();
+        views.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        views
+    }
+
     pub fn own(&self) -> Option<&str> {
         self.own.as_deref()
     }
@@ -322,7 +361,9 @@ impl LinkSet {
             origin_bound => {
                 let resent = state.origin.stats().resent;
                 state.origin.handle_control(origin_bound);
-                self.stats.resent += state.origin.stats().resent - resent;
+                let more = state.origin.stats().resent - resent;
+                self.stats.resent += more;
+                state.resent += more;
                 while let Some(event) = state.origin.poll_event() {
                     match event {
                         OriginEvent::Subscribed { machine } => {

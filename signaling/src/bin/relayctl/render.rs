@@ -219,32 +219,87 @@ pub fn relays(v: &RelayList) -> String {
     if t.is_empty() { "no relays have registered\n".into() } else { t.render() }
 }
 
-/// Each link a relay reports (from its last heartbeat): the relay, the peer, the RTT it
-/// measures, and the peer's status in the registry.
+/// Each link a relay reports (from its last heartbeat): the relay, the peer, the link's state
+/// and RTT, media datagrams and bytes each way, losses repaired and given up on, the machines
+/// watched through it each way, and the peer's status in the registry. A relay that reports
+/// only RTTs (an older version) gets a row per RTT with the rest as `-`.
 pub fn links(v: &RelayList) -> String {
     let mut t = Table::new(&[
         ("RELAY", Align::Left),
         ("REGION", Align::Left),
         ("PEER", Align::Left),
         ("PEER REGION", Align::Left),
+        ("STATE", Align::Left),
         ("RTT", Align::Right),
+        ("SENT", Align::Right),
+        ("RECEIVED", Align::Right),
+        ("REPAIRED", Align::Right),
+        ("LOST", Align::Right),
+        ("WATCHING", Align::Right),
+        ("SERVING", Align::Right),
         ("PEER STATUS", Align::Left),
     ]);
     for info in &v.relays {
         let r = &info.relay;
-        for (peer, ms) in &r.link_rtts {
-            let other = v.relays.iter().find(|o| &o.relay.id == peer);
+        let peer_cells = |peer: &str| {
+            let other = v.relays.iter().find(|o| o.relay.id == peer);
+            (
+                other.map_or_else(|| "-".into(), |o| o.relay.region.clone()),
+                other.map_or_else(|| "unknown".into(), |o| o.status.clone()),
+            )
+        };
+        if r.links.is_empty() {
+            for (peer, rtt) in &r.link_rtts {
+                let (region, status) = peer_cells(peer);
+                let dash = || "-".to_owned();
+                t.row(vec![
+                    r.id.clone(),
+                    r.region.clone(),
+                    peer.clone(),
+                    region,
+                    "up".into(),
+                    format!("{rtt:.1} ms"),
+                    dash(),
+                    dash(),
+                    dash(),
+                    dash(),
+                    dash(),
+                    dash(),
+                    status,
+                ]);
+            }
+        }
+        for l in &r.links {
+            let (region, status) = peer_cells(&l.peer);
             t.row(vec![
                 r.id.clone(),
                 r.region.clone(),
-                clean(peer),
-                other.map_or_else(|| "-".into(), |o| o.relay.region.clone()),
-                format!("{ms:.1} ms"),
-                other.map_or_else(|| "unknown".into(), |o| o.status.clone()),
+                l.peer.clone(),
+                region,
+                l.state.as_str().into(),
+                l.rtt_ms.map_or_else(|| "-".into(), |rtt| format!("{rtt:.1} ms")),
+                traffic(l.datagrams_sent, l.bytes_sent),
+                traffic(l.datagrams_received, l.bytes_received),
+                l.repaired.to_string(),
+                l.lost.to_string(),
+                l.watching.to_string(),
+                l.serving.to_string(),
+                status,
             ]);
         }
     }
     if t.is_empty() { "no relay reports a link to another\n".into() } else { t.render() }
+}
+
+/// Datagrams and bytes, as `12345 pkts / 14.2 MB`.
+fn traffic(datagrams: u64, bytes: u64) -> String {
+    let size = match bytes {
+        b if b >= 1_000_000_000 => format!("{:.1} GB", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b if b >= 1_000 => format!("{:.1} kB", b as f64 / 1e3),
+        b => format!("{b} B"),
+    };
+    format!("{datagrams} pkts / {size}")
 }
 
 pub fn admin_state(v: &AdminStateChanged) -> String {
