@@ -189,6 +189,10 @@ enum Cmd {
         /// Pairs of cases (direct, then cascade) to run; the summary takes medians over them.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Give relay B the last CPU to itself (relay A and the bench share the others), as if
+        /// it ran on another machine.
+        #[arg(long)]
+        split_cpus: bool,
         /// Where to write cascade.json.
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
@@ -295,12 +299,13 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Cascade { common, viewers, secs, link_delay_ms, rounds, out } => {
+        Cmd::Cascade { common, viewers, secs, link_delay_ms, rounds, split_cpus, out } => {
             let env = env(&common)?;
             eprintln!(
                 "bench cascade: {viewers} viewers, {secs} s per case, {link_delay_ms} ms each way between the relays"
             );
-            let report = cascade::run(&env, viewers, secs, Duration::from_secs_f64(link_delay_ms / 1000.0), rounds)?;
+            let report =
+                cascade::run(&env, viewers, secs, Duration::from_secs_f64(link_delay_ms / 1000.0), rounds, split_cpus)?;
             std::fs::create_dir_all(&out)?;
             std::fs::write(out.join("cascade.json"), serde_json::to_string_pretty(&report)?)?;
             if common.json {

@@ -81,8 +81,10 @@ struct Client {
     audio: Mid,
     timeout: Instant,
     connected: bool,
-    /// Viewer: indices of the video packets received.
+    /// Viewer: indices of the video packets received, and when (ns since the epoch, kernel's
+    /// arrival stamp), in the order they came.
     seen: Vec<u64>,
+    arrived: Vec<u64>,
     latency: Latency,
     /// When the kernel received the datagram being handled (latency ends there, not when this
     /// busy process got round to reading it).
@@ -114,6 +116,7 @@ impl Client {
             timeout: now,
             connected: false,
             seen: Vec::new(),
+            arrived: Vec::new(),
             latency: Latency::new(),
             arrival: None,
         };
@@ -147,6 +150,7 @@ impl Client {
                         let now = at.saturating_duration_since(epoch).as_nanos() as u64;
                         self.latency.record(now.saturating_sub(sent));
                         self.seen.push(index);
+                        self.arrived.push(now);
                     }
                 }
                 Ok(Output::Event(_)) => {}
@@ -251,6 +255,23 @@ pub struct HomeFigures {
     /// Packets it received from the machine, and first copies it sent over links.
     pub ingest: f64,
     pub link_sent: f64,
+    /// Packets it sent to its own viewers (the reference viewer).
+    pub egress: f64,
+    /// With a reference viewer at the home relay: per video packet, the first copy to reach a
+    /// viewer at the other relay less the copy that reached the reference viewer (the hop,
+    /// without the publisher's side and without the fan-out at either relay).
+    pub hop: Option<LatencySummary>,
+}
+
+/// Per packet index, the earliest arrival among `viewers`.
+fn first_arrivals<'a>(viewers: impl IntoIterator<Item = &'a Client>) -> HashMap<u64, u64> {
+    let mut first = HashMap::new();
+    for c in viewers {
+        for (&index, &at) in c.seen.iter().zip(&c.arrived) {
+            first.entry(index).and_modify(|t: &mut u64| *t = (*t).min(at)).or_insert(at);
+        }
+    }
+    first
 }
 
 fn token(
@@ -274,7 +295,9 @@ pub fn step(target: &Target, viewers: usize, secs: f64, step_no: usize) -> anyho
 
 /// One step with the machine publishing at `home` and the viewers watching at `watch`, their
 /// tokens naming `link` as the machine's home relay when `watch` is another relay. The step's
-/// CPU and egress figures are `watch`'s; the home relay's come apart when it is another.
+/// CPU and egress figures are `watch`'s; the home relay's come apart when it is another, and
+/// then one more viewer, a reference outside the step's figures, watches at `home` to time the
+/// hop packet by packet.
 pub fn step_via(
     home: &Target,
     target: &Target,
@@ -308,6 +331,20 @@ pub fn step_via(
         c.accept(pending, &answer)?;
         clients.push(c);
         locations.push((location, viewer_token));
+    }
+    let elsewhere = home.pid != target.pid;
+    let mut reference_location = None;
+    if elsewhere {
+        let reference_token = token(&home.secret, MediaRole::Spectator, &machine, Some(&session), "reference", None);
+        let (mut c, offer, pending) = Client::new(Instant::now(), home.udp, Direction::RecvOnly)?;
+        let (status, location, answer) =
+            http(home.http, "POST", &format!("/whep/{session}"), &reference_token, &offer)?;
+        if status != 201 {
+            bail!("WHEP at the home relay answered {status}: {answer}");
+        }
+        c.accept(pending, &answer)?;
+        clients.push(c);
+        reference_location = Some((location, reference_token));
     }
 
     let mut poll = Poll::new()?;
@@ -366,7 +403,6 @@ pub fn step_via(
     let cpu_before = crate::sys::cpu_seconds(target.pid)?;
     let own_before = crate::sys::cpu_seconds(std::process::id())?;
     let egress_before = egress_packets(target.admin)?;
-    let elsewhere = home.pid != target.pid;
     let home_before = if elsewhere { home_figures(home)? } else { HomeFigures::default() };
     let mut send = |c: &mut Client, now: Instant| {
         if now >= next_frame && now < end {
@@ -406,10 +442,20 @@ pub fn step_via(
     let egress = egress_packets(target.admin)? - egress_before;
     let home_figures = if elsewhere {
         let after = home_figures(home)?;
+        let at_home = first_arrivals(clients.last());
+        let first_here = first_arrivals(&clients[1..=viewers]);
+        let mut hop = Latency::new();
+        for (index, at) in first_here {
+            if let Some(&reference) = at_home.get(&index) {
+                hop.record(at.saturating_sub(reference));
+            }
+        }
         HomeFigures {
             cpu_s: home_cpu,
             ingest: after.ingest - home_before.ingest,
             link_sent: after.link_sent - home_before.link_sent,
+            egress: after.egress - home_before.egress,
+            hop: Some(hop.summary()),
         }
     } else {
         HomeFigures::default()
@@ -417,7 +463,7 @@ pub fn step_via(
 
     let mut latency = Latency::new();
     let mut delivered = 0u64;
-    for c in &mut clients[1..] {
+    for c in &mut clients[1..=viewers] {
         c.seen.sort_unstable();
         c.seen.dedup();
         delivered += c.seen.len() as u64;
@@ -426,6 +472,9 @@ pub fn step_via(
     // End the step's peers so the next step starts with an empty SFU.
     for (location, token) in &locations {
         let _ = http(target.http, "DELETE", location, token, "");
+    }
+    if let Some((location, token)) = &reference_location {
+        let _ = http(home.http, "DELETE", location, token, "");
     }
     let _ = http(home.http, "DELETE", &publisher_location, &publisher_token, "");
 
@@ -454,6 +503,8 @@ fn home_figures(home: &Target) -> anyhow::Result<HomeFigures> {
         cpu_s: crate::sys::cpu_seconds(home.pid)?,
         ingest: metric(home.admin, "relay_sfu_ingest_packets_total")?,
         link_sent: metric(home.admin, "relay_link_media_sent_total")?,
+        egress: egress_packets(home.admin)?,
+        hop: None,
     })
 }
 

@@ -91,6 +91,29 @@ pub fn pin_to(cpus: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
+/// Restricts every thread process `pid` has now to `cpus` (threads it starts later inherit
+/// their creator's set).
+pub fn pin_process(pid: u32, cpus: &[usize]) -> io::Result<()> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = task?.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else { continue };
+        // SAFETY: as in `pin_to`; `tid` names a thread (one that has exited since fails, ESRCH).
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_ZERO(&mut set);
+            for &cpu in cpus {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Asks the kernel to stamp every datagram `fd` receives with its arrival time
 /// (`SO_TIMESTAMPNS`), which [`recv_stamped`] returns.
 pub fn enable_arrival_stamps(fd: std::os::fd::RawFd) -> io::Result<()> {

@@ -174,6 +174,10 @@ fn cascade_smoke_viewers_at_the_linked_relay_get_one_link_copy_per_packet() {
     assert!(measured >= 20_000.0, "the viewers at B see the link's delay: {cascade}");
     let hop = cascade["hop_latency"]["p50_us"].as_f64().unwrap();
     assert!((hop - (measured - 20_000.0)).abs() < 1.0, "the hop is the latency less the link's delay: {cascade}");
+    // The paired measure: one sample per video packet that reached both B and A's reference.
+    let paired = cascade["paired_hop"]["samples"].as_u64().unwrap();
+    assert!(paired >= 200, "{cascade}");
+    assert!(cases[0]["paired_hop"].is_null(), "no reference viewer when direct: {}", cases[0]);
     // One round: the summary's hop is this cascade's p99 less the direct case's.
     let direct_p99 = cases[0]["hop_latency"]["p99_us"].as_f64().unwrap();
     let hop_p99 = report["summary"]["hop_p99_us"].as_f64().unwrap();
