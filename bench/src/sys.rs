@@ -219,6 +219,10 @@ mod tests {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_nonblocking(true).unwrap();
         enable_arrival_stamps(rx.as_raw_fd()).unwrap();
+        // The first socket to ask turns stamping on in the kernel a moment later (a deferred
+        // static key); until then a datagram is stamped when it is read. The bench's clients
+        // ask long before they measure.
+        std::thread::sleep(std::time::Duration::from_millis(200));
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let before = std::time::Instant::now();
         tx.send_to(b"stamp me", rx.local_addr().unwrap()).unwrap();
