@@ -77,10 +77,10 @@ fn viewers_at_another_relay_play_the_machine_over_one_repaired_link_copy_and_its
     let proxy = rt.block_on(LossyProxy::start(a_link, Duration::from_millis(40), 100));
     let home = Some(("eu-1", proxy.addr));
 
-    // The machine publishes at A.
+    // The machine publishes at A; it asks for its seat inputs stamped.
     let a_api = Http::new(a_http, reqwest::Client::new());
     let b_api = Http::new(b_http, reqwest::Client::new());
-    let (mut machine, offer, pending) = Peer::new(a.udp, Direction::SendOnly);
+    let (mut machine, offer, pending) = Peer::with_channel(a.udp, Direction::SendOnly, "stamped");
     let publisher = common::media_token(MediaRole::Publisher, "cab-1", None, "cab-1");
     let (status, _, answer) = a_api.post("/whip/cab-1", Some(&publisher), SDP, &offer);
     assert_eq!(status, 201, "{answer}");
@@ -150,12 +150,21 @@ fn viewers_at_another_relay_play_the_machine_over_one_repaired_link_copy_and_its
         b.metric("relay_link_repaired_total")
     );
 
-    // The seat holder's input at B reaches the machine at A; the machine's message reaches
-    // every viewer at B.
-    viewers[0].client.send_data(b"left");
-    viewers[1].client.send_data(b"right");
+    // The seat holder's input at B reaches the machine at A, stamped by B (the first relay to
+    // receive it) with its arrival and the player's RTT; the machine's message reaches every
+    // viewer at B.
+    let sent_at = cluster::time::unix_now_ms() as u64;
+    viewers[0].client.send_text("left");
+    viewers[1].client.send_text("right");
     pump(&mut machine, &mut viewers, Duration::from_millis(800));
-    assert_eq!(machine.client.data, vec![b"left".to_vec()], "only the seat holder's input, over the link");
+    let inputs: Vec<serde_json::Value> =
+        machine.client.data.iter().map(|d| serde_json::from_slice(d).expect("a stamped input")).collect();
+    assert_eq!(inputs.len(), 1, "only the seat holder's input, over the link: {inputs:?}");
+    let input = &inputs[0];
+    assert_eq!((input["text"].as_str(), input["relay"].as_str()), (Some("left"), Some("asia-1")), "{input}");
+    let arrived = input["arrived_unix_ms"].as_u64().unwrap();
+    assert!((sent_at..sent_at + 800).contains(&arrived), "stamped on arrival at B: {input}");
+    assert!(input["rtt_ms"].as_u64().is_some_and(|ms| ms < 100), "the player's RTT to B (loopback): {input}");
     wait_for_metric(&a, "relay_link_seat_inputs_total", 1.0);
     machine.client.send_data(b"credit 1");
     pump(&mut machine, &mut viewers, Duration::from_millis(800));

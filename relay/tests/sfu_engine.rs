@@ -32,7 +32,12 @@ impl Net {
     }
 
     fn publish(&mut self) -> usize {
-        let (mut c, offer, pending) = Client::new(self.now, "10.0.0.1:5000".parse().unwrap(), Direction::SendOnly);
+        self.publish_with_channel("input")
+    }
+
+    fn publish_with_channel(&mut self, label: &str) -> usize {
+        let (mut c, offer, pending) =
+            Client::with_channel(self.now, "10.0.0.1:5000".parse().unwrap(), Direction::SendOnly, label);
         let (id, answer) = self.sfu.publish(self.now, MACHINE, &offer).unwrap();
         c.accept(pending, &answer);
         self.clients.push(c);
@@ -156,6 +161,43 @@ fn one_publisher_to_many_subscribers_with_the_seat() {
     let stats = net.sfu.router().stats();
     assert_eq!((stats.inputs_delivered, stats.inputs_dropped), (2, 2));
     assert_eq!(net.sfu.stats().panics, 0);
+}
+
+/// A machine whose data channel is labelled `stamped` receives each seat input as JSON with the
+/// time it reached the relay and the player's RTT (from the RTCP receiver reports of the media
+/// the player receives); a spectator's input still does not reach it.
+#[test]
+fn a_machine_asking_for_stamps_gets_each_input_with_its_arrival_and_the_players_rtt() {
+    let mut net = Net::new();
+    let machine = net.publish_with_channel("stamped");
+    let player = net.subscribe(Role::Player);
+    let spectator = net.subscribe(Role::Spectator);
+    net.connect();
+    // Media for a while, so that the player has sent receiver reports.
+    for i in 0..400u64 {
+        let now = net.now;
+        net.clients[machine].send_rtp(now, true, 1000 + i, (i as u32 / 3) * 3000, vp8(i % 100 == 0, i));
+        net.run(Duration::from_millis(10));
+    }
+    let before = std::time::SystemTime::now();
+    net.clients[player].send_text(r#"{"button":"coin"}"#);
+    net.clients[player].send_data(&[1, 2, 255]);
+    net.clients[spectator].send_text("cheat");
+    net.run(Duration::from_millis(100));
+    let after = std::time::SystemTime::now();
+    let unix_ms = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let got: Vec<serde_json::Value> =
+        net.clients[machine].data.iter().map(|d| serde_json::from_slice(d).expect("a JSON envelope")).collect();
+    assert_eq!(got.len(), 2, "the player's two inputs, not the spectator's: {got:?}");
+    assert_eq!((got[0]["type"].as_str(), got[0]["text"].as_str()), (Some("seat_input"), Some(r#"{"button":"coin"}"#)));
+    assert_eq!(got[1]["base64"], "AQL/", "a binary input, base64: {}", got[1]);
+    for g in &got {
+        let at = g["arrived_unix_ms"].as_u64().unwrap();
+        assert!((unix_ms(before)..=unix_ms(after)).contains(&at), "{g}");
+        // Virtual network: the RTT is a few ms of virtual time, but known.
+        assert!(g["rtt_ms"].as_u64().is_some_and(|ms| ms < 100), "the player's RTT: {g}");
+        assert!(g["relay"].is_null(), "no cluster id without links: {g}");
+    }
 }
 
 /// Signaling ended session s-1: its viewers are closed at once (their clients see the DTLS

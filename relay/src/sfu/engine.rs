@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::keyframe::Codec;
 use super::route::{MediaIn, PeerId, Role, RouteError, Router};
+use super::stamp::{SeatStamp, envelope, unix_ms};
 use super::webrtc::{Peer, PeerError, PeerEvent, PeerOutput, Transmit, stun_ufrag};
 use crate::link::wire::Control;
 
@@ -518,19 +519,25 @@ impl Sfu {
             }
             PeerEvent::Data { binary, data } => {
                 let publisher_of = self.peers.get(&id).filter(|e| e.role.is_none()).map(|e| e.label.clone());
-                let targets = if let Some(machine) = publisher_of {
+                if let Some(machine) = publisher_of {
                     self.links.machine_message(&machine, binary, &data);
-                    self.router.handle_publisher_message(id)
-                } else {
-                    match self.router.handle_input(id) {
-                        Some(to) if self.links.is_stand_in(to) => {
-                            self.links.seat_input(&self.router, to, binary, &data);
-                            Vec::new()
-                        }
-                        to => to.into_iter().collect(),
-                    }
+                    let targets = self.router.handle_publisher_message(id);
+                    self.send_data(&targets, binary, &data, queue);
+                    return;
+                }
+                let Some(to) = self.router.handle_input(id) else { return };
+                // Stamped by the first relay to receive it: this one.
+                let rtt = self.peers.get(&id).and_then(|e| e.peer.rtt());
+                let stamp = SeatStamp {
+                    relay: self.links.own().map(str::to_owned),
+                    arrived_unix_ms: unix_ms(),
+                    rtt_ms: rtt.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX - 1)),
                 };
-                self.send_data(&targets, binary, &data, queue);
+                if self.links.is_stand_in(to) {
+                    self.links.seat_input(&self.router, to, binary, &data, &stamp);
+                } else {
+                    self.send_input(to, binary, &data, &stamp, queue);
+                }
             }
         }
     }
@@ -618,13 +625,13 @@ impl Sfu {
                     let viewers: Vec<PeerId> = self.router.subscribers(&machine).into_iter().map(|(p, _)| p).collect();
                     self.send_data(&viewers, binary, &data, &mut queue);
                 }
-                LinkAction::ToMachine { machine, binary, data } => {
+                LinkAction::ToMachine { machine, binary, data, stamp } => {
                     // The edge let only its seat holder's input through; here the seat must not
                     // be held by a viewer of this relay.
                     match self.publishers.get(&machine).copied().filter(|_| self.router.seat(&machine).is_none()) {
                         Some(publisher) => {
                             self.links.stats.seat_inputs += 1;
-                            self.send_data(&[publisher], binary, &data, &mut queue);
+                            self.send_input(publisher, binary, &data, &stamp, &mut queue);
                         }
                         None => self.links.stats.seat_inputs_dropped += 1,
                     }
@@ -638,6 +645,15 @@ impl Sfu {
     }
 
     /// A data-channel message to each of `to`, who join `queue`.
+    /// A seat input for the machine's publisher `to`: stamped if its channel asks for it.
+    fn send_input(&mut self, to: PeerId, binary: bool, data: &[u8], stamp: &SeatStamp, queue: &mut Vec<PeerId>) {
+        if self.peers.get(&to).is_some_and(|e| e.peer.wants_stamps()) {
+            self.send_data(&[to], false, &envelope(stamp, binary, data), queue);
+        } else {
+            self.send_data(&[to], binary, data, queue);
+        }
+    }
+
     fn send_data(&mut self, to: &[PeerId], binary: bool, data: &[u8], queue: &mut Vec<PeerId>) {
         for &id in to {
             let Some(e) = self.peers.get_mut(&id) else { continue };

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod keyframe;
 pub mod layer;
 pub mod route;
+pub mod stamp;
 pub mod webrtc;
 
 pub use engine::{Sfu, SfuError, SfuStats};

@@ -24,6 +24,7 @@ use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use super::keyframe::{Codec, is_keyframe};
+use super::stamp::STAMPED_CHANNEL;
 
 /// How often str0m reports per-media statistics (NACK counts).
 const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -104,6 +105,10 @@ pub struct Peer {
     ufrag: String,
     media: Vec<MediaLine>,
     channel: Option<ChannelId>,
+    /// The channel's label is [`STAMPED_CHANNEL`]: seat inputs go to it stamped.
+    stamped: bool,
+    /// The round trip from the last RTCP receiver report of any of its lines.
+    rtt: Option<std::time::Duration>,
     /// The address ICE nominated (learned from the first accepted datagram).
     remote: Option<SocketAddr>,
     timeout: Instant,
@@ -135,7 +140,17 @@ impl Peer {
             let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| PeerError::BadOffer(e.to_string()))?;
             let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
             Ok((
-                Self { rtc, ufrag, media: Vec::new(), channel: None, remote: None, timeout: now, offered },
+                Self {
+                    rtc,
+                    ufrag,
+                    media: Vec::new(),
+                    channel: None,
+                    stamped: false,
+                    rtt: None,
+                    remote: None,
+                    timeout: now,
+                    offered,
+                },
                 answer.to_sdp_string(),
             ))
         })?
@@ -274,12 +289,16 @@ impl Peer {
             Event::EgressBitrateEstimate(BweKind::Twcc(b) | BweKind::Remb(_, b)) => {
                 Some(PeerEvent::Bandwidth(b.as_f64() as u64))
             }
-            Event::ChannelOpen(id, _label) => {
-                self.channel.get_or_insert(id);
+            Event::ChannelOpen(id, label) => {
+                if self.channel.is_none() {
+                    self.channel = Some(id);
+                    self.stamped = label == STAMPED_CHANNEL;
+                }
                 None
             }
             Event::ChannelData(d) => Some(PeerEvent::Data { binary: d.binary, data: d.data }),
             Event::MediaEgressStats(s) => {
+                self.rtt = s.rtt.or(self.rtt);
                 let line = self.media.iter_mut().find(|m| m.mid == s.mid).filter(|l| s.nacks > l.nacks)?;
                 let new = s.nacks - line.nacks;
                 line.nacks = s.nacks;
@@ -287,6 +306,7 @@ impl Peer {
             }
             Event::ChannelClose(id) if self.channel == Some(id) => {
                 self.channel = None;
+                self.stamped = false;
                 None
             }
             _ => None,
@@ -393,6 +413,16 @@ impl Peer {
             }
             rtc.handle_input(Input::Timeout(now)).map_err(|e| PeerError::Rtc(e.to_string()))
         })?
+    }
+
+    /// Whether its data channel asks for stamped seat inputs (see [`crate::sfu::stamp`]).
+    pub fn wants_stamps(&self) -> bool {
+        self.stamped
+    }
+
+    /// Its round-trip time, from the last RTCP receiver report about the media it receives.
+    pub fn rtt(&self) -> Option<std::time::Duration> {
+        self.rtt
     }
 
     /// Sends a data-channel message, as text (`binary` false, a string at a browser) or as

@@ -32,12 +32,22 @@ impl Client {
     /// A client with one video and one audio line in `direction` and a data channel; returns
     /// it with its SDP offer.
     pub fn new(now: Instant, addr: SocketAddr, direction: Direction) -> (Self, String, str0m::change::SdpPendingOffer) {
+        Self::with_channel(now, addr, direction, "input")
+    }
+
+    /// The same, with its data channel labelled `label`.
+    pub fn with_channel(
+        now: Instant,
+        addr: SocketAddr,
+        direction: Direction,
+        label: &str,
+    ) -> (Self, String, str0m::change::SdpPendingOffer) {
         let mut rtc = RtcConfig::new().set_rtp_mode(true).clear_codecs().enable_vp8(true).enable_opus(true).build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
         let video = api.add_media(MediaKind::Video, direction, None, None, None);
         let audio = api.add_media(MediaKind::Audio, direction, None, None, None);
-        let channel = api.add_channel("input".into());
+        let channel = api.add_channel(label.into());
         let (offer, pending) = api.apply().unwrap();
         let client = Self {
             rtc,
@@ -102,6 +112,12 @@ impl Client {
     pub fn send_data(&mut self, msg: &[u8]) {
         let mut ch = self.rtc.channel(self.channel).expect("channel open");
         assert!(ch.write(true, msg).unwrap());
+    }
+
+    /// Sends a string message (what a browser's `send("...")` sends).
+    pub fn send_text(&mut self, msg: &str) {
+        let mut ch = self.rtc.channel(self.channel).expect("channel open");
+        assert!(ch.write(false, msg.as_bytes()).unwrap());
     }
 
     pub fn request_keyframe(&mut self) {
@@ -174,9 +190,20 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(relay: SocketAddr, direction: Direction) -> (Self, String, str0m::change::SdpPendingOffer) {
+        Self::with_channel(relay, direction, "input")
+    }
+
+    /// A peer whose data channel is labelled `label` (`stamped`: a machine that wants seat
+    /// inputs with their stamps).
+    pub fn with_channel(
+        relay: SocketAddr,
+        direction: Direction,
+        label: &str,
+    ) -> (Self, String, str0m::change::SdpPendingOffer) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
-        let (client, offer, pending) = Client::new(Instant::now(), socket.local_addr().unwrap(), direction);
+        let (client, offer, pending) =
+            Client::with_channel(Instant::now(), socket.local_addr().unwrap(), direction, label);
         (Self { client, socket, relay }, offer, pending)
     }
 

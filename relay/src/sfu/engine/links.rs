@@ -30,6 +30,7 @@ use crate::link::origin::{Origin, OriginEvent};
 use crate::link::wire::{Control, Media};
 use crate::sfu::keyframe::Codec;
 use crate::sfu::route::{MediaIn, PeerId, Router};
+use crate::sfu::stamp::SeatStamp;
 
 /// What the shell carries out for the links.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +97,8 @@ pub enum LinkAction {
     /// The machine's message, for its viewers here.
     ToViewers { machine: String, binary: bool, data: Vec<u8> },
     /// A seat input from a peer relay, for the machine if it is here and its seat is held by
-    /// no viewer here.
-    ToMachine { machine: String, binary: bool, data: Vec<u8> },
+    /// no viewer here, with the edge's stamp.
+    ToMachine { machine: String, binary: bool, data: Vec<u8>, stamp: SeatStamp },
     /// A packet that came before its track's announcement, for the viewers here.
     Media { stand_in: PeerId, codec: Codec, pkt: MediaIn },
 }
@@ -163,11 +164,6 @@ pub fn link_track(publisher: PeerId, track: usize) -> u64 {
 /// The publisher and track a link track id names.
 pub fn split_link_track(id: u64) -> (PeerId, usize) {
     (PeerId(id >> 8), (id & 0xff) as usize)
-}
-
-/// Milliseconds since the Unix epoch: the arrival stamp of a seat input.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl LinkSet {
@@ -379,7 +375,12 @@ impl LinkSet {
                         }
                         OriginEvent::SeatInput { machine, binary, data, arrived_unix_ms, rtt_ms } => {
                             debug!(relay, machine, arrived_unix_ms, rtt_ms, "seat input from a relay link");
-                            actions.push(LinkAction::ToMachine { machine, binary, data });
+                            let stamp = SeatStamp {
+                                relay: Some(relay.to_owned()),
+                                arrived_unix_ms,
+                                rtt_ms: SeatStamp::rtt_from_wire(rtt_ms),
+                            };
+                            actions.push(LinkAction::ToMachine { machine, binary, data, stamp });
                         }
                     }
                 }
@@ -438,12 +439,13 @@ impl LinkSet {
         }
     }
 
-    /// The seat holder here sent `data` to a machine watched through a link, via its stand-in.
-    pub fn seat_input(&mut self, router: &Router, stand_in: PeerId, binary: bool, data: &[u8]) {
+    /// The seat holder here sent `data` to a machine watched through a link, via its stand-in;
+    /// it goes upstream with this relay's `stamp`.
+    pub fn seat_input(&mut self, router: &Router, stand_in: PeerId, binary: bool, data: &[u8], stamp: &SeatStamp) {
         let Some(relay) = self.stand_ins.get(&stand_in) else { return };
         let Some(machine) = router.machine_of(stand_in) else { return };
         if let Some(state) = self.links.get_mut(relay) {
-            state.edge.seat_input(machine, binary, data, unix_ms(), 0);
+            state.edge.seat_input(machine, binary, data, stamp.arrived_unix_ms, stamp.wire_rtt());
             drain(state, &mut self.out);
         }
     }
