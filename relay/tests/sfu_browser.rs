@@ -65,7 +65,8 @@ const PUBLISHER: &str = r#"<title>machine</title><script>
         t.setCodecPreferences(caps);
       }
     }
-    const dc = pc.createDataChannel('input');
+    // `channel=stamped`: the machine asks for its seat inputs stamped by the relays.
+    const dc = pc.createDataChannel(q.get('channel') || 'input');
     dc.binaryType = 'arraybuffer';
     dc.onmessage = (e) => report({input: shown(e.data)});
     // The machine's own messages to its viewers: a string and bytes, in turn.
@@ -293,10 +294,11 @@ fn firefox_without_h264_is_refused_or_served_the_vp8_backup() {
     assert_eq!(relay.metric("relay_sfu_codec_refusals_total"), 1.0);
 }
 
-/// Relays forward a session to each other: Chromium publishes its camera at relay A (eu-1); a
-/// Chromium player whose token sends it to relay B (asia-1) decodes it there, B linking to A
-/// over QUIC with certificates from the cluster CA; its inputs reach the machine's page over
-/// the link, and the machine's messages reach it.
+/// Relays forward a session to each other: Chromium publishes its camera at relay A (eu-1), in
+/// H.264 with a VP8 backup; a Chromium player whose token sends it to relay B (asia-1) decodes
+/// it there, B linking to A over QUIC with certificates from the cluster CA, and so does a
+/// Firefox spectator at B (VP8: the backup crosses the link too). The player's inputs reach the
+/// machine's page over the link, stamped by B; the machine's messages reach the player.
 #[test]
 fn chromium_plays_at_another_relay_over_a_relay_link_and_its_input_reaches_the_machine() {
     let dir = common::temp_dir("sfu-browser-link");
@@ -309,7 +311,13 @@ fn chromium_plays_at_another_relay_over_a_relay_link_and_its_input_reaches_the_m
     let publisher = common::media_token(MediaRole::Publisher, MACHINE, None, MACHINE);
     let _machine = Browser::open(&url(
         &format!("http://{pages}/publisher.html"),
-        &[("name", "machine"), ("whip", &format!("{a_sfu}/whip/{MACHINE}")), ("token", &publisher)],
+        &[
+            ("name", "machine"),
+            ("whip", &format!("{a_sfu}/whip/{MACHINE}")),
+            ("token", &publisher),
+            ("codecs", "h264,vp8"),
+            ("channel", "stamped"),
+        ],
     ));
     wait_for("the machine to publish at A", Duration::from_secs(30), &reports, |r| {
         latest(r, "machine", "framesEncoded").is_some_and(|v| v["state"] == "connected")
@@ -319,9 +327,23 @@ fn chromium_plays_at_another_relay_over_a_relay_link_and_its_input_reaches_the_m
         &format!("http://{pages}/viewer.html"),
         &[("name", "player"), ("whep", &format!("{b_sfu}/whep/{SESSION}")), ("token", &player)],
     ));
-    wait_for("the player at B to decode frames", Duration::from_secs(40), &reports, |r| {
-        frames_decoded(r, "player") >= 30
-    });
+    let spectator = viewer_token_for(MediaRole::Spectator, MACHINE, SESSION, "firefox", Some(("eu-1", a_link)));
+    let origin = format!("http://{pages}");
+    let _firefox = Browser::firefox(
+        &url(
+            &format!("{origin}/viewer.html"),
+            &[("name", "firefox"), ("whep", &format!("{b_sfu}/whep/{SESSION}")), ("token", &spectator)],
+        ),
+        &origin,
+    );
+    for name in ["player", "firefox"] {
+        wait_for(&format!("{name} at B to decode frames"), Duration::from_secs(40), &reports, |r| {
+            frames_decoded(r, name) >= 30
+        });
+    }
+    let codec = |name: &str| latest(&reports, name, "codec").map(|v| v["codec"].clone()).unwrap_or_default();
+    assert_eq!(codec("firefox"), Value::from("video/VP8"), "Firefox gets the VP8 backup over the link");
+    assert_eq!(codec("player"), Value::from("video/H264"));
     let before = frames_decoded(&reports, "player");
     wait_for("the player's framesDecoded to grow", Duration::from_secs(20), &reports, |r| {
         frames_decoded(r, "player") > before + 10
@@ -332,8 +354,25 @@ fn chromium_plays_at_another_relay_over_a_relay_link_and_its_input_reaches_the_m
         list.iter().filter_map(|v| v.get("input").and_then(Value::as_str).map(str::to_owned)).collect()
     };
     wait_for("the player's inputs at the machine, over the link", Duration::from_secs(10), &reports, |_| {
-        inputs().iter().any(|i| i.starts_with("text:player input "))
+        !inputs().is_empty()
     });
+    // Stamped by B, the first relay to receive them, with the player's RTT once B knows it.
+    let stamped: Vec<Value> = inputs()
+        .iter()
+        .map(|i| serde_json::from_str(i.strip_prefix("text:").expect("a string")).expect("a JSON envelope"))
+        .collect();
+    for s in &stamped {
+        assert_eq!((s["type"].as_str(), s["relay"].as_str()), (Some("seat_input"), Some("asia-1")), "{s}");
+        // Its inputs alternate: a string, and bytes (0xff, then its name) as base64.
+        let text = s["text"].as_str().is_some_and(|t| t.starts_with("player input "));
+        assert!(text || s["base64"] == "/3BsYXllcg==", "{s}");
+        assert!(s["arrived_unix_ms"].as_u64().is_some_and(|ms| ms > 1_700_000_000_000), "{s}");
+    }
+    wait_for("an input stamped with the player's RTT", Duration::from_secs(10), &reports, |_| {
+        inputs().iter().any(|i| i.contains("\"rtt_ms\":") && !i.contains("\"rtt_ms\":null"))
+    });
+    let spectators = inputs().into_iter().filter(|i| i.contains("firefox input") || i.contains("/2ZpcmVmb3g=")).count();
+    assert_eq!(spectators, 0, "the spectator at B does not hold the seat");
     wait_for("the machine's messages at the player", Duration::from_secs(10), &reports, |r| {
         latest(r, "player", "message").is_some()
     });
