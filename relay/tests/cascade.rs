@@ -237,3 +237,38 @@ fn when_the_home_relay_restarts_the_edge_links_again_and_its_viewer_plays_again(
     send(&mut machine, &mut viewers, i..i + 200);
     assert!(received(&viewers[0]).len() >= before + 195, "and goes on playing");
 }
+
+/// A machine whose packets are larger than a datagram on the link's path can carry (here
+/// 1,600-byte payloads, above the ~1,400 bytes that quinn's largest path MTU, 1,452, leaves):
+/// they cross on the link's reliable stream instead, and the viewer at B gets every one.
+#[test]
+fn packets_too_large_for_a_link_datagram_cross_on_its_stream() {
+    let dir = common::temp_dir("cascade-oversize");
+    let ca = Authority::generate("cluster", Validity::days_from(cluster::time::unix_now(), 10)).unwrap();
+    let (a, a_http, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
+    let (b, b_http, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
+    let a_api = Http::new(a_http, reqwest::Client::new());
+    let b_api = Http::new(b_http, reqwest::Client::new());
+    let (mut machine, offer, pending) = Peer::new(a.udp, Direction::SendOnly);
+    let publisher = common::media_token(MediaRole::Publisher, "cab-1", None, "cab-1");
+    let (status, _, answer) = a_api.post("/whip/cab-1", Some(&publisher), SDP, &offer);
+    assert_eq!(status, 201, "{answer}");
+    machine.client.accept(pending, &answer);
+    let mut viewers = vec![join(&b_api, b.udp, &viewer_token(MediaRole::Player, "player", Some(("eu-1", a_link))))];
+    pump(&mut machine, &mut viewers, Duration::from_secs(2));
+    assert!(viewers[0].client.connected, "the player at B connected");
+    for i in 0..100u64 {
+        let mut payload = vp8(i.is_multiple_of(50), i);
+        payload.resize(1600, 0xab);
+        machine.client.send_rtp(Instant::now(), true, 1000 + i, i as u32 * 450, payload);
+        pump(&mut machine, &mut viewers, Duration::from_millis(5));
+    }
+    pump(&mut machine, &mut viewers, Duration::from_millis(1500));
+    let got = received(&viewers[0]);
+    assert_eq!(got, (0..100).collect::<Vec<u64>>(), "every packet reached the viewer at B");
+    let sizes: Vec<usize> = viewers[0].client.rtp.iter().map(|(_, _, p)| p.len()).collect();
+    assert!(sizes.iter().all(|&n| n == 1600), "untouched: {sizes:?}");
+    let oversize = a.metric("relay_link_oversize_total{peer=\"asia-1\"}");
+    assert!(oversize >= 100.0, "A sent {oversize} packets on the stream");
+    assert!(!a.metrics().contains("reason=\"too_large\""), "none dropped as too large");
+}

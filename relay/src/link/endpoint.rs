@@ -36,8 +36,9 @@ const DATAGRAM_BUFFER: usize = 1 << 20;
 /// The UDP payload a link starts with, before path MTU discovery: quinn's default (1200) leaves
 /// about 1,150 bytes per datagram, less than a browser's 1,200-byte RTP packets; 1,400 fits them
 /// with the link header on any path of the usual 1,500-byte MTU. On a narrower path quinn's
-/// black-hole detection falls back to 1,200, and the packets that no longer fit are dropped and
-/// counted ([`DatagramDrop::TooLarge`]).
+/// black-hole detection falls back to 1,200; a packet that no longer fits a datagram
+/// ([`DatagramDrop::TooLarge`]) goes on the link's reliable stream instead (the links' task,
+/// `Control::Oversize`), counted by `relay_link_oversize_total`.
 pub const INITIAL_MTU: u16 = 1400;
 /// What the welcome stream carries: the link protocol and its version.
 pub const WELCOME: &[u8] = b"relay-link/1 welcome\n";
@@ -76,8 +77,8 @@ impl std::error::Error for LinkError {}
 /// Why a media datagram did not go out on a link (the `reason` of its drop counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatagramDrop {
-    /// Larger than the link can carry now (path MTU, or the peer's limit). Not repairable by
-    /// NACK: the resend would not fit either.
+    /// Larger than the link can carry now (path MTU, or the peer's limit). A resend would not
+    /// fit either: the caller sends it on the reliable stream.
     TooLarge { size: usize, max: usize },
     /// The peer takes no datagrams (it is not a relay of this version).
     Unsupported,

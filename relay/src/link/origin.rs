@@ -131,7 +131,8 @@ impl Origin {
             Control::Track { .. }
             | Control::TrackEnded { .. }
             | Control::MachineMessage { .. }
-            | Control::Unavailable { .. } => {}
+            | Control::Unavailable { .. }
+            | Control::Oversize { .. } => {}
         }
     }
 

@@ -31,6 +31,8 @@ pub const MAX_NACKS: usize = 512;
 pub const MAX_ID: usize = 128;
 /// Largest seat input or machine message (a data-channel message).
 pub const MAX_MESSAGE: usize = 16 * 1024;
+/// Largest media datagram carried on the control stream (see [`Control::Oversize`]).
+pub const MAX_OVERSIZE: usize = 8 * 1024;
 /// Highest simulcast layer a datagram can carry (four bits).
 pub const MAX_LAYER: u8 = 15;
 
@@ -117,7 +119,8 @@ impl<'a> Media<'a> {
 }
 
 /// A control message. Edge to origin: `Subscribe`, `Unsubscribe`, `Layers`, `KeyframeRequest`,
-/// `Nack`, `SeatInput`. Origin to edge: `Track`, `TrackEnded`, `MachineMessage`, `Unavailable`.
+/// `Nack`, `SeatInput`. Origin to edge: `Track`, `TrackEnded`, `MachineMessage`, `Unavailable`,
+/// `Oversize`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// Send me the tracks of this machine (the edge has viewers for it).
@@ -141,6 +144,10 @@ pub enum Control {
     MachineMessage { machine: String, binary: bool, data: Vec<u8> },
     /// The origin cannot serve this machine (not published here, or refused).
     Unavailable { machine: String, reason: String },
+    /// A media datagram ([`Media`]) too large for a datagram on the link's path now (its MTU
+    /// is narrower than the machine's packets): sent on the reliable stream instead, so that
+    /// the packet (and a resend of it) still arrives.
+    Oversize { datagram: Vec<u8> },
 }
 
 const SUBSCRIBE: u8 = 1;
@@ -153,6 +160,7 @@ const TRACK: u8 = 16;
 const TRACK_ENDED: u8 = 17;
 const MACHINE_MESSAGE: u8 = 18;
 const UNAVAILABLE: u8 = 19;
+const OVERSIZE: u8 = 20;
 
 impl Control {
     /// Appends the frame (length, type, body) to `out`. Errors if a field is over its limit,
@@ -217,6 +225,10 @@ impl Control {
                 put_str(&mut body, machine, MAX_ID, "machine")?;
                 put_str(&mut body, reason, 256, "reason")?;
                 UNAVAILABLE
+            }
+            Self::Oversize { datagram } => {
+                put_bytes(&mut body, datagram, MAX_OVERSIZE, "oversize datagram")?;
+                OVERSIZE
             }
         };
         put_varint(out, body.len() as u64 + 1);
@@ -290,6 +302,7 @@ impl Control {
             UNAVAILABLE => {
                 Self::Unavailable { machine: r.string(MAX_ID, "machine")?, reason: r.string(256, "reason")? }
             }
+            OVERSIZE => Self::Oversize { datagram: r.bytes(MAX_OVERSIZE, "oversize datagram")?.to_vec() },
             other => return Err(WireError::UnknownType(other)),
         };
         if !r.0.is_empty() {

@@ -22,7 +22,7 @@ use super::sfu::{LINK_QUEUE, SfuHandle};
 use ::cluster::heartbeat::{LinkPeer, LinkReport, LinkState};
 
 use crate::config::LinkConfig;
-use crate::link::endpoint::{Link, LinkEndpoint, send_media};
+use crate::link::endpoint::{DatagramDrop, Link, LinkEndpoint, send_media};
 use crate::link::stream::{ControlReader, StreamEnd, write_control};
 use crate::link::tls::{LinkTls, Refusals};
 use crate::link::wire::Control;
@@ -52,6 +52,8 @@ pub struct LinkMetrics {
     pub bytes: IntCounterVec,
     /// By reason.
     pub dropped: IntCounterVec,
+    /// Media packets too large for a datagram, sent on the reliable stream instead, by peer.
+    pub oversize: IntCounterVec,
     /// By peer.
     pub rtt: GaugeVec,
 }
@@ -297,10 +299,17 @@ impl Manager {
                     return;
                 };
                 let size = data.len() as u64;
-                match send_media(&held.connection, bytes::Bytes::from(data)) {
+                let data = bytes::Bytes::from(data);
+                match send_media(&held.connection, data.clone()) {
                     Ok(()) => {
                         held.sent.inc();
                         held.sent_bytes.inc_by(size);
+                    }
+                    // The path's MTU is narrower than the packet: it still goes, reliably.
+                    Err(DatagramDrop::TooLarge { .. })
+                        if held.control.send(Control::Oversize { datagram: data.to_vec() }).is_ok() =>
+                    {
+                        self.metrics.oversize.with_label_values(&[&relay]).inc();
                     }
                     Err(drop) => self.metrics.dropped.with_label_values(&[drop.label()]).inc(),
                 }
@@ -482,6 +491,10 @@ async fn read_controls(connection: quinn::Connection, peer: Arc<str>, sfu: SfuHa
     let mut reader = ControlReader::new(recv);
     loop {
         match reader.next().await {
+            // A media packet too large for the path's datagrams: to the SFU as one.
+            Ok(Control::Oversize { datagram }) => {
+                sfu.link_datagram(Arc::clone(&peer), datagram.into());
+            }
             Ok(message) => {
                 sfu.link_control(Arc::clone(&peer), message);
             }
@@ -522,6 +535,7 @@ mod tests {
             datagrams: vec("datagrams", &["peer", "direction"]),
             bytes: vec("bytes", &["peer", "direction"]),
             dropped: vec("dropped", &["reason"]),
+            oversize: vec("oversize", &["peer"]),
             rtt: GaugeVec::new(Opts::new("rtt", "test"), &["peer"]).unwrap(),
         }
     }

@@ -356,6 +356,11 @@ impl Metrics {
             "Media datagrams not sent on a link, by reason (too_large, unsupported, link_lost, no_link).",
             &["reason"],
         )?;
+        let oversize = per_peer(
+            "relay_link_oversize_total",
+            "Media packets too large for a datagram on a link's path, sent on its reliable stream instead, by peer.",
+            &["peer"],
+        )?;
         let rtt = prometheus::GaugeVec::new(
             Opts::new("relay_link_rtt_seconds", "Round-trip time of each link, as QUIC measures it."),
             &["peer"],
@@ -367,6 +372,7 @@ impl Metrics {
             datagrams,
             bytes,
             dropped,
+            oversize,
             rtt,
         })
     }

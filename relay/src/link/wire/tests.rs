@@ -83,6 +83,7 @@ fn every_control() -> Vec<Control> {
         Control::TrackEnded { track: 9 },
         Control::MachineMessage { machine: "pusher-1".into(), binary: true, data: vec![0, 1, 2] },
         Control::Unavailable { machine: "pusher-9".into(), reason: "not published here".into() },
+        Control::Oversize { datagram: vec![0x5a; 1600] },
     ]
 }
 
