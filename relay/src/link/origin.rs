@@ -31,6 +31,8 @@ pub enum OriginEvent {
     KeyframeRequest { track: u64 },
     /// The seat holder's input, for the machine; stamped by the relay that received it.
     SeatInput { machine: String, binary: bool, data: Vec<u8>, arrived_unix_ms: u64, rtt_ms: u32 },
+    /// A viewer at the edge holds the machine's seat now.
+    SeatTaken { machine: String },
 }
 
 /// Counts, for metrics.
@@ -125,6 +127,11 @@ impl Origin {
             Control::SeatInput { machine, binary, data, arrived_unix_ms, rtt_ms } => {
                 if self.subscribed.contains(&machine) {
                     self.events.push_back(OriginEvent::SeatInput { machine, binary, data, arrived_unix_ms, rtt_ms });
+                }
+            }
+            Control::SeatTaken { machine } => {
+                if self.subscribed.contains(&machine) {
+                    self.events.push_back(OriginEvent::SeatTaken { machine });
                 }
             }
             // What only an origin sends: an edge that sends it is confused; ignore it.

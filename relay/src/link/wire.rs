@@ -119,7 +119,7 @@ impl<'a> Media<'a> {
 }
 
 /// A control message. Edge to origin: `Subscribe`, `Unsubscribe`, `Layers`, `KeyframeRequest`,
-/// `Nack`, `SeatInput`. Origin to edge: `Track`, `TrackEnded`, `MachineMessage`, `Unavailable`,
+/// `Nack`, `SeatInput`, `SeatTaken`. Origin to edge: `Track`, `TrackEnded`, `MachineMessage`, `Unavailable`,
 /// `Oversize`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
@@ -136,6 +136,10 @@ pub enum Control {
     /// The seat holder's input, stamped by the relay it reached first: when it arrived there
     /// (unix ms) and the holder's round-trip time to that relay (ms).
     SeatInput { machine: String, binary: bool, data: Vec<u8>, arrived_unix_ms: u64, rtt_ms: u32 },
+    /// A viewer here holds the machine's seat now (sent before its first input): the origin
+    /// takes seat inputs for the machine from this link only, until another relay takes it or
+    /// the seat is handed at the origin.
+    SeatTaken { machine: String },
     /// A track of a subscribed machine, with its id on this link.
     Track { machine: String, track: u64, codec: u8, layers: u8 },
     /// That track is gone (the machine unpublished it).
@@ -156,6 +160,7 @@ const LAYERS: u8 = 3;
 const KEYFRAME_REQUEST: u8 = 4;
 const NACK: u8 = 5;
 const SEAT_INPUT: u8 = 6;
+const SEAT_TAKEN: u8 = 7;
 const TRACK: u8 = 16;
 const TRACK_ENDED: u8 = 17;
 const MACHINE_MESSAGE: u8 = 18;
@@ -204,6 +209,10 @@ impl Control {
                 put_varint(&mut body, *arrived_unix_ms);
                 put_varint(&mut body, u64::from(*rtt_ms));
                 SEAT_INPUT
+            }
+            Self::SeatTaken { machine } => {
+                put_str(&mut body, machine, MAX_ID, "machine")?;
+                SEAT_TAKEN
             }
             Self::Track { machine, track, codec, layers } => {
                 put_str(&mut body, machine, MAX_ID, "machine")?;
@@ -287,6 +296,7 @@ impl Control {
                 arrived_unix_ms: r.varint()?,
                 rtt_ms: u32::try_from(r.varint()?).map_err(|_| WireError::Invalid("rtt"))?,
             },
+            SEAT_TAKEN => Self::SeatTaken { machine: r.string(MAX_ID, "machine")? },
             TRACK => Self::Track {
                 machine: r.string(MAX_ID, "machine")?,
                 track: r.varint()?,

@@ -321,6 +321,7 @@ impl Sfu {
             ),
         };
         let previous = self.router.hand_seat(machine, to)?;
+        self.links.seat_handed_here(machine);
         Ok(previous.and_then(|p| self.peers.get(&p)).map(|e| e.label.clone()))
     }
 
@@ -627,8 +628,10 @@ impl Sfu {
                 }
                 LinkAction::ToMachine { machine, binary, data, stamp } => {
                     // The edge let only its seat holder's input through; here the seat must not
-                    // be held by a viewer of this relay.
-                    match self.publishers.get(&machine).copied().filter(|_| self.router.seat(&machine).is_none()) {
+                    // be held by a viewer of this relay, and that relay must have taken it last.
+                    let held =
+                        self.router.seat(&machine).is_none() && self.links.holds_seat(&machine, stamp.relay.as_deref());
+                    match self.publishers.get(&machine).copied().filter(|_| held) {
                         Some(publisher) => {
                             self.links.stats.seat_inputs += 1;
                             self.send_input(publisher, binary, &data, &stamp, &mut queue);

@@ -79,6 +79,7 @@ fn every_control() -> Vec<Control> {
             arrived_unix_ms: 1_800_000_000_123,
             rtt_ms: 42,
         },
+        Control::SeatTaken { machine: "pusher-1".into() },
         Control::Track { machine: "pusher-1".into(), track: 9, codec: 2, layers: 3 },
         Control::TrackEnded { track: 9 },
         Control::MachineMessage { machine: "pusher-1".into(), binary: true, data: vec![0, 1, 2] },

@@ -116,6 +116,9 @@ pub struct LinkSet {
     left: Vec<String>,
     /// The `now` of the last flush: a flush is due at once while `left` is not empty.
     last_flush: Option<Instant>,
+    /// Machines published here whose seat a viewer at a linked relay took last, and which
+    /// relay: its seat inputs are the only ones from links that reach the machine.
+    remote_seats: HashMap<String, String>,
     out: VecDeque<LinkOutput>,
     pub stats: LinkStats,
 }
@@ -137,6 +140,9 @@ struct LinkState {
     early: VecDeque<(Instant, u64, Vec<u8>)>,
     /// Packets sent again to the peer (the origin counts afresh with each link).
     resent: u64,
+    /// Machines watched through the link whose seat a viewer here holds, and who: the peer was
+    /// told (`Control::SeatTaken`) before that holder's first input went up.
+    seats: HashMap<String, PeerId>,
 }
 
 impl LinkState {
@@ -151,6 +157,7 @@ impl LinkState {
             tracks: HashMap::new(),
             early: VecDeque::new(),
             resent: 0,
+            seats: HashMap::new(),
         }
     }
 }
@@ -193,6 +200,17 @@ impl LinkSet {
             .collect();
         views.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         views
+    }
+
+    /// Whether seat inputs for `machine` (published here) from linked relay `relay` reach it.
+    pub fn holds_seat(&self, machine: &str, relay: Option<&str>) -> bool {
+        relay.is_some_and(|r| self.remote_seats.get(machine).is_some_and(|held| held == r))
+    }
+
+    /// `machine`'s seat was handed here (to a viewer of this relay, or to nobody): no linked
+    /// relay holds it any more.
+    pub fn seat_handed_here(&mut self, machine: &str) {
+        self.remote_seats.remove(machine);
     }
 
     pub fn own(&self) -> Option<&str> {
@@ -270,6 +288,7 @@ impl LinkSet {
         state.up = true;
         state.origin = Origin::new();
         state.tracks.clear();
+        state.seats.clear();
         state.edge.relinked();
         info!(relay, watched = state.machines.len(), "relay link up");
         self.replace_stand_ins(router, taken, relay);
@@ -373,6 +392,14 @@ impl LinkSet {
                             let (publisher, track) = split_link_track(track);
                             router.request_keyframe(now, publisher, track);
                         }
+                        OriginEvent::SeatTaken { machine } => {
+                            // The last to take the seat holds it: a viewer here loses it.
+                            info!(relay, machine, "a viewer at a linked relay holds the seat");
+                            if router.seat(&machine).is_some() {
+                                let _ = router.hand_seat(&machine, None);
+                            }
+                            self.remote_seats.insert(machine, relay.to_owned());
+                        }
                         OriginEvent::SeatInput { machine, binary, data, arrived_unix_ms, rtt_ms } => {
                             debug!(relay, machine, arrived_unix_ms, rtt_ms, "seat input from a relay link");
                             let stamp = SeatStamp {
@@ -445,6 +472,17 @@ impl LinkSet {
         let Some(relay) = self.stand_ins.get(&stand_in) else { return };
         let Some(machine) = router.machine_of(stand_in) else { return };
         if let Some(state) = self.links.get_mut(relay) {
+            // A holder the origin has not heard of (the first, a new one, or after a re-link)
+            // takes the seat there first, after what the edge had queued (its subscription).
+            drain(state, &mut self.out);
+            if state.up
+                && let Some(holder) = router.seat(machine)
+                && state.seats.get(machine) != Some(&holder)
+            {
+                state.seats.insert(machine.to_owned(), holder);
+                let message = Control::SeatTaken { machine: machine.to_owned() };
+                self.out.push_back(LinkOutput::Control { relay: Arc::clone(&state.id), message });
+            }
             state.edge.seat_input(machine, binary, data, stamp.arrived_unix_ms, stamp.wire_rtt());
             drain(state, &mut self.out);
         }
