@@ -272,3 +272,41 @@ fn packets_too_large_for_a_link_datagram_cross_on_its_stream() {
     assert!(oversize >= 100.0, "A sent {oversize} packets on the stream");
     assert!(!a.metrics().contains("reason=\"too_large\""), "none dropped as too large");
 }
+
+/// One seat across relays: players at two edges (a player who joined again elsewhere); the
+/// edge whose holder took the seat last is the only one whose inputs reach the machine.
+#[test]
+fn the_seat_is_the_last_takers_across_relays() {
+    let dir = common::temp_dir("cascade-seat");
+    let ca = Authority::generate("cluster", Validity::days_from(cluster::time::unix_now(), 10)).unwrap();
+    let (a, a_http, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
+    let (b, b_http, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
+    let (c, c_http, _) = relay_with_link(&ca, &dir, "us-1", "127.0.0.1:0");
+    let a_api = Http::new(a_http, reqwest::Client::new());
+    let (mut machine, offer, pending) = Peer::new(a.udp, Direction::SendOnly);
+    let publisher = common::media_token(MediaRole::Publisher, "cab-1", None, "cab-1");
+    let (status, _, answer) = a_api.post("/whip/cab-1", Some(&publisher), SDP, &offer);
+    assert_eq!(status, 201, "{answer}");
+    machine.client.accept(pending, &answer);
+    let home = Some(("eu-1", a_link));
+    let mut viewers = vec![
+        join(&Http::new(b_http, reqwest::Client::new()), b.udp, &viewer_token(MediaRole::Player, "player", home)),
+        join(&Http::new(c_http, reqwest::Client::new()), c.udp, &viewer_token(MediaRole::Player, "player", home)),
+    ];
+    pump(&mut machine, &mut viewers, Duration::from_secs(2));
+    assert!(viewers.iter().all(|v| v.client.connected && v.client.open), "both players connected");
+    send(&mut machine, &mut viewers, 0..20);
+    let mut say = |viewer: usize, input: &[u8]| {
+        viewers[viewer].client.send_data(input);
+        pump(&mut machine, &mut viewers, Duration::from_millis(600));
+    };
+    say(0, b"at asia-1");
+    say(1, b"at us-1");
+    say(0, b"at asia-1 again");
+    assert_eq!(
+        machine.client.data,
+        vec![b"at asia-1".to_vec(), b"at us-1".to_vec()],
+        "us-1 took the seat last: asia-1's later input is dropped"
+    );
+    wait_for_metric(&a, "relay_link_seat_inputs_dropped_total", 1.0);
+}
