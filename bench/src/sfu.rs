@@ -323,12 +323,7 @@ pub fn step_via(
     for i in 0..viewers {
         let role = if i == 0 { MediaRole::Player } else { MediaRole::Spectator };
         let viewer_token = token(&target.secret, role, &machine, Some(&session), &format!("viewer-{i}"), link.as_ref());
-        let (mut c, offer, pending) = Client::new(Instant::now(), target.udp, Direction::RecvOnly)?;
-        let (status, location, answer) = http(target.http, "POST", &format!("/whep/{session}"), &viewer_token, &offer)?;
-        if status != 201 {
-            bail!("WHEP answered {status}: {answer}");
-        }
-        c.accept(pending, &answer)?;
+        let (c, location) = watch(target, &session, &viewer_token)?;
         clients.push(c);
         locations.push((location, viewer_token));
     }
@@ -336,13 +331,7 @@ pub fn step_via(
     let mut reference_location = None;
     if elsewhere {
         let reference_token = token(&home.secret, MediaRole::Spectator, &machine, Some(&session), "reference", None);
-        let (mut c, offer, pending) = Client::new(Instant::now(), home.udp, Direction::RecvOnly)?;
-        let (status, location, answer) =
-            http(home.http, "POST", &format!("/whep/{session}"), &reference_token, &offer)?;
-        if status != 201 {
-            bail!("WHEP at the home relay answered {status}: {answer}");
-        }
-        c.accept(pending, &answer)?;
+        let (c, location) = watch(home, &session, &reference_token)?;
         clients.push(c);
         reference_location = Some((location, reference_token));
     }
@@ -495,6 +484,18 @@ pub fn step_via(
         bench_cores: own / elapsed,
     };
     Ok((step, home_figures))
+}
+
+/// A viewer of `session` at `at` with `token` (WHEP): the connected-to-be client and its
+/// resource's location.
+fn watch(at: &Target, session: &str, token: &str) -> anyhow::Result<(Client, String)> {
+    let (mut c, offer, pending) = Client::new(Instant::now(), at.udp, Direction::RecvOnly)?;
+    let (status, location, answer) = http(at.http, "POST", &format!("/whep/{session}"), token, &offer)?;
+    if status != 201 {
+        bail!("WHEP at {} answered {status}: {answer}", at.http);
+    }
+    c.accept(pending, &answer)?;
+    Ok((c, location))
 }
 
 /// The home relay's CPU seconds so far and its ingest and link counters.

@@ -59,6 +59,18 @@ fn wait_for_metric(relay: &RelayProcess, series: &str, want: f64) {
 }
 
 /// A viewer at `http`'s relay, connected.
+/// The machine `cab-1` publishing at `relay` (WHIP at `http`), its data channel labelled
+/// `channel` (`stamped`: it asks for its seat inputs stamped).
+fn machine_at(relay: &RelayProcess, http: String, channel: &str) -> Peer {
+    let api = Http::new(http, reqwest::Client::new());
+    let (mut machine, offer, pending) = Peer::with_channel(relay.udp, Direction::SendOnly, channel);
+    let publisher = common::media_token(MediaRole::Publisher, "cab-1", None, "cab-1");
+    let (status, _, answer) = api.post("/whip/cab-1", Some(&publisher), SDP, &offer);
+    assert_eq!(status, 201, "{answer}");
+    machine.client.accept(pending, &answer);
+    machine
+}
+
 fn join(http: &Http, relay_udp: SocketAddr, token: &str) -> Peer {
     let (mut peer, offer, pending) = Peer::new(relay_udp, Direction::RecvOnly);
     let (status, _, answer) = http.post("/whep/s-1", Some(token), SDP, &offer);
@@ -78,13 +90,8 @@ fn viewers_at_another_relay_play_the_machine_over_one_repaired_link_copy_and_its
     let home = Some(("eu-1", proxy.addr));
 
     // The machine publishes at A; it asks for its seat inputs stamped.
-    let a_api = Http::new(a_http, reqwest::Client::new());
+    let mut machine = machine_at(&a, a_http, "stamped");
     let b_api = Http::new(b_http, reqwest::Client::new());
-    let (mut machine, offer, pending) = Peer::with_channel(a.udp, Direction::SendOnly, "stamped");
-    let publisher = common::media_token(MediaRole::Publisher, "cab-1", None, "cab-1");
-    let (status, _, answer) = a_api.post("/whip/cab-1", Some(&publisher), SDP, &offer);
-    assert_eq!(status, 201, "{answer}");
-    machine.client.accept(pending, &answer);
 
     // The player watches at B, which links to A for it.
     let mut viewers = vec![join(&b_api, b.udp, &viewer_token(MediaRole::Player, "player", home))];
@@ -247,13 +254,8 @@ fn packets_too_large_for_a_link_datagram_cross_on_its_stream() {
     let ca = Authority::generate("cluster", Validity::days_from(cluster::time::unix_now(), 10)).unwrap();
     let (a, a_http, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
     let (b, b_http, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
-    let a_api = Http::new(a_http, reqwest::Client::new());
+    let mut machine = machine_at(&a, a_http, "input");
     let b_api = Http::new(b_http, reqwest::Client::new());
-    let (mut machine, offer, pending) = Peer::new(a.udp, Direction::SendOnly);
-    let publisher = common::media_token(MediaRole::Publisher, "cab-1", None, "cab-1");
-    let (status, _, answer) = a_api.post("/whip/cab-1", Some(&publisher), SDP, &offer);
-    assert_eq!(status, 201, "{answer}");
-    machine.client.accept(pending, &answer);
     let mut viewers = vec![join(&b_api, b.udp, &viewer_token(MediaRole::Player, "player", Some(("eu-1", a_link))))];
     pump(&mut machine, &mut viewers, Duration::from_secs(2));
     assert!(viewers[0].client.connected, "the player at B connected");
@@ -282,12 +284,7 @@ fn the_seat_is_the_last_takers_across_relays() {
     let (a, a_http, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
     let (b, b_http, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
     let (c, c_http, _) = relay_with_link(&ca, &dir, "us-1", "127.0.0.1:0");
-    let a_api = Http::new(a_http, reqwest::Client::new());
-    let (mut machine, offer, pending) = Peer::new(a.udp, Direction::SendOnly);
-    let publisher = common::media_token(MediaRole::Publisher, "cab-1", None, "cab-1");
-    let (status, _, answer) = a_api.post("/whip/cab-1", Some(&publisher), SDP, &offer);
-    assert_eq!(status, 201, "{answer}");
-    machine.client.accept(pending, &answer);
+    let mut machine = machine_at(&a, a_http, "input");
     let home = Some(("eu-1", a_link));
     let mut viewers = vec![
         join(&Http::new(b_http, reqwest::Client::new()), b.udp, &viewer_token(MediaRole::Player, "player", home)),

@@ -528,11 +528,10 @@ impl Sfu {
                 }
                 let Some(to) = self.router.handle_input(id) else { return };
                 // Stamped by the first relay to receive it: this one.
-                let rtt = self.peers.get(&id).and_then(|e| e.peer.rtt());
                 let stamp = SeatStamp {
                     relay: self.links.own().map(str::to_owned),
                     arrived_unix_ms: unix_ms(),
-                    rtt_ms: rtt.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX - 1)),
+                    rtt_ms: self.peers.get(&id).and_then(|e| e.peer.rtt()).map(SeatStamp::rtt_ms),
                 };
                 if self.links.is_stand_in(to) {
                     self.links.seat_input(&self.router, to, binary, &data, &stamp);
@@ -647,7 +646,6 @@ impl Sfu {
         }
     }
 
-    /// A data-channel message to each of `to`, who join `queue`.
     /// A seat input for the machine's publisher `to`: stamped if its channel asks for it.
     fn send_input(&mut self, to: PeerId, binary: bool, data: &[u8], stamp: &SeatStamp, queue: &mut Vec<PeerId>) {
         if self.peers.get(&to).is_some_and(|e| e.peer.wants_stamps()) {
@@ -657,6 +655,7 @@ impl Sfu {
         }
     }
 
+    /// A data-channel message to each of `to`, who join `queue`.
     fn send_data(&mut self, to: &[PeerId], binary: bool, data: &[u8], queue: &mut Vec<PeerId>) {
         for &id in to {
             let Some(e) = self.peers.get_mut(&id) else { continue };

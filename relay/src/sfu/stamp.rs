@@ -32,6 +32,11 @@ pub struct SeatStamp {
 }
 
 impl SeatStamp {
+    /// A round trip in whole ms, below [`RTT_UNKNOWN`] (which a link reads as "not known").
+    pub fn rtt_ms(rtt: std::time::Duration) -> u32 {
+        u32::try_from(rtt.as_millis()).unwrap_or(u32::MAX).min(RTT_UNKNOWN - 1)
+    }
+
     /// The RTT as a link carries it.
     pub fn wire_rtt(&self) -> u32 {
         self.rtt_ms.unwrap_or(RTT_UNKNOWN)
@@ -107,5 +112,7 @@ mod tests {
         assert_eq!(SeatStamp::rtt_from_wire(unknown.wire_rtt()), None);
         let known = SeatStamp { rtt_ms: Some(0), ..unknown };
         assert_eq!(SeatStamp::rtt_from_wire(known.wire_rtt()), Some(0));
+        assert_eq!(SeatStamp::rtt_ms(std::time::Duration::from_millis(41)), 41);
+        assert_eq!(SeatStamp::rtt_ms(std::time::Duration::from_secs(u64::MAX)), RTT_UNKNOWN - 1, "never the sentinel");
     }
 }

@@ -350,7 +350,8 @@ impl Manager {
                     self.metrics.open.set(self.links.len() as i64);
                     let _ = self.metrics.rtt.remove_label_values(&[&peer]);
                     if self.wanted.contains_key(&peer) {
-                        // Wanted (by the mesh or the SFU): open it again at once, then back off.
+                        // Wanted (by the mesh or the SFU): open it again at once, then back off
+                        // (an attempt already under way keeps it `retrying` until it ends).
                         self.set_status(&peer, LinkState::Retrying);
                         self.connect(&peer);
                     } else {

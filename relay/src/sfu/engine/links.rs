@@ -179,7 +179,6 @@ impl LinkSet {
         self.own = Some(own.to_owned());
     }
 
-    /// This relay's id, if links are configured.
     /// Each link the SFU knows (up, or wanted for viewers here), by peer relay id.
     pub fn views(&self) -> Vec<(String, LinkView)> {
         let mut views: Vec<(String, LinkView)> = self
@@ -213,6 +212,7 @@ impl LinkSet {
         self.remote_seats.remove(machine);
     }
 
+    /// This relay's id, if links are configured.
     pub fn own(&self) -> Option<&str> {
         self.own.as_deref()
     }

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use cluster::heartbeat::RelayState;
+use cluster::heartbeat::{LinkReport, RelayState};
 use serde_json::Value;
 use signaling_api::admin::{Rotated, Status};
 use signaling_api::machines::MachineList;
@@ -241,50 +241,29 @@ pub fn links(v: &RelayList) -> String {
     ]);
     for info in &v.relays {
         let r = &info.relay;
-        let peer_cells = |peer: &str| {
-            let other = v.relays.iter().find(|o| o.relay.id == peer);
-            (
-                other.map_or_else(|| "-".into(), |o| o.relay.region.clone()),
-                other.map_or_else(|| "unknown".into(), |o| o.status.clone()),
-            )
+        // An older relay reports RTTs only: its links are up, their counters unknown.
+        let rows: Vec<(&str, &str, Option<f64>, Option<&LinkReport>)> = if r.links.is_empty() {
+            r.link_rtts.iter().map(|(peer, rtt)| (peer.as_str(), "up", Some(*rtt), None)).collect()
+        } else {
+            r.links.iter().map(|l| (l.peer.as_str(), l.state.as_str(), l.rtt_ms, Some(l))).collect()
         };
-        if r.links.is_empty() {
-            for (peer, rtt) in &r.link_rtts {
-                let (region, status) = peer_cells(peer);
-                let dash = || "-".to_owned();
-                t.row(vec![
-                    r.id.clone(),
-                    r.region.clone(),
-                    peer.clone(),
-                    region,
-                    "up".into(),
-                    format!("{rtt:.1} ms"),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    status,
-                ]);
-            }
-        }
-        for l in &r.links {
-            let (region, status) = peer_cells(&l.peer);
+        for (peer, state, rtt, report) in rows {
+            let other = v.relays.iter().find(|o| o.relay.id == peer);
+            let count = |f: fn(&LinkReport) -> String| report.map_or_else(|| "-".to_owned(), f);
             t.row(vec![
                 r.id.clone(),
                 r.region.clone(),
-                l.peer.clone(),
-                region,
-                l.state.as_str().into(),
-                l.rtt_ms.map_or_else(|| "-".into(), |rtt| format!("{rtt:.1} ms")),
-                traffic(l.datagrams_sent, l.bytes_sent),
-                traffic(l.datagrams_received, l.bytes_received),
-                l.repaired.to_string(),
-                l.lost.to_string(),
-                l.watching.to_string(),
-                l.serving.to_string(),
-                status,
+                peer.to_owned(),
+                other.map_or_else(|| "-".into(), |o| o.relay.region.clone()),
+                state.to_owned(),
+                rtt.map_or_else(|| "-".into(), |rtt| format!("{rtt:.1} ms")),
+                count(|l| traffic(l.datagrams_sent, l.bytes_sent)),
+                count(|l| traffic(l.datagrams_received, l.bytes_received)),
+                count(|l| l.repaired.to_string()),
+                count(|l| l.lost.to_string()),
+                count(|l| l.watching.to_string()),
+                count(|l| l.serving.to_string()),
+                other.map_or_else(|| "unknown".into(), |o| o.status.clone()),
             ]);
         }
     }
