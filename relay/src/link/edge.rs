@@ -10,7 +10,9 @@
 //! - **Key frames**: viewers' requests for a track are merged into at most one upstream request
 //!   per [`KEYFRAME_INTERVAL`]; a request inside the window is sent when the window ends.
 //! - **Layers**: the origin is told which simulcast layers of a track the edge's viewers use
-//!   (a mask), only when that changes.
+//!   (a mask), only when that changes. A layer dropped from the mask is forgotten: packets of it
+//!   still in flight are dropped ([`Arrival::Unwanted`]), and when it is asked for again its
+//!   numbering starts afresh (the packets the origin held back meanwhile are no loss).
 //! - **Loss repair**: each track layer's sequence numbers are followed; a gap is NACKed once it
 //!   has been missing for [`NACK_DELAY`] (packets reordered on the path are not NACKed), again
 //!   every [`NACK_RETRY`] up to [`NACK_TRIES`] times, then given up. The origin answers from its
@@ -44,6 +46,8 @@ pub enum Arrival {
     Repaired,
     /// Already had it, or too old to be missed: drop it.
     Duplicate,
+    /// Of a layer the edge no longer asks for (sent before the origin heard): drop it.
+    Unwanted,
 }
 
 /// Counts, for metrics.
@@ -60,6 +64,8 @@ pub struct EdgeStats {
     /// Given up after [`NACK_TRIES`], or pushed out by [`MAX_MISSING`].
     pub lost: u64,
     pub duplicates: u64,
+    /// Packets of layers no longer asked for.
+    pub unwanted: u64,
 }
 
 #[derive(Debug, Default)]
@@ -180,12 +186,16 @@ impl Edge {
             self.stats.duplicates += 1;
             return Arrival::Duplicate;
         };
+        if track.mask.is_some_and(|m| u32::from(m) & (1 << media.layer) == 0) {
+            self.stats.unwanted += 1;
+            return Arrival::Unwanted;
+        }
         let seq = track.layers.entry(media.layer).or_default();
         let arrival = seq.arrive(now, media.seq, &mut self.stats);
         match arrival {
             Arrival::Repaired => self.stats.repaired += 1,
             Arrival::Duplicate => self.stats.duplicates += 1,
-            Arrival::New => {}
+            Arrival::New | Arrival::Unwanted => {}
         }
         arrival
     }
@@ -210,6 +220,8 @@ impl Edge {
         let Some(state) = self.tracks.get_mut(&track) else { return };
         if state.mask != Some(mask) {
             state.mask = Some(mask);
+            // Gaps in a layer not asked for are no loss: it starts afresh when asked again.
+            state.layers.retain(|layer, _| u32::from(mask) & (1 << layer) != 0);
             self.out.push_back(Control::Layers { track, mask });
         }
     }

@@ -4,6 +4,8 @@
 //!
 //! - Media of a machine crosses only while the edge subscribes to it, and of a simulcast track
 //!   only the layers the edge asked for ([`Control::Layers`]; all of them until it asks).
+//! - The edge chooses its viewers' layers from the rates the origin measures: the origin
+//!   reports each simulcast track's layer bitrates ([`Control::LayerRates`]) when they change.
 //! - Every packet sent is kept in a per-layer buffer of [`BUFFER_PACKETS`], shared by nothing
 //!   else (payloads are reference-counted, not copied); a NACK is answered from it with the
 //!   same sequence number and the `resend` flag. A NACK for a packet no longer there is counted.
@@ -62,6 +64,9 @@ struct Track {
     machine: String,
     /// Bit `n` = layer `n` wanted; all until the edge says.
     mask: u16,
+    /// Simulcast layers, and their rates as last reported to the edge.
+    layers: u8,
+    reported: Vec<u64>,
     buffers: HashMap<u8, Vec<Option<Kept>>>,
 }
 
@@ -139,7 +144,8 @@ impl Origin {
             | Control::TrackEnded { .. }
             | Control::MachineMessage { .. }
             | Control::Unavailable { .. }
-            | Control::Oversize { .. } => {}
+            | Control::Oversize { .. }
+            | Control::LayerRates { .. } => {}
         }
     }
 
@@ -149,8 +155,37 @@ impl Origin {
         if !self.subscribed.contains(machine) || self.tracks.contains_key(&track) {
             return;
         }
-        self.tracks.insert(track, Track { machine: machine.to_owned(), mask: u16::MAX, buffers: HashMap::new() });
+        let state = Track {
+            machine: machine.to_owned(),
+            mask: u16::MAX,
+            layers,
+            reported: Vec::new(),
+            buffers: HashMap::new(),
+        };
+        self.tracks.insert(track, state);
         self.control.push_back(Control::Track { machine: machine.to_owned(), track, codec, layers });
+    }
+
+    /// Whether any announced track has more than one layer.
+    pub fn has_simulcast(&self) -> bool {
+        self.tracks.values().any(|t| t.layers > 1)
+    }
+
+    /// The announced tracks with more than one layer, in order.
+    pub fn simulcast_tracks(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.tracks.iter().filter(|(_, t)| t.layers > 1).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The bitrates of `track`'s layers as the origin receives them now (0: not live): sent to
+    /// the edge if they changed since last reported.
+    pub fn report_rates(&mut self, track: u64, rates: &[u64]) {
+        let Some(t) = self.tracks.get_mut(&track) else { return };
+        if t.reported != rates {
+            t.reported = rates.to_vec();
+            self.control.push_back(Control::LayerRates { track, rates: rates.to_vec() });
+        }
     }
 
     /// The track is gone.

@@ -120,7 +120,7 @@ impl<'a> Media<'a> {
 
 /// A control message. Edge to origin: `Subscribe`, `Unsubscribe`, `Layers`, `KeyframeRequest`,
 /// `Nack`, `SeatInput`, `SeatTaken`. Origin to edge: `Track`, `TrackEnded`, `MachineMessage`, `Unavailable`,
-/// `Oversize`.
+/// `Oversize`, `LayerRates`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// Send me the tracks of this machine (the edge has viewers for it).
@@ -152,6 +152,11 @@ pub enum Control {
     /// is narrower than the machine's packets): sent on the reliable stream instead, so that
     /// the packet (and a resend of it) still arrives.
     Oversize { datagram: Vec<u8> },
+    /// The bitrate of each simulcast layer of a track as the origin receives it (bits per
+    /// second, layer `n` at index `n`; 0: the layer is not live there), sent when it changes.
+    /// The edge chooses its viewers' layers from these, including layers it does not receive
+    /// now (it asked only for those in use, [`Control::Layers`]).
+    LayerRates { track: u64, rates: Vec<u64> },
 }
 
 const SUBSCRIBE: u8 = 1;
@@ -166,6 +171,7 @@ const TRACK_ENDED: u8 = 17;
 const MACHINE_MESSAGE: u8 = 18;
 const UNAVAILABLE: u8 = 19;
 const OVERSIZE: u8 = 20;
+const LAYER_RATES: u8 = 21;
 
 impl Control {
     /// Appends the frame (length, type, body) to `out`. Errors if a field is over its limit,
@@ -238,6 +244,17 @@ impl Control {
             Self::Oversize { datagram } => {
                 put_bytes(&mut body, datagram, MAX_OVERSIZE, "oversize datagram")?;
                 OVERSIZE
+            }
+            Self::LayerRates { track, rates } => {
+                if rates.len() > usize::from(MAX_LAYER) + 1 {
+                    return Err(WireError::TooLong("layer rates"));
+                }
+                put_varint(&mut body, *track);
+                body.push(rates.len() as u8);
+                for r in rates {
+                    put_varint(&mut body, *r);
+                }
+                LAYER_RATES
             }
         };
         put_varint(out, body.len() as u64 + 1);
@@ -313,6 +330,15 @@ impl Control {
                 Self::Unavailable { machine: r.string(MAX_ID, "machine")?, reason: r.string(256, "reason")? }
             }
             OVERSIZE => Self::Oversize { datagram: r.bytes(MAX_OVERSIZE, "oversize datagram")?.to_vec() },
+            LAYER_RATES => {
+                let track = r.varint()?;
+                let n = r.u8()?;
+                if n > MAX_LAYER + 1 {
+                    return Err(WireError::TooLong("layer rates"));
+                }
+                let rates = (0..n).map(|_| r.varint()).collect::<Result<_, _>>()?;
+                Self::LayerRates { track, rates }
+            }
             other => return Err(WireError::UnknownType(other)),
         };
         if !r.0.is_empty() {

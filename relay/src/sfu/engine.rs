@@ -500,7 +500,7 @@ impl Sfu {
                 }
                 let pkt = MediaIn { track, layer, seq, timestamp, marker, keyframe, payload };
                 if let Some(entry) = self.peers.get(&id) {
-                    self.links.tap(&self.router, &entry.label, id, codec, &pkt);
+                    self.links.tap(&self.router, now, &entry.label, id, codec, &pkt);
                 }
                 self.route(now, id, codec, pkt, queue);
             }
@@ -678,7 +678,7 @@ impl Sfu {
     fn deliver_to(&mut self, now: Instant, queue: &mut Vec<PeerId>) {
         while let Some(r) = self.router.poll_keyframe_request() {
             if self.links.is_stand_in(r.publisher) {
-                self.links.keyframe_upstream(now, r.publisher, r.track);
+                self.links.keyframe_upstream(&self.router, now, r.publisher, r.track);
                 continue;
             }
             let Some(entry) = self.peers.get_mut(&r.publisher) else { continue };

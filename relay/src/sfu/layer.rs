@@ -1,5 +1,6 @@
-//! What the router keeps per track layer: the packets for retransmission ([`PacketCache`]),
-//! the key-frame request gate ([`KeyframeGate`]) and the bitrate ([`RateMeter`]).
+//! What the router keeps per track layer ([`Layer`]): the packets for retransmission
+//! ([`PacketCache`]), the key-frame request gate ([`KeyframeGate`]), the bitrate
+//! ([`RateMeter`]), and how a subscriber's layer is chosen from them ([`choose_layer`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,62 @@ pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 pub const CACHE_PACKETS: usize = 512;
 /// A layer's bitrate is measured over windows of this length.
 const RATE_WINDOW: Duration = Duration::from_millis(500);
+/// A layer silent this long is not chosen for subscribers.
+const LAYER_IDLE: Duration = Duration::from_millis(1000);
+
+/// One layer of a published track.
+pub(super) struct Layer {
+    pub cache: PacketCache,
+    pub gate: KeyframeGate,
+    pub rate: RateMeter,
+    pub last_packet: Option<Instant>,
+    /// The layer's bitrate as the publisher's home relay receives it (0: not live there), for
+    /// a track watched through a relay link: the edge receives only the layers its viewers
+    /// use, so its own measure says nothing of the others. `None` for local publishers.
+    pub reported: Option<u64>,
+}
+
+impl Layer {
+    pub fn new() -> Self {
+        Self {
+            cache: PacketCache::new(),
+            gate: KeyframeGate::default(),
+            rate: RateMeter::default(),
+            last_packet: None,
+            reported: None,
+        }
+    }
+
+    /// Whether the publisher sends this layer now.
+    pub fn live(&self, now: Instant) -> bool {
+        match self.reported {
+            Some(bps) => bps > 0,
+            None => self.last_packet.is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE),
+        }
+    }
+
+    /// Its bitrate, bits per second.
+    pub fn bps(&self, now: Instant) -> u64 {
+        self.reported.unwrap_or_else(|| self.rate.bps(now))
+    }
+}
+
+/// The highest live layer whose bitrate fits `budget` (all of them without an estimate yet);
+/// the lowest live one when none fits; layer 0 when none is live.
+pub(super) fn choose_layer(layers: &[Layer], now: Instant, budget: Option<u64>) -> u8 {
+    let mut best = None;
+    let mut lowest = None;
+    for (i, l) in layers.iter().enumerate() {
+        if !l.live(now) {
+            continue;
+        }
+        lowest.get_or_insert(i);
+        if budget.is_none_or(|b| l.bps(now) <= b) {
+            best = Some(i);
+        }
+    }
+    best.or(lowest).unwrap_or(0) as u8
+}
 
 /// Merges key-frame requests: at most one per [`KEYFRAME_INTERVAL`] goes to the publisher; one
 /// asked for inside the interval is sent when it ends, unless a key frame came meanwhile.

@@ -49,13 +49,13 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::keyframe::Codec;
-use super::layer::RateMeter;
+use super::layer::{Layer, choose_layer};
+
+mod remote;
 pub use super::layer::{CACHE_PACKETS, Cached, KEYFRAME_INTERVAL, KeyframeGate, PacketCache};
 
 /// Simulcast layers a track may have (RIDs `q`, `h`, `f` or `l`, `m`, `h`).
 pub const MAX_LAYERS: usize = 3;
-/// A layer silent this long is not chosen for subscribers.
-const LAYER_IDLE: Duration = Duration::from_millis(1000);
 /// How often layer choices are reviewed without a new bandwidth estimate.
 const REVIEW_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -180,13 +180,6 @@ struct Room {
 struct Track {
     codec: Codec,
     layers: Vec<Layer>,
-}
-
-struct Layer {
-    cache: PacketCache,
-    gate: KeyframeGate,
-    rate: RateMeter,
-    last_packet: Option<Instant>,
 }
 
 struct Subscriber {
@@ -606,7 +599,7 @@ impl Router {
         let r = &mut self.rooms[room];
         let Some(publisher) = r.publisher else { return };
         // Audio first: what is left of a subscriber's estimate is shared by the video tracks.
-        let audio: u64 = r.tracks.iter().filter(|t| t.codec.is_audio()).map(|t| t.layers[0].rate.bps(now)).sum();
+        let audio: u64 = r.tracks.iter().filter(|t| t.codec.is_audio()).map(|t| t.layers[0].bps(now)).sum();
         let video_tracks = r.tracks.iter().filter(|t| !t.codec.is_audio()).count().max(1) as u64;
         // `subscribe` and `add_track` keep every subscriber's `down` as long as `tracks`.
         for sub in &mut r.subscribers {
@@ -663,28 +656,4 @@ fn ask(
         queue.push_back(KeyframeRequest { publisher, track, layer });
     }
     sent
-}
-
-/// The highest live layer whose measured bitrate fits `budget` (all of them without an
-/// estimate yet); the lowest live one when none fits; layer 0 when none is live.
-fn choose_layer(layers: &[Layer], now: Instant, budget: Option<u64>) -> u8 {
-    let live = |l: &Layer| l.last_packet.is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE);
-    let mut best = None;
-    let mut lowest = None;
-    for (i, l) in layers.iter().enumerate() {
-        if !live(l) {
-            continue;
-        }
-        lowest.get_or_insert(i);
-        if budget.is_none_or(|b| l.rate.bps(now) <= b) {
-            best = Some(i);
-        }
-    }
-    best.or(lowest).unwrap_or(0) as u8
-}
-
-impl Layer {
-    fn new() -> Self {
-        Self { cache: PacketCache::new(), gate: KeyframeGate::default(), rate: RateMeter::default(), last_packet: None }
-    }
 }

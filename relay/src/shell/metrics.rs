@@ -241,6 +241,11 @@ impl Metrics {
             "Packets of machines published here sent over links (first copies: one per packet and link).",
             |s| s.links.media_sent,
         )?;
+        counter(
+            "relay_link_layers_held_back_total",
+            "Packets of simulcast layers not sent over links because no viewer at the peer relay uses them.",
+            |s| s.links.layers_held_back,
+        )?;
         counter("relay_link_resent_total", "Packets sent again over links, answering the peers' NACKs.", |s| {
             s.links.resent
         })?;

@@ -98,6 +98,27 @@ fn layers_are_sent_when_they_change() {
 }
 
 #[test]
+fn a_layer_not_asked_for_is_dropped_and_its_gap_is_no_loss_when_asked_again() {
+    let t0 = Instant::now();
+    let mut edge = with_track(1);
+    for s in 10..13 {
+        assert_eq!(edge.handle_media(t0, &packet(1, 2, s)), Arrival::New);
+    }
+    // The viewers move down to layer 0: layer 2's packets still in flight are dropped.
+    edge.set_layers(1, 0b001);
+    assert_eq!(edge.handle_media(t0, &packet(1, 2, 13)), Arrival::Unwanted);
+    assert_eq!(edge.handle_media(t0, &packet(1, 0, 5)), Arrival::New);
+    // Back up: the origin held 14..500 back, which is not loss.
+    edge.set_layers(1, 0b101);
+    assert_eq!(edge.handle_media(t0, &packet(1, 2, 500)), Arrival::New);
+    assert_eq!(edge.handle_media(t0, &packet(1, 2, 502)), Arrival::New);
+    run_until(&mut edge, t0 + Duration::from_secs(2));
+    let nacks: Vec<Control> = drain(&mut edge).into_iter().filter(|c| matches!(c, Control::Nack { .. })).collect();
+    assert_eq!(nacks, vec![Control::Nack { track: 1, layer: 2, seqs: vec![501] }; NACK_TRIES as usize]);
+    assert_eq!((edge.stats().unwanted, edge.stats().lost), (1, 1));
+}
+
+#[test]
 fn a_lost_packet_is_nacked_once_missing_and_its_resend_repairs_it() {
     let t0 = Instant::now();
     let mut edge = with_track(1);

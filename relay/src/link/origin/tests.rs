@@ -211,6 +211,7 @@ fn over_a_link_with_40_ms_delay_and_1_percent_loss_the_edge_gets_every_packet_on
                     repaired += 1;
                 }
                 Arrival::Duplicate => {}
+                Arrival::Unwanted => panic!("every layer is wanted"),
             }
         }
         while let Some(at) = edge.poll_timeout().filter(|at| *at <= now) {
@@ -234,4 +235,26 @@ fn over_a_link_with_40_ms_delay_and_1_percent_loss_the_edge_gets_every_packet_on
     let s = origin.stats();
     assert_eq!(s.datagrams - s.resent, expected, "one copy per packet");
     assert!(s.resent >= repaired && repaired > 0);
+}
+
+#[test]
+fn layer_rates_of_simulcast_tracks_are_reported_when_they_change() {
+    let mut o = subscribed("m1");
+    o.track_added("m1", 1, 2, 3);
+    o.track_added("m1", 2, 1, 1);
+    assert_eq!(o.simulcast_tracks(), [1], "the audio track has one layer");
+    while o.poll_control().is_some() {}
+    o.report_rates(1, &[150_000, 0, 0]);
+    o.report_rates(1, &[150_000, 0, 0]);
+    o.report_rates(1, &[150_000, 600_000, 0]);
+    o.report_rates(9, &[1]);
+    let sent: Vec<Control> = std::iter::from_fn(|| o.poll_control()).collect();
+    assert_eq!(
+        sent,
+        [
+            Control::LayerRates { track: 1, rates: vec![150_000, 0, 0] },
+            Control::LayerRates { track: 1, rates: vec![150_000, 600_000, 0] },
+        ],
+        "once per change, and only for announced tracks"
+    );
 }

@@ -85,6 +85,7 @@ fn every_control() -> Vec<Control> {
         Control::MachineMessage { machine: "pusher-1".into(), binary: true, data: vec![0, 1, 2] },
         Control::Unavailable { machine: "pusher-9".into(), reason: "not published here".into() },
         Control::Oversize { datagram: vec![0x5a; 1600] },
+        Control::LayerRates { track: 9, rates: vec![150_000, 0, 2_500_000] },
     ]
 }
 
@@ -132,6 +133,9 @@ fn malformed_control_frames_are_errors() {
     put_varint(&mut nack, MAX_NACKS as u64 + 1);
     assert_eq!(Control::decode(&frame(NACK, &nack)), Err(WireError::TooLong("nack list")));
     assert_eq!(Control::decode(&frame(NACK, &[1, 16, 0])), Err(WireError::Invalid("layer")));
+    assert_eq!(Control::decode(&frame(LAYER_RATES, &[1, 17])), Err(WireError::TooLong("layer rates")));
+    let too_many_layers = Control::LayerRates { track: 1, rates: vec![0; 17] };
+    assert_eq!(too_many_layers.encode(&mut Vec::new()), Err(WireError::TooLong("layer rates")));
     let mut long = varint(MAX_ID as u64 + 1);
     long.extend(std::iter::repeat_n(b'a', MAX_ID + 1));
     assert_eq!(Control::decode(&frame(SUBSCRIBE, &long)), Err(WireError::TooLong("machine")));

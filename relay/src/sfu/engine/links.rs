@@ -63,6 +63,8 @@ pub struct LinkStats {
     pub media_sent: u64,
     /// Packets sent again over links, answering the peers' NACKs.
     pub resent: u64,
+    /// Packets of simulcast layers not sent over links: no viewer at the peer uses them.
+    pub layers_held_back: u64,
     /// Seat inputs that arrived from links and reached the machine, or were dropped (no
     /// machine, or the seat is held by a viewer here).
     pub seat_inputs: u64,
@@ -86,6 +88,10 @@ pub struct LinkView {
 /// Datagrams kept per link for tracks not announced yet, at most, and for how long.
 const EARLY_PACKETS: usize = 512;
 const EARLY_AGE: Duration = Duration::from_secs(1);
+
+/// How often simulcast layer masks and rates are brought up to date (see [`layers`]) while
+/// any link carries simulcast.
+const LAYER_TICK: Duration = Duration::from_millis(250);
 
 /// What the engine does for the links with its peers (the link side has none).
 #[derive(Debug)]
@@ -119,6 +125,8 @@ pub struct LinkSet {
     /// Machines published here whose seat a viewer at a linked relay took last, and which
     /// relay: its seat inputs are the only ones from links that reach the machine.
     remote_seats: HashMap<String, String>,
+    /// When simulcast layers are next tended (see [`layers`]), while any link carries them.
+    layers_at: Option<Instant>,
     out: VecDeque<LinkOutput>,
     pub stats: LinkStats,
 }
@@ -132,8 +140,8 @@ struct LinkState {
     origin: Origin,
     /// Machines watched here through this link → their stand-in publishers.
     machines: HashMap<String, PeerId>,
-    /// Link track id → the stand-in, its router track and codec.
-    tracks: HashMap<u64, (PeerId, usize, Codec)>,
+    /// Link track id → the stand-in, its router track, codec and simulcast layers.
+    tracks: HashMap<u64, (PeerId, usize, Codec, u8)>,
     /// Datagrams of tracks not announced yet: the announcement comes on the control stream and
     /// the media as datagrams, so the first packets (a key frame's) may overtake it. Kept up
     /// to [`EARLY_PACKETS`] for [`EARLY_AGE`], routed when the track is announced.
@@ -158,6 +166,15 @@ impl LinkState {
             early: VecDeque::new(),
             resent: 0,
             seats: HashMap::new(),
+        }
+    }
+
+    /// Tells the origin which layers of link track `id` the viewers here use, if it has several.
+    fn ask_for_layers(&mut self, router: &Router, id: u64) {
+        if let Some(&(stand_in, track, _, layers)) = self.tracks.get(&id)
+            && layers > 1
+        {
+            self.edge.set_layers(id, router.layers_in_use(stand_in, track));
         }
     }
 }
@@ -265,7 +282,7 @@ impl LinkSet {
         let Some(relay) = self.stand_ins.remove(&peer) else { return };
         if let Some(state) = self.links.get_mut(&relay) {
             state.machines.retain(|_, id| *id != peer);
-            state.tracks.retain(|_, (id, _, _)| *id != peer);
+            state.tracks.retain(|_, (id, _, _, _)| *id != peer);
         }
     }
 
@@ -342,7 +359,7 @@ impl LinkSet {
                 };
                 match router.add_track(stand_in, codec, usize::from(layers)) {
                     Ok(index) => {
-                        state.tracks.insert(track, (stand_in, index, codec));
+                        state.tracks.insert(track, (stand_in, index, codec, layers));
                         actions.push(LinkAction::Layout);
                         // Packets that overtook the announcement, in the order they came.
                         let (early, kept): (Vec<_>, Vec<_>) =
@@ -372,6 +389,11 @@ impl LinkSet {
             }
             Control::Unavailable { machine, reason } => {
                 info!(relay, machine, reason, "the home relay cannot serve the machine");
+            }
+            Control::LayerRates { track, rates } => {
+                if let Some(&(stand_in, index, _, _)) = state.tracks.get(&track) {
+                    router.set_layer_rates(now, stand_in, index, &rates);
+                }
             }
             origin_bound => {
                 let resent = state.origin.stats().resent;
@@ -440,7 +462,15 @@ impl LinkSet {
     }
 
     /// A packet of a local publisher's `track` for every link whose peer watches the machine.
-    pub fn tap(&mut self, router: &Router, machine: &str, publisher: PeerId, codec: Codec, pkt: &MediaIn) {
+    pub fn tap(
+        &mut self,
+        router: &Router,
+        now: Instant,
+        machine: &str,
+        publisher: PeerId,
+        codec: Codec,
+        pkt: &MediaIn,
+    ) {
         if !self.links.values().any(|l| l.up && l.origin.is_subscribed(machine)) {
             return;
         }
@@ -450,10 +480,16 @@ impl LinkSet {
                 // Announced with its first packet here (its codec is sure by then).
                 let layers = router.tracks(machine).get(pkt.track).map_or(1, |(_, l)| *l as u8);
                 state.origin.track_added(machine, id, codec.wire_id(), layers);
+                if layers > 1 {
+                    state.origin.report_rates(id, &router.layer_rates(now, publisher, pkt.track));
+                    self.layers_at.get_or_insert(now + LAYER_TICK);
+                }
             }
-            let sent = state.origin.stats().datagrams;
+            let before = state.origin.stats();
             state.origin.handle_media(id, pkt.layer, pkt.seq, pkt.timestamp, pkt.marker, pkt.keyframe, &pkt.payload);
-            self.stats.media_sent += state.origin.stats().datagrams - sent;
+            let after = state.origin.stats();
+            self.stats.media_sent += after.datagrams - before.datagrams;
+            self.stats.layers_held_back += after.filtered - before.filtered;
             drain(state, &mut self.out);
         }
     }
@@ -489,11 +525,13 @@ impl LinkSet {
     }
 
     /// The router asks `stand_in` for a key frame of `track`: upstream through the edge.
-    pub fn keyframe_upstream(&mut self, now: Instant, stand_in: PeerId, track: usize) {
+    /// A layer the viewers here switch to is asked for first (see [`layers`]).
+    pub fn keyframe_upstream(&mut self, router: &Router, now: Instant, stand_in: PeerId, track: usize) {
         let Some(relay) = self.stand_ins.get(&stand_in) else { return };
         let Some(state) = self.links.get_mut(relay) else { return };
         let link_track = state.tracks.iter().find(|(_, v)| (v.0, v.1) == (stand_in, track)).map(|(k, _)| *k);
         if let Some(link_track) = link_track {
+            state.ask_for_layers(router, link_track);
             state.edge.request_keyframe(now, link_track);
             drain(state, &mut self.out);
         }
@@ -502,11 +540,15 @@ impl LinkSet {
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let flush = self.last_flush.filter(|_| !self.left.is_empty());
-        self.links.values().filter_map(|l| l.edge.poll_timeout()).chain(flush).min()
+        let edges = self.links.values().filter_map(|l| l.edge.poll_timeout());
+        edges.chain(flush).chain(self.layers_due()).min()
     }
 
     /// Runs the links' due timers.
     pub fn handle_timeout(&mut self, router: &mut Router, now: Instant) {
+        if self.layers_due().is_some_and(|t| t <= now) {
+            self.tend_layers(router, now);
+        }
         for state in self.links.values_mut() {
             if state.edge.poll_timeout().is_some_and(|t| t <= now) {
                 let before = state.edge.stats();
@@ -523,6 +565,9 @@ impl LinkSet {
     /// lose their stand-ins; links nobody needs are forgotten; what the cores queued goes out.
     pub fn flush(&mut self, router: &mut Router, now: Instant) {
         self.last_flush = Some(now);
+        if self.layers_at.is_none() && self.has_simulcast() {
+            self.layers_at = Some(now + LAYER_TICK);
+        }
         for machine in std::mem::take(&mut self.left) {
             for state in self.links.values_mut().filter(|l| l.machines.contains_key(&machine)) {
                 state.edge.viewer_left(now, &machine);
@@ -533,7 +578,7 @@ impl LinkSet {
             let gone: Vec<String> = state.machines.keys().filter(|m| !state.edge.is_subscribed(m)).cloned().collect();
             for machine in gone {
                 if let Some(id) = state.machines.remove(&machine) {
-                    state.tracks.retain(|_, (s, _, _)| *s != id);
+                    state.tracks.retain(|_, (s, _, _, _)| *s != id);
                     dropped.push(id);
                     info!(machine, relay = %state.id, "no viewers left: unsubscribed from the relay link");
                 }
@@ -562,12 +607,12 @@ fn accept(
     now: Instant,
     media: &Media<'_>,
 ) -> Option<(PeerId, Codec, MediaIn)> {
-    let &(stand_in, track, codec) = state.tracks.get(&media.track)?;
+    let &(stand_in, track, codec, _) = state.tracks.get(&media.track)?;
     let lost = state.edge.stats().lost;
     let arrival = state.edge.handle_media(now, media);
     stats.lost += state.edge.stats().lost - lost;
     match arrival {
-        Arrival::Duplicate => return None,
+        Arrival::Duplicate | Arrival::Unwanted => return None,
         Arrival::Repaired => stats.repaired += 1,
         Arrival::New => {}
     }
@@ -610,5 +655,6 @@ fn fresh_id<W>(taken: &dyn Fn(PeerId) -> bool, stand_ins: &HashMap<PeerId, W>) -
     }
 }
 
+mod layers;
 #[cfg(test)]
 mod tests;

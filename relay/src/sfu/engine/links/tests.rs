@@ -1,4 +1,4 @@
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::*;
 
@@ -110,4 +110,173 @@ fn at_the_origin_the_relay_that_took_the_seat_last_holds_it() {
     links.link_up(&mut router, &|_| false, now, "edge-3");
     links.control(&mut router, now, "edge-3", take);
     assert!(!links.holds_seat("m1", Some("edge-3")));
+}
+
+/// Two relays in one process, their links joined by hand: the machine publishes a three-layer
+/// simulcast track at origin-1; one viewer watches at edge-1.
+struct Pair {
+    now: Instant,
+    origin: (LinkSet, Router),
+    edge: (LinkSet, Router),
+    /// Layer masks the edge asked for, and the layers of the datagrams that crossed.
+    masks: Vec<u16>,
+    crossed: Vec<u8>,
+    seq: [u64; 3],
+    /// Layers the publisher was asked for a key frame of.
+    keyframes_asked: [bool; 3],
+}
+
+const PUBLISHER: PeerId = PeerId(1);
+const VIEWER: PeerId = PeerId(900);
+/// Payload bytes per packet of each layer, a packet every 10 ms: 80, 320 and 960 kbit/s.
+const SIZES: [usize; 3] = [100, 400, 1200];
+
+impl Pair {
+    fn new() -> Self {
+        let now = Instant::now();
+        let (mut links_a, mut router_a) = (LinkSet::default(), Router::new());
+        links_a.attach("origin-1");
+        router_a.publish("m1", PUBLISHER).unwrap();
+        router_a.add_track(PUBLISHER, Codec::Vp8, 3).unwrap();
+        let (mut links_b, mut router_b) = (LinkSet::default(), Router::new());
+        links_b.attach("edge-1");
+        links_b.watch(&mut router_b, &|_| false, "m1", "origin-1", "127.0.0.1:4433");
+        router_b.subscribe(now, "m1", VIEWER, crate::sfu::Role::Spectator).unwrap();
+        links_a.link_up(&mut router_a, &|_| false, now, "edge-1");
+        links_b.link_up(&mut router_b, &|_| false, now, "origin-1");
+        let mut pair = Self {
+            now,
+            origin: (links_a, router_a),
+            edge: (links_b, router_b),
+            masks: Vec::new(),
+            crossed: Vec::new(),
+            seq: [0; 3],
+            keyframes_asked: [true; 3],
+        };
+        pair.shuttle();
+        pair
+    }
+
+    /// Carries what each side has for the other until both are quiet.
+    fn shuttle(&mut self) {
+        let now = self.now;
+        loop {
+            let mut moved = false;
+            while let Some(r) = self.edge.1.poll_keyframe_request() {
+                self.edge.0.keyframe_upstream(&self.edge.1, now, r.publisher, r.track);
+            }
+            while let Some(r) = self.origin.1.poll_keyframe_request() {
+                self.keyframes_asked[usize::from(r.layer)] = true;
+            }
+            while let Some(out) = self.edge.0.poll_output() {
+                moved = true;
+                if let LinkOutput::Control { message, .. } = out {
+                    if let Control::Layers { mask, .. } = message {
+                        self.masks.push(mask);
+                    }
+                    for action in self.origin.0.control(&mut self.origin.1, now, "edge-1", message) {
+                        if let LinkAction::KeyframesFor { .. } = action {
+                            self.origin.1.request_keyframe(now, PUBLISHER, 0);
+                        }
+                    }
+                }
+            }
+            while let Some(out) = self.origin.0.poll_output() {
+                moved = true;
+                match out {
+                    LinkOutput::Control { message, .. } => {
+                        for action in self.edge.0.control(&mut self.edge.1, now, "origin-1", message) {
+                            if let LinkAction::Media { stand_in, pkt, .. } = action {
+                                self.edge.1.handle_media(now, stand_in, pkt);
+                            }
+                        }
+                    }
+                    LinkOutput::Datagram { data, .. } => {
+                        self.crossed.push(Media::decode(&data).unwrap().layer);
+                        if let Some((stand_in, _, pkt)) = self.edge.0.datagram(now, "origin-1", &data) {
+                            self.edge.1.handle_media(now, stand_in, pkt);
+                        }
+                        self.edge.0.flush(&mut self.edge.1, now);
+                    }
+                    _ => {}
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Runs `ms` milliseconds: a packet of each layer every 10 ms (a key frame where one was
+    /// asked for), every timer on time, the links carried. Returns the viewer's packets' layers.
+    fn run(&mut self, ms: u64) -> Vec<u8> {
+        let mut seen = Vec::new();
+        for _ in 0..ms / 10 {
+            self.now += Duration::from_millis(10);
+            let now = self.now;
+            for layer in 0..3u8 {
+                let l = usize::from(layer);
+                self.seq[l] += 1;
+                let keyframe = std::mem::take(&mut self.keyframes_asked[l]);
+                let payload: Arc<[u8]> = vec![layer; SIZES[l]].into();
+                let (seq, timestamp) = (self.seq[l], self.seq[l] as u32 * 900);
+                let pkt = MediaIn { track: 0, layer, seq, timestamp, marker: true, keyframe, payload };
+                self.origin.1.handle_media(now, PUBLISHER, pkt.clone());
+                self.origin.0.tap(&self.origin.1, now, "m1", PUBLISHER, Codec::Vp8, &pkt);
+            }
+            for (links, router) in [&mut self.origin, &mut self.edge] {
+                if router.poll_timeout().is_some_and(|t| t <= now) {
+                    router.handle_timeout(now);
+                }
+                if links.poll_timeout().is_some_and(|t| t <= now) {
+                    links.handle_timeout(router, now);
+                }
+            }
+            self.shuttle();
+            while let Some(f) = self.edge.1.poll_forward() {
+                assert_eq!(f.to, VIEWER);
+                seen.push(f.payload[0]);
+            }
+            while self.origin.1.poll_forward().is_some() {}
+        }
+        seen
+    }
+}
+
+#[test]
+fn an_edge_asks_only_for_the_simulcast_layers_its_viewers_use_and_moves_between_them_without_loss() {
+    let mut pair = Pair::new();
+    pair.run(1000);
+    assert_eq!(pair.edge.1.current_layer(VIEWER, 0), Some(2), "without an estimate: the highest layer");
+    // The viewer's estimate fits the middle layer only: it moves down, and only that layer
+    // crosses the link from then on.
+    pair.edge.1.handle_bandwidth(pair.now, VIEWER, 500_000);
+    pair.run(1000);
+    assert_eq!(pair.edge.1.current_layer(VIEWER, 0), Some(1));
+    assert_eq!(pair.masks.last(), Some(&0b010), "asked: {:?}", pair.masks);
+    pair.crossed.clear();
+    let seen = pair.run(1000);
+    assert!(!seen.is_empty() && seen.iter().all(|l| *l == 1), "the viewer gets layer 1: {seen:?}");
+    assert!(pair.crossed.len() >= 95 && pair.crossed.iter().all(|l| *l == 1), "crossed: {:?}", pair.crossed);
+    assert!(pair.origin.0.stats.layers_held_back >= 190, "{:?}", pair.origin.0.stats);
+    // Room for the top layer, which the edge does not receive: the origin's rates say it is
+    // live and fits, so the viewer moves up, and only it crosses once it has switched.
+    pair.edge.1.handle_bandwidth(pair.now, VIEWER, 3_000_000);
+    pair.run(1000);
+    assert_eq!(pair.edge.1.current_layer(VIEWER, 0), Some(2), "asked: {:?}", pair.masks);
+    assert!(pair.masks.ends_with(&[0b110, 0b100]), "first both, then the new one alone: {:?}", pair.masks);
+    pair.crossed.clear();
+    let seen = pair.run(1000);
+    assert!(!seen.is_empty() && seen.iter().all(|l| *l == 2), "the viewer gets layer 2: {seen:?}");
+    assert!(pair.crossed.iter().all(|l| *l == 2), "crossed: {:?}", pair.crossed);
+    // Layers held back and taken up again are no loss on the link.
+    let edge = pair.edge.0.links["origin-1"].edge.stats();
+    assert_eq!((edge.lost, edge.nacked), (0, 0), "{edge:?}");
+    // The viewer leaves: nothing crosses for the track once the mask says so.
+    pair.edge.1.remove(VIEWER).unwrap();
+    pair.run(500);
+    assert_eq!(pair.masks.last(), Some(&0));
+    pair.crossed.clear();
+    pair.run(500);
+    assert_eq!(pair.crossed, Vec::<u8>::new());
 }
