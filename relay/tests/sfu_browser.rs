@@ -51,12 +51,23 @@ function shown(data) {
 const PUBLISHER: &str = r#"<title>machine</title><script>
 (async () => {
   try {
-    const stream = await navigator.mediaDevices.getUserMedia({video: {width: 640, height: 360, frameRate: 30}, audio: true});
+    // `simulcast`: 720p in three layers (q, h, f: a quarter, half and full size), as a
+    // browser publisher with simulcast sends them.
+    const simulcast = q.get('simulcast') !== null;
+    const video = simulcast ? {width: 1280, height: 720, frameRate: 30} : {width: 640, height: 360, frameRate: 30};
+    const stream = await navigator.mediaDevices.getUserMedia({video, audio: true});
     const pc = new RTCPeerConnection();
     // `codecs` (e.g. "h264,vp8"): the camera once per codec, each transceiver offering only its
     // codec (a backup codec beside the first, as LiveKit's publishers send); else the defaults.
     const codecs = q.get('codecs') ? q.get('codecs').split(',') : null;
     for (const track of stream.getTracks()) {
+      if (track.kind === 'video' && simulcast) {
+        pc.addTransceiver(track, {direction: 'sendonly', sendEncodings: [
+          {rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000},
+          {rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000},
+          {rid: 'f', maxBitrate: 1500000}]});
+        continue;
+      }
       if (track.kind !== 'video' || !codecs) { pc.addTransceiver(track, {direction: 'sendonly'}); continue; }
       for (const codec of codecs) {
         const t = pc.addTransceiver(track, {direction: 'sendonly'});
@@ -111,10 +122,11 @@ const name = q.get('name');
     if (!await exchange(pc, q.get('whep'))) return;
     setInterval(async () => {
       const stats = await pc.getStats();
-      let frames = 0, local = null, codec = null;
+      let frames = 0, local = null, codec = null, width = null;
       stats.forEach((s) => {
         if (s.type === 'inbound-rtp' && s.kind === 'video') {
           frames += s.framesDecoded || 0;
+          if (s.frameWidth) width = s.frameWidth;
           const c = s.codecId && stats.get(s.codecId);
           if (c) codec = c.mimeType;
         }
@@ -124,7 +136,7 @@ const name = q.get('name');
           if (c) local = c.candidateType;
         }
       });
-      report({state: pc.connectionState, framesDecoded: frames, localCandidate: local, codec});
+      report({state: pc.connectionState, framesDecoded: frames, localCandidate: local, codec, width});
     }, 500);
   } catch (e) { report({error: String(e)}); }
 })();
@@ -379,4 +391,45 @@ fn chromium_plays_at_another_relay_over_a_relay_link_and_its_input_reaches_the_m
     assert!(a.metric("relay_link_media_sent_total") > 0.0 && a.metric("relay_link_seat_inputs_total") > 0.0);
     assert_eq!(b.metric("relay_links_open"), 1.0);
     assert_eq!(b.metric("relay_sfu_peer_panics_total"), 0.0);
+}
+
+/// A machine publishing simulcast at A (Chromium, 720p in three layers) and a Chromium viewer
+/// at B: the viewer decodes frames at the size of one layer, and only the layers B's viewers
+/// use cross the link (A holds the others back).
+#[test]
+fn only_the_simulcast_layers_a_viewer_uses_cross_the_relay_link() {
+    let dir = common::temp_dir("sfu-browser-simulcast");
+    let ca = Authority::generate("cluster", Validity::days_from(unix_now(), 10)).unwrap();
+    let (a, a_sfu, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
+    let (b, b_sfu, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
+    let reports: Reports = Arc::default();
+    let pages = serve_sfu_pages(&reports);
+    let publisher = common::media_token(MediaRole::Publisher, MACHINE, None, MACHINE);
+    let _machine = Browser::open(&url(
+        &format!("http://{pages}/publisher.html"),
+        &[("name", "machine"), ("whip", &format!("{a_sfu}/whip/{MACHINE}")), ("token", &publisher), ("simulcast", "1")],
+    ));
+    wait_for("the machine to publish at A", Duration::from_secs(30), &reports, |r| {
+        latest(r, "machine", "framesEncoded").is_some_and(|v| v["state"] == "connected")
+    });
+    let token = viewer_token_for(MediaRole::Spectator, MACHINE, SESSION, "viewer", Some(("eu-1", a_link)));
+    let _viewer = Browser::open(&url(
+        &format!("http://{pages}/viewer.html"),
+        &[("name", "viewer"), ("whep", &format!("{b_sfu}/whep/{SESSION}")), ("token", &token)],
+    ));
+    wait_for("the viewer at B to decode frames", Duration::from_secs(40), &reports, |r| {
+        frames_decoded(r, "viewer") >= 60
+    });
+    let width = latest(&reports, "viewer", "width").and_then(|v| v["width"].as_u64()).unwrap_or(0);
+    assert!([320, 640, 1280].contains(&width), "the size of one layer: {width}");
+    // Every layer reaches A; only what B's viewer uses crosses.
+    let (held_back, sent) = (a.metric("relay_link_layers_held_back_total"), a.metric("relay_link_media_sent_total"));
+    assert!(held_back > 0.0 && sent > 0.0, "held back {held_back}, sent {sent}");
+    let before = frames_decoded(&reports, "viewer");
+    wait_for("the viewer's framesDecoded to grow", Duration::from_secs(20), &reports, |r| {
+        frames_decoded(r, "viewer") > before + 30
+    });
+    assert!(a.metric("relay_link_layers_held_back_total") > held_back, "still held back");
+    assert!(b.metric("relay_link_lost_total") == 0.0, "layers held back and taken again are no loss");
+    assert_eq!(b.metric("relay_sfu_peer_panics_total") + a.metric("relay_sfu_peer_panics_total"), 0.0);
 }
