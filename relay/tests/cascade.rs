@@ -305,5 +305,64 @@ fn the_seat_is_the_last_takers_across_relays() {
         vec![b"at asia-1".to_vec(), b"at us-1".to_vec()],
         "us-1 took the seat last: asia-1's later input is dropped"
     );
-    wait_for_metric(&a, "relay_link_seat_inputs_dropped_total", 1.0);
+    // asia-1 was told it lost the seat: it drops its player's input itself.
+    wait_for_metric(&b, "relay_sfu_inputs_dropped_total", 1.0);
+    assert_eq!(a.metric("relay_link_seat_inputs_dropped_total"), 0.0);
+}
+
+/// The seat handed at the home relay (as signaling's seat call does) reaches a viewer at
+/// another relay by name; whoever held it is told and its inputs stop reaching the machine.
+#[test]
+fn the_home_relay_hands_the_seat_to_a_viewer_at_another_relay() {
+    let dir = common::temp_dir("cascade-hand-seat");
+    let ca = Authority::generate("cluster", Validity::days_from(cluster::time::unix_now(), 10)).unwrap();
+    let (a, a_http, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
+    let (b, b_http, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
+    let (c, c_http, _) = relay_with_link(&ca, &dir, "us-1", "127.0.0.1:0");
+    let a_api = Http::new(a_http.clone(), reqwest::Client::new());
+    let mut machine = machine_at(&a, a_http, "input");
+    let home = Some(("eu-1", a_link));
+    let mut viewers = vec![
+        join(&Http::new(b_http, reqwest::Client::new()), b.udp, &viewer_token(MediaRole::Player, "player", home)),
+        join(&Http::new(c_http, reqwest::Client::new()), c.udp, &viewer_token(MediaRole::Spectator, "bob", home)),
+        join(&a_api, a.udp, &viewer_token(MediaRole::Spectator, "carol", None)),
+    ];
+    pump(&mut machine, &mut viewers, Duration::from_secs(2));
+    assert!(viewers.iter().all(|v| v.client.connected && v.client.open), "all three connected");
+    send(&mut machine, &mut viewers, 0..20);
+    let operator = common::media_token(MediaRole::Operator, "cab-1", Some("s-1"), "signaling");
+    let hand = |to: Option<&str>| -> (u16, serde_json::Value) {
+        let body = serde_json::json!({ "to": to }).to_string();
+        let (status, _, answer) = a_api.post("/seat/cab-1", Some(&operator), "application/json", &body);
+        (status, serde_json::from_str(&answer).unwrap_or_default())
+    };
+    let say = |viewers: &mut Vec<Peer>, machine: &mut Peer, viewer: usize, input: &[u8]| {
+        viewers[viewer].client.send_data(input);
+        pump(machine, viewers, Duration::from_millis(600));
+    };
+    say(&mut viewers, &mut machine, 0, b"player 1");
+    // To bob, watching at us-1: asia-1's player loses it.
+    let (status, answer) = hand(Some("bob"));
+    assert_eq!((status, &answer["holder"]), (200, &serde_json::json!("bob")), "{answer}");
+    pump(&mut machine, &mut viewers, Duration::from_millis(600));
+    say(&mut viewers, &mut machine, 1, b"bob 1");
+    say(&mut viewers, &mut machine, 0, b"player 2");
+    // To carol, at the home relay: bob loses it.
+    let (status, answer) = hand(Some("carol"));
+    assert_eq!((status, &answer["previous"]), (200, &serde_json::json!("bob")), "{answer}");
+    pump(&mut machine, &mut viewers, Duration::from_millis(600));
+    say(&mut viewers, &mut machine, 2, b"carol 1");
+    say(&mut viewers, &mut machine, 1, b"bob 2");
+    // Nobody of that name anywhere: 404, and the seat stays where it is.
+    assert_eq!(hand(Some("dave")).0, 404);
+    say(&mut viewers, &mut machine, 2, b"carol 2");
+    assert_eq!(
+        machine.client.data,
+        vec![b"player 1".to_vec(), b"bob 1".to_vec(), b"carol 1".to_vec(), b"carol 2".to_vec()],
+        "each input while its sender held the seat, and no other"
+    );
+    // The relays that lost the seat dropped their viewers' inputs themselves.
+    wait_for_metric(&b, "relay_sfu_inputs_dropped_total", 1.0);
+    wait_for_metric(&c, "relay_sfu_inputs_dropped_total", 1.0);
+    assert_eq!(a.metric("relay_link_seat_inputs_dropped_total"), 0.0);
 }

@@ -7,6 +7,9 @@
 //! - **One subscription per machine**, however many viewers: the first viewer subscribes; when
 //!   the last leaves, the edge unsubscribes after [`UNSUBSCRIBE_GRACE`] (a viewer that reloads
 //!   its page or switches layers does not tear the subscription down and rebuild it).
+//! - **Who watches**: the origin is told each viewer's name as it comes and goes
+//!   ([`Control::Viewer`]; again after a re-link), so that the seat can be handed there to a
+//!   viewer here.
 //! - **Key frames**: viewers' requests for a track are merged into at most one upstream request
 //!   per [`KEYFRAME_INTERVAL`]; a request inside the window is sent when the window ends.
 //! - **Layers**: the origin is told which simulcast layers of a track the edge's viewers use
@@ -71,6 +74,8 @@ pub struct EdgeStats {
 #[derive(Debug, Default)]
 struct MachineState {
     viewers: usize,
+    /// Viewers by name (the same name may watch more than once).
+    names: HashMap<String, usize>,
     /// When the edge unsubscribes, if nobody comes back first.
     unsubscribe_at: Option<Instant>,
 }
@@ -114,8 +119,8 @@ impl Edge {
         self.machines.contains_key(machine)
     }
 
-    /// A viewer here started watching `machine`.
-    pub fn viewer_joined(&mut self, machine: &str) {
+    /// A viewer here, known as `name`, started watching `machine`.
+    pub fn viewer_joined(&mut self, machine: &str, name: &str) {
         let state = self.machines.entry(machine.to_owned()).or_insert_with(|| {
             self.out.push_back(Control::Subscribe { machine: machine.to_owned() });
             self.stats.subscribes += 1;
@@ -123,14 +128,28 @@ impl Edge {
         });
         state.viewers += 1;
         state.unsubscribe_at = None;
+        let count = state.names.entry(name.to_owned()).or_default();
+        *count += 1;
+        if *count == 1 {
+            let (machine, label) = (machine.to_owned(), name.to_owned());
+            self.out.push_back(Control::Viewer { machine, label, present: true });
+        }
     }
 
-    /// A viewer here stopped watching `machine`.
-    pub fn viewer_left(&mut self, now: Instant, machine: &str) {
+    /// A viewer here, known as `name`, stopped watching `machine`.
+    pub fn viewer_left(&mut self, now: Instant, machine: &str, name: &str) {
         if let Some(state) = self.machines.get_mut(machine) {
             state.viewers = state.viewers.saturating_sub(1);
             if state.viewers == 0 {
                 state.unsubscribe_at = Some(now + UNSUBSCRIBE_GRACE);
+            }
+            if let Some(count) = state.names.get_mut(name) {
+                *count -= 1;
+                if *count == 0 {
+                    state.names.remove(name);
+                    let (machine, label) = (machine.to_owned(), name.to_owned());
+                    self.out.push_back(Control::Viewer { machine, label, present: false });
+                }
             }
         }
     }
@@ -152,15 +171,20 @@ impl Edge {
 
     /// The link to the origin was made again (it broke, or the origin restarted): what was
     /// queued for the old one is dropped, tracks are forgotten until announced again, and every
-    /// machine still watched here is subscribed to afresh.
+    /// machine still watched here is subscribed to afresh, with its viewers' names.
     pub fn relinked(&mut self) {
         self.out.clear();
         self.tracks.clear();
-        let mut machines: Vec<&String> = self.machines.keys().collect();
-        machines.sort();
-        for machine in machines {
+        let mut machines: Vec<(&String, &MachineState)> = self.machines.iter().collect();
+        machines.sort_by(|a, b| a.0.cmp(b.0));
+        for (machine, state) in machines {
             self.out.push_back(Control::Subscribe { machine: machine.clone() });
             self.stats.subscribes += 1;
+            let mut names: Vec<&String> = state.names.keys().collect();
+            names.sort();
+            for label in names {
+                self.out.push_back(Control::Viewer { machine: machine.clone(), label: label.clone(), present: true });
+            }
         }
     }
 

@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 use super::wire::{Control, Media};
 
+/// Viewers' names kept per machine for an edge (a peer relay sending more is not believed).
+pub const MAX_VIEWERS: usize = 4096;
+
 /// Packets kept per track layer for NACKs: about 1 s of a 1 Mbit/s layer of 1,200-byte packets,
 /// several long-haul round trips.
 pub const BUFFER_PACKETS: usize = 1024;
@@ -74,6 +77,8 @@ struct Track {
 #[derive(Debug, Default)]
 pub struct Origin {
     subscribed: HashSet<String>,
+    /// The names of the edge's viewers of each subscribed machine.
+    viewers: HashMap<String, HashSet<String>>,
     tracks: HashMap<u64, Track>,
     control: VecDeque<Control>,
     datagrams: VecDeque<Vec<u8>>,
@@ -115,6 +120,7 @@ impl Origin {
             Control::Unsubscribe { machine } => {
                 if self.subscribed.remove(&machine) {
                     self.tracks.retain(|_, t| t.machine != machine);
+                    self.viewers.remove(&machine);
                     self.events.push_back(OriginEvent::Unsubscribed { machine });
                 }
             }
@@ -134,6 +140,17 @@ impl Origin {
                     self.events.push_back(OriginEvent::SeatInput { machine, binary, data, arrived_unix_ms, rtt_ms });
                 }
             }
+            Control::Viewer { machine, label, present } => {
+                if !self.subscribed.contains(&machine) {
+                    return;
+                }
+                let names = self.viewers.entry(machine).or_default();
+                if !present {
+                    names.remove(&label);
+                } else if names.len() < MAX_VIEWERS {
+                    names.insert(label);
+                }
+            }
             Control::SeatTaken { machine } => {
                 if self.subscribed.contains(&machine) {
                     self.events.push_back(OriginEvent::SeatTaken { machine });
@@ -145,7 +162,8 @@ impl Origin {
             | Control::MachineMessage { .. }
             | Control::Unavailable { .. }
             | Control::Oversize { .. }
-            | Control::LayerRates { .. } => {}
+            | Control::LayerRates { .. }
+            | Control::Seat { .. } => {}
         }
     }
 
@@ -195,10 +213,25 @@ impl Origin {
         }
     }
 
+    /// Whether a viewer of `machine` known as `name` watches at the edge.
+    pub fn has_viewer(&self, machine: &str, name: &str) -> bool {
+        self.viewers.get(machine).is_some_and(|n| n.contains(name))
+    }
+
+    /// The machine's seat was handed to the edge's viewer `holder`, or is no longer the edge's
+    /// (`None`): tell the edge, if it watches the machine.
+    pub fn hand_seat(&mut self, machine: &str, holder: Option<&str>) {
+        if self.subscribed.contains(machine) {
+            let holder = holder.map(str::to_owned);
+            self.control.push_back(Control::Seat { machine: machine.to_owned(), holder });
+        }
+    }
+
     /// The machine is not published here (answer to a subscription the origin cannot serve).
     pub fn unavailable(&mut self, machine: &str, reason: &str) {
         if self.subscribed.remove(machine) {
             self.tracks.retain(|_, t| t.machine != machine);
+            self.viewers.remove(machine);
             self.control.push_back(Control::Unavailable { machine: machine.to_owned(), reason: reason.to_owned() });
         }
     }

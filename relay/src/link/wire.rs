@@ -119,8 +119,8 @@ impl<'a> Media<'a> {
 }
 
 /// A control message. Edge to origin: `Subscribe`, `Unsubscribe`, `Layers`, `KeyframeRequest`,
-/// `Nack`, `SeatInput`, `SeatTaken`. Origin to edge: `Track`, `TrackEnded`, `MachineMessage`, `Unavailable`,
-/// `Oversize`, `LayerRates`.
+/// `Nack`, `SeatInput`, `SeatTaken`, `Viewer`. Origin to edge: `Track`, `TrackEnded`,
+/// `MachineMessage`, `Unavailable`, `Oversize`, `LayerRates`, `Seat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// Send me the tracks of this machine (the edge has viewers for it).
@@ -140,6 +140,9 @@ pub enum Control {
     /// takes seat inputs for the machine from this link only, until another relay takes it or
     /// the seat is handed at the origin.
     SeatTaken { machine: String },
+    /// A viewer known as `label` (its media token's subject) watches the machine here now
+    /// (`present`), or no longer: the origin can hand the seat to viewers at edges by name.
+    Viewer { machine: String, label: String, present: bool },
     /// A track of a subscribed machine, with its id on this link.
     Track { machine: String, track: u64, codec: u8, layers: u8 },
     /// That track is gone (the machine unpublished it).
@@ -157,6 +160,9 @@ pub enum Control {
     /// The edge chooses its viewers' layers from these, including layers it does not receive
     /// now (it asked only for those in use, [`Control::Layers`]).
     LayerRates { track: u64, rates: Vec<u64> },
+    /// The machine's seat was handed (at the origin) to the edge's viewer `holder`, or the edge
+    /// no longer holds it (`None`: handed to someone elsewhere, or to nobody).
+    Seat { machine: String, holder: Option<String> },
 }
 
 const SUBSCRIBE: u8 = 1;
@@ -166,12 +172,14 @@ const KEYFRAME_REQUEST: u8 = 4;
 const NACK: u8 = 5;
 const SEAT_INPUT: u8 = 6;
 const SEAT_TAKEN: u8 = 7;
+const VIEWER: u8 = 8;
 const TRACK: u8 = 16;
 const TRACK_ENDED: u8 = 17;
 const MACHINE_MESSAGE: u8 = 18;
 const UNAVAILABLE: u8 = 19;
 const OVERSIZE: u8 = 20;
 const LAYER_RATES: u8 = 21;
+const SEAT: u8 = 22;
 
 impl Control {
     /// Appends the frame (length, type, body) to `out`. Errors if a field is over its limit,
@@ -219,6 +227,20 @@ impl Control {
             Self::SeatTaken { machine } => {
                 put_str(&mut body, machine, MAX_ID, "machine")?;
                 SEAT_TAKEN
+            }
+            Self::Viewer { machine, label, present } => {
+                put_str(&mut body, machine, MAX_ID, "machine")?;
+                put_str(&mut body, label, MAX_ID, "viewer")?;
+                body.push(u8::from(*present));
+                VIEWER
+            }
+            Self::Seat { machine, holder } => {
+                put_str(&mut body, machine, MAX_ID, "machine")?;
+                body.push(u8::from(holder.is_some()));
+                if let Some(holder) = holder {
+                    put_str(&mut body, holder, MAX_ID, "viewer")?;
+                }
+                SEAT
             }
             Self::Track { machine, track, codec, layers } => {
                 put_str(&mut body, machine, MAX_ID, "machine")?;
@@ -314,6 +336,16 @@ impl Control {
                 rtt_ms: u32::try_from(r.varint()?).map_err(|_| WireError::Invalid("rtt"))?,
             },
             SEAT_TAKEN => Self::SeatTaken { machine: r.string(MAX_ID, "machine")? },
+            VIEWER => Self::Viewer {
+                machine: r.string(MAX_ID, "machine")?,
+                label: r.string(MAX_ID, "viewer")?,
+                present: r.bool()?,
+            },
+            SEAT => {
+                let machine = r.string(MAX_ID, "machine")?;
+                let holder = if r.bool()? { Some(r.string(MAX_ID, "viewer")?) } else { None };
+                Self::Seat { machine, holder }
+            }
             TRACK => Self::Track {
                 machine: r.string(MAX_ID, "machine")?,
                 track: r.varint()?,

@@ -17,11 +17,11 @@ use super::keyframe::Codec;
 use super::route::{MediaIn, PeerId, Role, RouteError, Router};
 use super::stamp::{SeatStamp, envelope, unix_ms};
 use super::webrtc::{Peer, PeerError, PeerEvent, PeerOutput, Transmit, stun_ufrag};
-use crate::link::wire::Control;
 
+mod linked;
 mod links;
 mod report;
-use links::{LinkAction, LinkSet};
+use links::LinkSet;
 pub use links::{LinkOutput, LinkStats, LinkView, link_track, split_link_track};
 pub use report::{SfuError, SfuStats};
 
@@ -183,7 +183,7 @@ impl Sfu {
         }
         if let Some((home, addr)) = home {
             let peers = &self.peers;
-            if self.links.watch(&mut self.router, &|p| peers.contains_key(&p), machine, home, addr) {
+            if self.links.watch(&mut self.router, &|p| peers.contains_key(&p), machine, label, home, addr) {
                 self.layout += 1;
             }
         }
@@ -305,24 +305,42 @@ impl Sfu {
     }
 
     /// Hands `machine`'s seat to the subscriber known as `label` (its newest peer, if it joined
-    /// more than once), or to nobody; returns the label of the previous holder.
+    /// more than once), or to nobody; returns the label of the previous holder. A machine
+    /// published here with no viewer of that name here hands it to one at a linked relay, if
+    /// one reported the name (see `links`).
     pub fn hand_seat_to(&mut self, machine: &str, label: Option<&str>) -> Result<Option<String>, SfuError> {
+        let previous_remote = self.links.remote_holder(machine).map(str::to_owned);
         let to = match label {
             None => None,
-            Some(label) => Some(
-                self.router
-                    .subscribers(machine)
-                    .into_iter()
-                    .filter_map(|(id, _)| self.peers.get(&id).map(|e| (id, e)))
-                    .filter(|(_, e)| e.label == label)
-                    .max_by_key(|(_, e)| e.serial)
-                    .map(|(id, _)| id)
-                    .ok_or_else(|| SfuError::NoSubscriber(label.to_owned(), machine.to_owned()))?,
-            ),
+            Some(label) => match self.subscriber_named(machine, label) {
+                Some(id) => Some(id),
+                None => {
+                    let no_one = || SfuError::NoSubscriber(label.to_owned(), machine.to_owned());
+                    let relay = (self.publishers.contains_key(machine))
+                        .then(|| self.links.viewer_elsewhere(machine, label))
+                        .flatten()
+                        .ok_or_else(no_one)?;
+                    let previous = self.router.hand_seat(machine, None)?;
+                    let before = self.links.hand_seat_to_link(machine, &relay, label);
+                    info!(machine, relay, viewer = label, "seat handed to a viewer at a linked relay");
+                    return Ok(previous.and_then(|p| self.peers.get(&p)).map(|e| e.label.clone()).or(before));
+                }
+            },
         };
         let previous = self.router.hand_seat(machine, to)?;
         self.links.seat_handed_here(machine);
-        Ok(previous.and_then(|p| self.peers.get(&p)).map(|e| e.label.clone()))
+        Ok(previous.and_then(|p| self.peers.get(&p)).map(|e| e.label.clone()).or(previous_remote))
+    }
+
+    /// The newest subscriber of `machine` here known as `label`.
+    fn subscriber_named(&self, machine: &str, label: &str) -> Option<PeerId> {
+        self.router
+            .subscribers(machine)
+            .into_iter()
+            .filter_map(|(id, _)| self.peers.get(&id).map(|e| (id, e)))
+            .filter(|(_, e)| e.label == label)
+            .max_by_key(|(_, e)| e.serial)
+            .map(|(id, _)| id)
     }
 
     /// The label of whoever holds `machine`'s seat.
@@ -416,11 +434,10 @@ impl Sfu {
     fn forget(&mut self, id: PeerId) {
         self.layout += 1;
         self.links.forget_stand_in(id);
-        if let Some(machine) =
-            self.router.machine_of(id).filter(|_| self.peers.get(&id).is_some_and(|e| e.role.is_some()))
+        if let Some(machine) = self.router.machine_of(id)
+            && let Some(entry) = self.peers.get(&id).filter(|e| e.role.is_some())
         {
-            let machine = machine.to_owned();
-            self.links.viewer_left(&machine);
+            self.links.viewer_left(machine, &entry.label);
         }
         if let Some(entry) = self.peers.remove(&id) {
             self.by_ufrag.remove(entry.peer.ufrag());
@@ -561,89 +578,6 @@ impl Sfu {
             }
         }
         self.deliver_to(now, queue);
-    }
-
-    /// Relay links are configured: this relay is `own` in the cluster.
-    pub fn attach_links(&mut self, own: &str) {
-        self.links.attach(own);
-    }
-
-    pub fn link_stats(&self) -> &LinkStats {
-        &self.links.stats
-    }
-
-    /// Each relay link as the SFU sees it, by peer relay id.
-    pub fn link_views(&self) -> Vec<(String, LinkView)> {
-        self.links.views()
-    }
-
-    /// The next thing for the shell to do on a link.
-    pub fn poll_link_output(&mut self) -> Option<LinkOutput> {
-        self.links.poll_output()
-    }
-
-    /// The link to `relay` is up (a new connection, either way).
-    pub fn link_up(&mut self, now: Instant, relay: &str) {
-        let peers = &self.peers;
-        self.links.link_up(&mut self.router, &|p| peers.contains_key(&p), now, relay);
-        self.layout += 1;
-    }
-
-    /// The link to `relay` is gone: its viewers here wait for it to come back.
-    pub fn link_down(&mut self, now: Instant, relay: &str) {
-        let peers = &self.peers;
-        self.links.link_down(&mut self.router, &|p| peers.contains_key(&p), now, relay);
-        self.layout += 1;
-    }
-
-    /// A media datagram from `relay`, for the viewers here of the machine it carries.
-    pub fn link_datagram(&mut self, now: Instant, relay: &str, data: &[u8]) {
-        let Some((stand_in, codec, pkt)) = self.links.datagram(now, relay, data) else { return };
-        let mut queue = Vec::new();
-        self.route(now, stand_in, codec, pkt, &mut queue);
-        for id in queue {
-            self.service(now, id);
-        }
-        self.links.flush(&mut self.router, now);
-    }
-
-    /// A control message from `relay`.
-    pub fn link_control(&mut self, now: Instant, relay: &str, message: Control) {
-        let mut queue = Vec::new();
-        for action in self.links.control(&mut self.router, now, relay, message) {
-            match action {
-                LinkAction::Layout => self.layout += 1,
-                LinkAction::Media { stand_in, codec, pkt } => self.route(now, stand_in, codec, pkt, &mut queue),
-                LinkAction::KeyframesFor { machine } => {
-                    if let Some(&publisher) = self.publishers.get(&machine) {
-                        for track in 0..self.router.tracks(&machine).len() {
-                            self.router.request_keyframe(now, publisher, track);
-                        }
-                    }
-                }
-                LinkAction::ToViewers { machine, binary, data } => {
-                    let viewers: Vec<PeerId> = self.router.subscribers(&machine).into_iter().map(|(p, _)| p).collect();
-                    self.send_data(&viewers, binary, &data, &mut queue);
-                }
-                LinkAction::ToMachine { machine, binary, data, stamp } => {
-                    // The edge let only its seat holder's input through; here the seat must not
-                    // be held by a viewer of this relay, and that relay must have taken it last.
-                    let held =
-                        self.router.seat(&machine).is_none() && self.links.holds_seat(&machine, stamp.relay.as_deref());
-                    match self.publishers.get(&machine).copied().filter(|_| held) {
-                        Some(publisher) => {
-                            self.links.stats.seat_inputs += 1;
-                            self.send_input(publisher, binary, &data, &stamp, &mut queue);
-                        }
-                        None => self.links.stats.seat_inputs_dropped += 1,
-                    }
-                }
-            }
-        }
-        self.deliver_to(now, &mut queue);
-        for id in queue {
-            self.service(now, id);
-        }
     }
 
     /// A seat input for the machine's publisher `to`: stamped if its channel asks for it.

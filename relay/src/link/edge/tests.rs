@@ -2,8 +2,9 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// What the edge sends, but for viewers' names (see the test of those).
 fn drain(edge: &mut Edge) -> Vec<Control> {
-    std::iter::from_fn(|| edge.poll_control()).collect()
+    std::iter::from_fn(|| edge.poll_control()).filter(|c| !matches!(c, Control::Viewer { .. })).collect()
 }
 
 /// Runs the edge's timers up to `until`, as a shell would.
@@ -28,15 +29,15 @@ fn twenty_viewers_make_one_subscription_and_the_last_leaving_ends_it_after_the_g
     let t0 = Instant::now();
     let mut edge = Edge::new();
     for _ in 0..20 {
-        edge.viewer_joined("m1");
+        edge.viewer_joined("m1", "v");
     }
     assert_eq!(drain(&mut edge), [Control::Subscribe { machine: "m1".into() }]);
     for i in 0..19 {
-        edge.viewer_left(t0 + Duration::from_secs(i), "m1");
+        edge.viewer_left(t0 + Duration::from_secs(i), "m1", "v");
     }
     assert_eq!(edge.poll_timeout(), None, "viewers remain: nothing scheduled");
     let left = t0 + Duration::from_secs(30);
-    edge.viewer_left(left, "m1");
+    edge.viewer_left(left, "m1", "v");
     assert_eq!(edge.poll_timeout(), Some(left + UNSUBSCRIBE_GRACE));
     run_until(&mut edge, left + UNSUBSCRIBE_GRACE - Duration::from_millis(1));
     assert_eq!(drain(&mut edge), [], "not within the grace period");
@@ -44,7 +45,7 @@ fn twenty_viewers_make_one_subscription_and_the_last_leaving_ends_it_after_the_g
     assert_eq!(drain(&mut edge), [Control::Unsubscribe { machine: "m1".into() }]);
     assert!(!edge.is_subscribed("m1"));
     // A viewer after that subscribes again.
-    edge.viewer_joined("m1");
+    edge.viewer_joined("m1", "v");
     assert_eq!(drain(&mut edge), [Control::Subscribe { machine: "m1".into() }]);
     assert_eq!((edge.stats().subscribes, edge.stats().unsubscribes), (2, 1));
 }
@@ -53,15 +54,15 @@ fn twenty_viewers_make_one_subscription_and_the_last_leaving_ends_it_after_the_g
 fn a_viewer_back_within_the_grace_keeps_the_subscription() {
     let t0 = Instant::now();
     let mut edge = Edge::new();
-    edge.viewer_joined("m1");
-    edge.viewer_left(t0, "m1");
-    edge.viewer_joined("m1");
+    edge.viewer_joined("m1", "v");
+    edge.viewer_left(t0, "m1", "v");
+    edge.viewer_joined("m1", "v");
     drain(&mut edge);
     run_until(&mut edge, t0 + UNSUBSCRIBE_GRACE * 2);
     assert_eq!(drain(&mut edge), [], "no unsubscribe, no second subscribe");
     assert!(edge.is_subscribed("m1"));
     // Leaving a machine never watched here changes nothing.
-    edge.viewer_left(t0, "m2");
+    edge.viewer_left(t0, "m2", "v");
     assert_eq!(edge.poll_timeout(), None);
 }
 
@@ -203,10 +204,10 @@ fn media_of_an_unknown_or_ended_track_is_dropped() {
 fn a_new_link_resubscribes_every_watched_machine_and_forgets_what_was_queued_and_announced() {
     let t0 = Instant::now();
     let mut edge = with_track(7);
-    edge.viewer_joined("m1");
-    edge.viewer_joined("m2");
-    edge.viewer_joined("gone");
-    edge.viewer_left(t0, "gone");
+    edge.viewer_joined("m1", "v");
+    edge.viewer_joined("m2", "v");
+    edge.viewer_joined("gone", "v");
+    edge.viewer_left(t0, "gone", "v");
     run_until(&mut edge, t0 + UNSUBSCRIBE_GRACE);
     drain(&mut edge);
     edge.request_keyframe(t0, 7);
@@ -225,7 +226,7 @@ fn seat_input_goes_upstream_stamped_only_for_a_watched_machine() {
     let mut edge = Edge::new();
     edge.seat_input("m1", false, b"left", 1_700_000_000_000, 42);
     assert!(drain(&mut edge).is_empty(), "no subscription, nothing upstream");
-    edge.viewer_joined("m1");
+    edge.viewer_joined("m1", "v");
     drain(&mut edge);
     edge.seat_input("m1", true, b"\x01", 1_700_000_000_123, 42);
     assert_eq!(
@@ -238,4 +239,30 @@ fn seat_input_goes_upstream_stamped_only_for_a_watched_machine() {
             rtt_ms: 42
         }]
     );
+}
+
+#[test]
+fn the_origin_hears_each_viewers_name_as_it_comes_and_goes_and_again_after_a_re_link() {
+    let t0 = Instant::now();
+    let mut edge = Edge::new();
+    let all = |edge: &mut Edge| -> Vec<Control> { std::iter::from_fn(|| edge.poll_control()).collect() };
+    let viewer = |label: &str, present| Control::Viewer { machine: "m1".into(), label: label.into(), present };
+    edge.viewer_joined("m1", "alice");
+    edge.viewer_joined("m1", "alice");
+    edge.viewer_joined("m1", "bob");
+    assert_eq!(
+        all(&mut edge),
+        [Control::Subscribe { machine: "m1".into() }, viewer("alice", true), viewer("bob", true)],
+        "a name once, however many times it watches"
+    );
+    edge.viewer_left(t0, "m1", "alice");
+    assert_eq!(all(&mut edge), [], "alice still watches once");
+    edge.relinked();
+    assert_eq!(
+        all(&mut edge),
+        [Control::Subscribe { machine: "m1".into() }, viewer("alice", true), viewer("bob", true)]
+    );
+    edge.viewer_left(t0, "m1", "alice");
+    edge.viewer_left(t0, "m1", "carol");
+    assert_eq!(all(&mut edge), [viewer("alice", false)], "carol never watched");
 }

@@ -167,7 +167,7 @@ fn over_a_link_with_40_ms_delay_and_1_percent_loss_the_edge_gets_every_packet_on
     let mut loss = Loss { state: 7, one_in: 100, dropped: 0 };
     // Twenty viewers at the edge: one subscription.
     for _ in 0..20 {
-        edge.viewer_joined("m1");
+        edge.viewer_joined("m1", "v");
     }
     let (packets, mut received, mut repaired) = (10_000u64, HashSet::new(), 0u64);
     // One packet per millisecond for ten seconds, then a second for the last repairs.
@@ -257,4 +257,34 @@ fn layer_rates_of_simulcast_tracks_are_reported_when_they_change() {
         ],
         "once per change, and only for announced tracks"
     );
+}
+
+#[test]
+fn the_origin_knows_the_edges_viewers_by_name_and_tells_the_edge_of_its_seat() {
+    let mut o = subscribed("m1");
+    let viewer =
+        |machine: &str, label: &str, present| Control::Viewer { machine: machine.into(), label: label.into(), present };
+    o.handle_control(viewer("m1", "alice", true));
+    o.handle_control(viewer("m2", "bob", true));
+    assert!(o.has_viewer("m1", "alice"));
+    assert!(!o.has_viewer("m2", "bob"), "m2 is not subscribed");
+    assert!(!o.has_viewer("m1", "bob"));
+    o.handle_control(viewer("m1", "alice", false));
+    assert!(!o.has_viewer("m1", "alice"));
+    o.handle_control(viewer("m1", "alice", true));
+    o.hand_seat("m1", Some("alice"));
+    o.hand_seat("m2", Some("bob"));
+    o.hand_seat("m1", None);
+    let seat = |holder: Option<&str>| Control::Seat { machine: "m1".into(), holder: holder.map(str::to_owned) };
+    let sent: Vec<Control> = std::iter::from_fn(|| o.poll_control()).collect();
+    assert_eq!(sent, [seat(Some("alice")), seat(None)], "only for a machine the edge watches");
+    // Unsubscribed: its viewers are forgotten.
+    o.handle_control(Control::Unsubscribe { machine: "m1".into() });
+    assert!(!o.has_viewer("m1", "alice"));
+    // A peer relay cannot make the origin keep names without bound.
+    let mut o = subscribed("m1");
+    for i in 0..MAX_VIEWERS + 10 {
+        o.handle_control(viewer("m1", &format!("v{i}"), true));
+    }
+    assert!(o.has_viewer("m1", &format!("v{}", MAX_VIEWERS - 1)) && !o.has_viewer("m1", &format!("v{MAX_VIEWERS}")));
 }

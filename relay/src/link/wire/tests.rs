@@ -86,6 +86,10 @@ fn every_control() -> Vec<Control> {
         Control::Unavailable { machine: "pusher-9".into(), reason: "not published here".into() },
         Control::Oversize { datagram: vec![0x5a; 1600] },
         Control::LayerRates { track: 9, rates: vec![150_000, 0, 2_500_000] },
+        Control::Viewer { machine: "pusher-1".into(), label: "alice".into(), present: true },
+        Control::Viewer { machine: "pusher-1".into(), label: "alice".into(), present: false },
+        Control::Seat { machine: "pusher-1".into(), holder: Some("alice".into()) },
+        Control::Seat { machine: "pusher-1".into(), holder: None },
     ]
 }
 

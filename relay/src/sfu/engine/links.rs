@@ -107,6 +107,9 @@ pub enum LinkAction {
     ToMachine { machine: String, binary: bool, data: Vec<u8>, stamp: SeatStamp },
     /// A packet that came before its track's announcement, for the viewers here.
     Media { stand_in: PeerId, codec: Codec, pkt: MediaIn },
+    /// The home relay handed the seat of `machine` to the viewer here known as `holder`, or
+    /// took it from the viewers here (`None`).
+    HandSeat { machine: String, holder: Option<String> },
 }
 
 /// The links the SFU knows, by peer relay id, and the stand-ins of machines watched through
@@ -119,16 +122,25 @@ pub struct LinkSet {
     /// Stand-in publisher → the relay it stands in for.
     stand_ins: HashMap<PeerId, String>,
     /// Machines that lost a viewer since the last flush (an edge counts them down then).
-    left: Vec<String>,
+    /// (machine, viewer name).
+    left: Vec<(String, String)>,
     /// The `now` of the last flush: a flush is due at once while `left` is not empty.
     last_flush: Option<Instant>,
     /// Machines published here whose seat a viewer at a linked relay took last, and which
     /// relay: its seat inputs are the only ones from links that reach the machine.
-    remote_seats: HashMap<String, String>,
+    remote_seats: HashMap<String, RemoteSeat>,
     /// When simulcast layers are next tended (see [`layers`]), while any link carries them.
     layers_at: Option<Instant>,
     out: VecDeque<LinkOutput>,
     pub stats: LinkStats,
+}
+
+/// Who holds a machine's seat at a linked relay: the relay, and the viewer's name when the seat
+/// was handed to it by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RemoteSeat {
+    relay: String,
+    name: Option<String>,
 }
 
 struct LinkState {
@@ -218,17 +230,6 @@ impl LinkSet {
         views
     }
 
-    /// Whether seat inputs for `machine` (published here) from linked relay `relay` reach it.
-    pub fn holds_seat(&self, machine: &str, relay: Option<&str>) -> bool {
-        relay.is_some_and(|r| self.remote_seats.get(machine).is_some_and(|held| held == r))
-    }
-
-    /// `machine`'s seat was handed here (to a viewer of this relay, or to nobody): no linked
-    /// relay holds it any more.
-    pub fn seat_handed_here(&mut self, machine: &str) {
-        self.remote_seats.remove(machine);
-    }
-
     /// This relay's id, if links are configured.
     pub fn own(&self) -> Option<&str> {
         self.own.as_deref()
@@ -239,14 +240,17 @@ impl LinkSet {
         self.out.pop_front()
     }
 
-    /// A viewer of `machine` joined here and the machine's home is relay `home` at `addr`:
-    /// the room gets a stand-in publisher (once; `taken` tells the peer ids in use), the edge
-    /// subscribes (once), and the shell is asked for the link. True if a stand-in was made.
+    /// A viewer of `machine` known as `name` joined here and the machine's home is relay `home`
+    /// at `addr`: the room gets a stand-in publisher (once; `taken` tells the peer ids in use),
+    /// the edge subscribes (once), and the shell is asked for the link. True if a stand-in was
+    /// made.
+    #[allow(clippy::too_many_arguments)]
     pub fn watch(
         &mut self,
         router: &mut Router,
         taken: &dyn Fn(PeerId) -> bool,
         machine: &str,
+        name: &str,
         home: &str,
         addr: &str,
     ) -> bool {
@@ -265,7 +269,7 @@ impl LinkSet {
             made = true;
             info!(machine, home, "watched through a relay link");
         }
-        state.edge.viewer_joined(machine);
+        state.edge.viewer_joined(machine, name);
         if !state.up {
             self.out.push_back(LinkOutput::Connect { relay: Arc::clone(&state.id), addr: state.addr.clone() });
         }
@@ -293,9 +297,9 @@ impl LinkSet {
 
     /// A viewer of `machine` left (or was refused): if the machine is watched through a link,
     /// the edge counts it at the next flush.
-    pub fn viewer_left(&mut self, machine: &str) {
+    pub fn viewer_left(&mut self, machine: &str, name: &str) {
         if self.links.values().any(|l| l.machines.contains_key(machine)) {
-            self.left.push(machine.to_owned());
+            self.left.push((machine.to_owned(), name.to_owned()));
         }
     }
 
@@ -348,6 +352,7 @@ impl LinkSet {
     /// A control message from `relay`; what the engine must do with its peers comes back.
     pub fn control(&mut self, router: &mut Router, now: Instant, relay: &str, message: Control) -> Vec<LinkAction> {
         let mut actions = Vec::new();
+        let mut taken = Vec::new();
         let Some(state) = self.links.get_mut(relay) else { return actions };
         match message {
             Control::Track { ref machine, track, codec, layers } => {
@@ -387,6 +392,12 @@ impl LinkSet {
             Control::MachineMessage { machine, .. } => {
                 debug!(relay, machine, "machine message for a machine not watched through this link dropped");
             }
+            Control::Seat { machine, holder } if state.machines.contains_key(&machine) => {
+                actions.push(LinkAction::HandSeat { machine, holder });
+            }
+            Control::Seat { machine, .. } => {
+                debug!(relay, machine, "seat of a machine not watched through this link ignored");
+            }
             Control::Unavailable { machine, reason } => {
                 info!(relay, machine, reason, "the home relay cannot serve the machine");
             }
@@ -414,14 +425,7 @@ impl LinkSet {
                             let (publisher, track) = split_link_track(track);
                             router.request_keyframe(now, publisher, track);
                         }
-                        OriginEvent::SeatTaken { machine } => {
-                            // The last to take the seat holds it: a viewer here loses it.
-                            info!(relay, machine, "a viewer at a linked relay holds the seat");
-                            if router.seat(&machine).is_some() {
-                                let _ = router.hand_seat(&machine, None);
-                            }
-                            self.remote_seats.insert(machine, relay.to_owned());
-                        }
+                        OriginEvent::SeatTaken { machine } => taken.push(machine),
                         OriginEvent::SeatInput { machine, binary, data, arrived_unix_ms, rtt_ms } => {
                             debug!(relay, machine, arrived_unix_ms, rtt_ms, "seat input from a relay link");
                             let stamp = SeatStamp {
@@ -434,6 +438,9 @@ impl LinkSet {
                     }
                 }
             }
+        }
+        for machine in taken {
+            self.seat_taken(router, &machine, relay);
         }
         self.flush(router, now);
         actions
@@ -568,9 +575,9 @@ impl LinkSet {
         if self.layers_at.is_none() && self.has_simulcast() {
             self.layers_at = Some(now + LAYER_TICK);
         }
-        for machine in std::mem::take(&mut self.left) {
+        for (machine, name) in std::mem::take(&mut self.left) {
             for state in self.links.values_mut().filter(|l| l.machines.contains_key(&machine)) {
-                state.edge.viewer_left(now, &machine);
+                state.edge.viewer_left(now, &machine, &name);
             }
         }
         let mut dropped = Vec::new();
@@ -656,5 +663,6 @@ fn fresh_id<W>(taken: &dyn Fn(PeerId) -> bool, stand_ins: &HashMap<PeerId, W>) -
 }
 
 mod layers;
+mod seat;
 #[cfg(test)]
 mod tests;

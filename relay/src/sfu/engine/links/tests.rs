@@ -14,7 +14,7 @@ fn datagram(track: u64, seq: u64) -> Vec<u8> {
 fn watching() -> (LinkSet, Router, Instant) {
     let (mut links, mut router, now) = (LinkSet::default(), Router::new(), Instant::now());
     links.attach("edge-1");
-    assert!(links.watch(&mut router, &|_| false, "m1", "origin-1", "127.0.0.1:4433"));
+    assert!(links.watch(&mut router, &|_| false, "m1", "v", "origin-1", "127.0.0.1:4433"));
     links.link_up(&mut router, &|_| false, now, "origin-1");
     (links, router, now)
 }
@@ -112,6 +112,93 @@ fn at_the_origin_the_relay_that_took_the_seat_last_holds_it() {
     assert!(!links.holds_seat("m1", Some("edge-3")));
 }
 
+#[test]
+fn the_seat_handed_at_the_origin_goes_to_a_viewer_at_an_edge_by_name_and_whoever_loses_it_is_told() {
+    let (mut links, mut router, now) = (LinkSet::default(), Router::new(), Instant::now());
+    links.attach("origin-1");
+    router.publish("m1", PeerId(1)).unwrap();
+    router.subscribe(now, "m1", PeerId(2), crate::sfu::Role::Player).unwrap();
+    for (edge, name) in [("edge-1", "alice"), ("edge-2", "bob")] {
+        links.link_up(&mut router, &|_| false, now, edge);
+        links.control(&mut router, now, edge, Control::Subscribe { machine: "m1".into() });
+        let joined = Control::Viewer { machine: "m1".into(), label: name.into(), present: true };
+        links.control(&mut router, now, edge, joined);
+    }
+    while links.poll_output().is_some() {}
+    let told = |links: &mut LinkSet| -> Vec<(String, Option<String>)> {
+        std::iter::from_fn(|| links.poll_output())
+            .filter_map(|o| match o {
+                LinkOutput::Control { relay, message: Control::Seat { holder, .. } } => {
+                    Some((relay.to_string(), holder))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(links.viewer_elsewhere("m1", "bob").as_deref(), Some("edge-2"));
+    assert_eq!(links.viewer_elsewhere("m1", "carol"), None);
+    assert_eq!(links.hand_seat_to_link("m1", "edge-2", "bob"), None);
+    assert_eq!(told(&mut links), [("edge-2".into(), Some("bob".into()))]);
+    assert!(links.holds_seat("m1", Some("edge-2")));
+    assert_eq!(links.remote_holder("m1"), Some("bob"));
+    // To alice at edge-1: edge-2 hears it lost the seat.
+    assert_eq!(links.hand_seat_to_link("m1", "edge-1", "alice").as_deref(), Some("bob"));
+    assert_eq!(told(&mut links), [("edge-2".into(), None), ("edge-1".into(), Some("alice".into()))]);
+    // edge-2's player takes it back (joined again): edge-1 hears it lost it.
+    links.control(&mut router, now, "edge-2", Control::SeatTaken { machine: "m1".into() });
+    assert_eq!(told(&mut links), [("edge-1".into(), None)]);
+    assert!(links.holds_seat("m1", Some("edge-2")));
+    // Handed here: edge-2 hears it.
+    links.seat_handed_here("m1");
+    assert_eq!(told(&mut links), [("edge-2".into(), None)]);
+    links.seat_handed_here("m1");
+    assert_eq!(told(&mut links), [], "nobody else to tell");
+    // Bob stopped watching at edge-2: he is not found there any more.
+    links.control(
+        &mut router,
+        now,
+        "edge-2",
+        Control::Viewer { machine: "m1".into(), label: "bob".into(), present: false },
+    );
+    assert_eq!(links.viewer_elsewhere("m1", "bob"), None);
+}
+
+#[test]
+fn at_an_edge_the_home_relays_word_on_the_seat_is_carried_out_and_not_claimed_back() {
+    let (mut links, mut router, now) = watching();
+    let stand_in = *links.stand_ins.keys().next().expect("a stand-in for m1");
+    router.subscribe(now, "m1", PeerId(900), crate::sfu::Role::Spectator).unwrap();
+    let seat = |machine: &str, holder: Option<&str>| Control::Seat {
+        machine: machine.into(),
+        holder: holder.map(str::to_owned),
+    };
+    let handed = |actions: Vec<LinkAction>| -> Vec<(String, Option<String>)> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                LinkAction::HandSeat { machine, holder } => Some((machine, holder)),
+                _ => None,
+            })
+            .collect()
+    };
+    let actions = links.control(&mut router, now, "origin-1", seat("m1", Some("v")));
+    assert_eq!(handed(actions), [("m1".to_owned(), Some("v".to_owned()))]);
+    assert_eq!(handed(links.control(&mut router, now, "origin-1", seat("m2", None))), [], "m2 is not watched here");
+    // The engine hands it to its viewer and tells the links: no SeatTaken goes back up.
+    router.hand_seat("m1", Some(PeerId(900))).unwrap();
+    links.seat_from_home("m1", Some(PeerId(900)));
+    while links.poll_output().is_some() {}
+    let stamp = SeatStamp { relay: Some("edge-1".into()), arrived_unix_ms: 1, rtt_ms: Some(20) };
+    links.seat_input(&router, stand_in, false, b"coin", &stamp);
+    let sent: Vec<Control> = std::iter::from_fn(|| links.poll_output())
+        .filter_map(|o| match o {
+            LinkOutput::Control { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(sent.as_slice(), [Control::SeatInput { .. }]), "{sent:?}");
+}
+
 /// Two relays in one process, their links joined by hand: the machine publishes a three-layer
 /// simulcast track at origin-1; one viewer watches at edge-1.
 struct Pair {
@@ -140,7 +227,7 @@ impl Pair {
         router_a.add_track(PUBLISHER, Codec::Vp8, 3).unwrap();
         let (mut links_b, mut router_b) = (LinkSet::default(), Router::new());
         links_b.attach("edge-1");
-        links_b.watch(&mut router_b, &|_| false, "m1", "origin-1", "127.0.0.1:4433");
+        links_b.watch(&mut router_b, &|_| false, "m1", "v", "origin-1", "127.0.0.1:4433");
         router_b.subscribe(now, "m1", VIEWER, crate::sfu::Role::Spectator).unwrap();
         links_a.link_up(&mut router_a, &|_| false, now, "edge-1");
         links_b.link_up(&mut router_b, &|_| false, now, "origin-1");
