@@ -326,7 +326,7 @@ async fn the_relay_binary_admits_cluster_relays_and_counts_refusals_in_its_metri
 }
 
 #[tokio::test]
-async fn control_frames_cross_a_link_stream_in_any_pieces_and_garbage_ends_it() {
+async fn control_frames_cross_a_link_stream_in_any_pieces_unknown_ones_are_skipped_and_garbage_ends_it() {
     use relay::link::stream::{ControlReader, StreamEnd, write_control};
     use relay::link::wire::Control;
     let ca = new_ca("cluster");
@@ -364,8 +364,22 @@ async fn control_frames_cross_a_link_stream_in_any_pieces_and_garbage_ends_it() 
     }
     assert!(matches!(reader.next().await, Err(StreamEnd::Finished)));
 
-    // A frame of an unknown type ends the stream, saying why; so does one cut short.
-    for (bytes, expected) in [(vec![1u8, 99], "unknown control frame type 99"), (vec![5u8, 1, 2], "inside a frame")] {
+    // A frame of a type this version does not know (a newer relay's) is skipped, whole.
+    let (mut send, _recv) = link.connection.open_bi().await.unwrap();
+    let mut bytes = Vec::new();
+    Control::Subscribe { machine: "m1".into() }.encode(&mut bytes).unwrap();
+    bytes.extend_from_slice(&[4, 99, 7, 7, 7]);
+    Control::Subscribe { machine: "m2".into() }.encode(&mut bytes).unwrap();
+    send.write_all(&bytes).await.unwrap();
+    send.finish().unwrap();
+    let (_, recv) = at_a.connection.accept_bi().await.unwrap();
+    let mut reader = ControlReader::new(recv);
+    assert_eq!(reader.next().await.unwrap(), Control::Subscribe { machine: "m1".into() });
+    assert_eq!(reader.next().await.unwrap(), Control::Subscribe { machine: "m2".into() });
+    assert_eq!(reader.skipped(), 1);
+
+    // A malformed frame ends the stream, saying why; so does one cut short.
+    for (bytes, expected) in [(vec![0u8], "empty frame"), (vec![5u8, 1, 2], "inside a frame")] {
         let (mut send, _recv) = link.connection.open_bi().await.unwrap();
         send.write_all(&bytes).await.unwrap();
         send.finish().unwrap();

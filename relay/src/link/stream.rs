@@ -1,8 +1,11 @@
 //! Control frames on a link's reliable stream: [`ControlReader`] turns what arrives, in
 //! whatever pieces QUIC delivers it, into [`Control`] messages; [`write_control`] sends one.
-//! A malformed frame ends the stream (the peer is not speaking this protocol), and says why.
+//! A malformed frame ends the stream (the peer is not speaking this protocol), and says why;
+//! a frame of a type this version does not know (a newer peer's) is skipped and counted.
 
-use super::wire::{Control, MAX_FRAME, WireError};
+use tracing::debug;
+
+use super::wire::{Control, MAX_FRAME, WireError, frame_size};
 
 /// Why a control stream ended.
 #[derive(Debug)]
@@ -31,11 +34,17 @@ impl std::error::Error for StreamEnd {}
 pub struct ControlReader {
     recv: quinn::RecvStream,
     buf: Vec<u8>,
+    skipped: u64,
 }
 
 impl ControlReader {
     pub fn new(recv: quinn::RecvStream) -> Self {
-        Self { recv, buf: Vec::new() }
+        Self { recv, buf: Vec::new(), skipped: 0 }
+    }
+
+    /// Frames of types this version does not know, skipped so far.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// The next message; [`StreamEnd`] once there are no more.
@@ -47,6 +56,14 @@ impl ControlReader {
                     return Ok(message);
                 }
                 Ok(None) => {}
+                // Whole (the type is read once the frame is in), so its size is known.
+                Err(WireError::UnknownType(kind)) => {
+                    let size = frame_size(&self.buf).unwrap_or(self.buf.len()).min(self.buf.len());
+                    self.buf.drain(..size);
+                    self.skipped += 1;
+                    debug!(kind, "link control frame of an unknown type skipped");
+                    continue;
+                }
                 Err(e) => {
                     let _ = self.recv.stop(quinn::VarInt::from_u32(1));
                     return Err(StreamEnd::Malformed(e));

@@ -18,7 +18,10 @@
 //! **Control** travels on one reliable bidirectional stream per link, opened by the edge, as
 //! frames `varint length | u8 type | body`, at most [`MAX_FRAME`] bytes; see [`Control`].
 //! Anything malformed is an error the caller counts and drops (a datagram) or answers by
-//! closing the stream (a frame): nothing here panics on input.
+//! closing the stream (a frame): nothing here panics on input. A frame of a type this version
+//! does not know ([`WireError::UnknownType`]) is not malformed: the reader skips it
+//! ([`frame_size`]), as HTTP/3 does unknown frames, so that a newer relay can add messages
+//! without breaking its links with this one.
 
 use std::fmt;
 
@@ -378,6 +381,13 @@ impl Control {
         }
         Ok(message)
     }
+}
+
+/// The size (header and body) of the frame at the start of `buf`, once its header is there.
+pub fn frame_size(buf: &[u8]) -> Option<usize> {
+    let mut r = Reader(buf);
+    let len = r.varint().ok()?;
+    Some(buf.len() - r.0.len() + usize::try_from(len).ok()?)
 }
 
 /// Appends a QUIC varint. Values of 2^62 and above do not fit and are clamped (no field here

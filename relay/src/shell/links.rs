@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::bail;
-use prometheus::{GaugeVec, IntCounterVec, IntGauge};
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
@@ -56,6 +56,8 @@ pub struct LinkMetrics {
     pub oversize: IntCounterVec,
     /// By peer.
     pub rtt: GaugeVec,
+    /// Control frames of types this version does not know (a newer peer's), skipped.
+    pub unknown_frames: IntCounter,
 }
 
 /// The running link endpoint.
@@ -449,7 +451,8 @@ impl Manager {
         lock(&self.status).insert(peer.to_string(), (LinkState::Up, Some(connection.rtt().as_secs_f64() * 1000.0)));
         tokio::spawn(write_controls(connection.clone(), control_rx));
         if let Some(sfu) = &self.sfu {
-            tokio::spawn(read_controls(connection.clone(), Arc::clone(&peer), sfu.clone()));
+            let unknown = self.metrics.unknown_frames.clone();
+            tokio::spawn(read_controls(connection.clone(), Arc::clone(&peer), sfu.clone(), unknown));
             tokio::spawn(read_datagrams(connection.clone(), Arc::clone(&peer), sfu.clone(), self.metrics.clone()));
             sfu.link_up(Arc::clone(&peer));
         }
@@ -486,12 +489,17 @@ async fn write_controls(connection: quinn::Connection, mut messages: mpsc::Unbou
     }
 }
 
-/// Hands the peer's control messages to the SFU; a malformed one closes the link.
-async fn read_controls(connection: quinn::Connection, peer: Arc<str>, sfu: SfuHandle) {
+/// Hands the peer's control messages to the SFU; a malformed one closes the link, one of a
+/// type this version does not know is skipped and counted in `unknown`.
+async fn read_controls(connection: quinn::Connection, peer: Arc<str>, sfu: SfuHandle, unknown: IntCounter) {
     let Ok(recv) = connection.accept_uni().await else { return };
     let mut reader = ControlReader::new(recv);
+    let mut counted = 0;
     loop {
-        match reader.next().await {
+        let next = reader.next().await;
+        unknown.inc_by(reader.skipped() - counted);
+        counted = reader.skipped();
+        match next {
             // A media packet too large for the path's datagrams: to the SFU as one.
             Ok(Control::Oversize { datagram }) => {
                 sfu.link_datagram(Arc::clone(&peer), datagram.into());
@@ -538,6 +546,7 @@ mod tests {
             dropped: vec("dropped", &["reason"]),
             oversize: vec("oversize", &["peer"]),
             rtt: GaugeVec::new(Opts::new("rtt", "test"), &["peer"]).unwrap(),
+            unknown_frames: IntCounter::new("unknown", "test").unwrap(),
         }
     }
 

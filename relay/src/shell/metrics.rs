@@ -371,6 +371,11 @@ impl Metrics {
             &["peer"],
         )?;
         self.registry.register(Box::new(rtt.clone()))?;
+        let unknown_frames = IntCounter::new(
+            "relay_link_control_frames_unknown_total",
+            "Link control frames of a type this version does not know (sent by a newer relay), skipped.",
+        )?;
+        self.registry.register(Box::new(unknown_frames.clone()))?;
         Ok(super::links::LinkMetrics {
             refusals: crate::link::tls::Refusals::new(refusals),
             open,
@@ -379,6 +384,7 @@ impl Metrics {
             dropped,
             oversize,
             rtt,
+            unknown_frames,
         })
     }
 
