@@ -284,6 +284,7 @@ fn the_seat_is_the_last_takers_across_relays() {
     let (a, a_http, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
     let (b, b_http, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
     let (c, c_http, _) = relay_with_link(&ca, &dir, "us-1", "127.0.0.1:0");
+    let a_http_for_player = a_http.clone();
     let mut machine = machine_at(&a, a_http, "input");
     let home = Some(("eu-1", a_link));
     let mut viewers = vec![
@@ -307,6 +308,20 @@ fn the_seat_is_the_last_takers_across_relays() {
     );
     // asia-1 was told it lost the seat: it drops its player's input itself.
     wait_for_metric(&b, "relay_sfu_inputs_dropped_total", 1.0);
+    assert_eq!(a.metric("relay_link_seat_inputs_dropped_total"), 0.0);
+    // A player joining at the home relay takes it there: us-1 is told, and drops its own.
+    let a_api = Http::new(a_http_for_player, reqwest::Client::new());
+    viewers.push(join(&a_api, a.udp, &viewer_token(MediaRole::Player, "player", None)));
+    pump(&mut machine, &mut viewers, Duration::from_secs(2));
+    assert!(viewers[2].client.open, "the player at the home relay connected");
+    let mut say = |viewer: usize, input: &[u8]| {
+        viewers[viewer].client.send_data(input);
+        pump(&mut machine, &mut viewers, Duration::from_millis(600));
+    };
+    say(2, b"at eu-1");
+    say(1, b"at us-1 again");
+    assert_eq!(machine.client.data.last().map(Vec::as_slice), Some(&b"at eu-1"[..]));
+    wait_for_metric(&c, "relay_sfu_inputs_dropped_total", 1.0);
     assert_eq!(a.metric("relay_link_seat_inputs_dropped_total"), 0.0);
 }
 
@@ -365,4 +380,41 @@ fn the_home_relay_hands_the_seat_to_a_viewer_at_another_relay() {
     wait_for_metric(&b, "relay_sfu_inputs_dropped_total", 1.0);
     wait_for_metric(&c, "relay_sfu_inputs_dropped_total", 1.0);
     assert_eq!(a.metric("relay_link_seat_inputs_dropped_total"), 0.0);
+}
+
+/// When the edge relay dies, its player goes straight to the home relay (as the client library
+/// fails over): accepted at once, it plays and its input reaches the machine.
+#[test]
+fn when_the_edge_dies_its_player_plays_at_the_home_relay_at_once() {
+    let dir = common::temp_dir("cascade-edge-dies");
+    let ca = Authority::generate("cluster", Validity::days_from(cluster::time::unix_now(), 10)).unwrap();
+    let (a, a_http, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
+    let (mut b, b_http, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
+    let a_api = Http::new(a_http.clone(), reqwest::Client::new());
+    let mut machine = machine_at(&a, a_http, "input");
+    let b_api = Http::new(b_http, reqwest::Client::new());
+    let mut viewers = vec![join(&b_api, b.udp, &viewer_token(MediaRole::Player, "player", Some(("eu-1", a_link))))];
+    pump(&mut machine, &mut viewers, Duration::from_secs(2));
+    send(&mut machine, &mut viewers, 0..100);
+    viewers[0].client.send_data(b"from asia-1");
+    pump(&mut machine, &mut viewers, Duration::from_millis(600));
+    assert!(received(&viewers[0]).contains(&90), "the player plays at B");
+    assert_eq!(machine.client.data, vec![b"from asia-1".to_vec()]);
+
+    assert_eq!(b.signal_and_wait(libc::SIGKILL, Duration::from_secs(5)), None, "killed, not exited");
+    let died = Instant::now();
+    let mut viewers = vec![join(&a_api, a.udp, &viewer_token(MediaRole::Player, "player", None))];
+    let mut i = 1000u64;
+    let played = loop {
+        send(&mut machine, &mut viewers, i..i + 20);
+        i += 20;
+        if received(&viewers[0]).iter().any(|&s| s >= 1000) {
+            break died.elapsed();
+        }
+        assert!(died.elapsed() < Duration::from_secs(10), "the player did not play at A within 10 s");
+    };
+    eprintln!("the player played at the home relay {played:?} after its edge died");
+    viewers[0].client.send_data(b"from eu-1");
+    pump(&mut machine, &mut viewers, Duration::from_millis(600));
+    assert_eq!(machine.client.data.last().map(Vec::as_slice), Some(&b"from eu-1"[..]), "its seat moved with it");
 }

@@ -181,6 +181,10 @@ impl Sfu {
             self.forget(id);
             return Err(e.into());
         }
+        if role == Role::Player && self.publishers.contains_key(machine) {
+            // The player took the seat here: a linked relay that held it is told it lost it.
+            self.links.seat_handed_here(machine);
+        }
         if let Some((home, addr)) = home {
             let peers = &self.peers;
             if self.links.watch(&mut self.router, &|p| peers.contains_key(&p), machine, label, home, addr) {
