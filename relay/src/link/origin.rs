@@ -32,8 +32,9 @@ pub enum OriginEvent {
     Subscribed { machine: String },
     /// It has none any more.
     Unsubscribed { machine: String },
-    /// A viewer at the edge needs a key frame of this track (merged there already).
-    KeyframeRequest { track: u64 },
+    /// A viewer at the edge needs a key frame of this track (merged there already), of one of
+    /// these layers (the edge's mask: the layers its viewers receive or switch to).
+    KeyframeRequest { track: u64, layers: u16 },
     /// The seat holder's input, for the machine; stamped by the relay that received it.
     SeatInput { machine: String, binary: bool, data: Vec<u8>, arrived_unix_ms: u64, rtt_ms: u32 },
     /// A viewer at the edge holds the machine's seat now.
@@ -130,8 +131,8 @@ impl Origin {
                 }
             }
             Control::KeyframeRequest { track } => {
-                if self.tracks.contains_key(&track) {
-                    self.events.push_back(OriginEvent::KeyframeRequest { track });
+                if let Some(t) = self.tracks.get(&track) {
+                    self.events.push_back(OriginEvent::KeyframeRequest { track, layers: t.mask });
                 }
             }
             Control::Nack { track, layer, seqs } => self.resend(track, layer, &seqs),

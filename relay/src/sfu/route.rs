@@ -465,11 +465,12 @@ impl Router {
     }
 
     /// A key-frame request for `publisher`'s `track` from outside the room (a relay link's
-    /// edge, which merged its viewers' already): each layer is asked through its gate.
-    pub fn request_keyframe(&mut self, now: Instant, publisher: PeerId, track: usize) {
+    /// edge, which merged its viewers' already): each of `layers` (bit `n` = layer `n`; a
+    /// track without simulcast has layer 0 only) is asked through its gate.
+    pub fn request_keyframe(&mut self, now: Instant, publisher: PeerId, track: usize, layers: u16) {
         let Ok(room) = self.publisher_room(publisher) else { return };
         let Some(t) = self.rooms[room].tracks.get_mut(track) else { return };
-        for (li, l) in t.layers.iter_mut().enumerate() {
+        for (li, l) in t.layers.iter_mut().enumerate().filter(|(li, _)| layers & (1 << li) != 0) {
             ask(&mut l.gate, now, publisher, track, li as u8, &mut self.requests, &mut self.stats);
         }
     }

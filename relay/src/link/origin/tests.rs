@@ -100,7 +100,7 @@ fn keyframe_requests_and_stamped_seat_inputs_reach_the_router() {
     assert_eq!(
         events,
         [
-            OriginEvent::KeyframeRequest { track: 4 },
+            OriginEvent::KeyframeRequest { track: 4, layers: u16::MAX },
             OriginEvent::SeatInput {
                 machine: "m1".into(),
                 binary: false,

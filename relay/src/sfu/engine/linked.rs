@@ -65,7 +65,7 @@ impl Sfu {
                 LinkAction::KeyframesFor { machine } => {
                     if let Some(&publisher) = self.publishers.get(&machine) {
                         for track in 0..self.router.tracks(&machine).len() {
-                            self.router.request_keyframe(now, publisher, track);
+                            self.router.request_keyframe(now, publisher, track, u16::MAX);
                         }
                     }
                 }

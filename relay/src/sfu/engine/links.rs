@@ -421,9 +421,9 @@ impl LinkSet {
                             actions.push(LinkAction::KeyframesFor { machine });
                         }
                         OriginEvent::Unsubscribed { machine } => info!(relay, machine, "relay link unsubscribed"),
-                        OriginEvent::KeyframeRequest { track } => {
+                        OriginEvent::KeyframeRequest { track, layers } => {
                             let (publisher, track) = split_link_track(track);
-                            router.request_keyframe(now, publisher, track);
+                            router.request_keyframe(now, publisher, track, layers);
                         }
                         OriginEvent::SeatTaken { machine } => taken.push(machine),
                         OriginEvent::SeatInput { machine, binary, data, arrived_unix_ms, rtt_ms } => {

@@ -209,8 +209,9 @@ struct Pair {
     masks: Vec<u16>,
     crossed: Vec<u8>,
     seq: [u64; 3],
-    /// Layers the publisher was asked for a key frame of.
+    /// Layers the publisher was asked for a key frame of (until it sends one), and every ask.
     keyframes_asked: [bool; 3],
+    asks: Vec<u8>,
 }
 
 const PUBLISHER: PeerId = PeerId(1);
@@ -239,6 +240,7 @@ impl Pair {
             crossed: Vec::new(),
             seq: [0; 3],
             keyframes_asked: [true; 3],
+            asks: Vec::new(),
         };
         pair.shuttle();
         pair
@@ -254,6 +256,7 @@ impl Pair {
             }
             while let Some(r) = self.origin.1.poll_keyframe_request() {
                 self.keyframes_asked[usize::from(r.layer)] = true;
+                self.asks.push(r.layer);
             }
             while let Some(out) = self.edge.0.poll_output() {
                 moved = true;
@@ -263,7 +266,7 @@ impl Pair {
                     }
                     for action in self.origin.0.control(&mut self.origin.1, now, "edge-1", message) {
                         if let LinkAction::KeyframesFor { .. } = action {
-                            self.origin.1.request_keyframe(now, PUBLISHER, 0);
+                            self.origin.1.request_keyframe(now, PUBLISHER, 0, u16::MAX);
                         }
                     }
                 }
@@ -348,8 +351,11 @@ fn an_edge_asks_only_for_the_simulcast_layers_its_viewers_use_and_moves_between_
     assert!(pair.origin.0.stats.layers_held_back >= 190, "{:?}", pair.origin.0.stats);
     // Room for the top layer, which the edge does not receive: the origin's rates say it is
     // live and fits, so the viewer moves up, and only it crosses once it has switched.
+    pair.asks.clear();
     pair.edge.1.handle_bandwidth(pair.now, VIEWER, 3_000_000);
     pair.run(1000);
+    // The publisher is asked for key frames of the layers in use only, not of layer 0.
+    assert!(pair.asks.contains(&2) && !pair.asks.contains(&0), "asked: {:?}", pair.asks);
     assert_eq!(pair.edge.1.current_layer(VIEWER, 0), Some(2), "asked: {:?}", pair.masks);
     assert!(pair.masks.ends_with(&[0b110, 0b100]), "first both, then the new one alone: {:?}", pair.masks);
     pair.crossed.clear();
