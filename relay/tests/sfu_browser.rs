@@ -306,6 +306,36 @@ fn firefox_without_h264_is_refused_or_served_the_vp8_backup() {
     assert_eq!(relay.metric("relay_sfu_codec_refusals_total"), 1.0);
 }
 
+/// Relays A (eu-1) and B (asia-1) with links from one cluster CA, the pages, and the machine's
+/// page publishing at A (with `params` beside its name, WHIP URL and token), connected.
+struct LinkedPair {
+    a: RelayProcess,
+    b: RelayProcess,
+    b_sfu: String,
+    a_link: std::net::SocketAddr,
+    reports: Reports,
+    pages: std::net::SocketAddr,
+    _machine: Browser,
+}
+
+fn linked_pair_publishing(name: &str, params: &[(&str, &str)]) -> LinkedPair {
+    let dir = common::temp_dir(name);
+    let ca = Authority::generate("cluster", Validity::days_from(unix_now(), 10)).unwrap();
+    let (a, a_sfu, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
+    let (b, b_sfu, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
+    let reports: Reports = Arc::default();
+    let pages = serve_sfu_pages(&reports);
+    let publisher = common::media_token(MediaRole::Publisher, MACHINE, None, MACHINE);
+    let whip = format!("{a_sfu}/whip/{MACHINE}");
+    let mut query = vec![("name", "machine"), ("whip", whip.as_str()), ("token", publisher.as_str())];
+    query.extend_from_slice(params);
+    let machine = Browser::open(&url(&format!("http://{pages}/publisher.html"), &query));
+    wait_for("the machine to publish at A", Duration::from_secs(30), &reports, |r| {
+        latest(r, "machine", "framesEncoded").is_some_and(|v| v["state"] == "connected")
+    });
+    LinkedPair { a, b, b_sfu, a_link, reports, pages, _machine: machine }
+}
+
 /// Relays forward a session to each other: Chromium publishes its camera at relay A (eu-1), in
 /// H.264 with a VP8 backup; a Chromium player whose token sends it to relay B (asia-1) decodes
 /// it there, B linking to A over QUIC with certificates from the cluster CA, and so does a
@@ -313,27 +343,8 @@ fn firefox_without_h264_is_refused_or_served_the_vp8_backup() {
 /// machine's page over the link, stamped by B; the machine's messages reach the player.
 #[test]
 fn chromium_plays_at_another_relay_over_a_relay_link_and_its_input_reaches_the_machine() {
-    let dir = common::temp_dir("sfu-browser-link");
-    let ca = Authority::generate("cluster", Validity::days_from(unix_now(), 10)).unwrap();
-    let (a, a_sfu, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
-    let (b, b_sfu, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
-    let reports: Reports = Arc::default();
-    let pages = serve_sfu_pages(&reports);
-
-    let publisher = common::media_token(MediaRole::Publisher, MACHINE, None, MACHINE);
-    let _machine = Browser::open(&url(
-        &format!("http://{pages}/publisher.html"),
-        &[
-            ("name", "machine"),
-            ("whip", &format!("{a_sfu}/whip/{MACHINE}")),
-            ("token", &publisher),
-            ("codecs", "h264,vp8"),
-            ("channel", "stamped"),
-        ],
-    ));
-    wait_for("the machine to publish at A", Duration::from_secs(30), &reports, |r| {
-        latest(r, "machine", "framesEncoded").is_some_and(|v| v["state"] == "connected")
-    });
+    let LinkedPair { a, b, b_sfu, a_link, reports, pages, _machine } =
+        linked_pair_publishing("sfu-browser-link", &[("codecs", "h264,vp8"), ("channel", "stamped")]);
     let player = viewer_token_for(MediaRole::Player, MACHINE, SESSION, "player", Some(("eu-1", a_link)));
     let _player = Browser::open(&url(
         &format!("http://{pages}/viewer.html"),
@@ -398,20 +409,8 @@ fn chromium_plays_at_another_relay_over_a_relay_link_and_its_input_reaches_the_m
 /// use cross the link (A holds the others back).
 #[test]
 fn only_the_simulcast_layers_a_viewer_uses_cross_the_relay_link() {
-    let dir = common::temp_dir("sfu-browser-simulcast");
-    let ca = Authority::generate("cluster", Validity::days_from(unix_now(), 10)).unwrap();
-    let (a, a_sfu, a_link) = relay_with_link(&ca, &dir, "eu-1", "127.0.0.1:0");
-    let (b, b_sfu, _) = relay_with_link(&ca, &dir, "asia-1", "127.0.0.1:0");
-    let reports: Reports = Arc::default();
-    let pages = serve_sfu_pages(&reports);
-    let publisher = common::media_token(MediaRole::Publisher, MACHINE, None, MACHINE);
-    let _machine = Browser::open(&url(
-        &format!("http://{pages}/publisher.html"),
-        &[("name", "machine"), ("whip", &format!("{a_sfu}/whip/{MACHINE}")), ("token", &publisher), ("simulcast", "1")],
-    ));
-    wait_for("the machine to publish at A", Duration::from_secs(30), &reports, |r| {
-        latest(r, "machine", "framesEncoded").is_some_and(|v| v["state"] == "connected")
-    });
+    let LinkedPair { a, b, b_sfu, a_link, reports, pages, _machine } =
+        linked_pair_publishing("sfu-browser-simulcast", &[("simulcast", "1")]);
     let token = viewer_token_for(MediaRole::Spectator, MACHINE, SESSION, "viewer", Some(("eu-1", a_link)));
     let _viewer = Browser::open(&url(
         &format!("http://{pages}/viewer.html"),
