@@ -48,11 +48,36 @@ impl Drop for Relay {
 
 impl Relay {
     fn start(signaling: &str, id: &str, region: &str, ports: (u16, u16)) -> Self {
+        Self::start_with(signaling, id, region, ports, &[])
+    }
+
+    /// A relay that links to the others with a certificate for `id` from `ca` (files in `dir`).
+    fn linked(
+        signaling: &str,
+        id: &str,
+        region: &str,
+        ports: (u16, u16),
+        ca: &cluster::pki::Authority,
+        dir: &std::path::Path,
+    ) -> Self {
+        let validity = cluster::pki::Validity::days_from(cluster::time::unix_now(), 1);
+        let issued = ca.issue(id, validity).unwrap();
+        let (ca_pem, cert, key) = (dir.join("ca.pem"), dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
+        std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
+        let [ca_pem, cert, key] = [ca_pem, cert, key].map(|p| p.to_str().unwrap().to_owned());
+        let link = ["--link-listen", "127.0.0.1:0", "--link-ca", &ca_pem, "--link-cert", &cert, "--link-key", &key];
+        Self::start_with(signaling, id, region, ports, &link)
+    }
+
+    fn start_with(signaling: &str, id: &str, region: &str, ports: (u16, u16), more: &[&str]) -> Self {
         let mut child = Command::new(relay_bin())
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--workers", "1"])
             .args(["--min-port", &ports.0.to_string(), "--max-port", &ports.1.to_string()])
             .args(["--signaling-url", signaling, "--region", region, "--relay-id", id, "--public-host", "127.0.0.1"])
             .args(["--allow-peer", "127.0.0.0/8", "--sfu-http-listen", "127.0.0.1:0"])
+            .args(more)
             .env("RELAY_CLUSTER_TOKEN", CLUSTER_TOKEN)
             .env("RELAY_LOG_LEVEL", "warn")
             .stdout(Stdio::piped())
@@ -337,6 +362,70 @@ async fn relayctl_hands_an_sfu_sessions_seat_through_the_relay() {
     let did = direct["session_id"].as_str().unwrap();
     let (st, _) = s.call("POST", &format!("/v1/sessions/{did}/seat"), Some(&admin), Some(json!({ "to": "bob" }))).await;
     assert_eq!(st, 409);
+}
+
+/// Signaling's seat call reaches a viewer watching at another relay: a spectator far from the
+/// machine's home relay (eu-central) is placed at its own region's relay (ap-southeast), which
+/// links to the home relay; handing the seat to it by name goes through the home relay and over
+/// the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seat_goes_to_a_spectator_watching_at_another_relay() {
+    use str0m::media::Direction;
+    let s = Signaling::start("sqlite", "");
+    let (admin, alice, bob) = (s.token("ops", "admin"), s.token("alice", "player"), s.token("bob", "player"));
+    let machine = s.token("cab-1", "machine");
+    let dir = std::env::temp_dir().join(format!("e2e-linked-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca =
+        cluster::pki::Authority::generate("cluster", cluster::pki::Validity::days_from(cluster::time::unix_now(), 1))
+            .unwrap();
+    let _home = Relay::linked(&s.url, "eu-1", "eu-central", (33000, 33499), &ca, &dir);
+    let _edge = Relay::linked(&s.url, "ap-1", "ap-southeast", (33500, 33999), &ca, &dir);
+    // Both registered, and linked to each other with an RTT each reports.
+    eventually(Duration::from_secs(20), || async {
+        let (_, relays) = s.call("GET", "/v1/relays", Some(&admin), None).await;
+        let list = relays["relays"].as_array()?;
+        let linked = |r: &&Value| r["links"].as_array().is_some_and(|l| l.iter().any(|l| l["rtt_ms"].is_number()));
+        (list.len() == 2 && list.iter().filter(linked).count() == 2).then_some(())
+    })
+    .await
+    .expect("the two relays register and link");
+    let rtts = json!({ "name": "Cabinet 1", "rtts": { "eu-central": 20.0 } });
+    assert_eq!(s.call("POST", "/v1/machines/register", Some(&machine), Some(rtts)).await.0, 200);
+    let body = json!({ "machine_id": "cab-1", "mode": "sfu", "probes": probes_favouring("eu-central") });
+    let (st, session) = s.call("POST", "/v1/sessions", Some(&alice), Some(body)).await;
+    assert_eq!(st, 201, "{session}");
+    let id = session["session_id"].as_str().unwrap().to_owned();
+    let (_, hb) = s.call("POST", "/v1/machines/heartbeat", Some(&machine), Some(json!({}))).await;
+    let whip = hb["sfu"]["whip_url"].as_str().unwrap();
+    assert_eq!(post_sdp(whip, hb["sfu"]["token"].as_str().unwrap(), offer(Direction::SendOnly)).await, 201);
+    let whep = session["sfu"]["whep_url"].as_str().unwrap();
+    assert_eq!(post_sdp(whep, session["sfu"]["token"].as_str().unwrap(), offer(Direction::RecvOnly)).await, 201);
+
+    // Bob, near ap-southeast, is sent to the relay there (linked to the home relay).
+    let probes = json!({ "probes": probes_favouring("ap-southeast") });
+    let (st, watch) = s.call("POST", &format!("/v1/sessions/{id}/watch"), Some(&bob), Some(probes)).await;
+    assert_eq!((st, watch["relay"].as_str()), (200, Some("ap-1")), "{watch}");
+    assert_eq!(
+        post_sdp(watch["whep_url"].as_str().unwrap(), watch["token"].as_str().unwrap(), offer(Direction::RecvOnly))
+            .await,
+        201
+    );
+
+    // The seat goes to bob through the home relay once the edge has told it bob watches there.
+    let seat = format!("/v1/sessions/{id}/seat");
+    let handed = eventually(Duration::from_secs(5), || async {
+        let (st, body) = s.call("POST", &seat, Some(&alice), Some(json!({ "to": "bob" }))).await;
+        (st == 200).then_some(body)
+    })
+    .await
+    .expect("the seat reaches bob at ap-1");
+    assert_eq!((handed["holder"].as_str(), handed["previous"].as_str()), (Some("bob"), Some("alice")), "{handed}");
+    let (st, body) = s.call("POST", &seat, Some(&admin), Some(json!({ "to": "carol" }))).await;
+    assert_eq!(st, 404, "nobody of that name at any relay: {body}");
+    let (st, body) = s.call("POST", &seat, Some(&admin), Some(json!({ "to": "alice" }))).await;
+    assert_eq!((st, body["previous"].as_str()), (200, Some("bob")), "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A webrtc-rs viewer of `whep_url` (recvonly video and audio, a data channel), connected.
