@@ -416,8 +416,20 @@ impl LinkSet {
                     match event {
                         OriginEvent::Subscribed { machine } => {
                             info!(relay, machine, "machine watched from a relay link");
-                            // Its tracks are announced with their first packets (when their codec
-                            // is sure); a key frame of each gets the edge's viewers going.
+                            // The tracks that have carried packets (their codec is sure) are
+                            // announced now, in the publisher's order, which the edge keeps (a
+                            // viewer's line goes to the first track in a codec it decodes: the
+                            // machine's primary codec, not whichever packet came first); the
+                            // others with their first packets. A key frame of each gets the
+                            // edge's viewers going.
+                            if let Some(publisher) = router.publisher(&machine) {
+                                for (index, (codec, layers)) in router.tracks(&machine).into_iter().enumerate() {
+                                    if router.track_started(publisher, index) {
+                                        let id = link_track(publisher, index);
+                                        state.origin.track_added(&machine, id, codec.wire_id(), layers as u8);
+                                    }
+                                }
+                            }
                             actions.push(LinkAction::KeyframesFor { machine });
                         }
                         OriginEvent::Unsubscribed { machine } => info!(relay, machine, "relay link unsubscribed"),

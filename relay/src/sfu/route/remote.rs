@@ -1,5 +1,5 @@
-//! The router's simulcast layers across relay links: what the home relay tells an edge of a
-//! track's layers ([`Router::layer_rates`]), what the edge takes from it
+//! The router's tracks across relay links: which have started (announced at once to an edge),
+//! what the home relay tells an edge of a track's layers ([`Router::layer_rates`]), what the edge takes from it
 //! ([`Router::set_layer_rates`]), and which layers the edge's viewers use, the only ones it asks
 //! the home relay for ([`Router::layers_in_use`]).
 
@@ -8,6 +8,17 @@ use std::time::Instant;
 use super::{PeerId, Router};
 
 impl Router {
+    /// The publisher of `machine`'s room.
+    pub fn publisher(&self, machine: &str) -> Option<PeerId> {
+        self.by_machine.get(machine).and_then(|&room| self.rooms[room].publisher)
+    }
+
+    /// Whether any packet of `publisher`'s `track` has come (its codec is then sure).
+    pub fn track_started(&self, publisher: PeerId, track: usize) -> bool {
+        let Ok(room) = self.publisher_room(publisher) else { return false };
+        self.rooms[room].tracks.get(track).is_some_and(|t| t.layers.iter().any(|l| l.last_packet.is_some()))
+    }
+
     /// The bitrate of each layer of `publisher`'s `track` (bits per second; 0 for a layer that
     /// is not live, at least 1 for one that is), as a relay link reports them.
     pub fn layer_rates(&self, now: Instant, publisher: PeerId, track: usize) -> Vec<u64> {

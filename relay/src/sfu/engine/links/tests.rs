@@ -199,6 +199,32 @@ fn at_an_edge_the_home_relays_word_on_the_seat_is_carried_out_and_not_claimed_ba
     assert!(matches!(sent.as_slice(), [Control::SeatInput { .. }]), "{sent:?}");
 }
 
+#[test]
+fn a_new_edge_hears_of_the_started_tracks_in_the_publishers_order_whatever_packet_comes_first() {
+    let (mut links, mut router, now) = (LinkSet::default(), Router::new(), Instant::now());
+    links.attach("origin-1");
+    router.publish("m1", PeerId(1)).unwrap();
+    router.add_track(PeerId(1), Codec::H264, 1).unwrap();
+    router.add_track(PeerId(1), Codec::Vp8, 1).unwrap();
+    router.add_track(PeerId(1), Codec::Opus, 1).unwrap();
+    // The VP8 backup's packet comes first; the audio track has none yet.
+    for track in [1, 0] {
+        let payload: Arc<[u8]> = vec![0u8; 10].into();
+        let pkt = MediaIn { track, layer: 0, seq: 1, timestamp: 0, marker: true, keyframe: true, payload };
+        router.handle_media(now, PeerId(1), pkt);
+    }
+    links.link_up(&mut router, &|_| false, now, "edge-1");
+    links.control(&mut router, now, "edge-1", Control::Subscribe { machine: "m1".into() });
+    let announced: Vec<(u64, u8)> = std::iter::from_fn(|| links.poll_output())
+        .filter_map(|o| match o {
+            LinkOutput::Control { message: Control::Track { track, codec, .. }, .. } => Some((track, codec)),
+            _ => None,
+        })
+        .collect();
+    let id = |track| link_track(PeerId(1), track);
+    assert_eq!(announced, [(id(0), Codec::H264.wire_id()), (id(1), Codec::Vp8.wire_id())]);
+}
+
 /// Two relays in one process, their links joined by hand: the machine publishes a three-layer
 /// simulcast track at origin-1; one viewer watches at edge-1.
 struct Pair {
