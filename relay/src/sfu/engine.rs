@@ -313,27 +313,22 @@ impl Sfu {
     /// published here with no viewer of that name here hands it to one at a linked relay, if
     /// one reported the name (see `links`).
     pub fn hand_seat_to(&mut self, machine: &str, label: Option<&str>) -> Result<Option<String>, SfuError> {
+        let label_of = |sfu: &Self, peer: Option<PeerId>| peer.and_then(|p| sfu.peers.get(&p)).map(|e| e.label.clone());
+        let to = label.map(|label| (label, self.subscriber_named(machine, label)));
+        if let Some((label, None)) = to {
+            let relay = (self.publishers.contains_key(machine))
+                .then(|| self.links.viewer_elsewhere(machine, label))
+                .flatten()
+                .ok_or_else(|| SfuError::NoSubscriber(label.to_owned(), machine.to_owned()))?;
+            let previous = self.router.hand_seat(machine, None)?;
+            let before = self.links.hand_seat_to_link(machine, &relay, label);
+            info!(machine, relay, viewer = label, "seat handed to a viewer at a linked relay");
+            return Ok(label_of(self, previous).or(before));
+        }
         let previous_remote = self.links.remote_holder(machine).map(str::to_owned);
-        let to = match label {
-            None => None,
-            Some(label) => match self.subscriber_named(machine, label) {
-                Some(id) => Some(id),
-                None => {
-                    let no_one = || SfuError::NoSubscriber(label.to_owned(), machine.to_owned());
-                    let relay = (self.publishers.contains_key(machine))
-                        .then(|| self.links.viewer_elsewhere(machine, label))
-                        .flatten()
-                        .ok_or_else(no_one)?;
-                    let previous = self.router.hand_seat(machine, None)?;
-                    let before = self.links.hand_seat_to_link(machine, &relay, label);
-                    info!(machine, relay, viewer = label, "seat handed to a viewer at a linked relay");
-                    return Ok(previous.and_then(|p| self.peers.get(&p)).map(|e| e.label.clone()).or(before));
-                }
-            },
-        };
-        let previous = self.router.hand_seat(machine, to)?;
+        let previous = self.router.hand_seat(machine, to.and_then(|(_, id)| id))?;
         self.links.seat_handed_here(machine);
-        Ok(previous.and_then(|p| self.peers.get(&p)).map(|e| e.label.clone()).or(previous_remote))
+        Ok(label_of(self, previous).or(previous_remote))
     }
 
     /// The newest subscriber of `machine` here known as `label`.

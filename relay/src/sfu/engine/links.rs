@@ -129,7 +129,8 @@ pub struct LinkSet {
     /// Machines published here whose seat a viewer at a linked relay took last, and which
     /// relay: its seat inputs are the only ones from links that reach the machine.
     remote_seats: HashMap<String, RemoteSeat>,
-    /// When simulcast layers are next tended (see [`layers`]), while any link carries them.
+    /// When simulcast layers are next tended (see [`layers`]): set when a link starts carrying
+    /// a simulcast track, either way, and kept while any does.
     layers_at: Option<Instant>,
     out: VecDeque<LinkOutput>,
     pub stats: LinkStats,
@@ -179,6 +180,26 @@ impl LinkState {
             resent: 0,
             seats: HashMap::new(),
         }
+    }
+
+    /// Announces `publisher`'s `track` of `machine` to the peer (see [`Origin::track_added`]),
+    /// with its layer rates if it has several; true for such a simulcast track.
+    fn announce(
+        &mut self,
+        router: &Router,
+        now: Instant,
+        machine: &str,
+        publisher: PeerId,
+        track: usize,
+        codec: Codec,
+    ) -> bool {
+        let id = link_track(publisher, track);
+        let layers = router.tracks(machine).get(track).map_or(1, |(_, l)| *l as u8);
+        self.origin.track_added(machine, id, codec.wire_id(), layers);
+        if layers > 1 {
+            self.origin.report_rates(id, &router.layer_rates(now, publisher, track));
+        }
+        layers > 1
     }
 
     /// Tells the origin which layers of link track `id` the viewers here use, if it has several.
@@ -365,6 +386,9 @@ impl LinkSet {
                 match router.add_track(stand_in, codec, usize::from(layers)) {
                     Ok(index) => {
                         state.tracks.insert(track, (stand_in, index, codec, layers));
+                        if layers > 1 {
+                            self.layers_at.get_or_insert(now + LAYER_TICK);
+                        }
                         actions.push(LinkAction::Layout);
                         // Packets that overtook the announcement, in the order they came.
                         let (early, kept): (Vec<_>, Vec<_>) =
@@ -423,10 +447,11 @@ impl LinkSet {
                             // others with their first packets. A key frame of each gets the
                             // edge's viewers going.
                             if let Some(publisher) = router.publisher(&machine) {
-                                for (index, (codec, layers)) in router.tracks(&machine).into_iter().enumerate() {
-                                    if router.track_started(publisher, index) {
-                                        let id = link_track(publisher, index);
-                                        state.origin.track_added(&machine, id, codec.wire_id(), layers as u8);
+                                for (index, (codec, _)) in router.tracks(&machine).into_iter().enumerate() {
+                                    if router.track_started(publisher, index)
+                                        && state.announce(router, now, &machine, publisher, index, codec)
+                                    {
+                                        self.layers_at.get_or_insert(now + LAYER_TICK);
                                     }
                                 }
                             }
@@ -495,14 +520,10 @@ impl LinkSet {
         }
         let id = link_track(publisher, pkt.track);
         for state in self.links.values_mut().filter(|l| l.up && l.origin.is_subscribed(machine)) {
-            if !state.origin.has_track(id) {
-                // Announced with its first packet here (its codec is sure by then).
-                let layers = router.tracks(machine).get(pkt.track).map_or(1, |(_, l)| *l as u8);
-                state.origin.track_added(machine, id, codec.wire_id(), layers);
-                if layers > 1 {
-                    state.origin.report_rates(id, &router.layer_rates(now, publisher, pkt.track));
-                    self.layers_at.get_or_insert(now + LAYER_TICK);
-                }
+            // Announced with its first packet here (its codec is sure by then), unless it was
+            // when the peer subscribed.
+            if !state.origin.has_track(id) && state.announce(router, now, machine, publisher, pkt.track, codec) {
+                self.layers_at.get_or_insert(now + LAYER_TICK);
             }
             let before = state.origin.stats();
             state.origin.handle_media(id, pkt.layer, pkt.seq, pkt.timestamp, pkt.marker, pkt.keyframe, &pkt.payload);
@@ -560,12 +581,12 @@ impl LinkSet {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let flush = self.last_flush.filter(|_| !self.left.is_empty());
         let edges = self.links.values().filter_map(|l| l.edge.poll_timeout());
-        edges.chain(flush).chain(self.layers_due()).min()
+        edges.chain(flush).chain(self.layers_at).min()
     }
 
     /// Runs the links' due timers.
     pub fn handle_timeout(&mut self, router: &mut Router, now: Instant) {
-        if self.layers_due().is_some_and(|t| t <= now) {
+        if self.layers_at.is_some_and(|t| t <= now) {
             self.tend_layers(router, now);
         }
         for state in self.links.values_mut() {
@@ -584,9 +605,6 @@ impl LinkSet {
     /// lose their stand-ins; links nobody needs are forgotten; what the cores queued goes out.
     pub fn flush(&mut self, router: &mut Router, now: Instant) {
         self.last_flush = Some(now);
-        if self.layers_at.is_none() && self.has_simulcast() {
-            self.layers_at = Some(now + LAYER_TICK);
-        }
         for (machine, name) in std::mem::take(&mut self.left) {
             for state in self.links.values_mut().filter(|l| l.machines.contains_key(&machine)) {
                 state.edge.viewer_left(now, &machine, &name);

@@ -17,13 +17,8 @@ use crate::sfu::route::Router;
 
 impl LinkSet {
     /// Whether any link carries a simulcast track, either way.
-    pub(super) fn has_simulcast(&self) -> bool {
+    fn has_simulcast(&self) -> bool {
         self.links.values().any(|l| l.tracks.values().any(|t| t.3 > 1) || l.origin.has_simulcast())
-    }
-
-    /// When the layers are next tended, if any link carries simulcast.
-    pub(super) fn layers_due(&self) -> Option<Instant> {
-        self.layers_at.filter(|_| self.has_simulcast())
     }
 
     /// Reports rates to the edges and asks the origins for the layers in use.
