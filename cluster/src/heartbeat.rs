@@ -49,7 +49,9 @@ impl RelayState {
 pub struct Load {
     /// Active TURN allocations.
     pub allocations: u64,
-    /// The configured maximum (0 = unlimited).
+    /// The allocations the relay can hold, its capacity: the smaller of its relay ports (one
+    /// per allocation) and `allocations.max_total` (0 = unknown: relays before the capacity
+    /// reported `max_total` here, 0 for no limit).
     pub max_allocations: u64,
     /// CPU in use as a fraction of all the relay's cores, 0..=1, over the last interval.
     pub cpu: f64,
@@ -59,7 +61,32 @@ pub struct Load {
     pub bandwidth_cap_bps: u64,
 }
 
+/// How close to its capacity a relay may come before signaling stops placing new sessions there:
+/// this fraction of the capacity, or [`FULL_MARGIN_MIN`] allocations, whichever is more (but at
+/// most a quarter of the capacity). A session
+/// takes a few allocations (the player's, the machine's, one per address family or transport the
+/// browser tries), and sessions placed between two heartbeats all land before the relay's next
+/// report.
+pub const FULL_MARGIN: f64 = 0.02;
+pub const FULL_MARGIN_MIN: u64 = 4;
+
 impl Load {
+    /// Whether the relay is within [`FULL_MARGIN`] of its allocation capacity, so that signaling
+    /// places no new session there (never, when the capacity is unknown).
+    pub fn is_full(&self) -> bool {
+        let cap = self.max_allocations;
+        if cap == 0 {
+            return false;
+        }
+        cap.saturating_sub(self.allocations) <= Self::full_margin(cap)
+    }
+
+    /// The margin for a capacity of `cap`: never more than a quarter of it, so that a small
+    /// relay still takes sessions.
+    fn full_margin(cap: u64) -> u64 {
+        ((cap as f64 * FULL_MARGIN).ceil() as u64).max(FULL_MARGIN_MIN).min(cap / 4)
+    }
+
     /// The most constrained resource as a fraction, 0..=1: max of CPU, bandwidth and allocation
     /// ratios (the notes' `L(r)`; LiveKit's sysload filter uses one such ratio).
     pub fn utilisation(&self) -> f64 {
@@ -237,6 +264,24 @@ mod tests {
         assert!((load.utilisation() - 0.9).abs() < 1e-9);
         assert_eq!(Load { cpu: f64::NAN, ..Load::default() }.utilisation(), 0.0);
         assert_eq!(Load { cpu: 7.0, ..Load::default() }.utilisation(), 1.0);
+    }
+
+    #[test]
+    fn a_relay_is_full_within_its_margin_of_capacity() {
+        let at = |allocations, max_allocations| Load { allocations, max_allocations, ..Load::default() };
+        // 50 ports: 4 allocations of margin (2% is 1, at least 4).
+        assert!(!at(45, 50).is_full());
+        assert!(at(46, 50).is_full());
+        assert!(at(50, 50).is_full());
+        assert!(at(70, 50).is_full(), "over capacity (max_total lowered by a reload)");
+        // 16,384 ports: 2% is 328.
+        assert!(!at(16_384 - 329, 16_384).is_full());
+        assert!(at(16_384 - 328, 16_384).is_full());
+        // A small relay's margin is at most a quarter of its capacity.
+        assert!(!at(5, 8).is_full() && at(6, 8).is_full());
+        assert!(!at(0, 3).is_full() && at(3, 3).is_full());
+        // Unknown capacity: never full.
+        assert!(!at(1_000_000, 0).is_full());
     }
 
     #[test]

@@ -72,7 +72,20 @@ fn main() -> ExitCode {
         }
         Cmd::CheckConfig => match toml::to_string_pretty(&file.redacted()) {
             Ok(text) => {
+                let capacity = config.capacity();
+                for warning in capacity.warnings() {
+                    eprintln!("relay: warning: {warning}");
+                }
                 println!("# configuration is valid; effective values:\n{text}");
+                println!(
+                    "# capacity: {} allocations (relay ports: {}, allocations.max_total: {})",
+                    capacity.allocations(),
+                    capacity.ports,
+                    match capacity.max_total {
+                        0 => "no limit".to_owned(),
+                        n => n.to_string(),
+                    }
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -375,3 +375,88 @@ fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
     assert!(warned, "the failure is logged at warn");
     let _ = std::fs::remove_file(config);
 }
+
+/// Every allocation takes a relay port of its own: a relay with 50 ports and
+/// `allocations.max_total = 1000` can hold 50 allocations, and says so everywhere an operator or
+/// signaling looks (issue 27): `check-config` and the start warn naming both keys, the heartbeat
+/// and `/healthz` report 50, and the 51st Allocate gets 508, counted by its reason.
+#[test]
+fn capacity_is_the_port_range_when_max_total_exceeds_it() {
+    let signaling = Signaling::start(reply(vec![], 0, &[]));
+    let dir = common::temp_dir("relay-capacity");
+    let config = dir.join("relay-capacity.toml");
+    std::fs::write(
+        &config,
+        r#"
+[allocations]
+max_per_user = 0
+max_total = 1000
+
+[auth]
+users = [{ username = "test", password = "test-password" }]
+
+[cluster]
+region = "test-1"
+relay_id = "relay-capacity"
+"#,
+    )
+    .unwrap();
+    // Between the other tests' relay ports (10000-30000, and e2e's 31000-31999) and Linux's
+    // ephemeral range: no other process binds these.
+    let args = ["--min-port", "30500", "--max-port", "30549", "--signaling-url", &signaling.url];
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .arg("check-config")
+        .env("RELAY_CLUSTER_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: allocations.max_total = 1000 exceeds what relay.min_port..relay.max_port can hold (50 ports"
+        ),
+        "{stderr}"
+    );
+    assert!(stdout.contains("# capacity: 50 allocations (relay ports: 50, allocations.max_total: 1000)"), "{stdout}");
+
+    let relay =
+        RelayProcess::start_with(config.to_str().unwrap(), "127.0.0.1:0", &args, &[("RELAY_CLUSTER_TOKEN", TOKEN)]);
+    let mut logs = Vec::new();
+    eventually(Duration::from_secs(3), "the relay warns at start", || {
+        logs.extend(relay.logs.try_iter());
+        logs.iter().any(|l| l.contains("allocations.max_total = 1000 exceeds"))
+    });
+    assert!(banner_line(&relay, "relay ports").contains("capacity 50 allocations"));
+    let (_, first) = signaling.nth(0);
+    assert_eq!((first.load.allocations, first.load.max_allocations), (0, 50));
+    assert!(!first.load.is_full());
+    let health = relay.healthz_body();
+    assert_eq!((health["status"].as_str(), health["capacity"].as_u64()), (Some("ok"), Some(50)), "{health}");
+    assert_eq!(relay.metric("relay_allocations_capacity"), 50.0);
+
+    let mut held = Vec::new();
+    for i in 0..50 {
+        let mut client = RawClient::new(relay.udp, "test", "test-password", REALM);
+        client.allocate().unwrap_or_else(|code| panic!("allocation {} of 50 refused with {code}", i + 1));
+        held.push(client);
+    }
+    let mut one_more = RawClient::new(relay.udp, "test", "test-password", REALM);
+    assert_eq!(one_more.allocate(), Err(508), "the 51st allocation finds no relay port");
+    let refused = |reason: &str| relay.metric(&format!("relay_allocations_refused_total{{reason=\"{reason}\"}}"));
+    assert_eq!(refused("ports"), 1.0);
+    assert_eq!(refused("max_total"), 0.0);
+    assert_eq!(relay.metric(r#"relay_error_responses_total{code="508"}"#), 1.0);
+
+    // Signaling hears that the relay is full.
+    eventually(Duration::from_secs(5), "a heartbeat reports 50 of 50", || {
+        signaling.received().iter().filter_map(|r| r.heartbeat.as_ref().ok()).any(|hb| hb.load.allocations == 50)
+    });
+    let last = signaling.received().iter().rev().find_map(|r| r.heartbeat.clone().ok()).unwrap();
+    assert_eq!((last.load.allocations, last.load.max_allocations), (50, 50));
+    assert!(last.load.is_full() && (last.load.utilisation() - 1.0).abs() < 1e-9);
+    assert_eq!(relay.healthz_body()["allocations"].as_u64(), Some(50));
+}

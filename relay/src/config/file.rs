@@ -192,7 +192,9 @@ impl Default for AllocationSection {
             default_lifetime_secs: 600,
             max_lifetime_secs: 3600,
             max_per_user: 10,
-            max_total: 50_000,
+            // No limit besides the relay port range (one port per allocation): a relay holds as
+            // many allocations as its range has ports (`Capacity`).
+            max_total: 0,
             max_permissions: 32,
             max_channels: 32,
             rfc5766_channel_numbers: false,
@@ -339,7 +341,7 @@ cluster::config_overrides! {
     /// allocations.max_per_user (0 = no limit).
     #[arg(long, env = "RELAY_MAX_PER_USER")]
     max_per_user: u32 => value allocations.max_per_user;
-    /// allocations.max_total (0 = no limit).
+    /// allocations.max_total (0 = no limit besides the relay port range).
     #[arg(long, env = "RELAY_MAX_TOTAL")]
     max_total: u32 => value allocations.max_total;
     /// allocations.max_permissions: per allocation.

@@ -409,6 +409,63 @@ impl Config {
     pub fn advertised_ip(&self) -> IpAddr {
         self.external_ip.unwrap_or(self.relay_ip)
     }
+
+    /// How many allocations the relay can hold: see [`Capacity`].
+    pub fn capacity(&self) -> Capacity {
+        Capacity::new(self.ports.len(), self.max_total)
+    }
+}
+
+/// Below this many relay ports, the port range caps the relay at fewer allocations than a
+/// region's relay is expected to hold, and the relay says so at start and in `check-config`.
+pub const FEW_PORTS: u64 = 2000;
+
+/// How many allocations a relay can hold: every allocation takes a relay port of its own from
+/// `relay.min_port..=relay.max_port` (one pool serves both address families, so a port taken for
+/// IPv4 is not handed out for IPv6 as well), and `allocations.max_total` (0 = no limit) caps
+/// them besides. The capacity is the smaller of the two; it is what the heartbeat reports,
+/// `/healthz` shows and signaling compares the relay's allocations with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Relay ports in the range.
+    pub ports: u64,
+    /// `allocations.max_total` (0 = no limit).
+    pub max_total: u32,
+}
+
+impl Capacity {
+    pub fn new(ports: usize, max_total: u32) -> Self {
+        Self { ports: u64::try_from(ports).unwrap_or(u64::MAX), max_total }
+    }
+
+    /// The allocations the relay can hold.
+    pub fn allocations(self) -> u64 {
+        match self.max_total {
+            0 => self.ports,
+            max => self.ports.min(u64::from(max)),
+        }
+    }
+
+    /// What an operator should know about the capacity: `allocations.max_total` beyond what the
+    /// port range holds, and a range too small for a region's relay. Each names the keys.
+    pub fn warnings(self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if u64::from(self.max_total) > self.ports {
+            warnings.push(format!(
+                "allocations.max_total = {} exceeds what relay.min_port..relay.max_port can hold ({} ports, one per \
+                 allocation): the relay holds at most {} allocations; widen the port range or lower max_total",
+                self.max_total, self.ports, self.ports
+            ));
+        }
+        if self.ports < FEW_PORTS {
+            warnings.push(format!(
+                "relay.min_port..relay.max_port holds only {} ports: the relay can hold at most {} allocations \
+                 (a relay serving a region usually wants several thousand)",
+                self.ports, self.ports
+            ));
+        }
+        warnings
+    }
 }
 
 /// Validates `[cluster]`; `None` without a signaling URL. The other keys are checked even then, so a

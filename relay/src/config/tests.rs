@@ -262,3 +262,31 @@ fn every_override_names_the_key_it_sets() {
         ("127.0.0.1:1", Some("192.0.2.9"), Some("r"))
     );
 }
+
+#[test]
+fn capacity_is_the_smaller_of_ports_and_max_total() {
+    let capacity = |min: u16, max: u16, total: u32| {
+        let mut f = valid();
+        (f.relay.min_port, f.relay.max_port, f.allocations.max_total) = (min, max, total);
+        Config::from_file(&f).unwrap().capacity()
+    };
+    // The defaults: no warning, as many allocations as the range has ports.
+    let c = Config::from_file(&valid()).unwrap().capacity();
+    assert_eq!((c.ports, c.max_total, c.allocations()), (16_384, 0, 16_384));
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    // max_total below the range: it decides, quietly.
+    let c = capacity(49152, 65535, 10_000);
+    assert_eq!(c.allocations(), 10_000);
+    assert!(c.warnings().is_empty());
+    // Above the range: the range decides, and both keys are named.
+    let c = capacity(49152, 65535, 50_000);
+    assert_eq!(c.allocations(), 16_384);
+    let [w] = &c.warnings()[..] else { panic!("{:?}", c.warnings()) };
+    assert!(w.contains("allocations.max_total = 50000") && w.contains("relay.min_port..relay.max_port"), "{w}");
+    // A small range: warned about even with no max_total.
+    let c = capacity(40000, 40999, 0);
+    assert_eq!(c.allocations(), 1000);
+    let [w] = &c.warnings()[..] else { panic!("{:?}", c.warnings()) };
+    assert!(w.contains("holds only 1000 ports"), "{w}");
+    assert_eq!(capacity(40000, 40049, 1000).warnings().len(), 2);
+}

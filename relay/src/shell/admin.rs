@@ -1,6 +1,7 @@
 //! The admin HTTP listener (loopback by default): `/metrics` in the Prometheus text format and
 //! `/healthz`, which answers 200 while the relay takes new allocations and 503 while it drains, so
-//! a load balancer or signaling stops sending players to it. `POST /reload` re-reads the
+//! a load balancer or signaling stops sending players to it; its body gives the allocations held
+//! and the relay's capacity (`config::Capacity`). `POST /reload` re-reads the
 //! configuration like SIGHUP and answers with what it applied (`shell::reload`): 200 with
 //! `{"applied": [...], "restart_required": [...]}`, or 400 with `{"error": ...}` when the new
 //! configuration is invalid (nothing changed then). Anything else is a JSON 404.
@@ -50,12 +51,12 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 }
 
 async fn healthz(State(state): State<AdminState>) -> Response {
-    let allocations = state.metrics.allocations();
+    let (allocations, capacity) = (state.metrics.allocations(), state.metrics.capacity());
     if state.draining.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining", "allocations": allocations })))
-            .into_response()
+        let body = json!({ "status": "draining", "allocations": allocations, "capacity": capacity });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     } else {
-        Json(json!({ "status": "ok", "allocations": allocations })).into_response()
+        Json(json!({ "status": "ok", "allocations": allocations, "capacity": capacity })).into_response()
     }
 }
 

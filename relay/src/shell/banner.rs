@@ -52,11 +52,12 @@ pub(super) fn print_banner(config: &Config, relay: &Relay) {
         println!("  TURN/TLS    tls://{tls}");
     }
     println!(
-        "  relay ports {}-{} on {}, advertised as {}",
+        "  relay ports {}-{} on {}, advertised as {}; capacity {} allocations",
         config.ports.start(),
         config.ports.end(),
         config.relay_ip,
-        config.advertised_ip()
+        config.advertised_ip(),
+        config.capacity().allocations(),
     );
     if let Some(http) = relay.sfu_http {
         println!(

@@ -53,8 +53,6 @@ pub struct Settings {
     /// The first TURN-over-TLS listener's port, when TLS is on: signaling lists
     /// `turns:HOST:PORT?transport=tcp` beside the UDP URL.
     pub turn_tls_port: Option<u16>,
-    /// allocations.max_total (0 = unlimited).
-    pub max_allocations: u64,
     /// Unix seconds when the process started.
     pub started_at: u64,
     /// Public base URL of the SFU's WHIP/WHEP endpoints, when it runs.
@@ -181,7 +179,7 @@ impl Heartbeater {
             state: self.control.state(),
             load: Load {
                 allocations: u64::try_from(self.metrics.allocations()).unwrap_or(0),
-                max_allocations: self.settings.max_allocations,
+                max_allocations: self.metrics.capacity(),
                 cpu,
                 bandwidth_bps,
                 bandwidth_cap_bps: c.bandwidth_cap_bps,

@@ -11,8 +11,9 @@ use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVe
 
 use super::sfu::{SfuHandle, SfuSnapshot};
 
+use crate::config::Capacity;
 use crate::turn::Shared;
-use crate::turn::stats::{AuthFailure, ConnEvent, Direction, DropReason, ERROR_CODES, Method, Stats};
+use crate::turn::stats::{AuthFailure, ConnEvent, Direction, DropReason, ERROR_CODES, Method, Refusal, Stats};
 
 /// Reads one series' value from one worker's counters.
 type Read = Box<dyn Fn(&Stats) -> u64 + Send + Sync>;
@@ -29,6 +30,7 @@ pub struct Metrics {
     allocations_active: IntGauge,
     relay_sockets_open: IntGauge,
     relay_ports_free: IntGauge,
+    capacity: IntGauge,
     connections_open: IntGauge,
     draining_gauge: IntGauge,
     counters: Vec<(IntCounter, Read)>,
@@ -70,6 +72,10 @@ impl Metrics {
             "Relay sockets open (an allocation opens one at its first permission or channel).",
         )?;
         let relay_ports_free = gauge("relay_relay_ports_free", "Relay ports free in the configured range.")?;
+        let capacity = gauge(
+            "relay_allocations_capacity",
+            "Allocations the relay can hold: the smaller of its relay ports and allocations.max_total.",
+        )?;
         let draining_gauge = gauge("relay_draining", "1 while the relay drains (takes no new allocations).")?;
         let workers_gauge = gauge("relay_workers", "Worker threads (one SO_REUSEPORT socket each).")?;
         workers_gauge.set(threads as i64);
@@ -131,6 +137,15 @@ impl Metrics {
             |s, i| s.requests[i].get(),
         );
         labelled(
+            vec(
+                "relay_allocations_refused_total",
+                "Allocates refused for want of room (508, and 486 for a user's quota), by reason.",
+                "reason",
+            )?,
+            Refusal::ALL.iter().map(|x| x.as_str().to_owned()).collect(),
+            |s, i| s.refusals[i].get(),
+        );
+        labelled(
             vec("relay_error_responses_total", "Error responses sent, by code.", "code")?,
             ERROR_CODES.iter().map(u16::to_string).collect(),
             |s, i| s.error_responses[i].get(),
@@ -153,6 +168,7 @@ impl Metrics {
             allocations_active,
             relay_sockets_open,
             relay_ports_free,
+            capacity,
             connections_open,
             draining_gauge,
             counters,
@@ -304,6 +320,11 @@ impl Metrics {
         self.workers.iter().map(|w| w.allocations_active.get()).sum()
     }
 
+    /// How many allocations the relay can hold now (a reload may change `max_total`).
+    pub fn capacity(&self) -> u64 {
+        Capacity::new(self.shared.port_count(), self.shared.quotas.total_limit()).allocations()
+    }
+
     /// Application bytes relayed in both directions over all workers since start.
     pub fn relayed_bytes(&self) -> u64 {
         self.workers.iter().flat_map(|w| w.relayed_bytes.iter()).map(|c| c.get()).fold(0, u64::wrapping_add)
@@ -401,6 +422,7 @@ impl Metrics {
         self.allocations_active.set(self.allocations());
         self.relay_sockets_open.set(self.workers.iter().map(|w| w.relay_sockets_open.get()).sum());
         self.relay_ports_free.set(self.shared.free_ports() as i64);
+        self.capacity.set(i64::try_from(self.capacity()).unwrap_or(i64::MAX));
         self.connections_open.set(self.workers.iter().map(|w| w.connections_open.get()).sum());
         self.draining_gauge.set(i64::from(self.draining.load(Ordering::Relaxed)));
         if let Some(sfu) = self.sfu.get() {

@@ -193,6 +193,10 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
     if config.secrets.is_empty() && config.cluster.is_some() {
         info!("auth.secrets is empty: TURN REST credentials are refused until signaling's first reply brings secrets");
     }
+    let capacity = config.capacity();
+    for warning in capacity.warnings() {
+        warn!("{warning}");
+    }
     let mut seed = rand::rng();
     let shared = Arc::new(Shared::new(
         PortPool::new(*config.ports.start(), *config.ports.end(), seed.random()),
@@ -258,7 +262,6 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
                 cluster: cluster.clone(),
                 turn_udp_port: listen.port(),
                 turn_tls_port: tls_addrs.first().map(SocketAddr::port),
-                max_allocations: u64::from(config.max_total),
                 started_at,
                 sfu_url: sfu_addr.map(|addr| super::banner::sfu_public_url(&config, &cluster.public_host, addr)),
                 sfu: sfu_handle.clone(),
@@ -443,6 +446,10 @@ fn spawn_workers(
     sfu: Option<&sfu::SfuHandle>,
 ) -> anyhow::Result<Workers> {
     let config = cores.config;
+    let capacity = config.capacity();
+    for warning in capacity.warnings() {
+        warn!("{warning}");
+    }
     let mut seed = rand::rng();
     let now = Instant::now();
     let core = |seed: &mut rand::rngs::ThreadRng| {

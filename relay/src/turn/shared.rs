@@ -168,6 +168,11 @@ impl Quotas {
     pub fn total(&self) -> u32 {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).total
     }
+
+    /// The limit on allocations in total (`allocations.max_total`; 0 = none).
+    pub fn total_limit(&self) -> u32 {
+        self.total.load(Ordering::Relaxed)
+    }
 }
 
 /// RFC 8656 §7.2: a port reserved by EVEN-PORT(R) is held for about 30 seconds.
@@ -178,6 +183,8 @@ pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Shared {
     ports: Mutex<PortPool>,
+    /// How many ports the pool was made with (free or not).
+    port_count: usize,
     pub quotas: Quotas,
     reservations: Mutex<HashMap<[u8; 8], (RelayPort, Instant)>>,
     /// One bit per port: out of the pool (bound by an allocation or reserved). Read without a
@@ -195,6 +202,7 @@ impl Shared {
     pub fn new(ports: PortPool, quotas: Quotas) -> Self {
         let taken = (0..1024).map(|_| AtomicU64::new(0)).collect();
         Self {
+            port_count: ports.available(),
             ports: Mutex::new(ports),
             quotas,
             reservations: Mutex::default(),
@@ -282,6 +290,11 @@ impl Shared {
 
     pub fn free_ports(&self) -> usize {
         self.ports.lock().unwrap_or_else(|e| e.into_inner()).available()
+    }
+
+    /// How many ports the pool holds, free or taken.
+    pub fn port_count(&self) -> usize {
+        self.port_count
     }
 }
 

@@ -114,6 +114,21 @@ label_enum! {
 }
 
 label_enum! {
+    /// Why an Allocate was refused for want of room (RFC 8656: 508 Insufficient Capacity, and
+    /// 486 Allocation Quota Reached for a username's quota): no free relay port (the range is
+    /// used up, or its free ports could not be bound); `allocations.max_total` reached; the relay
+    /// drains; a RESERVATION-TOKEN unknown, expired or its port no longer free;
+    /// `allocations.max_per_user` reached (486).
+    Refusal {
+        Ports => "ports",
+        MaxTotal => "max_total",
+        Draining => "draining",
+        Reservation => "reservation",
+        PerUser => "per_user",
+    }
+}
+
+label_enum! {
     /// STUN/TURN methods, for request counts.
     Method {
         Binding => "binding",
@@ -142,6 +157,8 @@ pub struct Stats {
     pub dropped: [Counter; DropReason::COUNT],
     pub requests: [Counter; Method::COUNT],
     pub error_responses: [Counter; ERROR_CODES.len()],
+    /// Allocates refused for want of room, by reason.
+    pub refusals: [Counter; Refusal::COUNT],
     /// TCP and TLS connections open, and what happened to them.
     pub connections_open: Gauge,
     pub connections: [Counter; ConnEvent::COUNT],
@@ -167,6 +184,10 @@ impl Stats {
         if let Some(i) = ERROR_CODES.iter().position(|&c| c == code) {
             self.error_responses[i].inc();
         }
+    }
+
+    pub fn refusal(&self, reason: Refusal) {
+        self.refusals[reason as usize].inc();
     }
 
     pub fn connection(&self, event: ConnEvent) {

@@ -59,13 +59,16 @@ impl RelayProcess {
     /// Like `start_on`, with environment variables set for the relay. `config` may also be an
     /// absolute path (joining one onto configs/ yields it unchanged).
     pub fn start_with(config: &str, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        // Below Linux's ephemeral range (32768-60999), where the test's own peers and the
+        // relay's port-0 listener land: a loopback peer on a relay port would be refused. A test
+        // may give its own range.
+        let range: &[&str] =
+            if args.contains(&"--min-port") { &[] } else { &["--min-port", "10000", "--max-port", "30000"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
             .arg("--config")
             .arg(config_path(config))
             .args(["--listen", listen, "--admin-listen", "127.0.0.1:0", "--sfu-http-listen", "127.0.0.1:0"])
-            // Below Linux's ephemeral range (32768-60999), where the test's own peers and the
-            // relay's port-0 listener land: a loopback peer on a relay port would be refused.
-            .args(["--min-port", "10000", "--max-port", "30000"])
+            .args(range)
             .args(args)
             .envs(env.iter().copied())
             // Whatever the relay fetches in tests is on loopback.
@@ -144,6 +147,16 @@ impl RelayProcess {
             .expect("curl is installed (scripts/test.sh installs it)");
         assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).expect("metrics are UTF-8")
+    }
+
+    /// The body of `/healthz`, parsed.
+    pub fn healthz_body(&self) -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5"])
+            .arg(format!("http://{}/healthz", self.admin))
+            .output()
+            .expect("curl is installed (scripts/test.sh installs it)");
+        serde_json::from_slice(&out.stdout).expect("/healthz answers JSON")
     }
 
     /// The status code of `/healthz`.

@@ -19,7 +19,7 @@ use crate::turn::auth::{CredentialKind, Key, verify_integrity};
 use crate::turn::limit::ByteBucket;
 use crate::turn::message::*;
 use crate::turn::shared::QuotaError;
-use crate::turn::stats::AuthFailure;
+use crate::turn::stats::{AuthFailure, Refusal};
 use crate::turn::table::Slot;
 use crate::turn::types::{ChannelNumber, ClientAddr, RelayPort, Username};
 use crate::turn::wire::StunFrame;
@@ -175,6 +175,7 @@ impl TurnServer {
             return self.error(from, frame, 440, key);
         };
         if self.draining {
+            self.stats.refusal(Refusal::Draining);
             return self.error(from, frame, 508, key);
         }
         let unix_now = self.unix_now(now);
@@ -189,7 +190,10 @@ impl TurnServer {
             // An unknown or expired token: 508, as RFC 8656 §7.2 says.
             Some(token) => match self.shared.redeem(token, now) {
                 Some(port) => PortChoice::Reserved(port),
-                None => return self.error(from, frame, 508, key),
+                None => {
+                    self.stats.refusal(Refusal::Reservation);
+                    return self.error(from, frame, 508, key);
+                }
             },
             None => choice,
         };
@@ -197,15 +201,21 @@ impl TurnServer {
             Ok(()) => {}
             Err(QuotaError::User) => {
                 self.release_choice(choice);
+                self.stats.refusal(Refusal::PerUser);
                 return self.error(from, frame, 486, key);
             }
             Err(QuotaError::Total) => {
                 self.release_choice(choice);
+                self.stats.refusal(Refusal::MaxTotal);
                 return self.error(from, frame, 508, key);
             }
         }
         let Some((port, reservation)) = self.open_relay(now, choice, relay.bind, sockets) else {
             self.shared.quotas.release(&auth.username);
+            self.stats.refusal(match choice {
+                PortChoice::Reserved(_) => Refusal::Reservation,
+                PortChoice::Any { .. } | PortChoice::Pair => Refusal::Ports,
+            });
             return self.error(from, frame, 508, key);
         };
 
