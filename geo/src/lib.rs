@@ -26,7 +26,8 @@
 //! S(r)       = client(r) + machine(r) + load(r) + loss(r)
 //! ```
 //!
-//! 1. **Eligibility.** Only `Serving` regions count; `Draining` and `Dead` are excluded. A region at
+//! 1. **Eligibility.** Only `Serving` regions count; `Draining`, `Dead` and `Full` (every relay at
+//!    its allocation capacity) are excluded. A region at
 //!    load `L ≥ 0.85` is excluded too, unless every serving region is that loaded: then the least
 //!    loaded one is taken ([`Source::LeastLoaded`]; LiveKit's soft sysload filter).
 //! 2. **Scored choice.** Among eligible regions with a score, `S_best = min S`; the *similar* set is

@@ -75,6 +75,9 @@ pub enum RegionState {
     Draining,
     /// Heartbeats stale or the external prober failing.
     Dead,
+    /// Serving, but every serving relay is at its allocation capacity: a new session there
+    /// would be refused (TURN's 508), so it takes none.
+    Full,
 }
 
 /// How busy a region is: the largest of its cpu, bandwidth and allocation ratios, within 0..=1.

@@ -203,6 +203,8 @@ pub enum ExcludedReason {
     Dead,
     /// Load at or above the hard limit while some other serving region was below it.
     Overloaded,
+    /// Every relay of the region is at its allocation capacity.
+    Full,
 }
 
 /// One candidate's score breakdown, for the session record.
@@ -272,6 +274,7 @@ pub fn select(input: &SelectionInput, policy: &Policy) -> Result<Selection, Sele
         score.excluded_reason = match candidate.status.state {
             RegionState::Draining => Some(ExcludedReason::Draining),
             RegionState::Dead => Some(ExcludedReason::Dead),
+            RegionState::Full => Some(ExcludedReason::Full),
             RegionState::Serving if policy.is_overloaded(score.load) && !all_overloaded => {
                 Some(ExcludedReason::Overloaded)
             }

@@ -66,4 +66,31 @@ pub struct SelectionSummary {
     pub source: Source,
     pub score_ms: Option<f64>,
     pub scores: Vec<RegionScore>,
+    /// Live relays that took no new session, and why (a region whose relays are all passed over
+    /// shows as `full` or `draining` in `scores`; one relay passed over in a region that still
+    /// has another shows only here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<PassedOver>,
+}
+
+/// A live relay that placement did not consider for new sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassedOver {
+    pub relay: String,
+    pub region: String,
+    pub reason: PassedOverReason,
+    /// Its allocations and allocation capacity, from its last heartbeat.
+    pub allocations: u64,
+    pub capacity: u64,
+}
+
+/// Why a live relay takes no new sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassedOverReason {
+    /// Within signaling's margin of its allocation capacity (`cluster::heartbeat::FULL_MARGIN`):
+    /// it would refuse the session's allocations with 508.
+    Full,
+    /// Draining, by its own decision (SIGTERM) or an admin's.
+    Draining,
 }

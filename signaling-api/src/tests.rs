@@ -8,7 +8,7 @@ use serde_json::json;
 use cluster::media::MediaRole;
 
 use crate::admin::{Health, RelayCounts, Role, Rotated, SecretCounts, SessionCounts, Status, TokenIssued};
-use crate::ice::{Alternate, IceConfig, IceServer, RelayRef, SelectionSummary};
+use crate::ice::{Alternate, IceConfig, IceServer, PassedOver, PassedOverReason, RelayRef, SelectionSummary};
 use crate::machines::{HeartbeatReply, MachineInfo, MachineList, Publish, Registered};
 use crate::regions::{ProbePolicy, ProbeTarget, RegionInfo, RegionList};
 use crate::relays::{AdminStateChanged, Relay, RelayInfo, RelayList, RelayRemoved};
@@ -228,12 +228,30 @@ fn ice_config_responses() {
     // A new placement: both.
     let placed = IceConfig {
         alternates: Some(vec![Alternate { region: "eu-central".into(), relay: relay(), ice_servers: vec![server()] }]),
-        selection: Some(SelectionSummary { source: geo::Source::Probes, score_ms: Some(21.5), scores: vec![] }),
+        selection: Some(SelectionSummary {
+            source: geo::Source::Probes,
+            score_ms: Some(21.5),
+            scores: vec![],
+            passed_over: vec![],
+        }),
         ..session
     };
     wire["alternates"] = json!([{ "region": "eu-central", "relay": relay_wire, "iceServers": [server_wire] }]);
     wire["selection"] = json!({ "source": "probes", "score_ms": 21.5, "scores": [] });
     round_trip(placed.clone(), wire.clone());
+    // A relay passed over, at its capacity, is named with its figures.
+    let mut full = placed.clone();
+    full.selection.as_mut().unwrap().passed_over = vec![PassedOver {
+        relay: "eu-2".into(),
+        region: "eu-central".into(),
+        reason: PassedOverReason::Full,
+        allocations: 49,
+        capacity: 50,
+    }];
+    let mut full_wire = wire.clone();
+    full_wire["selection"]["passed_over"] =
+        json!([{ "relay": "eu-2", "region": "eu-central", "reason": "full", "allocations": 49, "capacity": 50 }]);
+    round_trip(full, full_wire);
 
     // `POST /v1/sessions` repeats the placement's relay, selection and alternates at the top.
     let created = |sfu| SessionCreated {

@@ -550,6 +550,87 @@ async fn linked_path_suite(backend: &str) {
     assert_eq!(verify(&keys, near["sfu"]["token"].as_str().unwrap(), unix_now()).unwrap().home, None);
 }
 
+/// A relay at its allocation capacity (one relay port per allocation) gets no new sessions: they
+/// go to its region's other relay, then, when both are full, to the next region; the session's
+/// selection says which relays were passed over and why; with no relay left with room, 503.
+async fn capacity_suite(backend: &str) {
+    let s = Signaling::start(backend, "");
+    let alice = s.token("alice", "player");
+    let machine = s.token("cab-1", "machine");
+    let admin = s.token("ops", "admin");
+    let s = &s;
+    let relay = |id: &'static str, region: &'static str, port: u16, allocations: u64| async move {
+        let mut hb = common::heartbeat_json(id, region, port, "serving", 0.1);
+        hb["load"]["allocations"] = json!(allocations);
+        hb["load"]["max_allocations"] = json!(1000);
+        let (st, body) = s.call("POST", "/v1/relays/heartbeat", Some(CLUSTER_TOKEN), Some(hb)).await;
+        assert_eq!(st, 200, "{body}");
+    };
+    relay("eu-1", "eu-central", 40001, 100).await;
+    relay("eu-2", "eu-central", 40011, 300).await;
+    relay("us-1", "us-east", 40002, 0).await;
+    let rtts = json!({ "name": "Cabinet 1", "rtts": { "eu-central": 5.0, "us-east": 90.0, "ap-southeast": 200.0 } });
+    assert_eq!(s.call("POST", "/v1/machines/register", Some(&machine), Some(rtts)).await.0, 200);
+    // The player is in Europe too: eu-central, its least loaded relay, unless it is full.
+    let session = || async {
+        let body = json!({ "machine_id": "cab-1", "probes": probes(20.0, 90.0, 250.0) });
+        let (st, created) = s.call("POST", "/v1/sessions", Some(&alice), Some(body)).await;
+        if st == 201 {
+            let id = created["session_id"].as_str().unwrap();
+            assert_eq!(s.call("POST", &format!("/v1/sessions/{id}/end"), Some(&alice), None).await.0, 200);
+        }
+        (st, created)
+    };
+
+    let (st, created) = session().await;
+    assert_eq!((st, created["relay"]["id"].as_str()), (201, Some("eu-1")), "{created}");
+    assert!(created["selection"].get("passed_over").is_none(), "nobody passed over: {created}");
+
+    // eu-1 reports 990 of 1,000 allocations: within the margin (2%), full.
+    relay("eu-1", "eu-central", 40001, 990).await;
+    let (st, created) = session().await;
+    assert_eq!((st, created["relay"]["id"].as_str()), (201, Some("eu-2")), "{created}");
+    assert_eq!(created["region"], "eu-central");
+    assert_eq!(
+        created["selection"]["passed_over"],
+        json!([{ "relay": "eu-1", "region": "eu-central", "reason": "full", "allocations": 990, "capacity": 1000 }])
+    );
+    // The session's record keeps the why.
+    let id = created["session_id"].as_str().unwrap();
+    let (_, detail) = s.call("GET", &format!("/v1/sessions/{id}"), Some(&admin), None).await;
+    assert_eq!(detail["events"][1]["detail"]["passed_over"][0]["relay"], "eu-1", "{detail}");
+
+    // eu-2 fills up too: the next region, and the breakdown says why eu-central was not chosen.
+    relay("eu-2", "eu-central", 40011, 1000).await;
+    let (st, created) = session().await;
+    assert_eq!((st, created["relay"]["id"].as_str()), (201, Some("us-1")), "{created}");
+    let scores = created["selection"]["scores"].as_array().unwrap();
+    let eu = scores.iter().find(|r| r["region"] == "eu-central").unwrap();
+    assert_eq!((&eu["eligible"], &eu["excluded_reason"]), (&json!(false), &json!("full")), "{eu}");
+    let passed: Vec<&str> =
+        created["selection"]["passed_over"].as_array().unwrap().iter().map(|p| p["relay"].as_str().unwrap()).collect();
+    assert_eq!(passed, ["eu-1", "eu-2"]);
+
+    // Nothing with room: 503, saying so; room again, sessions again.
+    relay("us-1", "us-east", 40002, 995).await;
+    let (st, body) = session().await;
+    assert_eq!(st, 503, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("allocation capacity"), "{body}");
+    relay("eu-1", "eu-central", 40001, 10).await;
+    let (st, created) = session().await;
+    assert_eq!((st, created["relay"]["id"].as_str()), (201, Some("eu-1")), "{created}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_on_sqlite() {
+    capacity_suite("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_on_postgres() {
+    capacity_suite("postgres").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sfu_sessions_on_sqlite() {
     link_port_suite("sqlite").await;

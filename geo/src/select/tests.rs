@@ -16,7 +16,7 @@ fn location(region: &str) -> Coordinates {
     Coordinates::new(lat, lon).expect("test coordinates are in range")
 }
 
-use RegionState::{Dead, Draining, Serving};
+use RegionState::{Dead, Draining, Full, Serving};
 
 /// Five probes: a slow warm-up sample (dropped), then four around `ms`.
 fn probes(ms: f64) -> Vec<Option<f64>> {
@@ -168,6 +168,14 @@ fn cases() -> Vec<Case> {
             probes: vec![("fra", probes(20.0)), ("ams", probes(25.0)), ("iad", probes(95.0))],
             previous: Some(("fra", 20.0)), // a draining previous region is not kept
             expect: ("iad", Source::Probes),
+            ..Case::default()
+        },
+        Case {
+            name: "a full region is excluded, even when every other region is overloaded",
+            regions: vec![("fra", Full, 0.2), ("ams", Serving, 0.95), ("iad", Serving, 0.9)],
+            probes: vec![("fra", probes(20.0)), ("ams", probes(25.0)), ("iad", probes(95.0))],
+            previous: Some(("fra", 20.0)), // a full previous region is not kept
+            expect: ("iad", Source::LeastLoaded),
             ..Case::default()
         },
         Case {

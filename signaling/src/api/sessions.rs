@@ -59,6 +59,9 @@ pub(super) async fn create_session(
     let id = new_id("ses");
     let sel = &placement.selection;
     let mut scores = json!({ "score_ms": sel.score_ms, "scores": sel.scores, "alternates": sel.alternates });
+    if !placement.passed_over.is_empty() {
+        scores["passed_over"] = serde_json::to_value(&placement.passed_over)?;
+    }
     // SFU mode: the machine publishes to its home relay (the SFU relay in the region it reaches
     // fastest); the player watches there, or at its own region's relay linked to the home relay
     // when that path is the shorter end to end (`placement::sfu_viewer_path`).
@@ -94,7 +97,8 @@ pub(super) async fn create_session(
         ("requested", json!({ "player": claims.sub, "machine": machine.id, "mode": mode })),
         (
             "region_chosen",
-            json!({ "region": row.region, "relay": row.relay_id, "source": source, "score_ms": sel.score_ms, "scores": sel.scores }),
+            json!({ "region": row.region, "relay": row.relay_id, "source": source, "score_ms": sel.score_ms,
+                    "scores": sel.scores, "passed_over": placement.passed_over }),
         ),
     ];
     if let Some(r) = &sfu_relay {

@@ -4,9 +4,12 @@
 //!
 //! A region's state comes from its relays: **serving** if at least one live relay serves and no
 //! admin drained it; **draining** if its live relays all drain; **dead** if none has been heard
-//! from within [`cluster::heartbeat::DEAD_AFTER`]. Its load is the load of its least loaded
-//! serving relay, which is the relay a new session would get. Within a region the least loaded
-//! serving relay wins (ties by id, so the choice is stable).
+//! from within [`cluster::heartbeat::DEAD_AFTER`]; **full** if its serving relays are all within
+//! a margin of their allocation capacity ([`cluster::heartbeat::Load::is_full`]: a relay holds
+//! one allocation per relay port, and refuses more with 508). Its load is the load of its least
+//! loaded serving relay with room, which is the relay a new session would get. Within a region
+//! the least loaded serving relay with room wins (ties by id, so the choice is stable). Live
+//! relays that take no new session are named, with why, in the selection's `passed_over`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -18,7 +21,7 @@ use geo::{
 };
 use serde::Deserialize;
 
-use signaling_api::ice::{Alternate, IceConfig, IceServer, RelayRef, SelectionSummary};
+use signaling_api::ice::{Alternate, IceConfig, IceServer, PassedOver, PassedOverReason, RelayRef, SelectionSummary};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::{AppState, now_ms, now_unix};
@@ -32,6 +35,35 @@ pub fn is_live(relay: &RelayRow, now_ms: i64) -> bool {
 /// Whether a live relay takes new sessions.
 pub fn takes_sessions(relay: &RelayRow, now_ms: i64) -> bool {
     is_live(relay, now_ms) && relay.state == RelayState::Serving && relay.admin_state == RelayState::Serving
+}
+
+/// Whether a relay has room for a new session's allocations (see the module docs).
+pub fn has_room(relay: &RelayRow) -> bool {
+    !relay.load.is_full()
+}
+
+/// The live relays that take no new session, and why.
+fn passed_over(relays: &[RelayRow], now_ms: i64) -> Vec<PassedOver> {
+    relays
+        .iter()
+        .filter(|r| is_live(r, now_ms))
+        .filter_map(|r| {
+            let reason = if !takes_sessions(r, now_ms) {
+                PassedOverReason::Draining
+            } else if !has_room(r) {
+                PassedOverReason::Full
+            } else {
+                return None;
+            };
+            Some(PassedOver {
+                relay: r.id.clone(),
+                region: r.region.clone(),
+                reason,
+                allocations: r.load.allocations,
+                capacity: r.load.max_allocations,
+            })
+        })
+        .collect()
 }
 
 /// The status a relay shows operators: serving, draining or dead.
@@ -48,7 +80,7 @@ pub fn relay_status(relay: &RelayRow, now_ms: i64) -> &'static str {
 /// The best relay of each region for a new session.
 fn best_relays(relays: &[RelayRow], now_ms: i64) -> BTreeMap<String, &RelayRow> {
     let mut best: BTreeMap<String, &RelayRow> = BTreeMap::new();
-    for r in relays.iter().filter(|r| takes_sessions(r, now_ms)) {
+    for r in relays.iter().filter(|r| takes_sessions(r, now_ms) && has_room(r)) {
         let better = match best.get(&r.region) {
             None => true,
             Some(b) => (r.utilisation, &r.id) < (b.utilisation, &b.id),
@@ -67,6 +99,9 @@ fn region_statuses(regions: &[Region], relays: &[RelayRow], now_ms: i64) -> Vec<
         .map(|region| {
             let (st, load) = match best.get(region.id.as_str()) {
                 Some(r) => (RegionState::Serving, r.utilisation),
+                None if relays.iter().any(|r| r.region == region.id.as_str() && takes_sessions(r, now_ms)) => {
+                    (RegionState::Full, 1.0)
+                }
                 None if relays.iter().any(|r| r.region == region.id.as_str() && is_live(r, now_ms)) => {
                     (RegionState::Draining, 0.0)
                 }
@@ -95,6 +130,8 @@ pub struct PlacementRequest {
 /// A chosen relay and what decided it.
 pub struct Placement {
     pub selection: Selection,
+    /// Live relays that took no new session, and why.
+    pub passed_over: Vec<PassedOver>,
     pub relay: RelayRow,
     /// Alternates' relays, best first.
     pub alternates: Vec<RelayRow>,
@@ -148,7 +185,11 @@ pub fn decide(input: &PlacementInput<'_>) -> ApiResult<Placement> {
         previous: input.request.previous.clone(),
         default_region: input.default_region.clone(),
     };
+    let passed_over = passed_over(input.relays, input.now_ms);
     let selection = geo::select(&selection_input, &geo::Policy::default()).map_err(|e| match e {
+        geo::SelectError::NoLiveRegion if passed_over.iter().any(|p| p.reason == PassedOverReason::Full) => {
+            ApiError::Unavailable("every serving relay is at its allocation capacity".into())
+        }
         geo::SelectError::NoLiveRegion => ApiError::Unavailable("no relay is serving in any region".into()),
         geo::SelectError::InvalidPreviousScore(_) => ApiError::bad(format!("previous: {e}")),
         other => ApiError::Internal(anyhow::anyhow!("region selection failed: {other}")),
@@ -164,7 +205,7 @@ pub fn decide(input: &PlacementInput<'_>) -> ApiResult<Placement> {
         .filter_map(|r| best.get(r.as_str()).map(|r| (*r).clone()))
         .take(input.alternates)
         .collect();
-    Ok(Placement { selection, relay, alternates })
+    Ok(Placement { selection, passed_over, relay, alternates })
 }
 
 /// What a relay link adds to a path beyond the link's own RTT (forwarding at both relays).
@@ -293,7 +334,12 @@ pub async fn ice_config(state: &AppState, placement: &Placement, id: &str) -> Ap
     let s = &placement.selection;
     Ok(IceConfig {
         alternates: Some(alternates),
-        selection: Some(SelectionSummary { source: s.source, score_ms: s.score_ms, scores: s.scores.clone() }),
+        selection: Some(SelectionSummary {
+            source: s.source,
+            score_ms: s.score_ms,
+            scores: s.scores.clone(),
+            passed_over: placement.passed_over.clone(),
+        }),
         ..session_ice_config(state, relay, secret, id)?
     })
 }

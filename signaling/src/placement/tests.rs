@@ -41,6 +41,14 @@ fn relay(spec: &str, utilisation: f64) -> RelayRow {
     }
 }
 
+/// A relay holding `allocations` of its `capacity`.
+fn holding(mut r: RelayRow, allocations: u64, capacity: u64) -> RelayRow {
+    r.load.allocations = allocations;
+    r.load.max_allocations = capacity;
+    r.utilisation = r.load.utilisation();
+    r
+}
+
 fn draining(mut r: RelayRow) -> RelayRow {
     r.state = RelayState::Draining;
     r
@@ -146,6 +154,38 @@ fn placement_table() {
             want: Ok(("eu1", Source::Probes, &[])),
         },
         Case {
+            name: "a relay at its allocation capacity takes no sessions; its region's other relay does",
+            relays: vec![
+                holding(relay("us1@us", 0.0), 990, 1000),
+                holding(relay("us2@us", 0.0), 500, 1000),
+                relay("eu1@eu", 0.0),
+            ],
+            request: probes(&[("us", 20.0), ("eu", 100.0)]),
+            machine: None,
+            alternates: 2,
+            want: Ok(("us2", Source::Probes, &["eu1"])),
+        },
+        Case {
+            name: "a region whose relays are all full is passed over for the next region",
+            relays: vec![
+                holding(relay("us1@us", 0.0), 1000, 1000),
+                holding(relay("us2@us", 0.0), 980, 1000),
+                relay("eu1@eu", 0.0),
+            ],
+            request: probes(&[("us", 20.0), ("eu", 100.0)]),
+            machine: None,
+            alternates: 2,
+            want: Ok(("eu1", Source::Probes, &[])),
+        },
+        Case {
+            name: "every serving relay full: 503",
+            relays: vec![holding(relay("us1@us", 0.0), 1000, 1000), draining(relay("eu1@eu", 0.0))],
+            request: probes(&[("us", 20.0), ("eu", 100.0)]),
+            machine: None,
+            alternates: 2,
+            want: Err(503),
+        },
+        Case {
             name: "nothing known of client or machine: the default region",
             relays: vec![relay("us1@us", 0.0), relay("eu1@eu", 0.5)],
             request: PlacementRequest::default(),
@@ -212,6 +252,55 @@ fn placement_table() {
         });
         assert_eq!(got, want, "{}", case.name);
     }
+}
+
+#[test]
+fn the_selection_says_which_relays_were_passed_over_and_why() {
+    let regions = regions();
+    let default_region = RegionId::new("eu");
+    let request = probes(&[("us", 20.0), ("eu", 100.0)]);
+    let place = |relays: &[RelayRow]| {
+        decide(&PlacementInput {
+            regions: &regions,
+            relays,
+            now_ms: NOW,
+            request: &request,
+            client_location: None,
+            machine: None,
+            default_region: &default_region,
+            alternates: 2,
+        })
+    };
+    // 1,000 allocations of capacity: full from 980 on (2%).
+    let full = |allocations| holding(relay("us1@us", 0.0), allocations, 1000);
+    let reasons = |p: &Placement| p.passed_over.iter().map(|o| (o.relay.clone(), o.reason)).collect::<Vec<_>>();
+
+    // One relay of us full: us is still chosen, at the other relay; the full one is named.
+    let p = place(&[full(990), relay("us2@us", 0.3), draining(relay("eu2@eu", 0.0)), relay("eu1@eu", 0.0)]).unwrap();
+    assert_eq!((p.relay.id.as_str(), p.selection.region.as_str()), ("us2", "us"));
+    assert_eq!(
+        reasons(&p),
+        [("us1".to_owned(), PassedOverReason::Full), ("eu2".to_owned(), PassedOverReason::Draining)]
+    );
+    assert_eq!((p.passed_over[0].allocations, p.passed_over[0].capacity), (990, 1000));
+    let us = p.selection.scores.iter().find(|s| s.region.as_str() == "us").unwrap();
+    assert!(us.eligible && us.excluded_reason.is_none());
+
+    // Both full: eu, and us's score says why.
+    let p = place(&[full(1000), holding(relay("us2@us", 0.0), 985, 1000), relay("eu1@eu", 0.0)]).unwrap();
+    assert_eq!(p.relay.id, "eu1");
+    let us = p.selection.scores.iter().find(|s| s.region.as_str() == "us").unwrap();
+    assert_eq!((us.eligible, us.excluded_reason), (false, Some(geo::ExcludedReason::Full)));
+    assert_eq!(reasons(&p).len(), 2);
+
+    // Below the margin, nobody is passed over.
+    let p = place(&[full(500), relay("eu1@eu", 0.0)]).unwrap();
+    assert_eq!((p.relay.id.as_str(), p.passed_over.len()), ("us1", 0));
+
+    // None with room anywhere: 503, saying so.
+    let Err(e) = place(&[full(1000)]) else { panic!("placed on a full relay") };
+    assert_eq!(e.status().as_u16(), 503);
+    assert!(format!("{e}").contains("allocation capacity"), "{e}");
 }
 
 #[test]

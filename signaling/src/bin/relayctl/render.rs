@@ -198,21 +198,25 @@ pub fn relays(v: &RelayList) -> String {
         ("LINK", Align::Right),
         ("LOAD", Align::Right),
         ("ALLOCATIONS", Align::Right),
+        ("CAPACITY", Align::Right),
         ("SEEN", Align::Left),
     ]);
     for info in &v.relays {
         let r = &info.relay;
         let host = if r.public_host.contains(':') { format!("[{}]", r.public_host) } else { r.public_host.clone() };
         let (n, max) = (r.load.allocations, r.load.max_allocations);
+        // A serving relay within signaling's margin of its capacity gets no new sessions.
+        let status = if info.status == "serving" && r.load.is_full() { "full".into() } else { info.status.clone() };
         t.row(vec![
             r.id.clone(),
             r.region.clone(),
-            info.status.clone(),
+            status,
             r.admin_state.as_str().into(),
             format!("{host}:{}", r.turn_udp_port),
             r.link_port.map_or_else(|| "-".into(), |p| p.to_string()),
             format!("{:.0}%", r.utilisation * 100.0),
-            if max > 0 { format!("{n}/{max}") } else { n.to_string() },
+            n.to_string(),
+            if max > 0 { max.to_string() } else { "-".into() },
             ago(info.seen_ago_ms),
         ]);
     }
