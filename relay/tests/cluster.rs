@@ -459,4 +459,23 @@ relay_id = "relay-capacity"
     assert_eq!((last.load.allocations, last.load.max_allocations), (50, 50));
     assert!(last.load.is_full() && (last.load.utilisation() - 1.0).abs() < 1e-9);
     assert_eq!(relay.healthz_body()["allocations"].as_u64(), Some(50));
+
+    // A reload that lowers max_total below the range lowers the capacity with it; the
+    // allocations held stay, and a new one is refused for max_total.
+    let text = std::fs::read_to_string(&config).unwrap().replace("max_total = 1000", "max_total = 40");
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-X", "POST", &format!("http://{}/reload", relay.admin)])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("allocations.max_total"), "{report}");
+    assert_eq!(relay.healthz_body()["capacity"].as_u64(), Some(40));
+    assert_eq!(relay.metric("relay_allocations_capacity"), 40.0);
+    let mut again = RawClient::new(relay.udp, "test", "test-password", REALM);
+    assert_eq!(again.allocate(), Err(508));
+    assert_eq!(refused("max_total"), 1.0);
+    eventually(Duration::from_secs(5), "a heartbeat reports the new capacity", || {
+        signaling.received().iter().filter_map(|r| r.heartbeat.as_ref().ok()).any(|hb| hb.load.max_allocations == 40)
+    });
 }
