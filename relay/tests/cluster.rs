@@ -431,6 +431,7 @@ relay_id = "relay-capacity"
         logs.iter().any(|l| l.contains("allocations.max_total = 1000 exceeds"))
     });
     assert!(banner_line(&relay, "relay ports").contains("capacity 50 allocations"));
+    assert!(banner_line(&relay, "warning").contains("allocations.max_total = 1000 exceeds"));
     let (_, first) = signaling.nth(0);
     assert_eq!((first.load.allocations, first.load.max_allocations), (0, 50));
     assert!(!first.load.is_full());

@@ -59,6 +59,9 @@ pub(super) fn print_banner(config: &Config, relay: &Relay) {
         config.advertised_ip(),
         config.capacity().allocations(),
     );
+    for warning in config.capacity().warnings() {
+        println!("  warning     {warning}");
+    }
     if let Some(http) = relay.sfu_http {
         println!(
             "  SFU         WHIP {scheme}://{http}/whip/{{machine}}, WHEP {scheme}://{http}/whep/{{session}} (media on udp {})",
