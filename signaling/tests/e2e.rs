@@ -264,7 +264,18 @@ async fn relays_register_and_serve_the_ice_configs_signaling_hands_out() {
     })
     .await
     .expect("ICE config from the short-TTL signaling");
-    allocate_and_relay(&ice).await.expect("fresh credential");
+    // The relay applies the secrets of signaling's first reply a moment after signaling lists
+    // it (the reply is what brings them): a first attempt in that window gets 401.
+    let mut fresh = Err(String::new());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        fresh = allocate_and_relay(&ice).await;
+        if fresh.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fresh.expect("fresh credential");
     let expires = ice["expires_at"].as_u64().unwrap();
     while common::unix_now() <= expires + 1 {
         tokio::time::sleep(Duration::from_millis(250)).await;
