@@ -280,3 +280,65 @@ fn whip_over_https_with_the_configured_certificate() {
     assert!(refused.is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Offers the WebRTC stack mishandled (a panic, a parser error carrying a pointer value, answers
+/// no browser takes) get a 400 at WHIP and at WHEP whose JSON names the problem in our words, and
+/// nothing panics (issue 26). The bad offers are a real client's, each broken in one way.
+#[test]
+fn bad_offers_get_a_400_naming_the_problem() {
+    let relay = RelayProcess::start("relay.toml", &[]);
+    let http = Http::new(relay.sfu_http(), reqwest::Client::new());
+    let publisher_token = token(MediaRole::Publisher, "cab-1", None);
+    let player_token = token(MediaRole::Player, "cab-1", Some("s-1"));
+    let targets =
+        [("/whip/cab-1", &publisher_token, Direction::SendOnly), ("/whep/s-1", &player_token, Direction::RecvOnly)];
+    for (path, tok, direction) in targets {
+        let (_peer, offer, _pending) = Peer::new(relay.udp, direction);
+        let lines: Vec<&str> = offer.split("\r\n").collect();
+        // An RTX payload type and its primary, in the first video m-line.
+        let (rtx, primary) = lines
+            .iter()
+            .find_map(|l| {
+                let (pt, apt) = l.strip_prefix("a=fmtp:")?.split_once(" apt=")?;
+                Some((pt.to_owned(), apt.trim().to_owned()))
+            })
+            .unwrap_or_else(|| panic!("the client offers RTX: {offer}"));
+        let video = lines.iter().find(|l| l.starts_with("m=video")).expect("a video m-line");
+        // A primary the RTX payload type does not name (the client offers one codec only).
+        let other = (96..128).map(|pt: u16| pt.to_string()).find(|pt| *pt != rtx && *pt != primary).unwrap();
+        let mids: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("a=mid:")).collect();
+        assert!(mids.len() >= 2, "two m-lines to give one mid: {offer}");
+        let conflicting = offer.replace(
+            &format!("a=fmtp:{rtx} apt={primary}\r\n"),
+            &format!("a=fmtp:{rtx} apt={primary}\r\na=fmtp:{rtx} apt={other}\r\n"),
+        );
+        let duplicate = offer.replace(&format!("a=mid:{}\r\n", mids[1]), &format!("a=mid:{}\r\n", mids[0]));
+        let m_video = video.split(' ').take(3).collect::<Vec<_>>().join(" ");
+        let orphan = offer.replace(video, &format!("{m_video} {rtx}"));
+        let (lo, hi) = if primary.parse::<u16>().unwrap() < other.parse::<u16>().unwrap() {
+            (primary.as_str(), other.as_str())
+        } else {
+            (other.as_str(), primary.as_str())
+        };
+        let cases = [
+            ("conflicting apt", conflicting, format!("rtx payload type {rtx} names two primaries ({lo}, {hi})")),
+            ("not SDP", "hello".to_owned(), "not an SDP offer".to_owned()),
+            ("empty", String::new(), "not an SDP offer: the body is empty".to_owned()),
+            ("duplicate mid", duplicate, format!("two m-lines share mid {}", mids[0])),
+            ("RTX without its primary", orphan, format!("rtx payload type {rtx} names primary {primary}")),
+        ];
+        for (name, body, want) in cases {
+            let (status, _, answer) = http.post(path, Some(tok), "application/sdp", &body);
+            assert_eq!(status, 400, "{path} {name}: {answer}");
+            let json: serde_json::Value =
+                serde_json::from_str(&answer).unwrap_or_else(|_| panic!("not JSON: {answer}"));
+            let error = json["error"].as_str().unwrap_or_default();
+            assert!(error.contains(&want), "{path} {name}: {error:?} does not say {want:?}");
+            assert!(!answer.contains("0x") && !answer.contains("PointerOffset"), "{path} {name}: {answer}");
+        }
+        // The offer itself is fine.
+        let (status, _, answer) = http.post(path, Some(tok), "application/sdp", &offer);
+        assert_eq!(status, 201, "{path}: {answer}");
+    }
+    assert_eq!(relay.metric("relay_sfu_peer_panics_total"), 0.0);
+}

@@ -117,7 +117,7 @@ impl Sfu {
     /// already there (the machine reconnecting) is replaced. Viewers already waiting that can
     /// decode none of its video codecs are closed (see [`Sfu::subscribe`]).
     pub fn publish(&mut self, now: Instant, machine: &str, offer: &str) -> Result<(PeerId, String), SfuError> {
-        let (peer, answer) = Peer::answer(now, offer, self.public)?;
+        let (peer, answer) = self.answer(now, offer)?;
         let id = self.add(peer, None, machine);
         if let Some(old) = self.router.publish(machine, id)? {
             self.forget(old);
@@ -172,7 +172,7 @@ impl Sfu {
         {
             return Err(SfuError::NoLinks { machine: machine.to_owned(), home: id.to_owned() });
         }
-        let (peer, answer) = Peer::answer(now, offer, self.public)?;
+        let (peer, answer) = self.answer(now, offer)?;
         let id = self.add(peer, Some(role), label);
         if let Some(entry) = self.peers.get_mut(&id) {
             entry.session = session.map(str::to_owned);
@@ -447,6 +447,16 @@ impl Sfu {
             }
         }
         let _ = self.router.remove(id);
+    }
+
+    /// A new peer answering `offer`; a panic of the WebRTC stack while answering is counted
+    /// like one of a running peer's.
+    fn answer(&mut self, now: Instant, offer: &str) -> Result<(Peer, String), PeerError> {
+        Peer::answer(now, offer, self.public).inspect_err(|e| {
+            if matches!(e, PeerError::Panicked) {
+                self.stats.panics += 1;
+            }
+        })
     }
 
     fn fail(&mut self, id: PeerId, e: &PeerError) {

@@ -9,6 +9,7 @@ pub mod demux;
 pub mod engine;
 pub mod keyframe;
 pub mod layer;
+pub mod offer;
 pub mod route;
 pub mod stamp;
 pub mod webrtc;

@@ -23,6 +23,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
+use tracing::{debug, warn};
+
 use super::keyframe::{Codec, is_keyframe};
 use super::stamp::STAMPED_CHANNEL;
 
@@ -120,9 +122,15 @@ impl Peer {
     /// Answers `offer` (a publisher's when `publisher`, else a subscriber's) with an ICE-lite
     /// peer whose only candidate is `public`. Returns the peer and the SDP answer.
     pub fn answer(now: Instant, offer: &str, public: SocketAddr) -> Result<(Self, String), PeerError> {
+        // Our checks first, then str0m's; its errors are logged, never shown (they can carry
+        // a pointer value, see `offer`).
+        super::offer::check(offer).map_err(PeerError::BadOffer)?;
         let offered: Vec<Mid> =
             offer.lines().filter_map(|l| l.trim().strip_prefix("a=mid:")).map(|m| Mid::from(m.trim())).collect();
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| PeerError::BadOffer(e.to_string()))?;
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| {
+            debug!(error = %e, "the WebRTC stack does not parse an offer");
+            PeerError::BadOffer("the SDP offer does not parse".into())
+        })?;
         guard(|| {
             let mut rtc = RtcConfig::new()
                 .set_ice_lite(true)
@@ -135,9 +143,15 @@ impl Peer {
                 .enable_vp9(true)
                 .set_stats_interval(Some(STATS_INTERVAL))
                 .build(now);
-            let candidate = Candidate::host(public, "udp").map_err(|e| PeerError::Rtc(e.to_string()))?;
+            let candidate = Candidate::host(public, "udp").map_err(|e| {
+                warn!(error = %e, %public, "the WebRTC stack refuses the SFU's address as a candidate");
+                PeerError::Rtc("the SFU's address is not a usable ICE candidate".into())
+            })?;
             rtc.add_local_candidate(candidate);
-            let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| PeerError::BadOffer(e.to_string()))?;
+            let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
+                debug!(error = %e, "the WebRTC stack cannot answer an offer");
+                PeerError::BadOffer("the offer's media lines cannot be answered".into())
+            })?;
             let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
             Ok((
                 Self {
