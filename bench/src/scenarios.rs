@@ -413,6 +413,10 @@ pub struct Held {
 /// `bench hold`: allocates `count` and keeps them until stdin closes.
 pub fn hold(server: SocketAddr, count: usize) -> anyhow::Result<()> {
     sys::raise_fd_limit(262_144);
+    // The parent's credential (its --secret or --user), else the bench's own.
+    if let Some(c) = Credentials::from_env()? {
+        set_credentials(c);
+    }
     let allocated = turnc::allocate_many(server, &creds(), count, 256, &client_ips(), HOLD_GIVE_UP, None)?;
     let held =
         Held { relayed: allocated.clients.iter().map(|c| c.relayed).collect(), failures: allocated.failures.clone() };
@@ -420,6 +424,7 @@ pub fn hold(server: SocketAddr, count: usize) -> anyhow::Result<()> {
     // Keep the sockets (and so the allocations' 5-tuples) until the parent is done measuring.
     let mut line = String::new();
     while std::io::stdin().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {}
+    allocated.release(server, &creds());
     drop(allocated);
     Ok(())
 }
@@ -448,6 +453,7 @@ pub fn allocations(env: &Env, kind: Kind, plan: &Plan, progress: bool) -> anyhow
         pb.finish_and_clear();
     }
     let (succeeded, per_sec) = (rate.clients.len(), rate.clients.len() as f64 / rate.elapsed.as_secs_f64());
+    rate.release(server.addr, &creds);
     drop(rate);
     drop(server);
 
@@ -465,6 +471,7 @@ pub fn allocations(env: &Env, kind: Kind, plan: &Plan, progress: bool) -> anyhow
         left -= count;
         let mut child = std::process::Command::new(&env.bench_bin)
             .args(["hold", "--server", &server.addr.to_string(), "--count", &count.to_string()])
+            .envs(creds.to_env())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())

@@ -41,7 +41,34 @@ impl Credentials {
     pub fn static_user(username: &str, password: &str, realm: &str) -> Self {
         Self { key: long_term_key(username, realm, password), username: username.into(), realm: realm.into() }
     }
+
+    /// The credential as environment variables, for a child bench process (not on its command
+    /// line, where `ps` shows it); the key is the long-term key, not the secret or password.
+    pub fn to_env(&self) -> [(&'static str, String); 3] {
+        let key = self.key.iter().map(|b| format!("{b:02x}")).collect();
+        [(ENV_USERNAME, self.username.clone()), (ENV_REALM, self.realm.clone()), (ENV_KEY, key)]
+    }
+
+    /// The credential a parent bench process put in the environment, if any.
+    pub fn from_env() -> anyhow::Result<Option<Self>> {
+        let (Ok(username), Ok(realm), Ok(hex)) =
+            (std::env::var(ENV_USERNAME), std::env::var(ENV_REALM), std::env::var(ENV_KEY))
+        else {
+            return Ok(None);
+        };
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+            .collect::<Option<Vec<u8>>>();
+        let key = bytes.and_then(|b| <[u8; 16]>::try_from(b).ok());
+        let key = key.ok_or_else(|| anyhow::anyhow!("{ENV_KEY}: expected 32 hex digits"))?;
+        Ok(Some(Self { username, realm, key }))
+    }
 }
+
+const ENV_USERNAME: &str = "BENCH_TURN_USERNAME";
+const ENV_REALM: &str = "BENCH_TURN_REALM";
+const ENV_KEY: &str = "BENCH_TURN_KEY";
 
 /// One allocated client.
 pub struct Client {
@@ -93,6 +120,28 @@ pub struct Allocated {
     /// Error responses by code, and requests that timed out (code 0).
     pub failures: BTreeMap<u16, u64>,
     pub elapsed: Duration,
+}
+
+impl Allocated {
+    /// Deletes every allocation (Refresh with a zero lifetime, RFC 8656 §7.3), best effort:
+    /// each request is sent twice, paced (a burst of thousands overflows a server's socket
+    /// buffer), and the answers are not awaited. A server the bench did not
+    /// start keeps what a step allocated for the allocations' whole lifetime otherwise, and
+    /// the next step's clients, whose source ports may repeat an old allocation's 5-tuple, get
+    /// 437 or 441 (and the ports stay taken).
+    pub fn release(&self, server: SocketAddr, creds: &Credentials) {
+        let zero = turn::proto::lifetime::Lifetime(Duration::ZERO);
+        for _ in 0..2 {
+            for chunk in self.clients.chunks(64) {
+                for c in chunk {
+                    let refresh = request(stun::message::METHOD_REFRESH, &[&zero], creds, Some(&c.nonce));
+                    let _ = c.socket.send_to(&refresh.raw, server);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
