@@ -339,7 +339,11 @@ fn main() -> anyhow::Result<()> {
             let result = if drop_every > 0 {
                 // A fixed-rate step through a raw forwarder that drops every Nth packet.
                 let server = targets::Server::start(kind, &env, peer.addr, drop_every, Duration::ZERO)?;
-                let flows = vec![traffic::Flow { socket: std::net::UdpSocket::bind("127.0.0.2:0")?, channel: None }];
+                let flows = vec![traffic::Flow {
+                    socket: std::net::UdpSocket::bind("127.0.0.2:0")?,
+                    channel: None,
+                    keep: None,
+                }];
                 let mut engine = traffic::Engine::new(flows, &peer, server.addr)?;
                 let r = engine.step(
                     plan.start_pps,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::stats::LatencyRound;
 use crate::sys;
 use crate::targets::{Env, Kind, REALM, SECRET, Server};
-use crate::traffic::{EchoPeer, Engine, Flow, StepResult};
+use crate::traffic::{EchoPeer, Engine, Flow, Keep, StepResult};
 use crate::turnc::{self, Credentials};
 
 /// At most this loss counts as "delivered" (the 0.1%).
@@ -198,7 +198,7 @@ fn flows(server: &Server, count: usize, peer: SocketAddr) -> anyhow::Result<(Vec
         let flows = (0..count)
             .map(|i| {
                 let ip = client_ips()[i % client_ips().len()];
-                Ok(Flow { socket: UdpSocket::bind((ip, 0))?, channel: None })
+                Ok(Flow { socket: UdpSocket::bind((ip, 0))?, channel: None, keep: None })
             })
             .collect::<anyhow::Result<_>>()?;
         return Ok((flows, Vec::new()));
@@ -219,7 +219,11 @@ fn flows(server: &Server, count: usize, peer: SocketAddr) -> anyhow::Result<(Vec
     }
     let flows = clients
         .iter()
-        .map(|c| Ok(Flow { socket: c.socket.try_clone()?, channel: Some(0x4000) }))
+        .map(|c| {
+            let keep =
+                Keep { server: server.addr, creds: creds.clone(), nonce: c.nonce.clone(), peer, lifetime: c.lifetime };
+            Ok(Flow { socket: c.socket.try_clone()?, channel: Some(0x4000), keep: Some(keep) })
+        })
         .collect::<anyhow::Result<_>>()?;
     Ok((flows, clients))
 }

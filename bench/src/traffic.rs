@@ -49,6 +49,44 @@ pub struct Flow {
     pub socket: UdpSocket,
     /// TURN channel number (ChannelData framing) or `None` for the raw forwarder (bare payload).
     pub channel: Option<u16>,
+    /// For a TURN flow: what keeps its allocation, permission and channel alive through a step
+    /// longer than their lifetimes.
+    pub keep: Option<Keep>,
+}
+
+/// What a TURN flow needs to refresh itself while a step runs: every [`Keep::every`] it sends
+/// a Refresh and its ChannelBind again (which refreshes the channel and the peer's permission,
+/// RFC 8656 §9 and §12: 5 minutes for a permission, 10 for a channel), without waiting for the
+/// answers; an answer of 438 (stale nonce) brings the nonce the next round uses.
+pub struct Keep {
+    pub server: SocketAddr,
+    pub creds: crate::turnc::Credentials,
+    pub nonce: String,
+    pub peer: SocketAddr,
+    /// The allocation's lifetime as granted.
+    pub lifetime: Duration,
+}
+
+/// A permission lasts 5 minutes (RFC 8656 §9): refreshed well within it.
+const PERMISSION_REFRESH: Duration = Duration::from_secs(60);
+
+impl Keep {
+    /// How often the flow is refreshed: half the allocation's lifetime, and often enough for
+    /// its permission.
+    pub fn every(&self) -> Duration {
+        (self.lifetime / 2).min(PERMISSION_REFRESH).max(Duration::from_secs(1))
+    }
+
+    fn send(&self, socket: &UdpSocket, channel: u16) {
+        use crate::turnc::request;
+        let lifetime = turn::proto::lifetime::Lifetime(self.lifetime);
+        let number = turn::proto::channum::ChannelNumber(channel);
+        let peer = turn::proto::peeraddr::PeerAddress { ip: self.peer.ip(), port: self.peer.port() };
+        let refresh = request(stun::message::METHOD_REFRESH, &[&lifetime], &self.creds, Some(&self.nonce));
+        let bind = request(stun::message::METHOD_CHANNEL_BIND, &[&number, &peer], &self.creds, Some(&self.nonce));
+        let _ = socket.send_to(&refresh.raw, self.server);
+        let _ = socket.send_to(&bind.raw, self.server);
+    }
 }
 
 /// What one measured step did.
@@ -144,10 +182,22 @@ impl Engine {
         let (mut sent, mut seq, mut flow) = (0u64, 0u64, 0usize);
         let n_flows = self.flows.len();
         let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+        let keep_every = self.flows.iter().filter_map(|f| f.keep.as_ref().map(Keep::every)).min();
+        let mut next_keep = keep_every.map(|every| start + every);
         loop {
             let elapsed = start.elapsed();
             if elapsed >= duration {
                 break;
+            }
+            if let (Some(at), Some(every)) = (next_keep, keep_every)
+                && Instant::now() >= at
+            {
+                for f in &self.flows {
+                    if let (Some(keep), Some(channel)) = (&f.keep, f.channel) {
+                        keep.send(&f.socket, channel);
+                    }
+                }
+                next_keep = Some(at + every);
             }
             let due = (rate * elapsed.as_secs_f64()) as u64;
             // Spread what is due over the flows, at most a batch per flow per turn.
@@ -236,11 +286,25 @@ impl Engine {
 
     /// One batch at a client. True if there may be more.
     fn count(&mut self, flow: usize, tally: &mut Tally) -> bool {
-        let f = &self.flows[flow];
+        let f = &mut self.flows[flow];
         let header = if f.channel.is_some() { 4 } else { 0 };
         let Ok(n) = self.recv.recv(f.socket.as_raw_fd()) else { return false };
         let now = self.epoch.elapsed().as_nanos() as u64;
         for k in 0..n {
+            // A STUN answer to a keep-alive (the first two bits 0, ChannelData starts 0b01):
+            // a stale nonce's 438 carries the next one.
+            if let Some(keep) = f.keep.as_mut()
+                && self.recv.payload(k).first().is_some_and(|b| b >> 6 == 0)
+            {
+                let mut m = stun::message::Message::new();
+                if m.unmarshal_binary(self.recv.payload(k)).is_ok()
+                    && crate::turnc::error_code(&m) == Some(438)
+                    && let Some(nonce) = crate::turnc::nonce_of(&m)
+                {
+                    keep.nonce = nonce;
+                }
+                continue;
+            }
             let Some(body) = self.recv.payload(k).get(header..header + STAMP) else { continue };
             if body[0..4] != MAGIC.to_be_bytes() || body[4..8] != tally.step.to_be_bytes() {
                 continue;

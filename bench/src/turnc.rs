@@ -76,7 +76,12 @@ pub struct Client {
     /// The XOR-RELAYED-ADDRESS the server gave.
     pub relayed: SocketAddr,
     pub nonce: String,
+    /// The lifetime the server granted (its LIFETIME attribute; RFC 8656's default without one).
+    pub lifetime: Duration,
 }
+
+/// RFC 8656 §3.7: an allocation's lifetime unless the server says otherwise.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 
 /// Builds a request; signed when a nonce is given.
 pub fn request(method: Method, attrs: &[&dyn Setter], creds: &Credentials, nonce: Option<&str>) -> Message {
@@ -110,7 +115,7 @@ pub fn error_code(m: &Message) -> Option<u16> {
     e.get_from(m).ok().map(|()| e.code.0)
 }
 
-fn nonce_of(m: &Message) -> Option<String> {
+pub fn nonce_of(m: &Message) -> Option<String> {
     TextAttribute::get_from_as(m, ATTR_NONCE).ok().map(|t| t.text)
 }
 
@@ -238,8 +243,10 @@ pub fn allocate_many(
                     }
                     (Phase::Authenticated, None) if resp.typ.class == CLASS_SUCCESS_RESPONSE => {
                         let mut relayed = turn::proto::relayaddr::RelayedAddress::default();
+                        let mut lifetime = turn::proto::lifetime::Lifetime(DEFAULT_LIFETIME);
+                        let _ = lifetime.get_from(&resp);
                         match relayed.get_from(&resp) {
-                            Ok(()) => Some(Ok(SocketAddr::new(relayed.ip, relayed.port))),
+                            Ok(()) => Some(Ok((SocketAddr::new(relayed.ip, relayed.port), lifetime.0))),
                             Err(_) => Some(Err(1)),
                         }
                     }
@@ -251,9 +258,12 @@ pub fn allocate_many(
                     let fd = f.socket.as_raw_fd();
                     let _ = poll.registry().deregister(&mut SourceFd(&fd));
                     match outcome {
-                        Ok(relayed) => {
-                            clients.push(Client { socket: f.socket, relayed, nonce: f.nonce.unwrap_or_default() })
-                        }
+                        Ok((relayed, lifetime)) => clients.push(Client {
+                            socket: f.socket,
+                            relayed,
+                            nonce: f.nonce.unwrap_or_default(),
+                            lifetime,
+                        }),
                         Err(code) => *failures.entry(code).or_insert(0) += 1,
                     }
                     done += 1;
