@@ -44,6 +44,37 @@ pub enum PeerError {
     Panicked,
 }
 
+/// The answer with every rejected media line (port 0) given a format: the static payload type 0
+/// for RTP lines, the offered formats for others. str0m rejects a line whose codecs it does not support with an empty format list
+/// (`m=audio 0 UDP/TLS/RTP/SAVPF `), which SDP does not allow (RFC 4566 §5.14: at least one
+/// format; RFC 3264 §6 answers a rejected stream with its port set to zero), and which browsers
+/// and str0m itself refuse to parse.
+fn with_rejected_formats(answer: &str, offer: &str) -> String {
+    let offered: Vec<&str> = offer.lines().map(str::trim).filter(|l| l.starts_with("m=")).collect();
+    let mut index = 0;
+    let mut out = String::with_capacity(answer.len() + 16);
+    for line in answer.split_inclusive("\r\n") {
+        let body = line.trim_end();
+        if body.starts_with("m=") {
+            let parts: Vec<&str> = body.split_whitespace().collect();
+            if parts.len() == 3 && parts[1] == "0" {
+                // RTP lines get the static payload type 0, which needs no rtpmap; others (the
+                // data channel's) their offered formats.
+                let rtp = parts[2].contains("RTP");
+                let formats: Vec<&str> =
+                    offered.get(index).map(|m| m.split_whitespace().skip(3).collect()).unwrap_or_default();
+                let formats = if rtp || formats.is_empty() { "0".to_owned() } else { formats.join(" ") };
+                out.push_str(&format!("{} {} {} {formats}\r\n", parts[0], parts[1], parts[2]));
+                index += 1;
+                continue;
+            }
+            index += 1;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 /// A datagram to send from the SFU's port.
 #[derive(Debug, Clone)]
 pub struct Transmit {
@@ -125,6 +156,7 @@ impl Peer {
         // Our checks first, then str0m's; its errors are logged, never shown (they can carry
         // a pointer value, see `offer`).
         super::offer::check(offer).map_err(PeerError::BadOffer)?;
+        let offer_text = offer;
         let offered: Vec<Mid> =
             offer.lines().filter_map(|l| l.trim().strip_prefix("a=mid:")).map(|m| Mid::from(m.trim())).collect();
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| {
@@ -165,7 +197,7 @@ impl Peer {
                     timeout: now,
                     offered,
                 },
-                answer.to_sdp_string(),
+                with_rejected_formats(&answer.to_sdp_string(), offer_text),
             ))
         })?
     }
@@ -474,4 +506,22 @@ fn order_rids(rids: &mut [Rid]) {
 /// Runs `f`, turning a panic into [`PeerError::Panicked`].
 fn guard<T>(f: impl FnOnce() -> T) -> Result<T, PeerError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| PeerError::Panicked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejected_line_gets_a_format() {
+        let offer =
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 1 2\r\na=mid:1\r\n";
+        let answer =
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:0\r\nm=audio 0 UDP/TLS/RTP/SAVPF \r\na=mid:1\r\n";
+        let want =
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 0\r\na=mid:1\r\n";
+        assert_eq!(with_rejected_formats(answer, offer), want);
+        // An answer without rejected lines is unchanged.
+        assert_eq!(with_rejected_formats(want, offer), want);
+    }
 }
