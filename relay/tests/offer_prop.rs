@@ -1,4 +1,4 @@
-//! Real offers (Chromium's and aiortc's, as WHIP and WHEP send them; `tests/data/offers`), each
+//! Real offers (Chromium's, Firefox's and aiortc's, as WHIP and WHEP send them; `tests/data/offers`), each
 //! mutated a few ways, into the SFU's answer path. The property (issue 26): nothing panics past
 //! the guard, a refusal never carries a dependency's internals (a pointer value, a parser
 //! position), and every answer given parses back with unique mids.
@@ -10,9 +10,11 @@ use proptest::prelude::*;
 use relay::sfu::webrtc::{Peer, PeerError};
 use str0m::change::SdpAnswer;
 
-const OFFERS: [(&str, &str); 4] = [
+const OFFERS: [(&str, &str); 6] = [
     ("chromium-whep", include_str!("data/offers/chromium-whep.sdp")),
     ("chromium-whip", include_str!("data/offers/chromium-whip.sdp")),
+    ("firefox-whep", include_str!("data/offers/firefox-whep.sdp")),
+    ("firefox-whip", include_str!("data/offers/firefox-whip.sdp")),
     ("aiortc-whep", include_str!("data/offers/aiortc-whep.sdp")),
     ("aiortc-whip", include_str!("data/offers/aiortc-whip.sdp")),
 ];
