@@ -229,7 +229,7 @@ fn flows(server: &Server, count: usize, peer: SocketAddr) -> anyhow::Result<(Vec
 }
 
 /// Checks the target is still up and, for TURN, still has the flows' allocations (a Refresh on
-/// each answers 200, not 437).
+/// each answers 200, not 437), then deletes them.
 fn still_serving(server: &mut Server, clients: &mut [turnc::Client]) -> anyhow::Result<()> {
     if !server.alive() {
         bail!("{} exited during the run", server.kind.name());
@@ -245,6 +245,8 @@ fn still_serving(server: &mut Server, clients: &mut [turnc::Client]) -> anyhow::
             bail!("{} lost an allocation (Refresh answered {code})", server.kind.name());
         }
     }
+    // Done with them: a server the bench did not start would keep them for their lifetime.
+    turnc::release(clients, server.addr, &creds);
     Ok(())
 }
 

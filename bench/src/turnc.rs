@@ -130,22 +130,26 @@ pub struct Allocated {
 impl Allocated {
     /// Deletes every allocation (Refresh with a zero lifetime, RFC 8656 §7.3), best effort:
     /// each request is sent twice, paced (a burst of thousands overflows a server's socket
-    /// buffer), and the answers are not awaited. A server the bench did not
-    /// start keeps what a step allocated for the allocations' whole lifetime otherwise, and
-    /// the next step's clients, whose source ports may repeat an old allocation's 5-tuple, get
+    /// buffer), and the answers are not awaited. A server the bench did not start keeps what a
+    /// step allocated for the allocations' whole lifetime otherwise, and the next step's clients, whose source ports may repeat an old allocation's 5-tuple, get
     /// 437 or 441 (and the ports stay taken).
     pub fn release(&self, server: SocketAddr, creds: &Credentials) {
-        let zero = turn::proto::lifetime::Lifetime(Duration::ZERO);
-        for _ in 0..2 {
-            for chunk in self.clients.chunks(64) {
-                for c in chunk {
-                    let refresh = request(stun::message::METHOD_REFRESH, &[&zero], creds, Some(&c.nonce));
-                    let _ = c.socket.send_to(&refresh.raw, server);
-                }
-                std::thread::sleep(Duration::from_millis(5));
+        release(&self.clients, server, creds);
+    }
+}
+
+/// Deletes `clients`' allocations: see [`Allocated::release`].
+pub fn release(clients: &[Client], server: SocketAddr, creds: &Credentials) {
+    let zero = turn::proto::lifetime::Lifetime(Duration::ZERO);
+    for _ in 0..2 {
+        for chunk in clients.chunks(64) {
+            for c in chunk {
+                let refresh = request(stun::message::METHOD_REFRESH, &[&zero], creds, Some(&c.nonce));
+                let _ = c.socket.send_to(&refresh.raw, server);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(5));
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
