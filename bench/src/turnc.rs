@@ -131,8 +131,9 @@ impl Allocated {
     /// Deletes every allocation (Refresh with a zero lifetime, RFC 8656 §7.3), best effort:
     /// each request is sent twice, paced (a burst of thousands overflows a server's socket
     /// buffer), and the answers are not awaited. A server the bench did not start keeps what a
-    /// step allocated for the allocations' whole lifetime otherwise, and the next step's clients, whose source ports may repeat an old allocation's 5-tuple, get
-    /// 437 or 441 (and the ports stay taken).
+    /// step allocated for the allocations' whole lifetime otherwise, and the next step's
+    /// clients, whose source ports may repeat an old allocation's 5-tuple, get 437 or 441 (and
+    /// the ports stay taken).
     pub fn release(&self, server: SocketAddr, creds: &Credentials) {
         release(&self.clients, server, creds);
     }

@@ -63,10 +63,9 @@ pub struct Load {
 
 /// How close to its capacity a relay may come before signaling stops placing new sessions there:
 /// this fraction of the capacity, or [`FULL_MARGIN_MIN`] allocations, whichever is more (but at
-/// most a quarter of the capacity). A session
-/// takes a few allocations (the player's, the machine's, one per address family or transport the
-/// browser tries), and sessions placed between two heartbeats all land before the relay's next
-/// report.
+/// most a quarter of the capacity). A session takes a few allocations (the player's, the
+/// machine's, one per address family or transport the browser tries), and sessions placed
+/// between two heartbeats all land before the relay's next report.
 pub const FULL_MARGIN: f64 = 0.02;
 pub const FULL_MARGIN_MIN: u64 = 4;
 

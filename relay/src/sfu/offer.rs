@@ -65,18 +65,18 @@ pub fn check(offer: &str) -> Result<(), String> {
             return Err(format!("two m-lines share mid {mid}"));
         }
         for (pt, primaries) in &section.apt {
-            let list = primaries.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
-            match primaries.len() {
-                0 => {}
-                1 => {
-                    let primary = primaries.first().copied().unwrap_or_default();
-                    if !section.formats.contains(&primary) {
-                        return Err(format!(
-                            "rtx payload type {pt} names primary {primary}, which its m-line does not offer"
-                        ));
-                    }
+            let mut named = primaries.iter();
+            match (named.next(), named.next()) {
+                (Some(primary), None) if !section.formats.contains(primary) => {
+                    return Err(format!(
+                        "rtx payload type {pt} names primary {primary}, which its m-line does not offer"
+                    ));
                 }
-                _ => return Err(format!("rtx payload type {pt} names two primaries ({list})")),
+                (Some(_), Some(_)) => {
+                    let list = primaries.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+                    return Err(format!("rtx payload type {pt} names two primaries ({list})"));
+                }
+                _ => {}
             }
         }
     }

@@ -45,10 +45,11 @@ pub enum PeerError {
 }
 
 /// The answer with every rejected media line (port 0) given a format: the static payload type 0
-/// for RTP lines, the offered formats for others. str0m rejects a line whose codecs it does not support with an empty format list
-/// (`m=audio 0 UDP/TLS/RTP/SAVPF `), which SDP does not allow (RFC 4566 §5.14: at least one
-/// format; RFC 3264 §6 answers a rejected stream with its port set to zero), and which browsers
-/// and str0m itself refuse to parse.
+/// for RTP lines, the offered formats for others. str0m 0.23 rejects a line whose codecs it does
+/// not support with an empty format list (`m=audio 0 UDP/TLS/RTP/SAVPF `), which SDP does not
+/// allow (RFC 4566 §5.14: at least one format; RFC 3264 §6 answers a rejected stream with its
+/// port set to zero), and which Chromium and str0m itself refuse to parse. Check whether a str0m
+/// upgrade still needs this (the offer-mutation test in `tests/offer_prop.rs` finds it).
 fn with_rejected_formats(answer: &str, offer: &str) -> String {
     let offered: Vec<&str> = offer.lines().map(str::trim).filter(|l| l.starts_with("m=")).collect();
     let mut index = 0;
@@ -156,10 +157,9 @@ impl Peer {
         // Our checks first, then str0m's; its errors are logged, never shown (they can carry
         // a pointer value, see `offer`).
         super::offer::check(offer).map_err(PeerError::BadOffer)?;
-        let offer_text = offer;
         let offered: Vec<Mid> =
             offer.lines().filter_map(|l| l.trim().strip_prefix("a=mid:")).map(|m| Mid::from(m.trim())).collect();
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| {
+        let parsed = SdpOffer::from_sdp_string(offer).map_err(|e| {
             debug!(error = %e, "the WebRTC stack does not parse an offer");
             PeerError::BadOffer("the SDP offer does not parse".into())
         })?;
@@ -180,7 +180,7 @@ impl Peer {
                 PeerError::Rtc("the SFU's address is not a usable ICE candidate".into())
             })?;
             rtc.add_local_candidate(candidate);
-            let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
+            let answer = rtc.sdp_api().accept_offer(parsed).map_err(|e| {
                 debug!(error = %e, "the WebRTC stack cannot answer an offer");
                 PeerError::BadOffer("the offer's media lines cannot be answered".into())
             })?;
@@ -197,7 +197,7 @@ impl Peer {
                     timeout: now,
                     offered,
                 },
-                with_rejected_formats(&answer.to_sdp_string(), offer_text),
+                with_rejected_formats(&answer.to_sdp_string(), offer),
             ))
         })?
     }

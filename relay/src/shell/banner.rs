@@ -51,15 +51,16 @@ pub(super) fn print_banner(config: &Config, relay: &Relay) {
     for tls in &relay.tls {
         println!("  TURN/TLS    tls://{tls}");
     }
+    let capacity = config.capacity();
     println!(
         "  relay ports {}-{} on {}, advertised as {}; capacity {} allocations",
         config.ports.start(),
         config.ports.end(),
         config.relay_ip,
         config.advertised_ip(),
-        config.capacity().allocations(),
+        capacity.allocations(),
     );
-    for warning in config.capacity().warnings() {
+    for warning in capacity.warnings() {
         println!("  warning     {warning}");
     }
     if let Some(http) = relay.sfu_http {

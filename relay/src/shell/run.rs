@@ -193,8 +193,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
     if config.secrets.is_empty() && config.cluster.is_some() {
         info!("auth.secrets is empty: TURN REST credentials are refused until signaling's first reply brings secrets");
     }
-    let capacity = config.capacity();
-    for warning in capacity.warnings() {
+    for warning in config.capacity().warnings() {
         warn!("{warning}");
     }
     let mut seed = rand::rng();
@@ -446,10 +445,6 @@ fn spawn_workers(
     sfu: Option<&sfu::SfuHandle>,
 ) -> anyhow::Result<Workers> {
     let config = cores.config;
-    let capacity = config.capacity();
-    for warning in capacity.warnings() {
-        warn!("{warning}");
-    }
     let mut seed = rand::rng();
     let now = Instant::now();
     let core = |seed: &mut rand::rngs::ThreadRng| {
