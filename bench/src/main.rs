@@ -209,6 +209,9 @@ enum Cmd {
         server: SocketAddr,
         #[arg(long)]
         count: usize,
+        /// Delete the allocations when done (the server outlives the bench).
+        #[arg(long)]
+        release: bool,
     },
     /// The raw target's process (started by the bench itself).
     #[command(hide = true)]
@@ -280,7 +283,7 @@ fn print<T: serde::Serialize + std::fmt::Debug>(json: bool, value: &T) -> anyhow
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Hold { server, count } => scenarios::hold(server, count),
+        Cmd::Hold { server, count, release } => scenarios::hold(server, count, release),
         Cmd::Sfu { common, viewers, secs, out } => {
             let env = env(&common)?;
             let (_server, target) = targets::start_ours_sfu(&env)?;

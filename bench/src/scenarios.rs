@@ -229,7 +229,7 @@ fn flows(server: &Server, count: usize, peer: SocketAddr) -> anyhow::Result<(Vec
 }
 
 /// Checks the target is still up and, for TURN, still has the flows' allocations (a Refresh on
-/// each answers 200, not 437), then deletes them.
+/// each answers 200, not 437), then deletes them from a server the bench did not start.
 fn still_serving(server: &mut Server, clients: &mut [turnc::Client]) -> anyhow::Result<()> {
     if !server.alive() {
         bail!("{} exited during the run", server.kind.name());
@@ -245,8 +245,12 @@ fn still_serving(server: &mut Server, clients: &mut [turnc::Client]) -> anyhow::
             bail!("{} lost an allocation (Refresh answered {code})", server.kind.name());
         }
     }
-    // Done with them: a server the bench did not start would keep them for their lifetime.
-    turnc::release(clients, server.addr, &creds);
+    // Done with them: a server the bench did not start would keep them for their lifetime (one
+    // it started is stopped now; deleting thousands there only costs CPU the other tests of a
+    // small machine need: coturn logs each one).
+    if server.is_external() {
+        turnc::release(clients, server.addr, &creds);
+    }
     Ok(())
 }
 
@@ -416,8 +420,9 @@ pub struct Held {
     pub failures: BTreeMap<u16, u64>,
 }
 
-/// `bench hold`: allocates `count` and keeps them until stdin closes.
-pub fn hold(server: SocketAddr, count: usize) -> anyhow::Result<()> {
+/// `bench hold`: allocates `count` and keeps them until stdin closes; then, with `release`,
+/// deletes them (a server the bench did not start).
+pub fn hold(server: SocketAddr, count: usize, release: bool) -> anyhow::Result<()> {
     sys::raise_fd_limit(262_144);
     // The parent's credential (its --secret or --user), else the bench's own.
     if let Some(c) = Credentials::from_env()? {
@@ -430,7 +435,9 @@ pub fn hold(server: SocketAddr, count: usize) -> anyhow::Result<()> {
     // Keep the sockets (and so the allocations' 5-tuples) until the parent is done measuring.
     let mut line = String::new();
     while std::io::stdin().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {}
-    allocated.release(server, &creds());
+    if release {
+        allocated.release(server, &creds());
+    }
     drop(allocated);
     Ok(())
 }
@@ -459,7 +466,9 @@ pub fn allocations(env: &Env, kind: Kind, plan: &Plan, progress: bool) -> anyhow
         pb.finish_and_clear();
     }
     let (succeeded, per_sec) = (rate.clients.len(), rate.clients.len() as f64 / rate.elapsed.as_secs_f64());
-    rate.release(server.addr, &creds);
+    if server.is_external() {
+        rate.release(server.addr, &creds);
+    }
     drop(rate);
     drop(server);
 
@@ -477,6 +486,7 @@ pub fn allocations(env: &Env, kind: Kind, plan: &Plan, progress: bool) -> anyhow
         left -= count;
         let mut child = std::process::Command::new(&env.bench_bin)
             .args(["hold", "--server", &server.addr.to_string(), "--count", &count.to_string()])
+            .args(server.is_external().then_some("--release"))
             .envs(creds.to_env())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -240,6 +240,12 @@ impl Server {
         Ok(server)
     }
 
+    /// A server the bench did not start (`--server`): it outlives the run, and keeps whatever
+    /// the run leaves allocated.
+    pub fn is_external(&self) -> bool {
+        self.child.is_none()
+    }
+
     /// True while the process runs (an external server is assumed to).
     pub fn alive(&mut self) -> bool {
         self.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(None)))
