@@ -100,7 +100,8 @@ impl Client {
         std_socket.set_nonblocking(true)?;
         crate::sys::enable_arrival_stamps(std::os::fd::AsRawFd::as_raw_fd(&std_socket))?;
         let addr = std_socket.local_addr()?;
-        let mut rtc = RtcConfig::new().set_rtp_mode(true).clear_codecs().enable_vp8(true).enable_opus(true).build(now);
+        let mut rtc =
+            RtcConfig::new().set_rtp_mode(true).clear_codecs().enable_vp8(true).enable_opus(true, false).build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp")?);
         let mut api = rtc.sdp_api();
         let video = api.add_media(MediaKind::Video, direction, None, None, None);

@@ -23,12 +23,21 @@ struct Net {
     clients: Vec<Client>,
     ids: Vec<PeerId>,
     now: Instant,
+    /// Clients whose session the test ended.
+    ended: Vec<SocketAddr>,
 }
 
 impl Net {
     fn new() -> Self {
         let public: SocketAddr = "192.0.2.10:3478".parse().unwrap();
-        Self { sfu: Sfu::new(public), public, clients: Vec::new(), ids: Vec::new(), now: Instant::now() }
+        Self {
+            sfu: Sfu::new(public),
+            public,
+            clients: Vec::new(),
+            ids: Vec::new(),
+            now: Instant::now(),
+            ended: Vec::new(),
+        }
     }
 
     fn publish(&mut self) -> usize {
@@ -83,8 +92,9 @@ impl Net {
             }
             for (from, data) in &wire {
                 let taken = self.sfu.handle_datagram(now, *from, data);
-                // A client the SFU closed answers the close; the SFU has forgotten it.
-                let closed = self.clients.iter().any(|c| c.addr == *from && c.closed);
+                // A client the SFU closed answers the close, or sent before the close reached
+                // it (a consent check); the SFU has forgotten it.
+                let closed = self.clients.iter().any(|c| c.addr == *from && c.closed) || self.ended.contains(from);
                 assert!(taken || closed, "the SFU took a datagram of its peer");
             }
             let mut out = Vec::new();
@@ -212,6 +222,7 @@ fn ending_a_session_closes_its_viewers_and_no_others() {
     let other = net.subscribe_in(Role::Spectator, "s-2");
     net.connect();
     let ended: std::collections::HashSet<String> = ["s-1".to_owned(), "s-9".to_owned()].into();
+    net.ended = vec![net.clients[player].addr, net.clients[spectator].addr];
     assert_eq!(net.sfu.end_sessions(&ended), 2);
     net.run(Duration::from_millis(200));
     assert!(net.clients[player].closed && net.clients[spectator].closed, "both viewers of s-1 see the close");

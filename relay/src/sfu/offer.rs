@@ -6,7 +6,8 @@
 //! checked here first, for what a WHIP or WHEP answer depends on: that it is SDP at all, that
 //! its media lines have distinct mids (RFC 8843 §7.2.1), and that each RTX payload type names
 //! one primary payload type that its media line offers (RFC 4588 §8.6). Whatever fails comes
-//! back as one sentence naming the problem; the stack's own errors are never shown.
+//! back as one sentence naming the problem; the stack's own errors are never shown. The answer
+//! is checked too ([`check_answer`]): it may use only payload types the offer lists.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -45,6 +46,9 @@ pub fn check(offer: &str) -> Result<(), String> {
         }
         let Some(section) = sections.last_mut() else { continue };
         if let Some(mid) = line.strip_prefix("a=mid:") {
+            if let Some(first) = section.mid {
+                return Err(format!("an m-line has two mids ({first}, {})", mid.trim()));
+            }
             section.mid = Some(mid.trim());
         } else if let Some(fmtp) = line.strip_prefix("a=fmtp:") {
             let (pt, params) = fmtp.split_once(' ').unwrap_or((fmtp, ""));
@@ -83,6 +87,44 @@ pub fn check(offer: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `Ok` if every media line `answer` accepts uses only payload types its offered line lists
+/// (RFC 3264 §6.1), else what went wrong. The WebRTC stack can answer an inconsistent offer
+/// (formats whose parameters it cannot tell apart) with payload types of its own; no browser
+/// should have to make sense of that, so such an offer is refused instead.
+pub fn check_answer(offer: &str, answer: &str) -> Result<(), String> {
+    let offered = media_lines(offer);
+    for (mid, line) in media_lines(answer) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 3 || fields[1] == "0" || !fields[2].contains("RTP") {
+            continue;
+        }
+        let listed: Vec<&str> = offered
+            .iter()
+            .find(|(m, _)| *m == mid)
+            .map(|(_, l)| l.split_whitespace().skip(3).collect())
+            .unwrap_or_default();
+        if let Some(pt) = fields[3..].iter().find(|pt| !listed.contains(pt)) {
+            return Err(format!(
+                "the formats offered for mid {mid} are inconsistent: an answer would need payload type {pt}, which the offer does not list"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Each media line of `sdp` (`m=...`) with its mid (`""` when it has none).
+fn media_lines(sdp: &str) -> Vec<(&str, &str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            out.push(("", m));
+        } else if let (Some(mid), Some(last)) = (line.strip_prefix("a=mid:"), out.last_mut()) {
+            last.0 = mid.trim();
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +140,19 @@ mod tests {
     #[test]
     fn a_browser_offer_passes() {
         assert_eq!(check(OFFER), Ok(()));
+    }
+
+    #[test]
+    fn an_answer_uses_the_offered_formats() {
+        let answer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:0\r\n\
+            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n";
+        assert_eq!(check_answer(OFFER, answer), Ok(()));
+        // A rejected line's payload type 0 is no format of the answer's.
+        assert_eq!(check_answer(OFFER, &answer.replace("9 UDP/TLS/RTP/SAVPF 96 97", "0 UDP/TLS/RTP/SAVPF 0")), Ok(()));
+        assert_eq!(
+            check_answer(OFFER, &answer.replace("96 97", "96 105")),
+            Err("the formats offered for mid 0 are inconsistent: an answer would need payload type 105, which the offer does not list".into())
+        );
     }
 
     #[test]
@@ -117,6 +172,8 @@ mod tests {
         assert_eq!(check(&duplicate), Err("two m-lines share mid 0".into()));
         let orphan = OFFER.replace("SAVPF 96 97 98 99", "SAVPF 97");
         assert_eq!(check(&orphan), Err("rtx payload type 97 names primary 96, which its m-line does not offer".into()));
+        let two_mids = OFFER.replace("a=mid:1", "a=mid:1\r\na=mid:2");
+        assert_eq!(check(&two_mids), Err("an m-line has two mids (1, 2)".into()));
         let many = format!("{OFFER}{}", "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n".repeat(MAX_MEDIA_LINES));
         assert_eq!(check(&many), Err(format!("the offer has more than {MAX_MEDIA_LINES} media lines")));
     }

@@ -44,38 +44,6 @@ pub enum PeerError {
     Panicked,
 }
 
-/// The answer with every rejected media line (port 0) given a format: the static payload type 0
-/// for RTP lines, the offered formats for others. str0m 0.23 rejects a line whose codecs it does
-/// not support with an empty format list (`m=audio 0 UDP/TLS/RTP/SAVPF `), which SDP does not
-/// allow (RFC 4566 §5.14: at least one format; RFC 3264 §6 answers a rejected stream with its
-/// port set to zero), and which Chromium and str0m itself refuse to parse. Check whether a str0m
-/// upgrade still needs this (the offer-mutation test in `tests/offer_prop.rs` finds it).
-fn with_rejected_formats(answer: &str, offer: &str) -> String {
-    let offered: Vec<&str> = offer.lines().map(str::trim).filter(|l| l.starts_with("m=")).collect();
-    let mut index = 0;
-    let mut out = String::with_capacity(answer.len() + 16);
-    for line in answer.split_inclusive("\r\n") {
-        let body = line.trim_end();
-        if body.starts_with("m=") {
-            let parts: Vec<&str> = body.split_whitespace().collect();
-            if parts.len() == 3 && parts[1] == "0" {
-                // RTP lines get the static payload type 0, which needs no rtpmap; others (the
-                // data channel's) their offered formats.
-                let rtp = parts[2].contains("RTP");
-                let formats: Vec<&str> =
-                    offered.get(index).map(|m| m.split_whitespace().skip(3).collect()).unwrap_or_default();
-                let formats = if rtp || formats.is_empty() { "0".to_owned() } else { formats.join(" ") };
-                out.push_str(&format!("{} {} {} {formats}\r\n", parts[0], parts[1], parts[2]));
-                index += 1;
-                continue;
-            }
-            index += 1;
-        }
-        out.push_str(line);
-    }
-    out
-}
-
 /// A datagram to send from the SFU's port.
 #[derive(Debug, Clone)]
 pub struct Transmit {
@@ -169,7 +137,7 @@ impl Peer {
                 .set_rtp_mode(true)
                 .enable_bwe(Some(Bitrate::kbps(1000)))
                 .clear_codecs()
-                .enable_opus(true)
+                .enable_opus(true, false)
                 .enable_h264(true)
                 .enable_vp8(true)
                 .enable_vp9(true)
@@ -184,6 +152,11 @@ impl Peer {
                 debug!(error = %e, "the WebRTC stack cannot answer an offer");
                 PeerError::BadOffer("the offer's media lines cannot be answered".into())
             })?;
+            let answer = answer.to_sdp_string();
+            super::offer::check_answer(offer, &answer).map_err(|e| {
+                debug!(%answer, "the WebRTC stack answers with formats the offer does not list");
+                PeerError::BadOffer(e)
+            })?;
             let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
             Ok((
                 Self {
@@ -197,7 +170,7 @@ impl Peer {
                     timeout: now,
                     offered,
                 },
-                with_rejected_formats(&answer.to_sdp_string(), offer),
+                answer,
             ))
         })?
     }
@@ -332,7 +305,7 @@ impl Peer {
                 let media = self.media.iter().position(|m| m.mid == r.mid)?;
                 Some(PeerEvent::KeyframeRequest { media })
             }
-            Event::EgressBitrateEstimate(BweKind::Twcc(b) | BweKind::Remb(_, b)) => {
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate: b, .. } | BweKind::Remb { estimate: b, .. }) => {
                 Some(PeerEvent::Bandwidth(b.as_f64() as u64))
             }
             Event::ChannelOpen(id, label) => {
@@ -506,22 +479,4 @@ fn order_rids(rids: &mut [Rid]) {
 /// Runs `f`, turning a panic into [`PeerError::Panicked`].
 fn guard<T>(f: impl FnOnce() -> T) -> Result<T, PeerError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| PeerError::Panicked)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_rejected_line_gets_a_format() {
-        let offer =
-            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 1 2\r\na=mid:1\r\n";
-        let answer =
-            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:0\r\nm=audio 0 UDP/TLS/RTP/SAVPF \r\na=mid:1\r\n";
-        let want =
-            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 0\r\na=mid:1\r\n";
-        assert_eq!(with_rejected_formats(answer, offer), want);
-        // An answer without rejected lines is unchanged.
-        assert_eq!(with_rejected_formats(want, offer), want);
-    }
 }

@@ -42,7 +42,8 @@ impl Client {
         direction: Direction,
         label: &str,
     ) -> (Self, String, str0m::change::SdpPendingOffer) {
-        let mut rtc = RtcConfig::new().set_rtp_mode(true).clear_codecs().enable_vp8(true).enable_opus(true).build(now);
+        let mut rtc =
+            RtcConfig::new().set_rtp_mode(true).clear_codecs().enable_vp8(true).enable_opus(true, false).build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let mut api = rtc.sdp_api();
         let video = api.add_media(MediaKind::Video, direction, None, None, None);
