@@ -13,6 +13,7 @@ mod raw;
 mod report;
 mod scenarios;
 mod sfu;
+mod soak;
 mod stats;
 mod sys;
 mod targets;
@@ -197,6 +198,39 @@ enum Cmd {
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
     },
+    /// Every target at once for a set time at a share of the rate it reached alone, with
+    /// allocation churn beside; RSS, open files, threads, allocations and loss every interval;
+    /// growth from the first window (ten minutes, or a third of a shorter run) to the last.
+    Soak {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_delimiter = ',', default_value = "ours,coturn")]
+        targets: Vec<String>,
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 30.0)]
+        interval_secs: f64,
+        /// Share of each target's maximum rate (measured alone first) to soak at.
+        #[arg(long, default_value_t = 0.25)]
+        fraction: f64,
+        /// Round trips per second for every target instead (skips measuring the maximum).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Authenticated allocations a minute beside the traffic, half deleted after 20 s, half
+        /// left to expire.
+        #[arg(long, default_value_t = 2000)]
+        churn: usize,
+        /// Allocations carrying the traffic.
+        #[arg(long, default_value_t = 16)]
+        flows: usize,
+        /// Payload bytes per packet.
+        #[arg(long, default_value_t = 200)]
+        payload: usize,
+        /// Where to write soak.json.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
     /// Prints the table of a saved `compare` run again (and rewrites its SVG next to it).
     Report {
         /// A compare.json written by `compare`.
@@ -316,6 +350,22 @@ fn main() -> anyhow::Result<()> {
             } else {
                 println!("{}", cascade::markdown(&report));
             }
+            Ok(())
+        }
+        Cmd::Soak { common, targets, minutes, interval_secs, fraction, rate, churn, flows, payload, out } => {
+            let env = env(&common)?;
+            let kinds: Vec<Kind> = targets.iter().map(|n| Kind::parse(n)).collect::<anyhow::Result<_>>()?;
+            let opts = soak::Options { minutes, interval_secs, fraction, rate, churn_per_min: churn, flows, payload };
+            let report = soak::run(&env, &kinds, &opts)?;
+            soak::save(&report, &out)?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", soak::markdown(&report));
+            }
+            let failed: Vec<&str> =
+                report.targets.iter().filter(|t| t.error.is_some()).map(|t| t.target.as_str()).collect();
+            anyhow::ensure!(failed.is_empty(), "the soak failed for {}", failed.join(", "));
             Ok(())
         }
         Cmd::Report { from } => {

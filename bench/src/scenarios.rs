@@ -188,12 +188,12 @@ pub fn set_credentials(c: Credentials) {
 
 /// The one credential of this bench run (a day-long REST credential unless set; the servers the
 /// bench starts have no quotas, so all allocations may share it).
-fn creds() -> Credentials {
+pub fn creds() -> Credentials {
     CREDS.get_or_init(|| Credentials::rest(SECRET, REALM, Duration::from_secs(86_400))).clone()
 }
 
 /// Flows for `kind`: TURN allocations with a channel to the peer, or plain sockets for raw.
-fn flows(server: &Server, count: usize, peer: SocketAddr) -> anyhow::Result<(Vec<Flow>, Vec<turnc::Client>)> {
+pub fn flows(server: &Server, count: usize, peer: SocketAddr) -> anyhow::Result<(Vec<Flow>, Vec<turnc::Client>)> {
     if !server.kind.is_turn() {
         let flows = (0..count)
             .map(|i| {

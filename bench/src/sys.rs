@@ -47,6 +47,21 @@ pub fn rss_bytes(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no VmRSS in /proc status"))
 }
 
+/// Open file descriptors of process `pid` (the entries of /proc/PID/fd).
+pub fn open_fds(pid: u32) -> io::Result<u64> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
+}
+
+/// Threads of process `pid` (`Threads:` in /proc/PID/status).
+pub fn threads(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Threads in /proc status"))
+}
+
 /// Raises this process's open-file limit (soft and, as root, hard) to at least `want`, so
 /// children started afterwards (the servers under test) inherit it. Returns the soft limit.
 pub fn raise_fd_limit(want: u64) -> u64 {

@@ -126,6 +126,9 @@ pub struct Env {
     pub external: Option<(SocketAddr, Option<u32>)>,
     pub dir: PathBuf,
     pub coturn: CoturnInfo,
+    /// The relay port range the servers it starts get (default [`RELAY_PORTS`]; servers that
+    /// run at once, as in the soak, get ranges of their own).
+    pub relay_ports: (u16, u16),
 }
 
 impl Env {
@@ -156,6 +159,7 @@ impl Env {
             external: None,
             dir,
             coturn: CoturnInfo::detect(),
+            relay_ports: RELAY_PORTS,
         })
     }
 
@@ -305,7 +309,8 @@ fn read_ready_line(child: &mut Child, prefix: &'static str) -> anyhow::Result<St
 }
 
 /// The relay config equivalent to coturn's command line, plus `extra` TOML at the end.
-fn write_config(dir: &Path, name: &str, workers: usize, busy_poll_us: u64, extra: &str) -> anyhow::Result<PathBuf> {
+fn write_config(env: &Env, name: &str, busy_poll_us: u64, extra: &str) -> anyhow::Result<PathBuf> {
+    let (dir, workers) = (&env.dir, env.workers);
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
         r#"# Written by the bench: equivalent to the coturn command line it runs.
@@ -343,8 +348,8 @@ listen = "127.0.0.1:0"
 [log]
 level = "warn"
 "#,
-        min = RELAY_PORTS.0,
-        max = RELAY_PORTS.1,
+        min = env.relay_ports.0,
+        max = env.relay_ports.1,
     );
     std::fs::write(&path, text + extra)?;
     Ok(path)
@@ -357,7 +362,7 @@ fn spawn_ours(env: &Env, bin: &Path, busy_poll_us: u64, extra: &str) -> anyhow::
 
 /// [`spawn_ours`] with its config at `<dir>/<name>.toml` (several relays at once).
 fn spawn_named(env: &Env, bin: &Path, name: &str, busy_poll_us: u64, extra: &str) -> anyhow::Result<Child> {
-    let config = write_config(&env.dir, name, env.workers, busy_poll_us, extra)?;
+    let config = write_config(env, name, busy_poll_us, extra)?;
     pinned(Command::new(bin), env)
         .arg("--config")
         .arg(&config)
@@ -378,7 +383,7 @@ fn start_coturn(env: &Env, extra: &[&str]) -> anyhow::Result<(Child, SocketAddr)
     let port = free_port()?;
     let child = pinned(Command::new("turnserver"), env)
         .args(["-n", "--listening-ip=127.0.0.1", &format!("--listening-port={port}"), "--relay-ip=127.0.0.1"])
-        .args([format!("--min-port={}", RELAY_PORTS.0), format!("--max-port={}", RELAY_PORTS.1)])
+        .args([format!("--min-port={}", env.relay_ports.0), format!("--max-port={}", env.relay_ports.1)])
         .args(["--use-auth-secret", &format!("--static-auth-secret={SECRET}"), &format!("--realm={REALM}")])
         .args(["--allow-loopback-peers", "--no-cli", "--no-tls", "--no-dtls", "--no-tcp-relay"])
         .args([format!("--relay-threads={}", env.workers), "--user-quota=0".into(), "--total-quota=0".into()])

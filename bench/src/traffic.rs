@@ -128,6 +128,9 @@ pub struct Engine {
     /// Sources known readable that have not returned a partial batch yet.
     pending: Vec<Token>,
     next_step: u32,
+    /// When the flows are next refreshed: kept across steps, so that steps shorter than the
+    /// refresh period (a soak's 30 s samples) still refresh.
+    next_keep: Option<Instant>,
 }
 
 /// Counts for the step being measured.
@@ -160,6 +163,7 @@ impl Engine {
             queue: SendQueue::new(),
             pending: Vec::new(),
             next_step: 0,
+            next_keep: None,
         })
     }
 
@@ -183,7 +187,7 @@ impl Engine {
         let n_flows = self.flows.len();
         let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
         let keep_every = self.flows.iter().filter_map(|f| f.keep.as_ref().map(Keep::every)).min();
-        let mut next_keep = keep_every.map(|every| start + every);
+        let mut next_keep = self.next_keep.or(keep_every.map(|every| start + every));
         loop {
             let elapsed = start.elapsed();
             if elapsed >= duration {
@@ -234,6 +238,7 @@ impl Engine {
             let next = start + interval.mul_f64((seq + 1) as f64);
             self.service(next.saturating_duration_since(Instant::now()), &mut tally);
         }
+        self.next_keep = next_keep;
         let elapsed = start.elapsed();
         let drain_end = Instant::now() + drain;
         while Instant::now() < drain_end {

@@ -185,3 +185,56 @@ fn cascade_smoke_viewers_at_the_linked_relay_get_one_link_copy_per_packet() {
     let saved: Value = serde_json::from_slice(&std::fs::read(dir.join("cascade.json")).unwrap()).unwrap();
     assert_eq!(saved["cases"].as_array().unwrap().len(), 2);
 }
+
+/// `bench soak` with both servers at once, briefly: samples every interval for each, churn
+/// allocations succeed, nothing is lost at a low rate, and the summary compares the windows.
+#[test]
+fn soak_smoke_samples_both_servers_side_by_side() {
+    let dir = std::env::temp_dir().join(format!("bench-soak-smoke-{}", std::process::id()));
+    let out = dir.to_str().unwrap();
+    let report = run_json(&[
+        "soak",
+        "--targets",
+        "ours,coturn",
+        "--minutes",
+        "0.5",
+        "--interval-secs",
+        "5",
+        "--rate",
+        "1000",
+        "--churn",
+        "600",
+        "--flows",
+        "4",
+        "--out",
+        out,
+    ]);
+    let targets = report["targets"].as_array().unwrap();
+    let names: Vec<&str> = targets.iter().map(|t| t["target"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ours", "coturn"], "{report}");
+    for t in targets {
+        assert!(t["error"].is_null(), "{t}");
+        let samples = t["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 6, "{t}");
+        for s in samples {
+            assert!(s["rss_bytes"].as_u64().unwrap() > 1_000_000, "{s}");
+            assert!(s["fds"].as_u64().unwrap() > 0 && s["threads"].as_u64().unwrap() > 0, "{s}");
+            // Traffic flows through each (how much is lost beside the other smoke tests on a
+            // small machine is no measure of anything).
+            assert!(s["sent"].as_u64().unwrap() > 1000 && s["received"].as_u64().unwrap() > 0, "{s}");
+        }
+        let last = samples.last().unwrap();
+        assert!(last["churn_allocated"].as_u64().unwrap() >= 100, "churn ran: {last}");
+        assert_eq!(last["churn_failed"].as_u64().unwrap(), 0, "{t}");
+        assert!(last["churn_deleted"].as_u64().unwrap() > 0, "deleted after 20 s: {last}");
+        let summary = &t["summary"];
+        let (sent, received) = samples
+            .iter()
+            .fold((0.0, 0.0), |(s, r), x| (s + x["sent"].as_f64().unwrap(), r + x["received"].as_f64().unwrap()));
+        assert!((summary["total_loss"].as_f64().unwrap() - (1.0 - received / sent)).abs() < 1e-9, "{summary}");
+        assert!(summary["rss_first"].as_f64().unwrap() > 0.0, "{summary}");
+    }
+    let saved: Value = serde_json::from_slice(&std::fs::read(dir.join("soak.json")).unwrap()).unwrap();
+    assert_eq!(saved["targets"].as_array().unwrap().len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
