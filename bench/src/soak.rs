@@ -8,7 +8,7 @@
 //! thread, so that drift of the machine (a noisy neighbour, memory reclaim) meets all of them
 //! alike, and so that an hour's soak takes an hour, not an hour per target.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -41,6 +41,9 @@ pub struct Options {
 /// How long a churned allocation that is deleted lives first.
 const HOLD_BEFORE_DELETE: Duration = Duration::from_secs(20);
 
+/// How long past its lifetime a churned allocation left to expire keeps its client socket.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+
 /// One interval of one target.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
@@ -71,6 +74,9 @@ pub struct TargetSoak {
     /// The rate it soaked at.
     pub rate: f64,
     pub samples: Vec<Sample>,
+    /// Churned allocations that failed, by error code (0: timed out after 5 tries).
+    #[serde(default)]
+    pub churn_failures: BTreeMap<u16, u64>,
     pub summary: Option<Summary>,
     pub error: Option<String>,
 }
@@ -83,6 +89,13 @@ pub struct Summary {
     pub rss_last: f64,
     /// (last window's mean RSS / first window's) − 1.
     pub rss_growth: f64,
+    /// RSS at the end of the first window (minute 10 of an hour) and at the end of the run: the
+    /// first window holds the warm-up (allocations left to expire pile up for a lifetime, 10
+    /// minutes, before they start to go), so growth after it is what a leak would show.
+    pub rss_after_first_window: u64,
+    pub rss_end: u64,
+    /// (`rss_end` / `rss_after_first_window`) − 1.
+    pub rss_growth_after_first_window: f64,
     pub fds_first: f64,
     pub fds_last: f64,
     pub threads_first: f64,
@@ -165,10 +178,13 @@ pub fn run(env: &Env, kinds: &[Kind], opts: &Options) -> anyhow::Result<Soak> {
                     max_pps,
                     rate,
                     samples: Vec::new(),
+                    churn_failures: BTreeMap::new(),
                     summary: None,
                     error: None,
                 };
-                if let Err(e) = soak_one(&env, kind, i, &opts, rate, intervals, start, &mut out.samples) {
+                if let Err(e) =
+                    soak_one(&env, kind, i, &opts, rate, intervals, start, &mut out.samples, &mut out.churn_failures)
+                {
                     out.error = Some(format!("{e:#}"));
                 }
                 out.summary = summarize(&out.samples, opts.interval_secs);
@@ -200,6 +216,7 @@ fn soak_one(
     intervals: usize,
     start: Instant,
     samples: &mut Vec<Sample>,
+    churn_failures: &mut BTreeMap<u16, u64>,
 ) -> anyhow::Result<()> {
     let peer = echo_peer(index)?;
     let mut server = Server::start(kind, env, peer.addr, 0, Duration::ZERO)?;
@@ -249,21 +266,25 @@ fn soak_one(
         Ok(())
     })();
     stop.store(true, Ordering::Relaxed);
-    let _ = churner.join();
+    *churn_failures = churner.join().unwrap_or_default();
     result
 }
 
 /// Allocates `per_min` a minute in one-second batches until `stop`: even ones are deleted
 /// after [`HOLD_BEFORE_DELETE`], odd ones have their socket closed at once and are left to
 /// expire at the lifetime the server granted.
-fn churn_loop(server: std::net::SocketAddr, per_min: usize, churn: &Churn, stop: &AtomicBool) {
+/// Returns the failures by code (0: timed out).
+fn churn_loop(server: std::net::SocketAddr, per_min: usize, churn: &Churn, stop: &AtomicBool) -> BTreeMap<u16, u64> {
     if per_min == 0 {
-        return;
+        return BTreeMap::new();
     }
     let creds = scenarios::creds();
     let ips = client_ips();
     let mut to_delete: VecDeque<(Instant, turnc::Client)> = VecDeque::new();
-    let mut expiring: VecDeque<Instant> = VecDeque::new();
+    // Left to expire, but their sockets kept open until then: a new client socket on a closed
+    // one's port would meet the old allocation (437, allocation mismatch).
+    let mut expiring: VecDeque<(Instant, turnc::Client)> = VecDeque::new();
+    let mut failures: BTreeMap<u16, u64> = BTreeMap::new();
     let mut owed = 0.0f64;
     let mut next = Instant::now();
     let mut parity = 0usize;
@@ -277,18 +298,24 @@ fn churn_loop(server: std::net::SocketAddr, per_min: usize, churn: &Churn, stop:
                 Ok(a) => {
                     churn.allocated.fetch_add(a.clients.len() as u64, Ordering::Relaxed);
                     churn.failed.fetch_add(a.failures.values().sum(), Ordering::Relaxed);
+                    for (code, n) in a.failures {
+                        *failures.entry(code).or_default() += n;
+                    }
                     let now = Instant::now();
                     for c in a.clients {
                         parity += 1;
                         if parity.is_multiple_of(2) {
                             to_delete.push_back((now + HOLD_BEFORE_DELETE, c));
                         } else {
-                            expiring.push_back(now + c.lifetime);
+                            // Some seconds past the lifetime: the server has let it go by then.
+                            expiring.push_back((now + c.lifetime + EXPIRY_MARGIN, c));
                         }
                     }
                 }
                 Err(_) => {
+                    // The bench could not make client sockets (code 1 here).
                     churn.failed.fetch_add(count as u64, Ordering::Relaxed);
+                    *failures.entry(1).or_default() += count as u64;
                 }
             }
         }
@@ -299,7 +326,7 @@ fn churn_loop(server: std::net::SocketAddr, per_min: usize, churn: &Churn, stop:
             turnc::release(&done, server, &creds);
             churn.deleted.fetch_add(done.len() as u64, Ordering::Relaxed);
         }
-        while expiring.front().is_some_and(|at| *at <= now) {
+        while expiring.front().is_some_and(|(at, _)| *at <= now) {
             expiring.pop_front();
         }
         churn.alive.store((to_delete.len() + expiring.len()) as u64, Ordering::Relaxed);
@@ -307,6 +334,7 @@ fn churn_loop(server: std::net::SocketAddr, per_min: usize, churn: &Churn, stop:
     }
     let rest: Vec<turnc::Client> = to_delete.into_iter().map(|(_, c)| c).collect();
     turnc::release(&rest, server, &creds);
+    failures
 }
 
 /// The first window against the last: a window is ten minutes, or a third of a shorter run.
@@ -327,6 +355,11 @@ pub fn summarize(samples: &[Sample], interval_secs: f64) -> Option<Summary> {
         rss_first,
         rss_last,
         rss_growth: rss_last / rss_first - 1.0,
+        rss_after_first_window: head.last().map_or(0, |s| s.rss_bytes),
+        rss_end: tail.last().map_or(0, |s| s.rss_bytes),
+        rss_growth_after_first_window: tail.last().map_or(0.0, |s| s.rss_bytes as f64)
+            / head.last().map_or(1.0, |s| s.rss_bytes as f64)
+            - 1.0,
         fds_first: mean(head, |s| s.fds as f64),
         fds_last: mean(tail, |s| s.fds as f64),
         threads_first: mean(head, |s| s.threads as f64),
@@ -346,8 +379,8 @@ pub fn markdown(soak: &Soak) -> String {
         "Soak: {} min, samples every {} s, {} flows of {} B, {} allocations/min churned; {} ({} CPUs)\n\n",
         o.minutes, o.interval_secs, o.flows, o.payload, o.churn_per_min, soak.machine.cpu_model, soak.machine.cpus
     );
-    s += "| target | rate (rt/s) | RSS first → last window (MiB) | growth | fds first → last | threads | loss first / worst interval | intervals worse than first | total loss |\n";
-    s += "|---|---|---|---|---|---|---|---|---|\n";
+    s += "| target | rate (rt/s) | RSS first → last window (MiB) | growth | RSS end of first window → end (MiB) | growth | fds first → last | threads | loss first / worst interval | intervals worse than first | total loss |\n";
+    s += "|---|---|---|---|---|---|---|---|---|---|---|\n";
     for t in &soak.targets {
         let rate = match t.max_pps {
             Some(max) => format!("{:.0} ({:.0}% of {:.0})", t.rate, 100.0 * t.rate / max, max),
@@ -356,11 +389,14 @@ pub fn markdown(soak: &Soak) -> String {
         match &t.summary {
             Some(m) => {
                 s += &format!(
-                    "| {} | {rate} | {:.1} → {:.1} | {:+.2}% | {:.0} → {:.0} | {:.0} → {:.0} | {:.5} / {:.5} (at {:.0} s) | {} | {:.5} |\n",
+                    "| {} | {rate} | {:.1} → {:.1} | {:+.2}% | {:.1} → {:.1} | {:+.2}% | {:.0} → {:.0} | {:.0} → {:.0} | {:.5} / {:.5} (at {:.0} s) | {} | {:.5} |\n",
                     t.target,
                     m.rss_first / 1048576.0,
                     m.rss_last / 1048576.0,
                     100.0 * m.rss_growth,
+                    m.rss_after_first_window as f64 / 1048576.0,
+                    m.rss_end as f64 / 1048576.0,
+                    100.0 * m.rss_growth_after_first_window,
                     m.fds_first,
                     m.fds_last,
                     m.threads_first,
@@ -372,7 +408,7 @@ pub fn markdown(soak: &Soak) -> String {
                     m.total_loss
                 )
             }
-            None => s += &format!("| {} | {rate} | no samples | | | | | | |\n", t.target),
+            None => s += &format!("| {} | {rate} | no samples | | | | | | | | |\n", t.target),
         }
         if let Some(e) = &t.error {
             s += &format!("\n{}: FAILED: {e}\n\n", t.target);
@@ -429,6 +465,8 @@ mod tests {
         let m = summarize(&samples, 30.0).unwrap();
         assert_eq!(m.window_secs, 600.0);
         assert!((m.rss_growth - 0.02).abs() < 1e-9, "{m:?}");
+        // Minute 10 (the 20th sample, at 600 s: 100) to the end (102).
+        assert_eq!((m.rss_after_first_window, m.rss_end), (100, 102));
         // A short run: a third of it each.
         let short: Vec<Sample> = (0..6u64).map(|i| sample(5.0 * (i + 1) as f64, 100 + i, 0.0)).collect();
         let m = summarize(&short, 5.0).unwrap();
