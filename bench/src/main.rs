@@ -297,12 +297,7 @@ fn env(common: &Common) -> anyhow::Result<Env> {
 /// The echo peer, on a port below the relay port range (the relay refuses loopback peers on its
 /// own relay ports).
 fn peer() -> anyhow::Result<EchoPeer> {
-    for port in 9000..9999 {
-        if let Ok(p) = EchoPeer::start(SocketAddr::from(([127, 0, 0, 1], port))) {
-            return Ok(p);
-        }
-    }
-    anyhow::bail!("no free UDP port in 9000-9998 for the echo peer")
+    EchoPeer::start_in(9000..9999)
 }
 
 fn print<T: serde::Serialize + std::fmt::Debug>(json: bool, value: &T) -> anyhow::Result<()> {

@@ -123,14 +123,10 @@ fn port_ranges(n: usize) -> Vec<(u16, u16)> {
     (0..n as u32).map(|i| ((lo + i * width) as u16, (lo + (i + 1) * width - 1) as u16)).collect()
 }
 
-/// The echo peer of the `i`th target, on a port below every relay port range.
+/// The echo peer of the `i`th target: a hundred ports of its own below the relay port ranges.
 fn echo_peer(i: usize) -> anyhow::Result<EchoPeer> {
-    for port in (9000 + 100 * i as u16)..(9100 + 100 * i as u16) {
-        if let Ok(p) = EchoPeer::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))) {
-            return Ok(p);
-        }
-    }
-    anyhow::bail!("no free UDP port for target {i}'s echo peer")
+    let base = 9000 + 100 * i as u16;
+    EchoPeer::start_in(base..base + 100)
 }
 
 /// Runs the soak.

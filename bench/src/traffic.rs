@@ -42,6 +42,17 @@ impl EchoPeer {
         let socket = udp::bind_listener(bind, BUFFER, BUFFER)?;
         Ok(Self { addr: socket.local_addr()?, socket })
     }
+
+    /// An echo peer on the first free loopback port of `ports` (below the relay port ranges:
+    /// the relay refuses loopback peers on its own relay ports).
+    pub fn start_in(ports: std::ops::Range<u16>) -> anyhow::Result<Self> {
+        for port in ports.clone() {
+            if let Ok(p) = Self::start(SocketAddr::from(([127, 0, 0, 1], port))) {
+                return Ok(p);
+            }
+        }
+        anyhow::bail!("no free UDP port in {}-{} for the echo peer", ports.start, ports.end - 1)
+    }
 }
 
 /// One client of the target: its socket and how its packets are framed.
