@@ -12,6 +12,7 @@ pub mod server;
 pub mod settings;
 pub mod shared;
 pub mod stats;
+pub mod steady_map;
 pub mod table;
 pub mod types;
 pub mod wire;

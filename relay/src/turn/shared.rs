@@ -15,6 +15,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::limit::SharedBucket;
+use super::steady_map::SteadyMap;
 use super::types::{RelayPort, Username};
 
 /// Free relay ports, handed out in random order (RFC 8656 §7.2 wants relayed ports hard to guess,
@@ -117,7 +118,9 @@ pub enum QuotaError {
 #[derive(Debug, Default)]
 struct QuotaState {
     total: u32,
-    users: HashMap<Username, u32>,
+    /// Allocations per username; a [`SteadyMap`], as usernames churn all day (each time-limited
+    /// credential is a username of its own).
+    users: SteadyMap<Username, u32, std::hash::RandomState>,
 }
 
 /// Allocation counts per username and in total, with their limits (0 means no limit).

@@ -15,13 +15,16 @@
 //!    recognises stale ones by the allocation's own expiry, so they cost a pop and nothing else.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::time::Instant;
 
 use super::allocation::Allocation;
+use super::steady_map::SteadyMap;
 use super::types::{ClientAddr, RelayPort};
 
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// The client index: a [`SteadyMap`], so that allocations coming and going all day do not grow it
+/// beyond what its peak needs.
+type FastMap<K, V> = SteadyMap<K, V, foldhash::fast::RandomState>;
 
 /// Where an allocation is in its table; valid until the allocation is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
