@@ -17,7 +17,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::report::Machine;
-use crate::scenarios::{self, Plan, client_ips};
+use crate::scenarios::{self, Plan};
 use crate::targets::{Env, Kind, RELAY_PORTS, Server};
 use crate::traffic::{EchoPeer, Engine};
 use crate::{sys, turnc};
@@ -41,8 +41,22 @@ pub struct Options {
 /// How long a churned allocation that is deleted lives first.
 const HOLD_BEFORE_DELETE: Duration = Duration::from_secs(20);
 
-/// How long past its lifetime a churned allocation left to expire keeps its client socket.
+/// How long past its lifetime a churned allocation left to expire is counted alive.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+
+/// The churn's clients take a new loopback address every second, back to the first after this
+/// many seconds, longer than the lifetime the servers grant (600 s). So the socket of an
+/// allocation left to expire can be closed at once, as a vanished browser's is, and no later
+/// client meets its 5-tuple while the server still holds it (437, allocation mismatch), without
+/// the bench holding a socket per expiring allocation: two targets' 10,000 each would pass the
+/// open-file limit of a container that may not raise it (20,000 on our VM).
+const CHURN_ADDRESS_CYCLE: u64 = 1000;
+
+/// The churn's client address for second `second` of the soak (see [`CHURN_ADDRESS_CYCLE`]).
+fn churn_ip(second: u64) -> std::net::IpAddr {
+    let s = second % CHURN_ADDRESS_CYCLE;
+    std::net::IpAddr::from([127, 100, (s / 250) as u8, (s % 250) as u8 + 1])
+}
 
 /// One interval of one target.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -268,18 +282,19 @@ fn soak_one(
 
 /// Allocates `per_min` a minute in one-second batches until `stop`: even ones are deleted
 /// after [`HOLD_BEFORE_DELETE`], odd ones have their socket closed at once and are left to
-/// expire at the lifetime the server granted.
+/// expire at the lifetime the server granted. Each second's clients have an address of their own
+/// ([`churn_ip`]).
 /// Returns the failures by code (0: timed out).
 fn churn_loop(server: std::net::SocketAddr, per_min: usize, churn: &Churn, stop: &AtomicBool) -> BTreeMap<u16, u64> {
     if per_min == 0 {
         return BTreeMap::new();
     }
     let creds = scenarios::creds();
-    let ips = client_ips();
     let mut to_delete: VecDeque<(Instant, turnc::Client)> = VecDeque::new();
-    // Left to expire, but their sockets kept open until then: a new client socket on a closed
-    // one's port would meet the old allocation (437, allocation mismatch).
-    let mut expiring: VecDeque<(Instant, turnc::Client)> = VecDeque::new();
+    // When each allocation left to expire is gone from the server (its socket is closed).
+    let mut expiring: VecDeque<Instant> = VecDeque::new();
+    let mut second = 0u64;
+    let mut warned = false;
     let mut failures: BTreeMap<u16, u64> = BTreeMap::new();
     let mut owed = 0.0f64;
     let mut next = Instant::now();
@@ -290,7 +305,7 @@ fn churn_loop(server: std::net::SocketAddr, per_min: usize, churn: &Churn, stop:
         let count = owed.floor() as usize;
         owed -= count as f64;
         if count > 0 {
-            match turnc::allocate_many(server, &creds, count, 16, &ips, u64::MAX, None) {
+            match turnc::allocate_many(server, &creds, count, 16, &[churn_ip(second)], u64::MAX, None) {
                 Ok(a) => {
                     churn.allocated.fetch_add(a.clients.len() as u64, Ordering::Relaxed);
                     churn.failed.fetch_add(a.failures.values().sum(), Ordering::Relaxed);
@@ -304,7 +319,15 @@ fn churn_loop(server: std::net::SocketAddr, per_min: usize, churn: &Churn, stop:
                             to_delete.push_back((now + HOLD_BEFORE_DELETE, c));
                         } else {
                             // Some seconds past the lifetime: the server has let it go by then.
-                            expiring.push_back((now + c.lifetime + EXPIRY_MARGIN, c));
+                            if c.lifetime.as_secs() >= CHURN_ADDRESS_CYCLE && !warned {
+                                warned = true;
+                                eprintln!(
+                                    "soak: {server} grants {:?}, longer than the churn's address cycle ({CHURN_ADDRESS_CYCLE} s): \
+                                     later churned Allocates may meet old allocations (437)",
+                                    c.lifetime
+                                );
+                            }
+                            expiring.push_back(now + c.lifetime + EXPIRY_MARGIN);
                         }
                     }
                 }
@@ -322,10 +345,11 @@ fn churn_loop(server: std::net::SocketAddr, per_min: usize, churn: &Churn, stop:
             turnc::release(&done, server, &creds);
             churn.deleted.fetch_add(done.len() as u64, Ordering::Relaxed);
         }
-        while expiring.front().is_some_and(|(at, _)| *at <= now) {
+        while expiring.front().is_some_and(|at| *at <= now) {
             expiring.pop_front();
         }
         churn.alive.store((to_delete.len() + expiring.len()) as u64, Ordering::Relaxed);
+        second += 1;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     let rest: Vec<turnc::Client> = to_delete.into_iter().map(|(_, c)| c).collect();
