@@ -99,7 +99,9 @@ impl<K: Eq + Hash, V, S: BuildHasher> SteadyMap<K, V, S> {
         self.room
     }
 
-    /// How many entries the table holds now before it must rehash (its room less tombstones).
+    /// How many entries the table holds now before it must rehash (its room less tombstones; more
+    /// than [`Self::room`] only if the map resized behind our back). Tests only.
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.map.capacity()
     }

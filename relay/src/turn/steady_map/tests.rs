@@ -42,6 +42,7 @@ fn under_steady_churn_the_table_stops_growing_after_its_peak() {
         |minute| {
             let m = map.borrow();
             assert!(m.len() * 2 <= m.room(), "more than half full: {} of {}", m.len(), m.room());
+            assert!(m.capacity() <= m.room(), "the map resized on its own: {} > {}", m.capacity(), m.room());
             peak = peak.max(m.len());
             if minute == 10 {
                 room_at_10 = m.room();
