@@ -43,7 +43,7 @@ pub const INITIAL_MTU: u16 = 1400;
 /// What the welcome stream carries: the link protocol and its version.
 pub const WELCOME: &[u8] = b"relay-link/1 welcome\n";
 /// QUIC application close code for a relay refused after the handshake.
-const CLOSE_REFUSED: u32 = 0x100;
+pub(super) const CLOSE_REFUSED: u32 = 0x100;
 
 /// A link to another relay, once both sides have admitted each other.
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(transport_config())
 }
 
-fn transport_config() -> quinn::TransportConfig {
+pub(super) fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("10 s is a valid idle timeout")));
@@ -150,6 +150,18 @@ impl quinn::ConnectionIdGenerator for LinkCids {
     }
 }
 
+/// The endpoint settings of links. The stateless-reset key is derived from the relay's private
+/// key, so it survives a restart: a peer still holding a link to the relay's previous process
+/// gets a reset it can verify for its next packet, and links again at once. (quinn's default
+/// connection IDs are checked with a key drawn at start, so a restarted relay would drop those
+/// packets as junk instead of answering: see [`LinkCids`].)
+pub(super) fn endpoint_config(tls: &LinkTls) -> quinn::EndpointConfig {
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tls.stateless_reset_secret());
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+    config.cid_generator(|| Box::new(LinkCids));
+    config
+}
+
 /// One relay's QUIC endpoint for links.
 #[derive(Debug)]
 pub struct LinkEndpoint {
@@ -180,15 +192,8 @@ impl LinkEndpoint {
         let crypto = QuicClientConfig::try_from(tls.client_config()?).context("link TLS for QUIC")?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(transport);
-        // The stateless-reset key is derived from the relay's private key, so it survives a
-        // restart: a peer still holding a link to the relay's previous process gets a reset it
-        // can verify for its next packet, and links again at once. (quinn's default connection
-        // IDs are checked with a key drawn at start, so a restarted relay would drop those
-        // packets as junk instead of answering: see [`LinkCids`].)
-        let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &tls.stateless_reset_secret());
         let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("link.listen: binding {addr}"))?;
-        let mut config = quinn::EndpointConfig::new(Arc::new(reset));
-        config.cid_generator(|| Box::new(LinkCids));
+        let config = endpoint_config(&tls);
         let endpoint = quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime))
             .with_context(|| format!("link.listen: {addr}"))?;
         Ok(Self { endpoint, client, tls: Arc::new(tls) })

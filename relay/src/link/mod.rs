@@ -6,6 +6,8 @@
 //!   refusals counted by reason.
 //! - [`endpoint`]: the QUIC endpoint a relay listens on and opens links from; the admission of
 //!   a connecting relay (certificate, then a welcome stream that confirms it).
+//! - [`node`]: the same links sans-IO (`quinn-proto`): an endpoint and its connections driven
+//!   by the thread that owns them, with no task in between.
 //! - [`wire`]: what travels on a link, sans-IO: media datagrams and control frames.
 //! - [`stream`]: control frames read from and written to a link's reliable stream.
 //! - [`edge`]: the edge relay's side, sans-IO: one subscription per machine, merged key-frame
@@ -15,6 +17,7 @@
 
 pub mod edge;
 pub mod endpoint;
+pub mod node;
 pub mod origin;
 pub mod stream;
 pub mod tls;
