@@ -1,43 +1,39 @@
-//! The relay's link endpoint in the running process (`[link]`): its TLS loaded from the files,
-//! checked against this relay's id, bound before the banner; relays that link in are admitted
-//! (see `crate::link`), and links the SFU asks for are opened, with backoff while they fail.
+//! The relay's links in the running process (`[link]`): their TLS loaded from the files,
+//! checked against this relay's id, the link socket bound before the banner; relays that link
+//! in are admitted (see `crate::link`), and links the SFU or signaling's mesh asks for are
+//! opened, with backoff while they fail.
 //!
 //! Every link, whichever side opened it, carries both ways: each side opens one unidirectional
-//! stream for its control messages and reads the peer's, and media goes as datagrams. The SFU
-//! thread owns what the links mean (`crate::sfu::engine`'s link side); this module carries its
-//! [`LinkOutput`]s and hands back what arrives. `/metrics` counts refusals by reason, the links
-//! open, datagrams and bytes per peer each way, datagrams dropped by reason, and each link's RTT.
+//! stream for its control messages and reads the peer's, and media goes as datagrams. The QUIC
+//! of the links runs sans-IO ([`LinkNode`]) on the thread that drives it
+//! ([`super::link_driver`]): the SFU thread, which owns what the links mean
+//! (`crate::sfu::engine`'s link side), or a thread of its own on a relay without an SFU. This
+//! module keeps the policy on the runtime: which links to open, when to retry, what the
+//! heartbeat reports. `/metrics` counts refusals by reason, the links open, datagrams and bytes
+//! per peer each way, datagrams dropped by reason, and each link's RTT.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge};
-use tokio::sync::{Semaphore, mpsc};
-use tracing::{debug, info, warn};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
 
-use super::sfu::{LINK_QUEUE, SfuHandle};
+use super::link_driver::{Command, LinkDriver, Report};
+use super::sfu::SfuHandle;
 use ::cluster::heartbeat::{LinkPeer, LinkReport, LinkState};
 
 use crate::config::LinkConfig;
-use crate::link::endpoint::{DatagramDrop, Link, LinkEndpoint, send_media};
-use crate::link::stream::{ControlReader, StreamEnd, write_control};
+use crate::link::node::LinkNode;
 use crate::link::tls::{LinkTls, Refusals};
-use crate::link::wire::Control;
-use crate::sfu::engine::{LinkOutput, LinkView};
+use crate::sfu::engine::LinkView;
 
-/// Handshakes of relays linking in that run at once; more wait to be accepted.
-const MAX_ADMISSIONS: usize = 64;
 /// The first retry of a link that failed, doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often each link's RTT gauge is brought up to date.
-const RTT_INTERVAL: Duration = Duration::from_secs(1);
-/// QUIC application close code for a peer whose control stream is malformed.
-const CLOSE_MALFORMED: u32 = 0x101;
-
 /// The config keys of the three files, for error messages.
 const KEYS: [&str; 3] = ["link.ca", "link.cert", "link.key"];
 
@@ -60,12 +56,17 @@ pub struct LinkMetrics {
     pub unknown_frames: IntCounter,
 }
 
-/// The running link endpoint.
+/// The running links: the node and its socket until [`serve`](Links::serve) hands them to the
+/// thread that drives them, and the way to that thread.
 pub struct Links {
-    endpoint: Arc<LinkEndpoint>,
+    relay_id: String,
+    local_addr: SocketAddr,
     metrics: LinkMetrics,
     handle: LinkHandle,
     peers: Mutex<Option<mpsc::UnboundedReceiver<Vec<LinkPeer>>>>,
+    unserved: Mutex<Option<(LinkNode, std::net::UdpSocket)>>,
+    driver: Mutex<Option<DriverTx>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Each link up or wanted, by peer relay id: its state and (while up) its RTT in ms.
@@ -130,9 +131,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The way to the thread that drives the links.
+#[derive(Clone)]
+enum DriverTx {
+    Sfu(SfuHandle),
+    Alone(std::sync::mpsc::Sender<Command>, Arc<mio::Waker>),
+}
+
+impl DriverTx {
+    fn send(&self, command: Command) {
+        match self {
+            Self::Sfu(sfu) => {
+                sfu.link_command(command);
+            }
+            Self::Alone(tx, waker) => {
+                let _ = tx.send(command);
+                let _ = waker.wake();
+            }
+        }
+    }
+}
+
 impl Links {
-    /// Loads the link TLS and binds `config.listen` (within the runtime). `relay_id` is this
-    /// relay's id in the cluster, which its certificate must name.
+    /// Loads the link TLS and binds `config.listen`. `relay_id` is this relay's id in the
+    /// cluster, which its certificate must name.
     pub fn start(config: &LinkConfig, relay_id: Option<&str>, metrics: LinkMetrics) -> anyhow::Result<Self> {
         let tls = LinkTls::from_files(&config.ca, &config.cert, &config.key, KEYS, metrics.refusals.clone())?;
         if let Some(id) = relay_id
@@ -144,10 +166,23 @@ impl Links {
                 tls.relay_id()
             );
         }
-        let endpoint = Arc::new(LinkEndpoint::bind(config.listen, tls)?);
+        let own = tls.relay_id().to_owned();
+        let node = LinkNode::new(tls)?;
+        let socket = std::net::UdpSocket::bind(config.listen)
+            .with_context(|| format!("link.listen: binding {}", config.listen))?;
+        let local_addr = socket.local_addr()?;
         let (peers_tx, peers) = mpsc::unbounded_channel();
         let handle = LinkHandle { status: Arc::default(), metrics: metrics.clone(), peers: peers_tx };
-        Ok(Self { endpoint, metrics, handle, peers: Mutex::new(Some(peers)) })
+        Ok(Self {
+            relay_id: own,
+            local_addr,
+            metrics,
+            handle,
+            peers: Mutex::new(Some(peers)),
+            unserved: Mutex::new(Some((node, socket))),
+            driver: Mutex::new(None),
+            thread: Mutex::new(None),
+        })
     }
 
     pub fn handle(&self) -> LinkHandle {
@@ -155,119 +190,104 @@ impl Links {
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+        Ok(self.local_addr)
     }
 
     pub fn relay_id(&self) -> &str {
-        self.endpoint.relay_id()
+        &self.relay_id
     }
 
-    /// Serves links on the current runtime until the endpoint closes: admits relays that link
-    /// in (each handshake in its own task, at most [`MAX_ADMISSIONS`] at once, so a peer that
-    /// goes silent mid-handshake holds up nobody else), opens the links `sfu` asks for, and
-    /// carries media and control both ways.
-    pub fn serve(&self, sfu: Option<SfuHandle>) {
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let (outputs_tx, outputs) = mpsc::channel(LINK_QUEUE);
-        if let Some(sfu) = &sfu {
-            sfu.attach_links(self.relay_id().to_owned(), outputs_tx);
-        }
-        let endpoint = Arc::clone(&self.endpoint);
-        let admitted = events_tx.clone();
-        let slots = Arc::new(Semaphore::new(MAX_ADMISSIONS));
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
-                let Some(incoming) = endpoint.incoming().await else { return };
-                let (endpoint, admitted) = (Arc::clone(&endpoint), admitted.clone());
-                tokio::spawn(async move {
-                    let remote = incoming.remote_address();
-                    let result = endpoint.admit(incoming).await;
-                    drop(permit);
-                    match result {
-                        Ok(link) => {
-                            info!(peer = %link.peer, %remote, "relay linked in");
-                            let _ = admitted.send(Event::Linked(link));
-                        }
-                        Err(e) => debug!(%remote, "link refused: {e}"),
-                    }
-                });
+    /// Serves links from now on (once; within the runtime): the SFU thread drives them when
+    /// there is an SFU, else a thread of their own; this runtime's task opens the links
+    /// wanted, with backoff while they fail.
+    pub fn serve(&self, sfu: Option<SfuHandle>) -> anyhow::Result<()> {
+        let Some((node, socket)) = lock(&self.unserved).take() else { bail!("links served twice") };
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let driver = LinkDriver::new(node, socket, reports_tx, self.metrics.clone())?;
+        let tx = match sfu {
+            Some(sfu) => {
+                anyhow::ensure!(sfu.attach_links(driver), "the SFU thread is not running");
+                DriverTx::Sfu(sfu)
             }
-        });
+            None => {
+                let poll = mio::Poll::new()?;
+                let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0))?);
+                let (tx, rx) = std::sync::mpsc::channel();
+                let thread = std::thread::Builder::new()
+                    .name("relay-links".into())
+                    .spawn(move || super::link_driver::run_alone(driver, rx, poll))?;
+                *lock(&self.thread) = Some(thread);
+                DriverTx::Alone(tx, waker)
+            }
+        };
+        *lock(&self.driver) = Some(tx.clone());
+        let (retries_tx, retries) = mpsc::unbounded_channel();
         let manager = Manager {
-            endpoint: Arc::clone(&self.endpoint),
-            sfu,
-            metrics: self.metrics.clone(),
-            links: HashMap::new(),
+            own: Arc::from(self.relay_id.as_str()),
+            driver: tx,
+            linked: HashSet::new(),
             wanted: HashMap::new(),
             mesh: HashSet::new(),
             status: Arc::clone(&self.handle.status),
-            events: events_tx,
+            retries: retries_tx,
         };
         let peers = lock(&self.peers).take().unwrap_or_else(|| mpsc::unbounded_channel().1);
-        tokio::spawn(manager.run(outputs, events, peers));
+        tokio::spawn(manager.run(reports, retries, peers));
+        Ok(())
     }
 
-    /// Closes every link and stops accepting.
+    /// Closes every link (the closes go out before the driving thread stops).
     pub fn close(&self) {
-        self.endpoint.close();
+        if let Some(driver) = lock(&self.driver).take() {
+            driver.send(Command::Close);
+        }
+        if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
     }
 }
 
-/// What the link tasks tell the manager.
-enum Event {
-    /// A link is up (admitted, or opened by us).
-    Linked(Link),
-    /// A link closed (its connection's stable id).
-    Closed(Arc<str>, usize),
-    /// An attempt to open a link failed; the next waits out the backoff.
-    Failed(Arc<str>),
+/// What the manager tells itself.
+enum Retry {
     /// Time to try again to open a link.
-    Retry(Arc<str>),
+    Now(Arc<str>),
+    /// The address did not resolve: this attempt failed.
+    Unresolved(Arc<str>, String),
 }
 
-/// A link up.
-struct Held {
-    connection: quinn::Connection,
-    control: mpsc::UnboundedSender<Control>,
-    sent: prometheus::IntCounter,
-    sent_bytes: prometheus::IntCounter,
-}
-
-/// A link the SFU wants: where, and how long to wait after the next failure.
+/// A link the SFU or the mesh wants: where, and how long to wait after the next failure.
 struct Wanted {
     addr: String,
     backoff: Duration,
     connecting: bool,
 }
 
-/// Owns the links table: carries the SFU's outputs, opens wanted links, registers links that
-/// come up and tells the SFU of links coming and going.
+/// The links' policy, on the runtime: which links to open (the SFU's and signaling's), when to
+/// retry, and the status the heartbeat reports.
 struct Manager {
-    endpoint: Arc<LinkEndpoint>,
-    sfu: Option<SfuHandle>,
-    metrics: LinkMetrics,
-    links: HashMap<Arc<str>, Held>,
+    own: Arc<str>,
+    driver: DriverTx,
+    linked: HashSet<Arc<str>>,
     wanted: HashMap<Arc<str>, Wanted>,
     /// Relays kept linked whatever the SFU needs (signaling's list, those whose id sorts after
     /// this relay's: one link per pair), for their RTTs and a link ready for viewers.
     mesh: HashSet<Arc<str>>,
     /// Shared with the heartbeat (see [`LinkHandle`]).
     status: Arc<Mutex<StatusMap>>,
-    events: mpsc::UnboundedSender<Event>,
+    retries: mpsc::UnboundedSender<Retry>,
 }
 
 impl Manager {
     async fn run(
         mut self,
-        mut outputs: mpsc::Receiver<LinkOutput>,
-        mut events: mpsc::UnboundedReceiver<Event>,
+        mut reports: mpsc::UnboundedReceiver<Report>,
+        mut retries: mpsc::UnboundedReceiver<Retry>,
         mut peers: mpsc::UnboundedReceiver<Vec<LinkPeer>>,
     ) {
         loop {
             tokio::select! {
-                Some(output) = outputs.recv() => self.output(output),
-                Some(event) = events.recv() => self.event(event),
+                Some(report) = reports.recv() => self.report(report),
+                Some(retry) = retries.recv() => self.retry(retry),
                 Some(list) = peers.recv() => self.mesh(list),
                 else => return,
             }
@@ -277,13 +297,13 @@ impl Manager {
     /// Signaling's list of relays that take links: keep a link to each whose id sorts after
     /// ours; stop retrying those no longer listed (unless the SFU wants them).
     fn mesh(&mut self, list: Vec<LinkPeer>) {
-        let own = self.endpoint.relay_id().to_owned();
         let mut mesh = HashSet::new();
-        for peer in list.into_iter().filter(|p| p.id.as_str() > own.as_str()) {
+        let own = Arc::clone(&self.own);
+        for peer in list.into_iter().filter(|p| p.id.as_str() > &*own) {
             let id: Arc<str> = Arc::from(peer.id.as_str());
             mesh.insert(Arc::clone(&id));
             if !self.mesh.contains(&id) {
-                self.output(LinkOutput::Connect { relay: id, addr: peer.link });
+                self.want(id, peer.link);
             }
         }
         for gone in self.mesh.difference(&mesh) {
@@ -293,91 +313,90 @@ impl Manager {
         self.mesh = mesh;
     }
 
-    fn output(&mut self, output: LinkOutput) {
-        match output {
-            LinkOutput::Datagram { relay, data } => {
-                let Some(held) = self.links.get(&relay) else {
-                    self.metrics.dropped.with_label_values(&["no_link"]).inc();
-                    return;
-                };
-                let size = data.len() as u64;
-                let data = bytes::Bytes::from(data);
-                match send_media(&held.connection, data.clone()) {
-                    Ok(()) => {
-                        held.sent.inc();
-                        held.sent_bytes.inc_by(size);
-                    }
-                    // The path's MTU is narrower than the packet: it still goes, reliably.
-                    Err(DatagramDrop::TooLarge { .. })
-                        if held.control.send(Control::Oversize { datagram: data.to_vec() }).is_ok() =>
-                    {
-                        self.metrics.oversize.with_label_values(&[&relay]).inc();
-                    }
-                    Err(drop) => self.metrics.dropped.with_label_values(&[drop.label()]).inc(),
-                }
-            }
-            LinkOutput::Control { relay, message } => {
-                if let Some(held) = self.links.get(&relay) {
-                    let _ = held.control.send(message);
-                }
-            }
-            LinkOutput::Connect { relay, addr } => {
-                let wanted = self.wanted.entry(Arc::clone(&relay)).or_insert_with(|| Wanted {
-                    addr: addr.clone(),
-                    backoff: FIRST_BACKOFF,
-                    connecting: false,
-                });
-                if !addr.is_empty() {
-                    wanted.addr = addr;
-                }
-                if !self.links.contains_key(&relay) {
-                    self.connect(&relay);
-                }
-            }
-            LinkOutput::Forget { relay } => {
+    /// A link to `relay` is wanted at `addr` (empty: where it was wanted before).
+    fn want(&mut self, relay: Arc<str>, addr: String) {
+        let wanted = self.wanted.entry(Arc::clone(&relay)).or_insert_with(|| Wanted {
+            addr: addr.clone(),
+            backoff: FIRST_BACKOFF,
+            connecting: false,
+        });
+        if !addr.is_empty() {
+            wanted.addr = addr;
+        }
+        if !self.linked.contains(&relay) {
+            self.connect(&relay);
+        }
+    }
+
+    fn report(&mut self, report: Report) {
+        match report {
+            Report::Wanted { relay, addr } => self.want(relay, addr),
+            Report::Unwanted { relay } => {
                 if !self.mesh.contains(&relay) {
                     self.wanted.remove(&relay);
                     self.unwanted(&relay);
                 }
             }
+            Report::Linked { relay, rtt } => {
+                info!(peer = %relay, "relay linked");
+                if let Some(w) = self.wanted.get_mut(&relay) {
+                    w.backoff = FIRST_BACKOFF;
+                    w.connecting = false;
+                }
+                lock(&self.status).insert(relay.to_string(), (LinkState::Up, Some(rtt.as_secs_f64() * 1000.0)));
+                self.linked.insert(relay);
+            }
+            Report::Closed { relay } => {
+                self.linked.remove(&relay);
+                if self.wanted.contains_key(&relay) {
+                    // Wanted (by the mesh or the SFU): open it again at once, then back off
+                    // (an attempt already under way keeps it `retrying` until it ends).
+                    self.set_status(&relay, LinkState::Retrying);
+                    self.connect(&relay);
+                } else {
+                    lock(&self.status).remove(&*relay);
+                }
+            }
+            Report::Failed { relay, reason } => self.failed(&relay, &reason),
+            Report::Rtts(rtts) => {
+                let mut status = lock(&self.status);
+                for (relay, rtt) in rtts {
+                    if let Some((LinkState::Up, ms)) = status.get_mut(&*relay) {
+                        *ms = Some(rtt.as_secs_f64() * 1000.0);
+                    }
+                }
+            }
         }
     }
 
-    fn event(&mut self, event: Event) {
-        match event {
-            Event::Linked(link) => self.hold(link),
-            Event::Closed(peer, id) => {
-                if self.links.get(&peer).is_some_and(|h| h.connection.stable_id() == id) {
-                    self.links.remove(&peer);
-                    self.metrics.open.set(self.links.len() as i64);
-                    let _ = self.metrics.rtt.remove_label_values(&[&peer]);
-                    if self.wanted.contains_key(&peer) {
-                        // Wanted (by the mesh or the SFU): open it again at once, then back off
-                        // (an attempt already under way keeps it `retrying` until it ends).
-                        self.set_status(&peer, LinkState::Retrying);
-                        self.connect(&peer);
-                    } else {
-                        lock(&self.status).remove(&*peer);
-                    }
-                    if let Some(sfu) = &self.sfu {
-                        sfu.link_down(peer);
-                    }
-                }
-            }
-            Event::Failed(relay) => {
-                if self.wanted.contains_key(&relay) && !self.links.contains_key(&relay) {
-                    self.set_status(&relay, LinkState::Retrying);
-                }
-            }
-            Event::Retry(relay) => {
+    fn retry(&mut self, retry: Retry) {
+        match retry {
+            Retry::Now(relay) => {
                 if let Some(w) = self.wanted.get_mut(&relay) {
                     w.connecting = false;
                 }
-                if !self.links.contains_key(&relay) {
+                if !self.linked.contains(&relay) {
                     self.connect(&relay);
                 }
             }
+            Retry::Unresolved(relay, reason) => self.failed(&relay, &reason),
         }
+    }
+
+    /// An attempt to open a link failed: the next waits out the backoff.
+    fn failed(&mut self, relay: &Arc<str>, reason: &str) {
+        let Some(wanted) = self.wanted.get_mut(relay) else { return };
+        let backoff = wanted.backoff;
+        wanted.backoff = (backoff * 2).min(MAX_BACKOFF);
+        warn!(peer = %relay, addr = %wanted.addr, retry_in = ?backoff, "link failed: {reason}");
+        if !self.linked.contains(relay) {
+            self.set_status(relay, LinkState::Retrying);
+        }
+        let (retries, relay) = (self.retries.clone(), Arc::clone(relay));
+        tokio::spawn(async move {
+            tokio::time::sleep(backoff).await;
+            let _ = retries.send(Retry::Now(relay));
+        });
     }
 
     /// A link that is not up: `state`, and no RTT.
@@ -387,147 +406,34 @@ impl Manager {
 
     /// No longer wanted: a link that is not up leaves the reports.
     fn unwanted(&self, relay: &str) {
-        if !self.links.contains_key(relay) {
+        if !self.linked.contains(relay) {
             lock(&self.status).remove(relay);
         }
     }
 
-    /// Opens a link to a wanted relay (one attempt at a time); a failure schedules a retry
-    /// after the relay's backoff, which doubles up to [`MAX_BACKOFF`].
+    /// Opens a link to a wanted relay (one attempt at a time): resolves its address here, then
+    /// the driver connects; a failure schedules a retry after the relay's backoff, which
+    /// doubles up to [`MAX_BACKOFF`].
     fn connect(&mut self, relay: &Arc<str>) {
         let Some(wanted) = self.wanted.get_mut(relay) else { return };
         if wanted.connecting {
             return;
         }
         wanted.connecting = true;
-        let backoff = wanted.backoff;
-        wanted.backoff = (wanted.backoff * 2).min(MAX_BACKOFF);
         let addr = wanted.addr.clone();
         self.set_status(relay, LinkState::Connecting);
-        let (endpoint, events, relay) = (Arc::clone(&self.endpoint), self.events.clone(), Arc::clone(relay));
+        let (driver, retries, relay) = (self.driver.clone(), self.retries.clone(), Arc::clone(relay));
         tokio::spawn(async move {
-            let result = match tokio::net::lookup_host(&addr).await.map(|mut a| a.next()) {
-                Ok(Some(to)) => endpoint.connect(to, &relay).await.map_err(|e| e.to_string()),
-                Ok(None) => Err(format!("{addr}: no address")),
-                Err(e) => Err(format!("{addr}: {e}")),
-            };
-            match result {
-                Ok(link) => {
-                    info!(peer = %relay, %addr, "linked to relay");
-                    let _ = events.send(Event::Linked(link));
+            match tokio::net::lookup_host(&addr).await.map(|mut a| a.next()) {
+                Ok(Some(to)) => driver.send(Command::Connect { relay, addr: to }),
+                Ok(None) => {
+                    let _ = retries.send(Retry::Unresolved(relay, format!("{addr}: no address")));
                 }
                 Err(e) => {
-                    warn!(peer = %relay, %addr, retry_in = ?backoff, "link failed: {e}");
-                    let _ = events.send(Event::Failed(Arc::clone(&relay)));
-                    tokio::time::sleep(backoff).await;
-                    let _ = events.send(Event::Retry(relay));
+                    let _ = retries.send(Retry::Unresolved(relay, format!("{addr}: {e}")));
                 }
             }
         });
-    }
-
-    /// A link that came up: its tasks start, it replaces any older link to the same relay,
-    /// and the SFU is told.
-    fn hold(&mut self, link: Link) {
-        let peer: Arc<str> = Arc::from(link.peer.as_str());
-        let connection = link.connection;
-        if let Some(w) = self.wanted.get_mut(&peer) {
-            w.backoff = FIRST_BACKOFF;
-            w.connecting = false;
-        }
-        let (control, control_rx) = mpsc::unbounded_channel();
-        let held = Held {
-            connection: connection.clone(),
-            control,
-            sent: self.metrics.datagrams.with_label_values(&[&peer, "sent"]),
-            sent_bytes: self.metrics.bytes.with_label_values(&[&peer, "sent"]),
-        };
-        let replaced = self.links.insert(Arc::clone(&peer), held);
-        if let Some(old) = replaced {
-            // The peer linked again (it restarted, or both sides opened at once).
-            old.connection.close(0u32.into(), b"replaced by a new link");
-        }
-        self.metrics.open.set(self.links.len() as i64);
-        lock(&self.status).insert(peer.to_string(), (LinkState::Up, Some(connection.rtt().as_secs_f64() * 1000.0)));
-        tokio::spawn(write_controls(connection.clone(), control_rx));
-        if let Some(sfu) = &self.sfu {
-            let unknown = self.metrics.unknown_frames.clone();
-            tokio::spawn(read_controls(connection.clone(), Arc::clone(&peer), sfu.clone(), unknown));
-            tokio::spawn(read_datagrams(connection.clone(), Arc::clone(&peer), sfu.clone(), self.metrics.clone()));
-            sfu.link_up(Arc::clone(&peer));
-        }
-        let (events, rtt, status) = (self.events.clone(), self.metrics.rtt.clone(), Arc::clone(&self.status));
-        tokio::spawn(async move {
-            let id = connection.stable_id();
-            let mut tick = tokio::time::interval(RTT_INTERVAL);
-            let reason = loop {
-                tokio::select! {
-                    reason = connection.closed() => break reason,
-                    _ = tick.tick() => {
-                        let now = connection.rtt();
-                        rtt.with_label_values(&[&peer]).set(now.as_secs_f64());
-                        if let Some((LinkState::Up, ms)) = lock(&status).get_mut(&*peer) {
-                            *ms = Some(now.as_secs_f64() * 1000.0);
-                        }
-                    }
-                }
-            };
-            info!(peer = %peer, %reason, "relay link closed");
-            let _ = events.send(Event::Closed(peer, id));
-        });
-    }
-}
-
-/// Sends this side's control messages on a stream of its own.
-async fn write_controls(connection: quinn::Connection, mut messages: mpsc::UnboundedReceiver<Control>) {
-    let Ok(mut send) = connection.open_uni().await else { return };
-    while let Some(message) = messages.recv().await {
-        if let Err(e) = write_control(&mut send, &message).await {
-            debug!(error = %e, "link control stream ended");
-            return;
-        }
-    }
-}
-
-/// Hands the peer's control messages to the SFU; a malformed one closes the link, one of a
-/// type this version does not know is skipped and counted in `unknown`.
-async fn read_controls(connection: quinn::Connection, peer: Arc<str>, sfu: SfuHandle, unknown: IntCounter) {
-    let Ok(recv) = connection.accept_uni().await else { return };
-    let mut reader = ControlReader::new(recv);
-    let mut counted = 0;
-    loop {
-        let next = reader.next().await;
-        unknown.inc_by(reader.skipped() - counted);
-        counted = reader.skipped();
-        match next {
-            // A media packet too large for the path's datagrams: to the SFU as one.
-            Ok(Control::Oversize { datagram }) => {
-                sfu.link_datagram(Arc::clone(&peer), datagram.into());
-            }
-            Ok(message) => {
-                sfu.link_control(Arc::clone(&peer), message);
-            }
-            Err(StreamEnd::Malformed(e)) => {
-                warn!(peer = %peer, error = %e, "malformed link control stream: link closed");
-                connection.close(CLOSE_MALFORMED.into(), b"malformed control frame");
-                return;
-            }
-            Err(e) => {
-                debug!(peer = %peer, error = %e, "link control stream ended");
-                return;
-            }
-        }
-    }
-}
-
-/// Hands the peer's media datagrams to the SFU.
-async fn read_datagrams(connection: quinn::Connection, peer: Arc<str>, sfu: SfuHandle, metrics: LinkMetrics) {
-    let received = metrics.datagrams.with_label_values(&[&peer, "received"]);
-    let bytes = metrics.bytes.with_label_values(&[&peer, "received"]);
-    while let Ok(data) = connection.read_datagram().await {
-        received.inc();
-        bytes.inc_by(data.len() as u64);
-        sfu.link_datagram(Arc::clone(&peer), data);
     }
 }
 

@@ -294,11 +294,6 @@ impl Metrics {
             "Seat inputs from relay links dropped (the machine is not here, or a viewer here holds its seat).",
             |s| s.links.seat_inputs_dropped,
         )?;
-        counter(
-            "relay_link_queue_full_total",
-            "Link messages and datagrams dropped: the links' queue was full.",
-            |s| s.link_queue_full,
-        )?;
         let seen = Mutex::new(vec![0; counters.len()]);
         let metrics = SfuMetrics {
             handle,

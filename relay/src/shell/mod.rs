@@ -6,6 +6,7 @@ pub mod banner;
 pub mod busy_poll;
 pub mod cluster;
 pub mod control;
+pub mod link_driver;
 pub mod links;
 pub mod metrics;
 pub mod relays;

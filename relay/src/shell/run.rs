@@ -298,7 +298,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
         });
         serve(admin_listener, admin_state, heartbeater, sfu_http)?;
         if let Some(links) = &links {
-            links.serve(sfu_handle.clone());
+            links.serve(sfu_handle.clone())?;
         }
         if supervise(&config, &live, &mut signals, &mut exit_rx).await? == Stop::Drain {
             drain(&config, &control, &metrics, sfu_handle.as_ref(), &mut signals, &mut exit_rx).await?;

@@ -20,20 +20,19 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 use tracing::{error, info};
 
+use super::link_driver::{Command, LinkDriver};
 use super::udp::{SendBatch, SendQueue};
-use crate::link::wire::Control;
 use crate::sfu::demux::is_sfu_datagram;
-use crate::sfu::engine::{LinkOutput, LinkStats, LinkView};
+use crate::sfu::engine::{LinkStats, LinkView};
 use crate::sfu::route::{PeerId, Role};
 use crate::sfu::webrtc::Transmit;
 use crate::sfu::{RouteStats, Sfu, SfuError, SfuStats};
 use cluster::media::HomeRelay;
 
 const WAKER: Token = Token(0);
+const LINKS: Token = Token(1);
 /// Inputs (mostly datagrams) waiting for the SFU thread, at most.
 const QUEUE: usize = 16_384;
-/// Link outputs (mostly media datagrams) waiting for the links' task, at most.
-pub const LINK_QUEUE: usize = 16_384;
 
 enum Input {
     Datagram {
@@ -55,15 +54,10 @@ enum Input {
         offer: String,
         reply: tokio::sync::oneshot::Sender<Result<(PeerId, String), SfuError>>,
     },
-    /// Relay links are served by `links` (see [`super::links`]); this relay is `own`.
-    AttachLinks {
-        own: String,
-        links: tokio::sync::mpsc::Sender<LinkOutput>,
-    },
-    LinkUp(Arc<str>),
-    LinkDown(Arc<str>),
-    LinkControl(Arc<str>, Control),
-    LinkDatagram(Arc<str>, bytes::Bytes),
+    /// This thread drives the relay links from now on (see [`super::link_driver`]).
+    AttachLinks(Box<LinkDriver>),
+    /// From the links' task.
+    LinkCommand(Command),
     Remove {
         machine: String,
         id: PeerId,
@@ -93,8 +87,6 @@ pub struct SfuSnapshot {
     pub links: LinkStats,
     /// Each relay link as the SFU sees it, by peer relay id.
     pub link_views: Vec<(String, LinkView)>,
-    /// Link outputs (mostly media datagrams) dropped because the links' queue was full.
-    pub link_queue_full: u64,
 }
 
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
@@ -154,29 +146,14 @@ impl SfuHandle {
         self.send(Input::EndSessions(ended))
     }
 
-    /// Serves relay links through `links`, as relay `own`.
-    pub fn attach_links(&self, own: String, links: tokio::sync::mpsc::Sender<LinkOutput>) -> bool {
-        self.send(Input::AttachLinks { own, links })
+    /// Drives the relay links from now on (see [`super::link_driver`]).
+    pub fn attach_links(&self, driver: LinkDriver) -> bool {
+        self.send(Input::AttachLinks(Box::new(driver)))
     }
 
-    /// A link to `relay` came up.
-    pub fn link_up(&self, relay: Arc<str>) -> bool {
-        self.send(Input::LinkUp(relay))
-    }
-
-    /// The link to `relay` went down.
-    pub fn link_down(&self, relay: Arc<str>) -> bool {
-        self.send(Input::LinkDown(relay))
-    }
-
-    /// A control message from `relay`.
-    pub fn link_control(&self, relay: Arc<str>, message: Control) -> bool {
-        self.send(Input::LinkControl(relay, message))
-    }
-
-    /// A media datagram from `relay`.
-    pub fn link_datagram(&self, relay: Arc<str>, data: bytes::Bytes) -> bool {
-        self.send(Input::LinkDatagram(relay, data))
+    /// A command of the links' task for the link driver.
+    pub fn link_command(&self, command: Command) -> bool {
+        self.send(Input::LinkCommand(command))
     }
 
     /// Stops the SFU thread.
@@ -260,11 +237,14 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
     let mut queue = SendQueue::new();
     let mut out: Vec<Transmit> = Vec::new();
     let fd = socket.as_raw_fd();
-    let mut links: Option<tokio::sync::mpsc::Sender<LinkOutput>> = None;
-    let mut link_queue_full = 0u64;
+    let mut links: Option<Box<LinkDriver>> = None;
     loop {
         let now = Instant::now();
-        let timeout = sfu.poll_timeout().map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
+        let due = match links.as_mut().and_then(|l| l.poll_timeout()) {
+            Some(l) => Some(sfu.poll_timeout().map_or(l, |t| t.min(l))),
+            None => sfu.poll_timeout(),
+        };
+        let timeout = due.map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now));
         if let Err(e) = poll.poll(&mut events, Some(timeout.min(Duration::from_secs(1))))
             && e.kind() != std::io::ErrorKind::Interrupted
         {
@@ -272,6 +252,11 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
             return;
         }
         let now = Instant::now();
+        if let Some(driver) = links.as_mut()
+            && events.iter().any(|e| e.token() == LINKS)
+        {
+            driver.receive(now, &mut sfu);
+        }
         loop {
             match rx.try_recv() {
                 Ok(Input::Datagram { from, data }) => {
@@ -284,14 +269,20 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
                     let home = home.as_ref().map(|h| (h.id.as_str(), h.link.as_str()));
                     let _ = reply.send(sfu.subscribe(now, &machine, role, &label, Some(&session), home, &offer));
                 }
-                Ok(Input::AttachLinks { own, links: tx }) => {
-                    sfu.attach_links(&own);
-                    links = Some(tx);
+                Ok(Input::AttachLinks(mut driver)) => match driver.register(poll.registry(), LINKS) {
+                    Ok(()) => {
+                        sfu.attach_links(driver.relay_id());
+                        // Datagrams that came before the registration.
+                        driver.receive(now, &mut sfu);
+                        links = Some(driver);
+                    }
+                    Err(e) => error!(error = %e, "link socket not registered: relay links off"),
+                },
+                Ok(Input::LinkCommand(command)) => {
+                    if let Some(driver) = links.as_mut() {
+                        driver.command(now, command, &mut sfu);
+                    }
                 }
-                Ok(Input::LinkUp(relay)) => sfu.link_up(now, &relay),
-                Ok(Input::LinkDown(relay)) => sfu.link_down(now, &relay),
-                Ok(Input::LinkControl(relay, message)) => sfu.link_control(now, &relay, message),
-                Ok(Input::LinkDatagram(relay, data)) => sfu.link_datagram(now, &relay, &data),
                 Ok(Input::EndSessions(ended)) => {
                     sfu.end_sessions(&ended);
                 }
@@ -306,12 +297,23 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
                     let ours = sfu.machine_of(id) == Some(machine.as_str());
                     let _ = reply.send(ours && sfu.remove(id));
                 }
-                Ok(Input::Stop) | Err(TryRecvError::Disconnected) => return,
+                Ok(Input::Stop) | Err(TryRecvError::Disconnected) => {
+                    // The links' closes (a `Command::Close` came first) go out now.
+                    if let Some(driver) = links.as_mut() {
+                        driver.flush(now);
+                    }
+                    return;
+                }
                 Err(TryRecvError::Empty) => break,
             }
         }
         if sfu.poll_timeout().is_some_and(|t| t <= now) {
             sfu.handle_timeout(now);
+        }
+        if let Some(driver) = links.as_mut()
+            && driver.poll_timeout().is_some_and(|t| t <= now)
+        {
+            driver.handle_timeout(now, &mut sfu);
         }
         if now.saturating_duration_since(last_snapshot) >= SNAPSHOT_INTERVAL {
             let secs = now.saturating_duration_since(last_snapshot).as_secs_f64();
@@ -333,15 +335,17 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
                 queue_full: 0,
                 links: sfu.link_stats().clone(),
                 link_views: sfu.link_views(),
-                link_queue_full,
             };
         }
+        // The links' packets first: a media packet's link copy leaves before this relay's own
+        // viewers' copies, as its path is the longer.
         while let Some(o) = sfu.poll_link_output() {
-            if let Some(tx) = &links
-                && tx.try_send(o).is_err()
-            {
-                link_queue_full += 1;
+            if let Some(driver) = links.as_mut() {
+                driver.output(now, o);
             }
+        }
+        if let Some(driver) = links.as_mut() {
+            driver.flush(now);
         }
         out.extend(std::iter::from_fn(|| sfu.poll_transmit()));
         if !out.is_empty() {
