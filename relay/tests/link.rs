@@ -325,6 +325,55 @@ async fn the_relay_binary_admits_cluster_relays_and_counts_refusals_in_its_metri
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The link address from a relay's banner (with or without an SFU).
+fn link_address(relay: &RelayProcess) -> SocketAddr {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut banner: Vec<String> = Vec::new();
+    loop {
+        banner.extend(relay.stdout.try_iter());
+        let link = banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("links       quic://"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+        if let Some(link) = link {
+            return link;
+        }
+        assert!(std::time::Instant::now() < deadline, "no links line in the banner: {banner:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_without_an_sfu_serves_its_links_on_a_thread_of_their_own() {
+    let dir = common::temp_dir("link-alone");
+    let ca = new_ca("cluster");
+    let ca_pem = dir.join("ca.pem");
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    let ca_pem = ca_pem.to_str().unwrap().to_owned();
+    let (cert, key) = write_issued(&dir, "eu-1", &issue(&ca, "eu-1"));
+    let args = ["--link-listen", LOOPBACK, "--link-ca", &ca_pem, "--link-cert", &cert, "--link-key", &key];
+    let relay = RelayProcess::start("relay.toml", &[&args[..], &["--sfu-http-listen", ""]].concat());
+    let addr = link_address(&relay);
+    let banner: Vec<String> = relay.stdout.try_iter().collect();
+    assert!(!banner.iter().any(|l| l.contains("WHIP")), "no SFU: {banner:?}");
+
+    let b = endpoint(&ca, &issue(&ca, "asia-1"));
+    let link = b.connect(addr, "eu-1").await.expect("the relay admits a cluster relay");
+    wait_for("the link counted", || relay.metric("relay_links_open") == 1.0).await;
+    // The relay measures the link (its keep-alives are answered) and exports the RTT.
+    wait_for("the RTT exported", || {
+        relay.metrics().lines().any(|l| l.starts_with("relay_link_rtt_seconds{peer=\"asia-1\"}"))
+    })
+    .await;
+    let intruder = endpoint(&ca, &issue(&new_ca("cluster"), "us-1"));
+    intruder.connect(addr, "eu-1").await.expect_err("another CA's certificate");
+    let untrusted = "relay_link_refusals_total{reason=\"untrusted_ca\",side=\"accept\"}";
+    wait_for("the refusal counted", || relay.metric(untrusted) == 1.0).await;
+    link.connection.close(0u32.into(), b"bye");
+    wait_for("the closed link forgotten", || relay.metric("relay_links_open") == 0.0).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn control_frames_cross_a_link_stream_in_any_pieces_unknown_ones_are_skipped_and_garbage_ends_it() {
     use relay::link::stream::{ControlReader, StreamEnd, write_control};

@@ -22,6 +22,8 @@ use crate::link::node::{LinkNode, NodeEvent, Sent};
 use crate::link::wire::Control;
 use crate::sfu::engine::LinkOutput;
 
+/// Receive errors in a row after which [`LinkDriver::receive`] gives up until the next wake.
+const MAX_RECEIVE_ERRORS: usize = 8;
 /// How often each link's RTT goes to the links' task and `/metrics`.
 const RTT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -161,9 +163,10 @@ impl LinkDriver {
     pub fn command(&mut self, now: Instant, command: Command, sink: &mut impl LinkSink) {
         match command {
             Command::Connect { relay, addr } => {
-                if !self.node.is_linked(&relay)
-                    && let Err(e) = self.node.connect(now, addr, &relay)
-                {
+                if let Some(rtt) = self.node.rtt(&relay) {
+                    // Linked meanwhile (it linked in): the attempt is over.
+                    let _ = self.reports.send(Report::Linked { relay, rtt });
+                } else if let Err(e) = self.node.connect(now, addr, &relay) {
                     let _ = self.reports.send(Report::Failed { relay, reason: format!("{e:#}") });
                 }
             }
@@ -176,6 +179,7 @@ impl LinkDriver {
     /// carry to `sink`.
     pub fn receive(&mut self, now: Instant, sink: &mut impl LinkSink) {
         let fd = self.socket.as_raw_fd();
+        let mut errors = 0;
         loop {
             match self.recv.recv(fd) {
                 Ok(n) => {
@@ -189,8 +193,14 @@ impl LinkDriver {
                     self.events(now, sink);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // Each error consumes a pending one (an ICMP report): datagrams may still wait.
                 Err(e) => {
                     debug!(error = %e, "link socket receive failed");
+                    errors += 1;
+                    if errors >= MAX_RECEIVE_ERRORS {
+                        warn!(error = %e, "link socket keeps failing to receive");
+                        return;
+                    }
                 }
             }
         }

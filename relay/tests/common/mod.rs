@@ -64,10 +64,14 @@ impl RelayProcess {
         // may give its own range.
         let range: &[&str] =
             if args.contains(&"--min-port") { &[] } else { &["--min-port", "10000", "--max-port", "30000"] };
+        // An SFU on a free port, unless the test says otherwise.
+        let sfu: &[&str] =
+            if args.contains(&"--sfu-http-listen") { &[] } else { &["--sfu-http-listen", "127.0.0.1:0"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_relay"))
             .arg("--config")
             .arg(config_path(config))
-            .args(["--listen", listen, "--admin-listen", "127.0.0.1:0", "--sfu-http-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
+            .args(sfu)
             .args(range)
             .args(args)
             .envs(env.iter().copied())
