@@ -259,15 +259,21 @@ fn write_issued(dir: &Path, name: &str, issued: &Issued) -> (String, String) {
     (cert.to_str().unwrap().to_owned(), key.to_str().unwrap().to_owned())
 }
 
+/// The flags of a relay `id` with links: the CA's and its own certificate's files in `dir`.
+fn link_args(dir: &Path, ca: &Authority, id: &str) -> Vec<String> {
+    let ca_pem = dir.join("ca.pem");
+    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
+    let (cert, key) = write_issued(dir, id, &issue(ca, id));
+    let ca_pem = ca_pem.to_str().unwrap().to_owned();
+    ["--link-listen", LOOPBACK, "--link-ca", &ca_pem, "--link-cert", &cert, "--link-key", &key].map(String::from).into()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_binary_admits_cluster_relays_and_counts_refusals_in_its_metrics() {
     let dir = common::temp_dir("link");
     let ca = new_ca("cluster");
-    let ca_pem = dir.join("ca.pem");
-    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
-    let ca_pem = ca_pem.to_str().unwrap().to_owned();
-    let (cert, key) = write_issued(&dir, "eu-1", &issue(&ca, "eu-1"));
-    let link_args = ["--link-listen", "127.0.0.1:0", "--link-ca", &ca_pem, "--link-cert", &cert, "--link-key", &key];
+    let link_args = link_args(&dir, &ca, "eu-1");
+    let link_args: Vec<&str> = link_args.iter().map(String::as_str).collect();
     let relay = RelayProcess::start("relay.toml", &link_args);
     let (_, addr) = common::links::addresses(&relay);
     let series = |reason: &str| format!("relay_link_refusals_total{{reason=\"{reason}\",side=\"accept\"}}");
@@ -347,12 +353,10 @@ fn link_address(relay: &RelayProcess) -> SocketAddr {
 async fn a_relay_without_an_sfu_serves_its_links_on_a_thread_of_their_own() {
     let dir = common::temp_dir("link-alone");
     let ca = new_ca("cluster");
-    let ca_pem = dir.join("ca.pem");
-    std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
-    let ca_pem = ca_pem.to_str().unwrap().to_owned();
-    let (cert, key) = write_issued(&dir, "eu-1", &issue(&ca, "eu-1"));
-    let args = ["--link-listen", LOOPBACK, "--link-ca", &ca_pem, "--link-cert", &cert, "--link-key", &key];
-    let relay = RelayProcess::start("relay.toml", &[&args[..], &["--sfu-http-listen", ""]].concat());
+    let mut args = link_args(&dir, &ca, "eu-1");
+    args.extend(["--sfu-http-listen".into(), String::new()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = RelayProcess::start("relay.toml", &args);
     let addr = link_address(&relay);
     let banner: Vec<String> = relay.stdout.try_iter().collect();
     assert!(!banner.iter().any(|l| l.contains("WHIP")), "no SFU: {banner:?}");

@@ -1,8 +1,12 @@
-//! A relay's link endpoint: one quinn endpoint, both accepting links from other relays and
-//! opening links to them, on its own UDP port (`link.listen`). A port of its own rather than the
-//! TURN port told apart by first byte: QUIC's long-header first bytes (0xc0-0xff) fall outside
-//! RFC 7983's ranges, but quinn wants its own socket (its own pacing, GSO, ECN and connection
-//! ids), and a separate port lets a firewall admit only the other relays' addresses to it.
+//! A relay's link endpoint on Tokio: one quinn endpoint, both accepting links from other relays
+//! and opening links to them, on its own UDP port. The relay process drives its links sans-IO
+//! instead ([`super::node`], on the SFU thread); this endpoint speaks the same protocol, with
+//! the same settings (which live here), for tests and tools that play another relay.
+//!
+//! A port of its own (`link.listen`) rather than the TURN port told apart by first byte: QUIC's
+//! long-header first bytes (0xc0-0xff) fall outside RFC 7983's ranges, but QUIC wants its own
+//! socket (its own pacing, GSO, ECN and connection ids), and a separate port lets a firewall
+//! admit only the other relays' addresses to it.
 //!
 //! Admission: the TLS handshake checks the connecting relay's certificate (see [`super::tls`]);
 //! then the accepting relay opens a unidirectional *welcome* stream carrying [`WELCOME`]. The
@@ -37,8 +41,9 @@ const DATAGRAM_BUFFER: usize = 1 << 20;
 /// about 1,150 bytes per datagram, less than a browser's 1,200-byte RTP packets; 1,400 fits them
 /// with the link header on any path of the usual 1,500-byte MTU. On a narrower path quinn's
 /// black-hole detection falls back to 1,200; a packet that no longer fits a datagram
-/// ([`DatagramDrop::TooLarge`]) goes on the link's reliable stream instead (the links' task,
-/// `Control::Oversize`), counted by `relay_link_oversize_total`.
+/// ([`DatagramDrop::TooLarge`]) goes on the link's reliable stream instead
+/// ([`super::node::LinkNode::send_media`], `Control::Oversize`), counted by
+/// `relay_link_oversize_total`.
 pub const INITIAL_MTU: u16 = 1400;
 /// What the welcome stream carries: the link protocol and its version.
 pub const WELCOME: &[u8] = b"relay-link/1 welcome\n";

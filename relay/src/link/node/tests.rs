@@ -144,14 +144,24 @@ fn peer(id: &str) -> Arc<str> {
     Arc::from(id)
 }
 
-/// Two relays of one cluster, `relay-a` linked to `relay-b`.
-fn linked() -> Net {
+/// Relays `relay-a` and `relay-b` of one cluster, not linked yet.
+fn pair() -> Net {
     let ca = ca();
     let a = LinkNode::new(tls_for(&ca, "relay-a")).unwrap();
     let b = LinkNode::new(tls_for(&ca, "relay-b")).unwrap();
-    let mut net = Net::new(vec![a, b]);
-    let (now, to) = (net.now, net.addr(1));
-    net.node(0).connect(now, to, "relay-b").unwrap();
+    Net::new(vec![a, b])
+}
+
+/// Node `from` starts linking to node `to` as relay `id`.
+fn connect(net: &mut Net, from: usize, to: usize, id: &str) {
+    let (now, addr) = (net.now, net.addr(to));
+    net.node(from).connect(now, addr, id).unwrap();
+}
+
+/// Two relays of one cluster, `relay-a` linked to `relay-b`.
+fn linked() -> Net {
+    let mut net = pair();
+    connect(&mut net, 0, 1, "relay-b");
     net.run(Duration::from_secs(1));
     assert_eq!(net.take(0), [NodeEvent::Linked { peer: peer("relay-b") }]);
     assert_eq!(net.take(1), [NodeEvent::Linked { peer: peer("relay-a") }]);
@@ -244,8 +254,7 @@ fn a_relay_with_a_certificate_from_another_ca_is_refused_and_counted() {
     let b = LinkNode::new(tls_for(&cluster, "relay-b")).unwrap();
     let evil = LinkNode::new(tls_for(&ca(), "relay-x")).unwrap();
     let mut net = Net::new(vec![evil, b]);
-    let (now, to) = (net.now, net.addr(1));
-    net.node(0).connect(now, to, "relay-b").unwrap();
+    connect(&mut net, 0, 1, "relay-b");
     net.run(Duration::from_secs(2));
     // Its own verifier refused B's certificate too (B's is not from its CA).
     let failed = net.take(0);
@@ -255,8 +264,7 @@ fn a_relay_with_a_certificate_from_another_ca_is_refused_and_counted() {
     assert_eq!(net.node(0).connections() + net.node(1).connections(), 0, "both drained");
 
     // B linking to it refuses its certificate, counted on B's side.
-    let (now, to) = (net.now, net.addr(0));
-    net.node(1).connect(now, to, "relay-x").unwrap();
+    connect(&mut net, 1, 0, "relay-x");
     net.run(Duration::from_secs(2));
     let failed = net.take(1);
     assert!(matches!(&failed[..], [NodeEvent::Failed { peer: p, .. }] if **p == *"relay-x"), "{failed:?}");
@@ -266,17 +274,14 @@ fn a_relay_with_a_certificate_from_another_ca_is_refused_and_counted() {
 
 #[test]
 fn a_relay_asked_for_by_the_wrong_id_is_refused() {
-    let ca = ca();
-    let a = LinkNode::new(tls_for(&ca, "relay-a")).unwrap();
-    let b = LinkNode::new(tls_for(&ca, "relay-b")).unwrap();
-    let mut net = Net::new(vec![a, b]);
-    let (now, to) = (net.now, net.addr(1));
-    net.node(0).connect(now, to, "relay-c").unwrap();
+    let mut net = pair();
+    connect(&mut net, 0, 1, "relay-c");
     net.run(Duration::from_secs(2));
     let failed = net.take(0);
     assert!(matches!(&failed[..], [NodeEvent::Failed { peer: p, .. }] if **p == *"relay-c"), "{failed:?}");
     assert_eq!(net.node(0).tls().refusals().get("connect", Refusal::WrongRelay), 1);
     assert_eq!(net.take(1), []);
+    let (now, to) = (net.now, net.addr(1));
     assert!(net.node(0).connect(now, to, "not a relay id!").is_err());
 }
 
@@ -304,8 +309,7 @@ fn a_restarted_peer_resets_the_link_within_a_keep_alive_and_links_again() {
     let issued = ca.issue("relay-b", Validity::days_from(cluster::time::unix_now(), 1)).unwrap();
     let b = LinkNode::new(tls_of(&ca, &issued)).unwrap();
     let mut net = Net::new(vec![a, b]);
-    let (now, to) = (net.now, net.addr(1));
-    net.node(0).connect(now, to, "relay-b").unwrap();
+    connect(&mut net, 0, 1, "relay-b");
     net.run(Duration::from_secs(1));
     net.take(0);
     // B restarts with the same files, so the same stateless-reset secret.
@@ -317,8 +321,7 @@ fn a_restarted_peer_resets_the_link_within_a_keep_alive_and_links_again() {
     assert_eq!(**p, *"relay-b");
     assert!(reason.contains("reset"), "{reason}");
     assert!(*when - restarted <= KEEP_ALIVE_BOUND, "closed {:?} after the restart", *when - restarted);
-    let (now, to) = (net.now, net.addr(1));
-    net.node(0).connect(now, to, "relay-b").unwrap();
+    connect(&mut net, 0, 1, "relay-b");
     net.run(Duration::from_secs(1));
     assert_eq!(net.take(0), [NodeEvent::Linked { peer: peer("relay-b") }]);
 }
@@ -357,8 +360,7 @@ fn disconnecting_closes_the_link_at_both_ends_and_the_connections_drain() {
 #[test]
 fn a_second_link_to_the_same_relay_replaces_the_first() {
     let mut net = linked();
-    let (now, to) = (net.now, net.addr(1));
-    net.node(0).connect(now, to, "relay-b").unwrap();
+    connect(&mut net, 0, 1, "relay-b");
     net.run(Duration::from_secs(2));
     // B takes the new link and closes the old one without a word (A is still linked); A hears
     // of that close before its new link is up (it waits for B's welcome), then links.
@@ -389,8 +391,7 @@ fn a_stopping_node_closes_its_links_and_refuses_new_ones() {
     net.run(Duration::from_secs(2));
     assert!(matches!(&net.take(0)[..], [NodeEvent::Closed { reason, .. }] if reason.contains("relay stopping")));
     assert_eq!((net.node(0).connections(), net.node(1).connections()), (0, 0));
-    let (now, to) = (net.now, net.addr(1));
-    net.node(0).connect(now, to, "relay-b").unwrap();
+    connect(&mut net, 0, 1, "relay-b");
     net.run(Duration::from_secs(2));
     assert!(matches!(&net.take(0)[..], [NodeEvent::Failed { .. }]));
 }
