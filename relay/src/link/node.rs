@@ -185,6 +185,18 @@ impl LinkNode {
         self.up.get(peer).and_then(|ch| self.conns.get(ch)).map(|c| c.conn.rtt())
     }
 
+    /// Sends an ACK-eliciting packet on every link, so that both ends keep measuring its RTT.
+    /// (A keep-alive goes only from the end whose timer fires first: receiving it resets the
+    /// other end's, which then only acknowledges and never samples the RTT again. Call this as
+    /// often as the RTT is wanted fresh.)
+    pub fn ping(&mut self) {
+        for ch in self.up.values() {
+            if let Some(c) = self.conns.get_mut(ch) {
+                c.conn.ping();
+            }
+        }
+    }
+
     /// The largest media datagram the link to `peer` takes now.
     pub fn max_datagram_size(&mut self, peer: &str) -> Option<usize> {
         let ch = self.up.get(peer)?;

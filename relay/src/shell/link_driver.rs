@@ -227,6 +227,8 @@ impl LinkDriver {
             self.metrics.unknown_frames.inc_by(unknown.saturating_sub(self.unknown_counted));
             self.unknown_counted = unknown;
             let _ = self.reports.send(Report::Rtts(rtts));
+            // The next interval's samples, at both ends.
+            self.node.ping();
         }
     }
 

@@ -7,6 +7,7 @@ use prometheus::{IntCounterVec, Opts};
 
 use crate::link::tls::Refusals;
 
+/// The network's one-way delay unless a test sets another.
 const DELAY: Duration = Duration::from_millis(20);
 
 fn tls_for(ca: &Authority, id: &str) -> LinkTls {
@@ -47,6 +48,7 @@ struct Net {
     flight: Vec<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
     /// Whether to lose the next packet.
     lose: Box<dyn FnMut() -> bool>,
+    delay: Duration,
     sent: u64,
 }
 
@@ -63,7 +65,7 @@ impl Net {
                 unplugged: false,
             })
             .collect();
-        Self { start: now, now, places, flight: Vec::new(), lose: Box::new(|| false), sent: 0 }
+        Self { start: now, now, places, flight: Vec::new(), lose: Box::new(|| false), delay: DELAY, sent: 0 }
     }
 
     fn addr(&self, i: usize) -> SocketAddr {
@@ -82,7 +84,7 @@ impl Net {
                 for segment in buf[..t.size].chunks(t.segment_size.unwrap_or(t.size)) {
                     self.sent += 1;
                     if !p.unplugged && !(self.lose)() {
-                        self.flight.push((self.now + DELAY, p.addr, t.destination, segment.to_vec()));
+                        self.flight.push((self.now + self.delay, p.addr, t.destination, segment.to_vec()));
                     }
                 }
             }
@@ -328,6 +330,33 @@ fn a_restarted_peer_resets_the_link_within_a_keep_alive_and_links_again() {
 
 /// A keep-alive, a stateless reset back, and the delay both ways.
 const KEEP_ALIVE_BOUND: Duration = Duration::from_millis(1100);
+
+#[test]
+fn the_end_that_sends_no_keep_alives_follows_the_rtt_only_when_pinged() {
+    // On a real link one end's keep-alives reset the other's timer (receiving resets it), so
+    // the other only acknowledges and never samples the RTT: here B sends none at all.
+    let ca = ca();
+    let a = LinkNode::new(tls_for(&ca, "relay-a")).unwrap();
+    let mut quiet = crate::link::endpoint::transport_config();
+    quiet.keep_alive_interval(None);
+    let b = LinkNode::with_transport(tls_for(&ca, "relay-b"), quiet).unwrap();
+    let mut net = Net::new(vec![a, b]);
+    connect(&mut net, 0, 1, "relay-b");
+    net.run(Duration::from_secs(1));
+    let rtt = |net: &mut Net, i: usize, peer: &str| net.node(i).rtt(peer).unwrap();
+    assert!(rtt(&mut net, 1, "relay-a") < 3 * DELAY);
+    // The path gets longer: 100 ms each way.
+    net.delay = Duration::from_millis(100);
+    net.run(Duration::from_secs(15));
+    let (a, b) = (rtt(&mut net, 0, "relay-b"), rtt(&mut net, 1, "relay-a"));
+    assert!(a > Duration::from_millis(150) && b < Duration::from_millis(100), "A {a:?}, B {b:?}");
+    for _ in 0..15 {
+        net.node(1).ping();
+        net.run(Duration::from_secs(1));
+    }
+    let b = rtt(&mut net, 1, "relay-a");
+    assert!(b > Duration::from_millis(150) && b < Duration::from_millis(260), "B {b:?}");
+}
 
 #[test]
 fn a_silent_peer_times_the_link_out() {
