@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use prometheus::IntCounter;
+use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge};
 use tracing::{debug, warn};
 
-use super::links::LinkMetrics;
 use super::udp::{RecvBatch, SendBatch, SendQueue};
 use crate::link::endpoint::DatagramDrop;
 use crate::link::node::{LinkNode, NodeEvent, Sent};
+use crate::link::tls::Refusals;
 use crate::link::wire::Control;
 use crate::sfu::engine::LinkOutput;
 
@@ -26,6 +26,25 @@ use crate::sfu::engine::LinkOutput;
 const MAX_RECEIVE_ERRORS: usize = 8;
 /// How often each link's RTT goes to the links' task and `/metrics`.
 const RTT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The link series in `/metrics`.
+#[derive(Clone)]
+pub struct LinkMetrics {
+    pub refusals: Refusals,
+    /// `relay_links_open`: links to other relays, either way.
+    pub open: IntGauge,
+    /// By peer and direction.
+    pub datagrams: IntCounterVec,
+    pub bytes: IntCounterVec,
+    /// By reason.
+    pub dropped: IntCounterVec,
+    /// Media packets too large for a datagram, sent on the reliable stream instead, by peer.
+    pub oversize: IntCounterVec,
+    /// By peer.
+    pub rtt: GaugeVec,
+    /// Control frames of types this version does not know (a newer peer's), skipped.
+    pub unknown_frames: IntCounter,
+}
 
 /// What the links' task asks of the driver.
 #[derive(Debug)]

@@ -18,17 +18,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::link_driver::{Command, LinkDriver, Report};
+use super::link_driver::{Command, LinkDriver, LinkMetrics, Report};
 use super::sfu::SfuHandle;
 use ::cluster::heartbeat::{LinkPeer, LinkReport, LinkState};
 
 use crate::config::LinkConfig;
 use crate::link::node::LinkNode;
-use crate::link::tls::{LinkTls, Refusals};
+use crate::link::tls::LinkTls;
 use crate::sfu::engine::LinkView;
 
 /// The first retry of a link that failed, doubled up to [`MAX_BACKOFF`].
@@ -36,25 +35,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The config keys of the three files, for error messages.
 const KEYS: [&str; 3] = ["link.ca", "link.cert", "link.key"];
-
-/// The link series in `/metrics`.
-#[derive(Clone)]
-pub struct LinkMetrics {
-    pub refusals: Refusals,
-    /// `relay_links_open`: links to other relays, either way.
-    pub open: IntGauge,
-    /// By peer and direction.
-    pub datagrams: IntCounterVec,
-    pub bytes: IntCounterVec,
-    /// By reason.
-    pub dropped: IntCounterVec,
-    /// Media packets too large for a datagram, sent on the reliable stream instead, by peer.
-    pub oversize: IntCounterVec,
-    /// By peer.
-    pub rtt: GaugeVec,
-    /// Control frames of types this version does not know (a newer peer's), skipped.
-    pub unknown_frames: IntCounter,
-}
 
 /// The running links: the node and its socket until [`serve`](Links::serve) hands them to the
 /// thread that drives them, and the way to that thread.
@@ -440,7 +420,8 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::Opts;
+    use crate::link::tls::Refusals;
+    use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts};
 
     fn metrics() -> LinkMetrics {
         let vec = |name: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, "test"), labels).unwrap();

@@ -345,7 +345,7 @@ impl Metrics {
     }
 
     /// Registers the series of relay-to-relay links (only a relay with `[link]` has them).
-    pub fn register_links(&self) -> prometheus::Result<super::links::LinkMetrics> {
+    pub fn register_links(&self) -> prometheus::Result<super::link_driver::LinkMetrics> {
         let refusals = IntCounterVec::new(
             Opts::new(
                 "relay_link_refusals_total",
@@ -392,7 +392,7 @@ impl Metrics {
             "Link control frames of a type this version does not know (sent by a newer relay), skipped.",
         )?;
         self.registry.register(Box::new(unknown_frames.clone()))?;
-        Ok(super::links::LinkMetrics {
+        Ok(super::link_driver::LinkMetrics {
             refusals: crate::link::tls::Refusals::new(refusals),
             open,
             datagrams,
