@@ -16,6 +16,8 @@ step() { echo "==> [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 #   firefox-esr a viewer without H.264: refused with both sides' codecs, or served a VP8 backup
 #   python3     writes the Firefox test profile's permissions (sqlite3 module)
 #   openssl     the rotation test reads which certificate the TLS listener presents
+#   prometheus, prometheus-alertmanager
+#               promtool and amtool check the deployment's monitoring files (deploy/check.sh)
 need=()
 command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v curl >/dev/null 2>&1 || need+=(curl)
@@ -23,6 +25,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
     step "installing ${need[*]}"
@@ -34,8 +38,13 @@ if ((${#need[@]})); then
     if [[ " ${need[*]} " == *" coturn "* ]] && command -v systemctl >/dev/null 2>&1; then
         systemctl disable --now coturn >/dev/null 2>&1 || true
     fi
+    # Likewise only promtool and amtool are wanted: Prometheus's own server would hold port
+    # 9090, which the local deployment gives a relay's metrics.
+    if [[ " ${need[*]} " == *" prometheus"* ]] && command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
+    fi
 fi
-for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl; do
+for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 
@@ -62,6 +71,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --profile ci -- -D warnings
+
+step "deployment files: promtool, amtool (deploy/check.sh)"
+deploy/check.sh
 
 # Tests run against optimised builds (profile `ci`: release without LTO, see Cargo.toml): the
 # interop and fuzz tests push real traffic through the relay binary. Everything, the workspace's
