@@ -179,6 +179,18 @@ fn viewers_at_another_relay_play_the_machine_over_one_repaired_link_copy_and_its
         assert_eq!(v.client.data, vec![b"credit 1".to_vec()], "viewer {n} at B");
     }
     assert_eq!(b.metric("relay_link_malformed_datagrams_total"), 0.0);
+
+    // The alert rules shipped in deploy/ speak of series these relays export (those of the
+    // cluster heartbeat: tests/cluster.rs).
+    let names = common::rule_metrics("relay-rules.yml", "relay_");
+    assert!(names.len() >= 8, "{names:?}");
+    let (ma, mb) = (a.metrics(), b.metrics());
+    for name in names.iter().filter(|n| !n.starts_with("relay_cluster_")) {
+        assert!(
+            common::has_series(&ma, name) || common::has_series(&mb, name),
+            "deploy/prometheus/relay-rules.yml uses {name}, which neither relay exports"
+        );
+    }
     drop(proxy);
 }
 

@@ -295,6 +295,12 @@ fn heartbeats_carry_state_and_replies_drive_secrets_and_drain() {
     assert_eq!(common::metric_value(&m, "relay_cluster_heartbeats_total{result=\"error\"}"), 0.0);
     let last = common::metric_value(&m, "relay_cluster_last_heartbeat_timestamp_seconds");
     assert!((test_start as f64..=unix_now() as f64 + 1.0).contains(&last), "{last}");
+    // The alert rules' heartbeat series are these (the others: tests/cascade.rs).
+    let names = common::rule_metrics("relay-rules.yml", "relay_cluster_");
+    assert!(!names.is_empty());
+    for name in &names {
+        assert!(common::has_series(&m, name), "deploy/prometheus/relay-rules.yml uses {name}, not exported");
+    }
 
     // Signaling lists the relays that take links: the relay links to the one whose id sorts
     // after its own (one link per pair: the other links to it) and reports its RTT.

@@ -219,6 +219,24 @@ async fn suite(backend: &str) {
     let metrics = metrics.as_str().unwrap().to_owned();
     assert!(metrics.contains("signaling_sessions_created_total{region=\"eu-central\"} 2"), "{metrics}");
     assert!(!metrics.contains("status=\"500\""), "a 5xx was served:\n{metrics}");
+    // The alert rules shipped in deploy/ speak of series signaling exports.
+    let rules =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/signaling-rules.yml"))
+            .unwrap();
+    let mut names: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("signaling_"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 2, "{names:?}");
+    for name in names {
+        let exported = metrics.lines().any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(['{', ' '])));
+        assert!(
+            exported,
+            "deploy/prometheus/signaling-rules.yml uses {name}, which signaling does not export:\n{metrics}"
+        );
+    }
 }
 
 /// Every endpoint, fed what clients get wrong: always a 4xx with a JSON error, never a 5xx.

@@ -238,6 +238,26 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("series {series} not in metrics:\n{text}"))
 }
 
+/// The metric names starting with `prefix` that the alert rules in `deploy/prometheus/<file>`
+/// use (a word of the file that starts with it: metric names are the only such words).
+pub fn rule_metrics(file: &str, prefix: &str) -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut names: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with(prefix))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Whether a `/metrics` page has a series of metric `name`.
+pub fn has_series(metrics: &str, name: &str) -> bool {
+    metrics.lines().any(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
 }
