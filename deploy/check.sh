@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# Checks the deployment files with the tools that read them: Prometheus's configuration and
-# alert rules (promtool check), the rules' unit tests (promtool test rules: every alert fires
-# when it should and stays quiet when it should not), the Alertmanager configuration and its
-# routes (amtool). scripts/test.sh runs it; so can an operator who edits these files.
+# Checks the deployment files and the scripts with the tools that read them: Prometheus's
+# configuration and alert rules (promtool check), the rules' unit tests (promtool test rules:
+# every alert fires when it should and stays quiet when it should not), the Alertmanager
+# configuration and its routes (amtool), every YAML file (yamllint, .yamllint), every shell
+# script (shellcheck) and every systemd unit (systemd-analyze verify). scripts/test.sh runs it;
+# so can an operator who edits these files.
 #
-#   deploy/check.sh            needs promtool (Debian: prometheus) and amtool
-#                              (Debian: prometheus-alertmanager)
+#   deploy/check.sh            needs promtool (Debian: prometheus), amtool
+#                              (prometheus-alertmanager), yamllint, shellcheck, systemd-analyze
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."
 
-promtool check config prometheus/prometheus.yml
-promtool check rules prometheus/relay-rules.yml prometheus/signaling-rules.yml
-promtool test rules prometheus/rules-test.yml
-amtool check-config alertmanager/alertmanager.yml
+promtool check config deploy/prometheus/prometheus.yml
+promtool check rules deploy/prometheus/relay-rules.yml deploy/prometheus/signaling-rules.yml
+promtool test rules deploy/prometheus/rules-test.yml
+amtool check-config deploy/alertmanager/alertmanager.yml
 
 # Every alert has a firing case and a quiet one in the unit tests.
-alerts=$(sed -n 's/^ *- alert: *\([A-Za-z]*\) *$/\1/p' prometheus/relay-rules.yml prometheus/signaling-rules.yml)
+alerts=$(sed -n 's/^ *- alert: *\([A-Za-z]*\) *$/\1/p' deploy/prometheus/relay-rules.yml deploy/prometheus/signaling-rules.yml)
 [[ -n "$alerts" ]] || { echo "error: no alert found in the rule files" >&2; exit 1; }
 for alert in $alerts; do
-    cases=$(grep -c "alertname: $alert\$" prometheus/rules-test.yml || true)
+    cases=$(grep -c "alertname: $alert\$" deploy/prometheus/rules-test.yml || true)
     if ((cases < 2)); then
         echo "error: alert $alert has $cases unit test cases in rules-test.yml (a firing and a quiet one wanted)" >&2
         exit 1
@@ -27,9 +29,36 @@ done
 echo "every alert ($(wc -w <<<"$alerts")) has unit tests"
 
 # Pages reach the halls' Telegram chat and the webhook; the rest the webhook only.
-routes() { amtool config routes test --config.file=alertmanager/alertmanager.yml "$@" 2>/dev/null; }
+routes() { amtool config routes test --config.file=deploy/alertmanager/alertmanager.yml "$@" 2>/dev/null; }
 [[ "$(routes severity=page alertname=MachineVideoStopped machine=cab-1)" == "halls,webhook" ]] \
     || { echo "error: a page does not reach both the halls' chat and the webhook" >&2; exit 1; }
 [[ "$(routes severity=warn alertname=RelayLinkRefused)" == "webhook" ]] \
     || { echo "error: a warning does not go to the webhook alone" >&2; exit 1; }
 echo "alert routes: pages to halls and webhook, warnings to webhook"
+
+mapfile -t yaml < <(git ls-files '*.yml' '*.yaml' .yamllint)
+((${#yaml[@]})) || { echo "error: no YAML file found" >&2; exit 1; }
+yamllint -s "${yaml[@]}"
+echo "yamllint: ${#yaml[@]} files"
+
+mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
+((${#scripts[@]})) || { echo "error: no shell script found" >&2; exit 1; }
+shellcheck "${scripts[@]}"
+echo "shellcheck: ${#scripts[@]} scripts"
+
+# systemd-analyze verify wants each unit's programs to exist: the relay binary's install path is
+# pointed at a stand-in for the check. It only warns about unknown keys and the like, so any
+# word from it is a failure.
+mapfile -t units < <(git ls-files '*.service')
+((${#units[@]})) || { echo "error: no systemd unit found" >&2; exit 1; }
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+printf '#!/bin/sh\n' >"$scratch/relay"
+chmod +x "$scratch/relay"
+for unit in "${units[@]}"; do
+    sed "s|/usr/local/bin/relay|$scratch/relay|g" "$unit" >"$scratch/$(basename "$unit")"
+    said=$(systemd-analyze verify "$scratch/$(basename "$unit")" 2>&1) \
+        || { echo "error: $unit: $said" >&2; exit 1; }
+    [[ -z "$said" ]] || { echo "error: $unit: $said" >&2; exit 1; }
+done
+echo "systemd-analyze verify: ${#units[@]} units"

@@ -16,8 +16,8 @@ step() { echo "==> [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 #   firefox-esr a viewer without H.264: refused with both sides' codecs, or served a VP8 backup
 #   python3     writes the Firefox test profile's permissions (sqlite3 module)
 #   openssl     the rotation test reads which certificate the TLS listener presents
-#   prometheus, prometheus-alertmanager
-#               promtool and amtool check the deployment's monitoring files (deploy/check.sh)
+#   prometheus, prometheus-alertmanager, yamllint, shellcheck
+#               check the deployment's files and the scripts (deploy/check.sh)
 need=()
 command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v curl >/dev/null 2>&1 || need+=(curl)
@@ -27,6 +27,8 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v yamllint >/dev/null 2>&1 || need+=(yamllint)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
     step "installing ${need[*]}"
@@ -44,14 +46,14 @@ if ((${#need[@]})); then
         systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
     fi
 fi
-for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool; do
+for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool yamllint shellcheck; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 
 # A throw-away PostgreSQL server for signaling's tests: its own data directory and port, trust
 # authentication on loopback only, stopped when this script exits. The tests create one database
 # per signaling instance on it.
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+pg_bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -1)
 [[ -x "$pg_bin/initdb" ]] || { echo "error: PostgreSQL's initdb is missing after install" >&2; exit 1; }
 pg_port=${SIGNALING_TEST_PG_PORT:-55432}
 pg_data=$(mktemp -d /tmp/signaling-test-pg.XXXXXX)
@@ -72,7 +74,7 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --profile ci -- -D warnings
 
-step "deployment files: promtool, amtool (deploy/check.sh)"
+step "deployment files and scripts: promtool, amtool, yamllint, shellcheck, systemd-analyze (deploy/check.sh)"
 deploy/check.sh
 
 # Tests run against optimised builds (profile `ci`: release without LTO, see Cargo.toml): the
