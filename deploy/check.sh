@@ -46,17 +46,19 @@ mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
 shellcheck "${scripts[@]}"
 echo "shellcheck: ${#scripts[@]} scripts"
 
-# systemd-analyze verify wants each unit's programs to exist: the relay binary's install path is
-# pointed at a stand-in for the check. It only warns about unknown keys and the like, so any
-# word from it is a failure.
+# systemd-analyze verify wants each unit's programs to exist: our binaries' install paths
+# (/usr/local/bin) are pointed at stand-ins for the check. It only warns about unknown keys and
+# the like, so any word from it is a failure.
 mapfile -t units < <(git ls-files '*.service')
 ((${#units[@]})) || { echo "error: no systemd unit found" >&2; exit 1; }
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-printf '#!/bin/sh\n' >"$scratch/relay"
-chmod +x "$scratch/relay"
+for bin in relay signaling; do
+    printf '#!/bin/sh\n' >"$scratch/$bin"
+    chmod +x "$scratch/$bin"
+done
 for unit in "${units[@]}"; do
-    sed "s|/usr/local/bin/relay|$scratch/relay|g" "$unit" >"$scratch/$(basename "$unit")"
+    sed "s|/usr/local/bin/|$scratch/|g" "$unit" >"$scratch/$(basename "$unit")"
     said=$(systemd-analyze verify "$scratch/$(basename "$unit")" 2>&1) \
         || { echo "error: $unit: $said" >&2; exit 1; }
     [[ -z "$said" ]] || { echo "error: $unit: $said" >&2; exit 1; }
