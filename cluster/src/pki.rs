@@ -196,6 +196,12 @@ pub fn check_relay_id(relay_id: &str) -> Result<(), PkiError> {
 
 /// The relay id a relay certificate (DER) is for: its DNS subject alternative name, if it has
 /// exactly one and it is a relay id. Call it on a certificate TLS has already verified.
+/// When a certificate (DER) expires: its notAfter, in unix seconds.
+pub fn not_after_of(cert_der: &[u8]) -> Option<u64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    u64::try_from(cert.validity().not_after.timestamp()).ok()
+}
+
 pub fn relay_id_of(cert_der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
     let san = cert.subject_alternative_name().ok()??;

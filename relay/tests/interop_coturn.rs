@@ -233,8 +233,10 @@ fn secret_and_certificate_rotation_during_live_traffic_lose_nothing() {
     let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = common::temp_dir("rotation");
     let (cert_a, key_a) = common::test_certificate(&dir, "a");
-    let (cert_b, key_b) = common::test_certificate(&dir, "b");
-    let (cert_c, key_c) = common::test_certificate(&dir, "c");
+    // Renewals expire at other times, so that the expiry series shows which one is in use.
+    let (cert_b, key_b) = common::test_certificate_until(&dir, "b", (2030, 1, 1));
+    let (cert_c, key_c) = common::test_certificate_until(&dir, "c", (2031, 1, 1));
+    let expiry = "relay_certificate_expiry_timestamp_seconds{certificate=\"turn_tls\"}";
     // The relay reads the live paths; renewals copy new files over them, as certbot's do.
     let (cert, key) = (dir.join("live.crt"), dir.join("live.key"));
     std::fs::copy(&cert_a, &cert).unwrap();
@@ -244,6 +246,8 @@ fn secret_and_certificate_rotation_during_live_traffic_lose_nothing() {
     let relay = RelayProcess::start(config.to_str().unwrap(), &[]);
     let (udp, tls) = (relay.udp, relay.tls[0]);
     assert_eq!(served_fingerprint(tls), file_fingerprint(&cert_a));
+    // rcgen's default validity: until 4096-01-01.
+    assert_eq!(relay.metric(expiry), 67_090_118_400.0);
     let _peer = start_peer();
 
     // 10 UDP and 10 TLS clients, 600 messages each (12 s), on the old secret and certificate.
@@ -267,6 +271,7 @@ fn secret_and_certificate_rotation_during_live_traffic_lose_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(served_fingerprint(tls), file_fingerprint(&cert_b), "new TLS connections get the new certificate");
+    assert_eq!(relay.metric(expiry), 1_893_456_000.0, "the renewed certificate's expiry (2030-01-01)");
     let mut old = common::RawClient::rest(udp, "old-secret", 600, "relay");
     assert_eq!(old.allocate(), Err(401), "the removed secret no longer makes allocations");
     let mut new = common::RawClient::rest(udp, "new-secret", 600, "relay");
@@ -297,6 +302,7 @@ fn secret_and_certificate_rotation_during_live_traffic_lose_nothing() {
         assert!(std::time::Instant::now() < deadline, "the renewed certificate was not picked up");
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert_eq!(relay.metric(expiry), 1_924_992_000.0, "the renewed certificate's expiry (2031-01-01)");
     // A bad reload (a config that does not validate) changes nothing and says why.
     std::fs::write(&config, "[server]\nworkers = \"two\"\n").unwrap();
     let out = Command::new("curl")

@@ -281,6 +281,10 @@ async fn the_relay_binary_admits_cluster_relays_and_counts_refusals_in_its_metri
         assert_eq!(relay.metric(&series(r.label())), 0.0, "every reason is exported from the start");
     }
     assert_eq!(relay.metric("relay_links_open"), 0.0);
+    // The link certificate's expiry, for the alert that it is running out.
+    let cert = std::fs::read_to_string(dir.join("eu-1.pem")).unwrap();
+    let not_after = cluster::pki::not_after_of(&pem_der(&cert)).unwrap();
+    assert_eq!(relay.metric("relay_certificate_expiry_timestamp_seconds{certificate=\"link\"}"), not_after as f64);
 
     // A peer that starts a handshake and goes silent: a client's first QUIC packet, captured
     // and replayed from a socket that never answers. The relay waits for it up to its handshake

@@ -36,6 +36,9 @@ pub struct Metrics {
     counters: Vec<(IntCounter, Read)>,
     seen: Mutex<Seen>,
     sfu: std::sync::OnceLock<SfuMetrics>,
+    /// When each certificate in use expires (recorded at load and renewal).
+    expiries: super::tls::Expiries,
+    expiry: IntGaugeVec,
 }
 
 /// Reads one SFU series from the SFU thread's latest snapshot.
@@ -160,7 +163,17 @@ impl Metrics {
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
         let seen = Mutex::new(Seen(vec![0; counters.len()]));
+        let expiry = IntGaugeVec::new(
+            Opts::new(
+                "relay_certificate_expiry_timestamp_seconds",
+                "When each certificate in use expires (notAfter, unix seconds), by certificate (turn_tls, sfu_tls, link).",
+            ),
+            &["certificate"],
+        )?;
+        registry.register(Box::new(expiry.clone()))?;
         Ok(Self {
+            expiries: super::tls::Expiries::default(),
+            expiry,
             registry,
             workers,
             shared,
@@ -405,7 +418,16 @@ impl Metrics {
     }
 
     /// Brings the Prometheus series up to date and renders them in the text format.
+    /// Where the certificates' expiry times go (at load and at each renewal).
+    pub fn certificate_expiries(&self) -> super::tls::Expiries {
+        self.expiries.clone()
+    }
+
     pub fn render(&self) -> String {
+        self.expiry.reset();
+        for (name, not_after) in self.expiries.get() {
+            self.expiry.with_label_values(&[name]).set(i64::try_from(not_after).unwrap_or(i64::MAX));
+        }
         {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             for (i, (counter, read)) in self.counters.iter().enumerate() {

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use super::control::Control;
 use super::control::{Command, ConnLimits};
-use super::tls::{self, Keys, TlsCell};
+use super::tls::{self, Expiries, Keys, TlsCell};
 use crate::config::{Config, TlsConfig};
 use crate::turn::{ServerConfig, Shared};
 
@@ -67,6 +67,9 @@ fn stamp(cert: &Path, key: &Path) -> Option<Stamp> {
 
 /// One TLS listener kind's certificate: its files and where new settings go.
 struct Cert {
+    /// Its name in `relay_certificate_expiry_timestamp_seconds`.
+    name: &'static str,
+    expiries: Expiries,
     keys: Keys,
     alpn: &'static [&'static [u8]],
     files: Mutex<Files>,
@@ -84,6 +87,7 @@ impl Cert {
         }
         let config = tls::server_config(cert, key, self.keys, self.alpn)?;
         (self.apply)(config);
+        self.expiries.record(self.name, cert);
         *files = Files { cert: cert.to_owned(), key: key.to_owned(), stamp: now };
         Ok(true)
     }
@@ -122,6 +126,7 @@ impl Live {
         control: Arc<Control>,
         shared: Arc<Shared>,
         sfu_tls: Option<TlsCell>,
+        expiries: Expiries,
     ) -> Self {
         let files = |cert: &Path, key: &Path| {
             Mutex::new(Files { cert: cert.to_owned(), key: key.to_owned(), stamp: stamp(cert, key) })
@@ -129,6 +134,8 @@ impl Live {
         let turn_tls = config.tls.as_ref().map(|t| {
             let control = Arc::clone(&control);
             Cert {
+                name: "turn_tls",
+                expiries: expiries.clone(),
                 keys: tls::TURN_KEYS,
                 alpn: &[],
                 files: files(&t.cert, &t.key),
@@ -137,6 +144,8 @@ impl Live {
         });
         let sfu_tls = match (&config.sfu_tls, sfu_tls) {
             (Some((cert, key)), Some(cell)) => Some(Cert {
+                name: "sfu_tls",
+                expiries: expiries.clone(),
                 keys: tls::SFU_KEYS,
                 alpn: &[b"http/1.1"],
                 files: files(cert, key),

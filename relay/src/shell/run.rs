@@ -233,6 +233,17 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
     if let Some(handle) = &sfu_handle {
         metrics.attach_sfu(handle.clone())?;
     }
+    // The certificates just loaded; renewals update them (see `reload`).
+    let expiries = metrics.certificate_expiries();
+    if let Some(t) = &config.tls {
+        expiries.record("turn_tls", &t.cert);
+    }
+    if let (Some((cert, _)), true) = (&config.sfu_tls, sfu_handle.is_some()) {
+        expiries.record("sfu_tls", cert);
+    }
+    if let Some(link) = &config.link {
+        expiries.record("link", &link.cert);
+    }
     let links = match &config.link {
         Some(link) => {
             let relay_id = config.cluster.as_ref().map(|c| c.relay_id.as_str());
@@ -251,6 +262,7 @@ pub fn run(config: Config, hooks: Hooks) -> anyhow::Result<()> {
             Arc::clone(&control),
             Arc::clone(&shared),
             sfu_cell,
+            metrics.certificate_expiries(),
         ))
     };
     let admin_state =

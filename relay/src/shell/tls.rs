@@ -57,6 +57,25 @@ pub fn server_config(cert: &Path, key: &Path, keys: Keys, alpn: &[&[u8]]) -> any
     Ok(Arc::new(config))
 }
 
+/// When each certificate in use expires (its leaf's notAfter, unix seconds), by name (`turn_tls`,
+/// `sfu_tls`, `link`): `relay_certificate_expiry_timestamp_seconds{certificate}`.
+#[derive(Debug, Clone, Default)]
+pub struct Expiries(Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>);
+
+impl Expiries {
+    /// Records the first certificate of the PEM file `cert` (just loaded) as `name`'s.
+    pub fn record(&self, name: &'static str, cert: &Path) {
+        let leaf = CertificateDer::pem_file_iter(cert).ok().and_then(|mut certs| certs.next()?.ok());
+        if let Some(not_after) = leaf.and_then(|c| cluster::pki::not_after_of(&c)) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(name, not_after);
+        }
+    }
+
+    pub fn get(&self) -> Vec<(&'static str, u64)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
 /// The current TLS settings of a listener, replaced when the files are renewed.
 pub type TlsCell = Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>;
 

@@ -225,6 +225,19 @@ pub fn test_certificate(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf)
     (cert_path, key_path)
 }
 
+/// [`test_certificate`] valid until midnight UTC of `(year, month, day)`.
+pub fn test_certificate_until(dir: &std::path::Path, name: &str, (y, m, d): (i32, u8, u8)) -> (PathBuf, PathBuf) {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut params = rcgen::CertificateParams::new(names).expect("certificate parameters");
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+    let key = rcgen::KeyPair::generate().expect("a key pair");
+    let cert = params.self_signed(&key).expect("rcgen makes a certificate");
+    let (cert_path, key_path) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
 /// A fresh directory under the system's temp dir, removed by the caller when it likes.
 pub fn temp_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("relay-test-{label}-{}-{}", std::process::id(), unix_now()));
