@@ -69,8 +69,13 @@ pub async fn upkeep(state: AppState) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = upkeep_once(&state).await {
-            warn!(error = format!("{e:#}"), "upkeep failed");
+        let up = state.metrics.database_up.with_label_values(&[] as &[&str]);
+        match upkeep_once(&state).await {
+            Ok(()) => up.set(1),
+            Err(e) => {
+                up.set(0);
+                warn!(error = format!("{e:#}"), "upkeep failed");
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub sessions_live: IntGaugeVec,
     pub selections: IntCounterVec,
     pub credentials_minted: IntCounterVec,
+    pub database_up: IntGaugeVec,
 }
 
 impl Metrics {
@@ -58,6 +59,12 @@ impl Metrics {
                 "signaling_turn_credentials_minted_total",
                 "TURN credentials minted, by region",
                 &["region"],
+            )?,
+            database_up: gauge(
+                "signaling_database_up",
+                "1 while signaling's upkeep (its database's queries, every second) succeeds, 0 after a round failed: \
+                 the database is unreachable or failing",
+                &[],
             )?,
             registry,
         };

@@ -663,6 +663,29 @@ async fn sfu_sessions_on_postgres() {
     linked_path_suite("postgres").await;
 }
 
+/// The database going away under signaling shows in its metrics (and so in the alert
+/// `SignalingDatabaseDown` of deploy/prometheus/signaling-rules.yml).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_gone_shows_in_the_metrics() {
+    use sqlx::Connection;
+    let url = common::fresh_postgres_database();
+    let s = Signaling::start_on_postgres(&url);
+    let up = |metrics: &str| metrics.lines().find_map(|l| l.strip_prefix("signaling_database_up ")).map(str::to_owned);
+    let metrics = || async { s.call("GET", "/metrics", None, None).await.1.as_str().unwrap_or_default().to_owned() };
+    let seen =
+        eventually(Duration::from_secs(5), || async { (up(&metrics().await).as_deref() == Some("1")).then_some(()) })
+            .await;
+    assert!(seen.is_some(), "signaling_database_up 1 while the database answers");
+    let base = std::env::var("SIGNALING_TEST_POSTGRES_URL").unwrap();
+    let name = url.rsplit_once('/').unwrap().1.to_owned();
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::Executor::execute(&mut admin, format!("DROP DATABASE {name} WITH (FORCE)").as_str()).await.unwrap();
+    let seen =
+        eventually(Duration::from_secs(10), || async { (up(&metrics().await).as_deref() == Some("0")).then_some(()) })
+            .await;
+    assert!(seen.is_some(), "signaling_database_up 0 once the database is gone:\n{}", metrics().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_on_sqlite() {
     suite("sqlite").await;
