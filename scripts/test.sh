@@ -16,7 +16,7 @@ step() { echo "==> [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 #   firefox-esr a viewer without H.264: refused with both sides' codecs, or served a VP8 backup
 #   python3     writes the Firefox test profile's permissions (sqlite3 module)
 #   openssl     the rotation test reads which certificate the TLS listener presents
-#   prometheus, prometheus-alertmanager, yamllint, shellcheck
+#   prometheus, prometheus-alertmanager, yamllint, shellcheck, systemd (systemd-analyze)
 #               check the deployment's files and the scripts (deploy/check.sh)
 need=()
 command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
@@ -29,6 +29,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v yamllint >/dev/null 2>&1 || need+=(yamllint)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
     step "installing ${need[*]}"
@@ -46,7 +47,7 @@ if ((${#need[@]})); then
         systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
     fi
 fi
-for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool yamllint shellcheck; do
+for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool yamllint shellcheck systemd-analyze; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 

@@ -310,9 +310,8 @@ fn run(mut sfu: Sfu, mut poll: Poll, rx: Receiver<Input>, socket: UdpSocket, sna
         if sfu.poll_timeout().is_some_and(|t| t <= now) {
             sfu.handle_timeout(now);
         }
-        if let Some(driver) = links.as_mut()
-            && driver.poll_timeout().is_some_and(|t| t <= now)
-        {
+        // It runs only what is due.
+        if let Some(driver) = links.as_mut() {
             driver.handle_timeout(now, &mut sfu);
         }
         if now.saturating_duration_since(last_snapshot) >= SNAPSHOT_INTERVAL {
