@@ -8,97 +8,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{CLUSTER_TOKEN, Signaling, eventually};
+use common::relay::Relay;
+use common::{Signaling, eventually};
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 use turn::client::{Client, ClientConfig};
 use webrtc_util::Conn;
-
-/// The relay binary of this workspace: beside signaling's, built if missing.
-fn relay_bin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_signaling")).with_file_name("relay");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "relay", "--bin", "relay"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the relay failed");
-    }
-    bin
-}
-
-struct Relay {
-    child: Child,
-    udp: SocketAddr,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Relay {
-    fn start(signaling: &str, id: &str, region: &str, ports: (u16, u16)) -> Self {
-        Self::start_with(signaling, id, region, ports, &[])
-    }
-
-    /// A relay that links to the others with a certificate for `id` from `ca` (files in `dir`).
-    fn linked(
-        signaling: &str,
-        id: &str,
-        region: &str,
-        ports: (u16, u16),
-        ca: &cluster::pki::Authority,
-        dir: &std::path::Path,
-    ) -> Self {
-        let validity = cluster::pki::Validity::days_from(cluster::time::unix_now(), 1);
-        let issued = ca.issue(id, validity).unwrap();
-        let (ca_pem, cert, key) = (dir.join("ca.pem"), dir.join(format!("{id}.pem")), dir.join(format!("{id}.key")));
-        std::fs::write(&ca_pem, ca.cert_pem()).unwrap();
-        std::fs::write(&cert, &issued.cert_pem).unwrap();
-        std::fs::write(&key, &issued.key_pem).unwrap();
-        let [ca_pem, cert, key] = [ca_pem, cert, key].map(|p| p.to_str().unwrap().to_owned());
-        let link = ["--link-listen", "127.0.0.1:0", "--link-ca", &ca_pem, "--link-cert", &cert, "--link-key", &key];
-        Self::start_with(signaling, id, region, ports, &link)
-    }
-
-    fn start_with(signaling: &str, id: &str, region: &str, ports: (u16, u16), more: &[&str]) -> Self {
-        let mut child = Command::new(relay_bin())
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--workers", "1"])
-            .args(["--min-port", &ports.0.to_string(), "--max-port", &ports.1.to_string()])
-            .args(["--signaling-url", signaling, "--region", region, "--relay-id", id, "--public-host", "127.0.0.1"])
-            .args(["--allow-peer", "127.0.0.0/8", "--sfu-http-listen", "127.0.0.1:0"])
-            .args(more)
-            .env("RELAY_CLUSTER_TOKEN", CLUSTER_TOKEN)
-            .env("RELAY_LOG_LEVEL", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start relay");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.trim().strip_prefix("STUN/TURN").and_then(|r| r.trim().strip_prefix("udp://"))
-                {
-                    let addr = addr.split_whitespace().next().unwrap_or_default().to_owned();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let udp = rx.recv_timeout(Duration::from_secs(30)).expect("relay banner").parse().unwrap();
-        Self { child, udp }
-    }
-}
 
 fn probes_favouring(region: &str) -> Value {
     let mut p = serde_json::Map::new();

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+pub mod relay;
+
 pub const JWT_KEY: &str = "test-jwt-key-0123456789abcdef0123456789";
 pub const CLUSTER_TOKEN: &str = "test-cluster-token-0123";
 
