@@ -171,6 +171,12 @@ pub enum Source {
     LeastLoaded,
 }
 
+impl Source {
+    /// Every source (signaling shows each in its metrics from the start).
+    pub const ALL: [Source; 6] =
+        [Self::Probes, Self::GeoIp, Self::MachineNearest, Self::Default, Self::Sticky, Self::LeastLoaded];
+}
+
 /// Where a region's client estimate came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

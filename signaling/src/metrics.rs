@@ -4,6 +4,8 @@
 
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use crate::auth::Role;
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -69,6 +71,25 @@ impl Metrics {
             registry,
         };
         Ok(metrics)
+    }
+
+    /// Creates every series whose labels are known up front at 0 (regions, what ends a session,
+    /// what decides a region), so that dashboards and `rate()` see them before they first move.
+    pub fn init_series(&self, regions: &[&str]) {
+        for region in regions {
+            for counter in [&self.sessions_created, &self.heartbeats, &self.credentials_minted] {
+                counter.with_label_values(&[*region]);
+            }
+        }
+        // Ended by signaling (store::overdue_sessions), or by a client, counted by its role.
+        let roles = [Role::Player, Role::Machine, Role::Admin].map(|r| format!("by_{}", r.as_str()));
+        for reason in ["timeout", "max_duration", "machine_offline"].iter().map(|r| r.to_string()).chain(roles) {
+            self.sessions_ended.with_label_values(&[reason.as_str()]);
+        }
+        for source in geo::select::Source::ALL {
+            let name = serde_json::to_value(source).ok().and_then(|v| v.as_str().map(str::to_owned));
+            self.selections.with_label_values(&[name.unwrap_or_default().as_str()]);
+        }
     }
 
     pub fn render(&self) -> String {

@@ -50,6 +50,7 @@ impl AppState {
         };
         let keys = Keys::new(&config.jwt_key);
         let metrics = Metrics::new()?;
+        metrics.init_series(&config.regions.iter().map(|r| r.id.as_str()).collect::<Vec<_>>());
         let limiter = RateLimiter::new(config.rate_limit_per_ip);
         let hub = Hub::default();
         Ok(Self(Arc::new(Inner { config, store, keys, geoip, metrics, limiter, hub, started: Instant::now() })))

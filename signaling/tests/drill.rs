@@ -6,7 +6,10 @@
 //! Then the machine's video stops (its browser is killed, the machine itself still heartbeats):
 //! the MachineVideoStopped alert for that machine must reach the game hall's Telegram chat (a
 //! local HTTP receiver speaking Telegram's Bot API, where Alertmanager's `api_url` points) within
-//! 90 seconds, naming the machine. The time from the stop to the message is printed.
+//! 90 seconds, naming the machine. The time from the stop to the message is printed. Then every
+//! PromQL expression of the Grafana dashboard (deploy/grafana/remote-play.json) must return data
+//! from that Prometheus: a panel that shows nothing is a bug. Two relays in two regions, linked,
+//! so that the regions' and links' panels have something to show.
 
 mod common;
 // The relay's headless-browser helpers (serve pages, open Chromium, collect their reports).
@@ -237,19 +240,24 @@ async fn a_machine_whose_video_stops_pages_the_halls_telegram_chat_within_90_sec
     std::fs::create_dir_all(&dir).unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
-    // The deployment: signaling, one relay with its SFU, the machine heartbeating as its agent
-    // would (every second, before and after its video stops).
+    // The deployment: signaling, two relays with their SFUs in two regions, linked, and the
+    // machine heartbeating as its agent would (every second, before and after its video stops).
     let s = Signaling::start("sqlite", "");
     let admin = s.token("ops", "admin");
     let player = s.token("alice", "player");
     let machine = s.token(MACHINE, "machine");
-    let relay = Relay::start(&s.url, "eu-1", "eu-central", (34000, 34999));
-    eventually(Duration::from_secs(10), || async {
+    let ca = cluster::pki::Authority::generate("cluster", cluster::pki::Validity::days_from(unix_now(), 1)).unwrap();
+    let relay = Relay::linked(&s.url, "eu-1", "eu-central", (34000, 34499), &ca, &dir);
+    let edge = Relay::linked(&s.url, "ap-1", "ap-southeast", (34500, 34999), &ca, &dir);
+    eventually(Duration::from_secs(20), || async {
         let (_, relays) = s.call("GET", "/v1/relays", Some(&admin), None).await;
-        relays["relays"].as_array().is_some_and(|r| r.iter().any(|r| r["sfu_url"].is_string())).then_some(())
+        let list = relays["relays"].as_array()?;
+        let linked = |r: &&Value| r["links"].as_array().is_some_and(|l| l.iter().any(|l| l["rtt_ms"].is_number()));
+        (list.iter().filter(|r| r["sfu_url"].is_string()).count() == 2 && list.iter().filter(linked).count() == 2)
+            .then_some(())
     })
     .await
-    .expect("the relay registers with its SFU URL");
+    .expect("the relays register with their SFU URLs and link");
     let rtts = json!({ "name": "Hall 7 coin pusher", "rtts": { "eu-central": 20.0 } });
     assert_eq!(s.call("POST", "/v1/machines/register", Some(&machine), Some(rtts)).await.0, 200);
     let beat = {
@@ -273,7 +281,11 @@ async fn a_machine_whose_video_stops_pages_the_halls_telegram_chat_within_90_sec
     let (prometheus, alertmanager): (SocketAddr, SocketAddr) =
         (format!("127.0.0.1:{}", free_port()).parse().unwrap(), format!("127.0.0.1:{}", free_port()).parse().unwrap());
     let signaling_addr = s.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let targets = [("10.0.1.10:9090", relay.admin.to_string()), ("10.0.1.20:8080", signaling_addr)];
+    let targets = [
+        ("10.0.1.10:9090", relay.admin.to_string()),
+        ("10.0.3.10:9090", edge.admin.to_string()),
+        ("10.0.1.20:8080", signaling_addr),
+    ];
     let config = (prometheus_config(&targets, alertmanager), alertmanager_config(tg));
     let _monitoring = start_monitoring(&dir, prometheus, alertmanager, config);
 
@@ -388,7 +400,67 @@ async fn a_machine_whose_video_stops_pages_the_halls_telegram_chat_within_90_sec
     let alert = &hook["alerts"][0];
     assert_eq!(alert["labels"]["machine"], MACHINE, "{hook}");
     assert_eq!(alert["labels"]["severity"], "page", "{hook}");
+
+    // Every expression of the Grafana dashboard returns data from this Prometheus.
+    dashboard_queries_return_data(&http, prometheus).await;
     beat.abort();
-    drop(relay);
+    drop((relay, edge));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs every PromQL expression of deploy/grafana/remote-play.json against `prometheus`, with
+/// its variables at "All" (and Grafana's `$__rate_interval` at 1m), and fails naming each one
+/// that returns no series; the variables' `label_values(...)` queries must find values too.
+async fn dashboard_queries_return_data(http: &reqwest::Client, prometheus: SocketAddr) {
+    let file = repo_root().join("deploy/grafana/remote-play.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).expect("the dashboard is JSON");
+    fn walk(panels: &Value, out: &mut Vec<(String, String)>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap_or_else(|| panic!("a target without expr: {panel}"));
+                out.push((panel["title"].as_str().unwrap_or_default().to_owned(), expr.to_owned()));
+            }
+            walk(&panel["panels"], out);
+        }
+    }
+    let mut exprs = Vec::new();
+    walk(&dashboard["panels"], &mut exprs);
+    assert!(exprs.len() >= 20, "the dashboard's expressions: {exprs:?}");
+    let all = |e: &str| e.replace("$__rate_interval", "1m").replace("$region", ".*").replace("$machine", ".*");
+    let mut empty = Vec::new();
+    for (title, expr) in &exprs {
+        assert!(!all(expr).contains('$'), "{title}: a variable the test does not know in {expr}");
+        let found = eventually(Duration::from_secs(20), || async {
+            query(http, prometheus, &all(expr)).await.filter(|r| !r.is_empty()).map(|_| ())
+        })
+        .await;
+        if found.is_none() {
+            empty.push(format!("{title}: {expr}"));
+        }
+    }
+    // The variables: `label_values(SELECTOR, LABEL)` finds values of LABEL (the drill's machine
+    // and both regions among them).
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let mut checked = 0;
+    for var in variables.iter().filter(|v| v["type"] == "query") {
+        let q = var["query"]["query"].as_str().unwrap();
+        let (selector, label) = q
+            .strip_prefix("label_values(")
+            .and_then(|r| r.strip_suffix(')'))
+            .and_then(|r| r.rsplit_once(", "))
+            .unwrap();
+        let series = query(http, prometheus, selector).await.unwrap_or_default();
+        let values: Vec<&str> = series.iter().filter_map(|s| s["metric"][label].as_str()).collect();
+        let expected: &[&str] = match label {
+            "machine" => &[MACHINE],
+            "region" => &["eu-central", "ap-southeast"],
+            other => panic!("a variable the test does not know: {other}"),
+        };
+        assert!(expected.iter().all(|e| values.contains(e)), "variable {}: {values:?}", var["name"]);
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "the dashboard's variables: {variables:?}");
+    assert!(empty.is_empty(), "dashboard panels with no data:\n{}", empty.join("\n"));
+    eprintln!("alert drill: all {} dashboard expressions returned data", exprs.len());
 }
