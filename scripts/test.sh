@@ -17,7 +17,9 @@ step() { echo "==> [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 #   python3     writes the Firefox test profile's permissions (sqlite3 module)
 #   openssl     the rotation test reads which certificate the TLS listener presents
 #   prometheus, prometheus-alertmanager, yamllint, shellcheck, systemd (systemd-analyze)
-#               check the deployment's files and the scripts (deploy/check.sh)
+#               check the deployment's files and the scripts (deploy/check.sh); Prometheus and
+#               Alertmanager run the alert drill (signaling/tests/drill.rs)
+#   nftables    nft -c checks the firewall rules deploy/install.sh writes
 need=()
 command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v curl >/dev/null 2>&1 || need+=(curl)
@@ -30,6 +32,7 @@ command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v yamllint >/dev/null 2>&1 || need+=(yamllint)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
     step "installing ${need[*]}"
@@ -47,7 +50,7 @@ if ((${#need[@]})); then
         systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
     fi
 fi
-for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool yamllint shellcheck systemd-analyze; do
+for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool prometheus prometheus-alertmanager yamllint shellcheck systemd-analyze nft; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 

@@ -1,0 +1,333 @@
+//! deploy/install.sh in a throwaway root (its `--root` prefix), from a dist directory made by
+//! scripts/dist.sh out of this build's binaries: a relay and a signaling install write what they
+//! should, read by the tools that will read them on a VPS (`relay check-config`, signaling
+//! starting on its installed config and secrets, `nft -c` on the firewall rules, the sysctl keys
+//! against this kernel); a second run changes nothing; a binary whose SHA-256 differs from
+//! SHA256SUMS installs nothing; an upgrade replaces only the binary and keeps the operator's
+//! config; bad options fail naming the option.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_signaling")).parent().unwrap().to_path_buf()
+}
+
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(label: &str) -> Scratch {
+    let dir = std::env::temp_dir().join(format!("install-test-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Scratch(dir)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// scripts/dist.sh on this build's binaries into `out`.
+fn dist(out: &Path) {
+    let o = run(Command::new(repo_root().join("scripts/dist.sh")).arg("--from").arg(bin_dir()).arg("--out").arg(out));
+    assert!(o.status.success(), "dist.sh: {}", text(&o));
+    let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+    assert_eq!(sums.lines().count(), 3, "{sums}");
+}
+
+fn install(role: &str, root: &Path, dist: &Path, args: &[&str]) -> Output {
+    run(Command::new(repo_root().join("deploy/install.sh"))
+        .arg(role)
+        .arg("--root")
+        .arg(root)
+        .arg("--dist")
+        .arg(dist)
+        .args(args))
+}
+
+/// Every file under `root`: its mode and content.
+fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+    fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<PathBuf, (u32, Vec<u8>)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                walk(&path, root, out);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().to_path_buf();
+                out.insert(rel, (meta.permissions().mode() & 0o7777, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if root.exists() {
+        walk(root, root, &mut out);
+    }
+    out
+}
+
+/// The `KEY=value` lines of an env file.
+fn env_file(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+const RELAY_ARGS: &[&str] = &[
+    "--region",
+    "eu-central",
+    "--public-ip",
+    "203.0.113.10",
+    "--relay-id",
+    "eu-fra-1",
+    "--signaling-url",
+    "https://signaling.example.com",
+    "--link-peer",
+    "198.51.100.7",
+    "--admin-listen",
+    "10.0.1.10:9090",
+    "--monitor-from",
+    "10.0.0.0/8",
+];
+
+#[test]
+fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() {
+    let s = scratch("relay");
+    let (dist_dir, root) = (s.0.join("dist"), s.0.join("root"));
+    dist(&dist_dir);
+    let token = s.0.join("token");
+    std::fs::write(&token, "cluster-token-0123456789\n").unwrap();
+    let mut args = RELAY_ARGS.to_vec();
+    args.extend(["--cluster-token-file", token.to_str().unwrap()]);
+
+    let first = install("relay", &root, &dist_dir, &args);
+    assert!(first.status.success(), "{}", text(&first));
+    let installed = tree(&root);
+    let expected = [
+        ("usr/local/bin/relay", 0o755),
+        ("usr/local/bin/relayctl", 0o755),
+        ("etc/relay/relay.toml", 0o640),
+        ("etc/relay/secrets.env", 0o600),
+        ("etc/systemd/system/relay.service", 0o644),
+        ("etc/sysctl.d/60-relay.conf", 0o644),
+        ("etc/nftables.d/relay.nft", 0o644),
+        ("etc/systemd/journald.conf.d/60-remote-play.conf", 0o644),
+    ];
+    let names: Vec<_> = installed.keys().collect();
+    assert_eq!(installed.len(), expected.len(), "{names:?}");
+    for (path, mode) in expected {
+        let (m, _) = installed.get(Path::new(path)).unwrap_or_else(|| panic!("{path} not installed: {names:?}"));
+        assert_eq!(*m, mode, "{path}: mode {m:o}");
+    }
+    assert!(text(&first).contains("relay: 8 changed, 0 unchanged"), "{}", text(&first));
+    assert_eq!(installed[Path::new("usr/local/bin/relay")].1, std::fs::read(dist_dir.join("relay")).unwrap());
+    assert_eq!(
+        installed[Path::new("etc/systemd/system/relay.service")].1,
+        std::fs::read(repo_root().join("deploy/relay.service")).unwrap()
+    );
+
+    // The relay accepts its installed config, with the token from secrets.env, as it would start.
+    let secrets = env_file(&root.join("etc/relay/secrets.env"));
+    assert_eq!(secrets, vec![("RELAY_CLUSTER_TOKEN".to_owned(), "cluster-token-0123456789".to_owned())]);
+    let check = run(Command::new(root.join("usr/local/bin/relay"))
+        .args(["check-config", "--config"])
+        .arg(root.join("etc/relay/relay.toml"))
+        .envs(secrets.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+    let out = text(&check);
+    assert!(check.status.success(), "{out}");
+    for want in
+        ["region = \"eu-central\"", "external_ip = \"203.0.113.10\"", "relay_id = \"eu-fra-1\"", "grace_secs = 14400"]
+    {
+        assert!(out.contains(want), "check-config does not show {want}:\n{out}");
+    }
+
+    // nftables parses the rules (check mode: nothing is loaded), and they name the config's ports.
+    let nft = root.join("etc/nftables.d/relay.nft");
+    let o = run(Command::new("nft").arg("-c").arg("-f").arg(&nft));
+    assert!(o.status.success(), "nft -c: {}", text(&o));
+    let rules = std::fs::read_to_string(&nft).unwrap();
+    for port in [
+        "udp dport 3478",
+        "tcp dport 3478",
+        "tcp dport 8443",
+        "udp dport 49152-65535",
+        "udp dport 4433 ip saddr { 198.51.100.7 }",
+        "tcp dport 9090 ip saddr 10.0.0.0/8",
+        "tcp dport 22",
+        "policy drop",
+    ] {
+        assert!(rules.contains(port), "{port} not in relay.nft:\n{rules}");
+    }
+    // Every sysctl it sets is one this kernel has, and the ephemeral ports end below the range.
+    let sysctls = std::fs::read_to_string(root.join("etc/sysctl.d/60-relay.conf")).unwrap();
+    let keys: Vec<&str> =
+        sysctls.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(" = ").next()).collect();
+    assert!(keys.len() >= 4, "{sysctls}");
+    for key in keys {
+        assert!(Path::new("/proc/sys").join(key.replace('.', "/")).exists(), "no such sysctl: {key}");
+    }
+    assert!(sysctls.contains("net.ipv4.ip_local_port_range = 32768 49151"), "{sysctls}");
+
+    // Again: nothing changes, not a byte or a mode.
+    let second = install("relay", &root, &dist_dir, &args);
+    assert!(second.status.success(), "{}", text(&second));
+    assert!(text(&second).contains("relay: 0 changed, 8 unchanged"), "{}", text(&second));
+    assert!(tree(&root) == installed, "the second run changed the tree");
+
+    // The operator edits the config; a binary tampered with after its checksum was published is
+    // refused and nothing is written, neither into this root nor into a fresh one.
+    let config = root.join("etc/relay/relay.toml");
+    let edited = std::fs::read_to_string(&config).unwrap().replace("format = \"json\"", "format = \"text\"");
+    std::fs::write(&config, &edited).unwrap();
+    let edited_tree = tree(&root);
+    let mut relay = std::fs::read(dist_dir.join("relay")).unwrap();
+    relay.extend_from_slice(b"tampered");
+    std::fs::write(dist_dir.join("relay"), &relay).unwrap();
+    for target in [root.clone(), s.0.join("fresh")] {
+        let o = install("relay", &target, &dist_dir, &args);
+        assert!(!o.status.success(), "a tampered binary installed: {}", text(&o));
+        assert!(text(&o).contains("does not match SHA256SUMS") && text(&o).contains("not installing"), "{}", text(&o));
+    }
+    assert!(tree(&root) == edited_tree, "a refused install changed the tree");
+    assert!(!s.0.join("fresh").exists(), "a refused install wrote into a fresh root");
+
+    // An upgrade: a new build (its own SHA256SUMS) replaces the binary alone; the config stays
+    // the operator's.
+    let sums = std::fs::read_to_string(dist_dir.join("SHA256SUMS")).unwrap();
+    let sum = run(Command::new("sha256sum").arg(dist_dir.join("relay")));
+    let new_sum = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().unwrap().to_owned();
+    let sums: String = sums
+        .lines()
+        .map(|l| if l.ends_with(" relay") { format!("{new_sum}  relay\n") } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(dist_dir.join("SHA256SUMS"), sums).unwrap();
+    let upgrade = install("relay", &root, &dist_dir, &args);
+    assert!(upgrade.status.success(), "{}", text(&upgrade));
+    assert!(text(&upgrade).contains("relay: 1 changed, 7 unchanged"), "{}", text(&upgrade));
+    assert_eq!(std::fs::read(root.join("usr/local/bin/relay")).unwrap(), relay);
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
+}
+
+#[test]
+fn signaling_installs_starts_on_what_was_installed_and_keeps_its_secrets() {
+    let s = scratch("signaling");
+    let (dist_dir, root) = (s.0.join("dist"), s.0.join("root"));
+    dist(&dist_dir);
+    let args = [
+        "--region",
+        "eu-central:50.11:8.68",
+        "--region",
+        "us-east:39.04:-77.49",
+        "--region",
+        "ap-southeast:1.29:103.85",
+    ];
+    let first = install("signaling", &root, &dist_dir, &args);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(text(&first).contains("signaling: 7 changed, 0 unchanged"), "{}", text(&first));
+    let installed = tree(&root);
+    assert_eq!(installed[Path::new("etc/signaling/secrets.env")].0, 0o600);
+    let secrets = env_file(&root.join("etc/signaling/secrets.env"));
+    let keys: Vec<&str> = secrets.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["SIGNALING_JWT_KEY", "SIGNALING_CLUSTER_TOKEN"]);
+    assert!(secrets.iter().all(|(_, v)| v.len() == 64), "{secrets:?}");
+    let o = run(Command::new("nft").arg("-c").arg("-f").arg(root.join("etc/nftables.d/signaling.nft")));
+    assert!(o.status.success(), "nft -c: {}", text(&o));
+
+    // The installed binary starts on the installed config with the installed secrets, as systemd
+    // would run it (its state directory and a free port given as the unit and a test do).
+    let data = s.0.join("state");
+    let mut child = Command::new(root.join("usr/local/bin/signaling"))
+        .arg("--config")
+        .arg(root.join("etc/signaling/signaling.toml"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .envs(secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader};
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut banner = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+        let done = line.trim_start().starts_with("regions");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let banner = banner.join("\n");
+    assert!(banner.contains("regions     eu-central, us-east, ap-southeast"), "{banner}");
+
+    // Again: nothing changes, the secrets least of all (relays and players' tokens depend on them).
+    let second = install("signaling", &root, &dist_dir, &args);
+    assert!(text(&second).contains("signaling: 0 changed, 7 unchanged"), "{}", text(&second));
+    assert!(tree(&root) == installed, "the second run changed the tree");
+}
+
+#[test]
+fn bad_options_fail_naming_the_option_and_write_nothing() {
+    let s = scratch("bad");
+    let dist_dir = s.0.join("dist");
+    dist(&dist_dir);
+    let root = s.0.join("root");
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("relay", &["--public-ip", "203.0.113.10", "--signaling-url", "https://s.example"], "--region"),
+        ("relay", &["--region", "EU central", "--public-ip", "1.2.3.4", "--signaling-url", "https://s"], "--region"),
+        ("relay", &["--region", "eu", "--public-ip", "1.2.3.4", "--signaling-url", "ftp://s"], "--signaling-url"),
+        (
+            "relay",
+            &["--region", "eu", "--public-ip", "1.2.3.4", "--signaling-url", "https://s"],
+            "--cluster-token-file",
+        ),
+        (
+            "relay",
+            &["--region", "eu", "--public-ip", "1.2.3.4", "--signaling-url", "https://s", "--min-port", "30000"],
+            "--min-port",
+        ),
+        (
+            "relay",
+            &["--region", "eu", "--public-ip", "1.2.3.4", "--signaling-url", "https://s", "--listen-port", "70000"],
+            "--listen-port",
+        ),
+        ("signaling", &["--region", "eu-central"], "--region"),
+        ("signaling", &["--firewall", "ufw", "--region", "eu:1:2"], "--firewall"),
+        ("signaling", &["--bogus", "1"], "--bogus"),
+    ];
+    for (role, args, names) in cases {
+        let o = install(role, &root, &dist_dir, args);
+        assert!(!o.status.success(), "{role} {args:?} succeeded: {}", text(&o));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(names), "{role} {args:?}: {}", text(&o));
+        assert!(!root.exists(), "{role} {args:?} wrote files");
+    }
+}
