@@ -14,6 +14,8 @@
 #   /etc/relay/relay.toml, /etc/signaling/signaling.toml           only when missing: yours after
 #   /etc/relay/secrets.env, /etc/signaling/secrets.env             tokens and keys (mode 600)
 #   /etc/systemd/system/{relay|signaling}.service                  the hardened units of deploy/
+#   /etc/relay/link/ (--link-dir: from relayctl ca issue)          the relay's link certificate
+#   /etc/systemd/system/relay.service.d/50-link-key.conf           its key, via systemd credentials
 #   /etc/sysctl.d/60-relay.conf                                    socket buffers, port ranges
 #   /etc/nftables.d/{relay|signaling}.nft                          the ports the config uses
 #   /etc/systemd/journald.conf.d/60-remote-play.conf               log retention
@@ -31,8 +33,9 @@ usage() {
     echo "options: --root DIR --dist DIR --firewall nft|none --ssh-port N --no-start" >&2
     echo "  relay: --region ID --public-ip IP [--relay-id ID] [--public-host NAME] --signaling-url URL" >&2
     echo "         [--cluster-token-file F] [--listen-port 3478] [--min-port 49152 --max-port 65535]" >&2
-    echo "         [--sfu-port 8443] [--link-port 4433] [--link-peer IP]... [--admin-listen ADDR]" >&2
-    echo "         [--monitor-from CIDR] [--tls-cert F --tls-key F]" >&2
+    echo "         [--sfu-port 8443] [--link-dir DIR] [--link-port 4433] [--link-peer IP]..." >&2
+    echo "         [--admin-listen ADDR]" >&2
+    echo "         [--monitor-from CIDR] [--tls-cert F --tls-key F] [--allow-peer CIDR]..." >&2
     echo "  signaling: --region ID:LAT:LON... [--listen ADDR] [--database-url-file F]" >&2
     exit 2
 }
@@ -44,8 +47,8 @@ shift
 root=/ dist="" firewall=nft ssh_port=22 start=yes
 region="" regions=() public_ip="" relay_id="" public_host="" signaling_url="" token_file=""
 listen_port=3478 min_port=49152 max_port=65535 sfu_port=8443 link_port=4433 link_peers=()
-admin_listen=127.0.0.1:9090 monitor_from="" tls_cert="" tls_key=""
-listen=127.0.0.1:8080 database_url_file=""
+admin_listen=127.0.0.1:9090 monitor_from="" tls_cert="" tls_key="" allow_peers=()
+listen=127.0.0.1:8080 database_url_file="" link_dir=""
 while (($#)); do
     opt=$1
     [[ $# -ge 2 || $opt == --no-start || $opt == -h || $opt == --help ]] || die "$opt needs a value"
@@ -67,10 +70,12 @@ while (($#)); do
     --sfu-port) sfu_port=$2 ;;
     --link-port) link_port=$2 ;;
     --link-peer) link_peers+=("$2") ;;
+    --link-dir) link_dir=$2 ;;
     --admin-listen) admin_listen=$2 ;;
     --monitor-from) monitor_from=$2 ;;
     --tls-cert) tls_cert=$2 ;;
     --tls-key) tls_key=$2 ;;
+    --allow-peer) allow_peers+=("$2") ;;
     --listen) listen=$2 ;;
     --database-url-file) database_url_file=$2 ;;
     -h | --help) usage ;;
@@ -124,6 +129,16 @@ if [[ $role == relay ]]; then
         die "--min-port/--max-port: $min_port..$max_port overlaps the kernel's ephemeral ports (32768-60999); take 49152-65535 or a range below 32768"
     fi
 
+    if [[ -n $link_dir ]]; then
+        for f in ca.pem "$relay_id.pem" "$relay_id.key"; do
+            [[ -f $link_dir/$f ]] || die "--link-dir: $link_dir/$f is missing (relayctl ca issue $relay_id --dir CA_DIR --out $link_dir, and ca.pem beside)"
+        done
+    fi
+    peers_toml=""
+    for cidr in "${allow_peers[@]}"; do
+        [[ $cidr =~ ^[0-9a-fA-F.:]+(/[0-9]{1,3})?$ ]] || die "--allow-peer: an address or CIDR, not '$cidr'"
+        peers_toml+="${peers_toml:+, }\"$cidr\""
+    done
     if [[ -n $token_file ]]; then
         [[ -f $token_file ]] || die "--cluster-token-file: $token_file does not exist"
         token=$(tr -d '\r\n' <"$token_file")
@@ -220,9 +235,24 @@ key = \"$tls_key\"
 listen = [\"0.0.0.0:443\"]
 "
     fi
-    once /etc/relay/relay.toml 640 <<EOF
-# Written once by deploy/install.sh ($role, region $region); yours from now on. Every key is
-# documented in configs/relay.toml. Check it with: relay check-config --config /etc/relay/relay.toml
+    if [[ -n $link_dir ]]; then
+        link_toml="[link]
+# Links to the other relays (QUIC, mutual TLS with the cluster CA). The key is root's
+# (/etc/relay/link/$relay_id.key, mode 600): systemd hands it to the relay as a credential
+# (relay.service.d/50-link-key.conf sets RELAY_LINK_KEY).
+listen = \"0.0.0.0:$link_port\"
+ca = \"/etc/relay/link/ca.pem\"
+cert = \"/etc/relay/link/$relay_id.pem\"
+"
+    else
+        link_toml="[link]
+# Links to the other relays: run install.sh again with --link-dir (relayctl ca issue $relay_id
+# --dir CA_DIR --out DIR, and the CA's ca.pem in DIR) after deleting this file.
+"
+    fi
+    once /etc/relay/relay.toml 644 <<EOF
+# Written once by deploy/install.sh ($role, region $region); yours from now on. No secrets here
+# (the cluster token is in secrets.env). Every key is documented in configs/relay.toml. Check it with: relay check-config --config /etc/relay/relay.toml
 [server]
 listen = "0.0.0.0:$listen_port"
 
@@ -230,6 +260,11 @@ listen = "0.0.0.0:$listen_port"
 external_ip = "$public_ip"
 min_port = $min_port
 max_port = $max_port
+
+[peers]
+# Peers the relay may relay to beyond the public internet (it refuses private, loopback and
+# link-local addresses unless listed here).
+allow = [$peers_toml]
 
 [admin]
 # Metrics and health. On a private address when Prometheus scrapes it from elsewhere.
@@ -252,14 +287,7 @@ public_host = "$public_host"
 [sfu]
 http_listen = "0.0.0.0:$sfu_port"
 
-[link]
-# The cluster CA and this relay's certificate: relayctl ca issue $relay_id --dir CA_DIR, then copy
-# ca.pem, $relay_id.pem and $relay_id.key here.
-listen = "0.0.0.0:$link_port"
-ca = "/etc/relay/link/ca.pem"
-cert = "/etc/relay/link/$relay_id.pem"
-key = "/etc/relay/link/$relay_id.key"
-$tls
+$link_toml$tls
 EOF
     if [[ -n $token_file ]]; then
         text /etc/relay/secrets.env 600 <<EOF
@@ -268,6 +296,18 @@ RELAY_CLUSTER_TOKEN=$token
 EOF
     fi
     put "$here/relay.service" /etc/systemd/system/relay.service 644
+    if [[ -n $link_dir ]]; then
+        put "$link_dir/ca.pem" /etc/relay/link/ca.pem 644
+        put "$link_dir/$relay_id.pem" "/etc/relay/link/$relay_id.pem" 644
+        put "$link_dir/$relay_id.key" "/etc/relay/link/$relay_id.key" 600
+        text /etc/systemd/system/relay.service.d/50-link-key.conf 644 <<EOF
+# Written by deploy/install.sh: the relay's link key, readable by root alone, handed to the
+# relay's dynamic user by systemd (a copy in the service's credentials directory, %d).
+[Service]
+LoadCredential=link-key:/etc/relay/link/$relay_id.key
+Environment=RELAY_LINK_KEY=%d/link-key
+EOF
+    fi
 
     sysctls=$work/sysctl.conf
     {
@@ -288,7 +328,9 @@ EOF
     put "$sysctls" /etc/sysctl.d/60-relay.conf 644
 
     if [[ $firewall == nft ]]; then
-        if ((${#link_peers[@]})); then
+        if [[ -z $link_dir && ! -d $root/etc/relay/link ]]; then
+            link_rule=""
+        elif ((${#link_peers[@]})); then
             peers=$(IFS=,; echo "${link_peers[*]}")
             link_rule="udp dport $link_port ip saddr { $peers } accept comment \"relay links (QUIC), the other relays only\""
         else
@@ -385,9 +427,21 @@ EOF
     journald
 fi
 
+# Whether a change needs the service restarted: anything but the firewall, sysctls and journald.
+needs_restart() {
+    local p
+    for p in "${changed[@]}"; do
+        [[ $p == /etc/nftables.d/* || $p == /etc/sysctl.d/* || $p == /etc/systemd/journald.conf.d/* ]] || return 0
+    done
+    return 1
+}
+
 # Apply on a live system.
 if [[ -z $root && $start == yes && -d /run/systemd/system ]]; then
-    if was_changed /etc/sysctl.d/60-relay.conf; then sysctl -q -p /etc/sysctl.d/60-relay.conf; fi
+    if was_changed /etc/sysctl.d/60-relay.conf; then
+        sysctl -q -p /etc/sysctl.d/60-relay.conf ||
+            echo "  warning: the sysctls were not applied (a container?): set them on the host"
+    fi
     if [[ $firewall == nft ]] && was_changed "/etc/nftables.d/$role.nft"; then
         grep -q '^include "/etc/nftables.d/\*.nft"' /etc/nftables.conf 2>/dev/null ||
             echo 'include "/etc/nftables.d/*.nft"' >>/etc/nftables.conf
@@ -400,8 +454,7 @@ if [[ -z $root && $start == yes && -d /run/systemd/system ]]; then
     if ! systemctl is-active -q "$role"; then
         systemctl start "$role"
         echo "  started $role"
-    elif was_changed "/usr/local/bin/$role" || was_changed "/etc/systemd/system/$role.service" ||
-        was_changed "/etc/$role/secrets.env"; then
+    elif needs_restart; then
         # SIGTERM drains: the running sessions go on; the new binary starts when they have ended.
         systemctl restart --no-block "$role"
         echo "  restarting $role: draining (systemctl status $role shows when the new one runs)"

@@ -20,6 +20,8 @@ step() { echo "==> [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 #               check the deployment's files and the scripts (deploy/check.sh); Prometheus and
 #               Alertmanager run the alert drill (signaling/tests/drill.rs)
 #   nftables    nft -c checks the firewall rules deploy/install.sh writes
+#   systemd-container  systemd-nspawn boots systemd in a throwaway root, where install.sh
+#               upgrades a relay during a live session (signaling/tests/upgrade.rs)
 need=()
 command -v turnutils_uclient >/dev/null 2>&1 || need+=(coturn)
 command -v curl >/dev/null 2>&1 || need+=(curl)
@@ -33,6 +35,7 @@ command -v yamllint >/dev/null 2>&1 || need+=(yamllint)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
     step "installing ${need[*]}"
@@ -50,7 +53,7 @@ if ((${#need[@]})); then
         systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
     fi
 fi
-for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool prometheus prometheus-alertmanager yamllint shellcheck systemd-analyze nft; do
+for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool prometheus prometheus-alertmanager yamllint shellcheck systemd-analyze nft systemd-nspawn nsenter; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 

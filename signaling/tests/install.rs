@@ -82,6 +82,19 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
     out
 }
 
+/// A link certificate for `relay_id` from a new cluster CA, made by relayctl as an operator
+/// would: DIR/link holds ca.pem, RELAY_ID.pem and RELAY_ID.key.
+fn link_dir(dir: &Path, relay_id: &str) -> PathBuf {
+    let (ca, link) = (dir.join("ca"), dir.join("link"));
+    let relayctl = bin_dir().join("relayctl");
+    let o = run(Command::new(&relayctl).args(["ca", "init", "--dir"]).arg(&ca));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(Command::new(&relayctl).args(["ca", "issue", relay_id, "--dir"]).arg(&ca).arg("--out").arg(&link));
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::copy(ca.join("ca.pem"), link.join("ca.pem")).unwrap();
+    link
+}
+
 /// The `KEY=value` lines of an env file.
 fn env_file(path: &Path) -> Vec<(String, String)> {
     std::fs::read_to_string(path)
@@ -119,8 +132,9 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
     dist(&dist_dir);
     let token = s.0.join("token");
     std::fs::write(&token, "cluster-token-0123456789\n").unwrap();
+    let link = link_dir(&s.0, "eu-fra-1");
     let mut args = RELAY_ARGS.to_vec();
-    args.extend(["--cluster-token-file", token.to_str().unwrap()]);
+    args.extend(["--cluster-token-file", token.to_str().unwrap(), "--link-dir", link.to_str().unwrap()]);
 
     let first = install("relay", &root, &dist_dir, &args);
     assert!(first.status.success(), "{}", text(&first));
@@ -128,12 +142,16 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
     let expected = [
         ("usr/local/bin/relay", 0o755),
         ("usr/local/bin/relayctl", 0o755),
-        ("etc/relay/relay.toml", 0o640),
+        ("etc/relay/relay.toml", 0o644),
         ("etc/relay/secrets.env", 0o600),
         ("etc/systemd/system/relay.service", 0o644),
         ("etc/sysctl.d/60-relay.conf", 0o644),
         ("etc/nftables.d/relay.nft", 0o644),
         ("etc/systemd/journald.conf.d/60-remote-play.conf", 0o644),
+        ("etc/relay/link/ca.pem", 0o644),
+        ("etc/relay/link/eu-fra-1.pem", 0o644),
+        ("etc/relay/link/eu-fra-1.key", 0o600),
+        ("etc/systemd/system/relay.service.d/50-link-key.conf", 0o644),
     ];
     let names: Vec<_> = installed.keys().collect();
     assert_eq!(installed.len(), expected.len(), "{names:?}");
@@ -141,25 +159,34 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
         let (m, _) = installed.get(Path::new(path)).unwrap_or_else(|| panic!("{path} not installed: {names:?}"));
         assert_eq!(*m, mode, "{path}: mode {m:o}");
     }
-    assert!(text(&first).contains("relay: 8 changed, 0 unchanged"), "{}", text(&first));
+    assert!(text(&first).contains("relay: 12 changed, 0 unchanged"), "{}", text(&first));
     assert_eq!(installed[Path::new("usr/local/bin/relay")].1, std::fs::read(dist_dir.join("relay")).unwrap());
     assert_eq!(
         installed[Path::new("etc/systemd/system/relay.service")].1,
         std::fs::read(repo_root().join("deploy/relay.service")).unwrap()
     );
 
-    // The relay accepts its installed config, with the token from secrets.env, as it would start.
+    // The relay accepts its installed config, with the token from secrets.env and the link key
+    // as systemd hands it over (the drop-in's credential), as it would start.
     let secrets = env_file(&root.join("etc/relay/secrets.env"));
     assert_eq!(secrets, vec![("RELAY_CLUSTER_TOKEN".to_owned(), "cluster-token-0123456789".to_owned())]);
+    let dropin = std::fs::read_to_string(root.join("etc/systemd/system/relay.service.d/50-link-key.conf")).unwrap();
+    assert!(dropin.contains("LoadCredential=link-key:/etc/relay/link/eu-fra-1.key"), "{dropin}");
+    assert!(dropin.contains("Environment=RELAY_LINK_KEY=%d/link-key"), "{dropin}");
     let check = run(Command::new(root.join("usr/local/bin/relay"))
         .args(["check-config", "--config"])
         .arg(root.join("etc/relay/relay.toml"))
-        .envs(secrets.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+        .envs(secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RELAY_LINK_KEY", root.join("etc/relay/link/eu-fra-1.key")));
     let out = text(&check);
     assert!(check.status.success(), "{out}");
-    for want in
-        ["region = \"eu-central\"", "external_ip = \"203.0.113.10\"", "relay_id = \"eu-fra-1\"", "grace_secs = 14400"]
-    {
+    for want in [
+        "region = \"eu-central\"",
+        "external_ip = \"203.0.113.10\"",
+        "relay_id = \"eu-fra-1\"",
+        "grace_secs = 14400",
+        "listen = \"0.0.0.0:4433\"",
+    ] {
         assert!(out.contains(want), "check-config does not show {want}:\n{out}");
     }
 
@@ -193,7 +220,7 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
     // Again: nothing changes, not a byte or a mode.
     let second = install("relay", &root, &dist_dir, &args);
     assert!(second.status.success(), "{}", text(&second));
-    assert!(text(&second).contains("relay: 0 changed, 8 unchanged"), "{}", text(&second));
+    assert!(text(&second).contains("relay: 0 changed, 12 unchanged"), "{}", text(&second));
     assert!(tree(&root) == installed, "the second run changed the tree");
 
     // The operator edits the config; a binary tampered with after its checksum was published is
@@ -225,7 +252,7 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
     std::fs::write(dist_dir.join("SHA256SUMS"), sums).unwrap();
     let upgrade = install("relay", &root, &dist_dir, &args);
     assert!(upgrade.status.success(), "{}", text(&upgrade));
-    assert!(text(&upgrade).contains("relay: 1 changed, 7 unchanged"), "{}", text(&upgrade));
+    assert!(text(&upgrade).contains("relay: 1 changed, 11 unchanged"), "{}", text(&upgrade));
     assert_eq!(std::fs::read(root.join("usr/local/bin/relay")).unwrap(), relay);
     assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
 }

@@ -1,0 +1,338 @@
+//! A relay upgrade by deploy/install.sh during a live session keeps the session. The relay runs
+//! as install.sh installs it on a VPS: under systemd, here a real systemd booted in a container
+//! (`systemd-nspawn` on a throwaway root: a tmpfs with this host's /usr, installed by
+//! scripts/test.sh as Debian's systemd-container), sharing the host's network. install.sh installs
+//! and starts it from one build's dist directory; a TURN client (webrtc-rs `turn`) allocates
+//! through it and sends numbered packets to a peer; install.sh runs again with a new build: the
+//! old relay drains (no new allocations, the running one goes on) and systemd starts the new
+//! binary once the session has ended. Every packet sent during the upgrade arrives, and the new
+//! binary (checked by its SHA-256) serves the next session.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{CLUSTER_TOKEN, Signaling, eventually, unix_now};
+use serde_json::Value;
+use tokio::net::UdpSocket;
+use turn::client::{Client, ClientConfig};
+use webrtc_util::Conn;
+
+const TURN_SECRET: &str = "test-turn-secret-0123456789";
+const TURN_PORT: u16 = 23478;
+const ADMIN: &str = "127.0.0.1:29090";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// systemd booted by systemd-nspawn on a volatile root (tmpfs, the host's /usr read-only) with
+/// the host's network; `/usr/local` and the given directories bound in. Killed when dropped.
+struct Container {
+    nspawn: Child,
+    leader: u32,
+}
+
+impl Container {
+    fn boot(name: &str, log: &Path, binds: &[String]) -> Self {
+        let mut nspawn = Command::new("systemd-nspawn")
+            .args(["--directory=/", "--volatile=yes", "--register=no", "--keep-unit", "--boot"])
+            .arg(format!("--machine={name}"))
+            .args(binds)
+            // Only the basic system: none of the host's services; nftables stays off (the host's
+            // network is shared).
+            .args(["--", "systemd.unit=basic.target", "systemd.firstboot=off", "systemd.mask=nftables.service"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("systemd-nspawn is installed (scripts/test.sh installs Debian's systemd-container)");
+        let pid = nspawn.id();
+        let start = Instant::now();
+        let leader = loop {
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            if let Some(leader) = children.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                break leader;
+            }
+            if start.elapsed() > Duration::from_secs(20) || nspawn.try_wait().unwrap().is_some() {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("systemd-nspawn did not start a container:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let c = Self { nspawn, leader };
+        // Booted: the basic system up (degraded is fine: nftables is masked).
+        let mut state = String::new();
+        while start.elapsed() < Duration::from_secs(60) {
+            state = String::from_utf8_lossy(&c.sh("systemctl is-system-running").stdout).trim().to_owned();
+            if state == "running" || state == "degraded" {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "the container's systemd is {state:?} after 60 s:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+
+    /// Runs `script` with sh inside the container.
+    fn sh(&self, script: &str) -> Output {
+        Command::new("nsenter")
+            .arg("--target")
+            .arg(self.leader.to_string())
+            .args(["--mount", "--uts", "--ipc", "--pid", "--", "/bin/sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter (util-linux)")
+    }
+
+    /// The relay service's main process id (0 when none) and its state.
+    fn relay(&self) -> (u32, String) {
+        let out = self.sh("systemctl show --property=MainPID --property=ActiveState relay");
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let field = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)).unwrap_or_default().to_owned();
+        (field("MainPID=").parse().unwrap_or(0), field("ActiveState="))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // Killing the container's init ends its PID namespace, every process in it.
+        let _ = Command::new("kill").args(["-KILL", &self.leader.to_string()]).status();
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+    }
+}
+
+/// A TURN allocation at the relay with a REST credential from the cluster's secret.
+async fn allocate() -> (Client, impl Conn) {
+    let cred = cluster::credentials::mint(TURN_SECRET.as_bytes(), unix_now(), 3600, Some("player")).unwrap();
+    let server = format!("127.0.0.1:{TURN_PORT}");
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: server.clone(),
+        turn_serv_addr: server,
+        username: cred.username,
+        password: cred.credential,
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()),
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    let relayed = client.allocate().await.expect("an allocation at the relay");
+    (client, relayed)
+}
+
+async fn healthz(http: &reqwest::Client) -> Option<Value> {
+    http.get(format!("http://{ADMIN}/healthz")).send().await.ok()?.json().await.ok()
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_upgraded_by_install_sh_during_a_live_session_keeps_it() {
+    let scratch = std::env::temp_dir().join(format!("upgrade-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    for d in ["usr-local", "dist1", "dist2"] {
+        std::fs::create_dir_all(scratch.join(d)).unwrap();
+    }
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let s = Signaling::start("sqlite", "");
+
+    // Two builds: this one (scripts/dist.sh), and a "new" one whose relay differs by its bytes.
+    let bins = PathBuf::from(env!("CARGO_BIN_EXE_signaling")).parent().unwrap().to_path_buf();
+    let o = Command::new(repo_root().join("scripts/dist.sh"))
+        .arg("--from")
+        .arg(&bins)
+        .arg("--out")
+        .arg(scratch.join("dist1"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for bin in ["relay", "relayctl", "signaling"] {
+        let mut bytes = std::fs::read(scratch.join("dist1").join(bin)).unwrap();
+        if bin == "relay" {
+            bytes.extend_from_slice(b"\0build 2");
+        }
+        let path = scratch.join("dist2").join(bin);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("sha256sum relay relayctl signaling > SHA256SUMS")
+        .current_dir(scratch.join("dist2"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let new_relay = sha256(&scratch.join("dist2/relay"));
+    assert_ne!(new_relay, sha256(&scratch.join("dist1/relay")));
+    std::fs::write(scratch.join("token"), CLUSTER_TOKEN).unwrap();
+    // Its link certificate from a cluster CA, made with relayctl.
+    let relayctl = bins.join("relayctl");
+    let o = Command::new(&relayctl).args(["ca", "init", "--dir"]).arg(scratch.join("ca")).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = Command::new(&relayctl)
+        .args(["ca", "issue", "upgrade-1", "--dir"])
+        .arg(scratch.join("ca"))
+        .arg("--out")
+        .arg(scratch.join("link"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::copy(scratch.join("ca/ca.pem"), scratch.join("link/ca.pem")).unwrap();
+
+    let bind = |from: &str, to: &str, ro: bool| {
+        format!("--bind{}={}:{to}", if ro { "-ro" } else { "" }, scratch.join(from).display())
+    };
+    let binds = [
+        bind("usr-local", "/usr/local", false),
+        bind("dist1", "/opt/dist1", true),
+        bind("dist2", "/opt/dist2", true),
+        bind("token", "/opt/token", true),
+        bind("link", "/opt/link", true),
+        format!("--bind-ro={}:/opt/deploy", repo_root().join("deploy").display()),
+        // The volatile root's /etc starts empty: Debian's alternatives (awk) are the host's.
+        "--bind-ro=/etc/alternatives".to_owned(),
+    ];
+    let c = Container::boot(&format!("upgrade-{}", std::process::id()), &scratch.join("container.log"), &binds);
+    let install = |dist: &str| {
+        c.sh(&format!(
+            "/opt/deploy/install.sh relay --dist {dist} --region eu-central --public-ip 127.0.0.1 --relay-id upgrade-1 \
+             --signaling-url {} --cluster-token-file /opt/token --firewall none --listen-port {TURN_PORT} \
+             --sfu-port 28443 --link-port 24433 --admin-listen {ADMIN} --min-port 26000 --max-port 26999 \
+             --allow-peer 127.0.0.0/8 --link-dir /opt/link",
+            s.url
+        ))
+    };
+
+    // The first install starts the relay under systemd; it registers with signaling.
+    let o = install("/opt/dist1");
+    assert!(o.status.success() && text(&o).contains("started relay"), "{}", text(&o));
+    let admin = s.token("ops", "admin");
+    eventually(Duration::from_secs(20), || async {
+        let (_, relays) = s.call("GET", "/v1/relays", Some(&admin), None).await;
+        relays["relays"].as_array()?.iter().any(|r| r["id"] == "upgrade-1" && r["status"] == "serving").then_some(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        let journal = c.sh("journalctl -u relay --no-pager | tail -30");
+        panic!("the installed relay did not register with signaling; its journal:\n{}", text(&journal))
+    });
+    let (old_pid, state) = c.relay();
+    assert!(old_pid > 0 && state == "active", "{old_pid} {state}");
+    // Its link key (root's, mode 600) reached the relay's dynamic user as a systemd credential.
+    let metrics = http.get(format!("http://{ADMIN}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("relay_certificate_expiry_timestamp_seconds{certificate=\"link\"}"), "{metrics}");
+
+    // A live session: numbered packets through the relay to a peer, every 10 ms.
+    let (client, relayed) = allocate().await;
+    let relayed = Arc::new(relayed);
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = {
+        let received = Arc::clone(&received);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let mut next = 0u64;
+            while let Ok((n, _)) = peer.recv_from(&mut buf).await {
+                // In order, each once: a gap or a repeat is a failure the sender's count shows.
+                if n == 8 && u64::from_be_bytes(buf[..8].try_into().unwrap()) == next {
+                    next += 1;
+                    received.store(next, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let (sent, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let sender = {
+        let (sent, stop, relayed) = (Arc::clone(&sent), Arc::clone(&stop), Arc::clone(&relayed));
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                relayed.send_to(&seq.to_be_bytes(), peer_addr).await.expect("send through the relay");
+                seq += 1;
+                sent.store(seq, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    eventually(Duration::from_secs(5), || async { (received.load(Ordering::Relaxed) >= 100).then_some(()) })
+        .await
+        .expect("packets flow through the relay");
+
+    // The upgrade: the binary is replaced and the old relay drains; the session goes on.
+    let before = sent.load(Ordering::Relaxed);
+    let o = install("/opt/dist2");
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("relay: 1 changed") && out.contains("restarting relay: draining"), "{out}");
+    let draining = eventually(Duration::from_secs(10), || async {
+        healthz(&http).await.filter(|h| h["status"] == "draining").map(|_| Instant::now())
+    })
+    .await
+    .unwrap_or_else(|| panic!("the old relay does not drain: {:?}", c.relay()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (pid, state) = c.relay();
+    assert_eq!((pid, state.as_str()), (old_pid, "deactivating"), "the old relay still serves its session");
+    let health = healthz(&http).await.unwrap();
+    assert_eq!(health["allocations"], 1, "{health}");
+
+    // The session ends: every packet arrived, in order, across the upgrade.
+    stop.store(true, Ordering::Relaxed);
+    sender.await.unwrap();
+    let total = sent.load(Ordering::Relaxed);
+    eventually(Duration::from_secs(3), || async { (received.load(Ordering::Relaxed) == total).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("{} of {total} packets arrived", received.load(Ordering::Relaxed)));
+    relayed.close().await.unwrap();
+    client.close().await.unwrap();
+    let ended = Instant::now();
+
+    // The old relay exits with its last allocation gone; systemd starts the new binary.
+    let new_pid = eventually(Duration::from_secs(30), || async {
+        let (pid, state) = c.relay();
+        (pid != 0 && pid != old_pid && state == "active").then_some(pid)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the new relay did not start: {:?}", c.relay()));
+    let took = ended.elapsed();
+    let exe = c.sh(&format!("sha256sum /proc/{new_pid}/exe"));
+    assert!(text(&exe).starts_with(&new_relay), "the running relay is not the new build: {}", text(&exe));
+    eventually(Duration::from_secs(20), || async { healthz(&http).await.filter(|h| h["status"] == "ok").map(|_| ()) })
+        .await
+        .expect("the new relay serves");
+    let (client, relayed) = allocate().await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    relayed.send_to(b"after", peer.local_addr().unwrap()).await.unwrap();
+    let mut buf = [0u8; 16];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(3), peer.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"after");
+    relayed.close().await.unwrap();
+    client.close().await.unwrap();
+    counter.abort();
+    eprintln!(
+        "upgrade: {total} packets sent, all received in order ({} after the upgrade began, {:.1?} of them while \
+         the old relay drained); the new relay ran {took:.1?} after the session ended",
+        total - before,
+        ended.duration_since(draining)
+    );
+    drop(c);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
