@@ -3,11 +3,13 @@
 # configuration and alert rules (promtool check), the rules' unit tests (promtool test rules:
 # every alert fires when it should and stays quiet when it should not), the Alertmanager
 # configuration and its routes (amtool), every YAML file (yamllint, .yamllint), every shell
-# script (shellcheck) and every systemd unit (systemd-analyze verify). scripts/test.sh runs it;
-# so can an operator who edits these files.
+# script (shellcheck), every systemd unit (systemd-analyze verify) and the Caddyfile (caddy
+# validate, and its formatting). scripts/test.sh runs it; so can an operator who edits these
+# files.
 #
 #   deploy/check.sh            needs promtool (Debian: prometheus), amtool
-#                              (prometheus-alertmanager), yamllint, shellcheck, systemd-analyze
+#                              (prometheus-alertmanager), yamllint, shellcheck, systemd-analyze,
+#                              caddy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,13 @@ routes() { amtool config routes test --config.file=deploy/alertmanager/alertmana
 [[ "$(routes severity=warn alertname=RelayLinkRefused)" == "webhook" ]] \
     || { echo "error: a warning does not go to the webhook alone" >&2; exit 1; }
 echo "alert routes: pages to halls and webhook, warnings to webhook"
+
+# The TLS proxy in front of signaling: Caddy parses it, and it is as `caddy fmt` writes it.
+caddy validate --config deploy/Caddyfile --adapter caddyfile 2>/dev/null | grep -qx "Valid configuration" \
+    || { caddy validate --config deploy/Caddyfile --adapter caddyfile; exit 1; }
+caddy fmt deploy/Caddyfile | diff -u deploy/Caddyfile - \
+    || { echo "error: deploy/Caddyfile is not formatted as caddy fmt would" >&2; exit 1; }
+echo "caddy validate: deploy/Caddyfile"
 
 mapfile -t yaml < <(git ls-files '*.yml' '*.yaml' .yamllint)
 ((${#yaml[@]})) || { echo "error: no YAML file found" >&2; exit 1; }

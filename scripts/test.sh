@@ -20,6 +20,7 @@ step() { echo "==> [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 #               check the deployment's files and the scripts (deploy/check.sh); Prometheus and
 #               Alertmanager run the alert drill (signaling/tests/drill.rs)
 #   nftables    nft -c checks the firewall rules deploy/install.sh writes
+#   caddy       caddy validate checks deploy/Caddyfile (the TLS proxy in front of signaling)
 #   systemd-container  systemd-nspawn boots systemd in a throwaway root, where install.sh
 #               upgrades a relay during a live session (signaling/tests/upgrade.rs)
 need=()
@@ -36,6 +37,7 @@ command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
+command -v caddy >/dev/null 2>&1 || need+=(caddy)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
     step "installing ${need[*]}"
@@ -52,8 +54,12 @@ if ((${#need[@]})); then
     if [[ " ${need[*]} " == *" prometheus"* ]] && command -v systemctl >/dev/null 2>&1; then
         systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
     fi
+    # And caddy's own server would hold ports 80 and 443.
+    if [[ " ${need[*]} " == *" caddy "* ]] && command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now caddy >/dev/null 2>&1 || true
+    fi
 fi
-for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool prometheus prometheus-alertmanager yamllint shellcheck systemd-analyze nft systemd-nspawn nsenter; do
+for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool prometheus prometheus-alertmanager yamllint shellcheck systemd-analyze nft systemd-nspawn nsenter caddy; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 
