@@ -16,6 +16,10 @@
 #   /etc/systemd/system/{relay|signaling}.service                  the hardened units of deploy/
 #   /etc/relay/link/ (--link-dir: from relayctl ca issue)          the relay's link certificate
 #   /etc/systemd/system/relay.service.d/50-link-key.conf           its key, via systemd credentials
+#   /etc/relay/tls/ (--tls-cert/--tls-key: e.g. certbot's files)   TURN/TLS and the SFU's HTTPS,
+#   /etc/systemd/system/relay.service.d/50-tls.conf                the key readable by the relay
+#   /etc/letsencrypt/renewal-hooks/deploy/50-relay.sh              (group relay-tls); certbot's
+#                                                                  renewals copied there
 #   /etc/sysctl.d/60-relay.conf                                    socket buffers, port ranges
 #   /etc/nftables.d/{relay|signaling}.nft                          the ports the config uses
 #   /etc/systemd/journald.conf.d/60-remote-play.conf               log retention
@@ -35,7 +39,7 @@ usage() {
     echo "         [--cluster-token-file F] [--listen-port 3478] [--min-port 49152 --max-port 65535]" >&2
     echo "         [--sfu-port 8443] [--link-dir DIR] [--link-port 4433] [--link-peer IP]..." >&2
     echo "         [--admin-listen ADDR]" >&2
-    echo "         [--monitor-from CIDR] [--tls-cert F --tls-key F] [--allow-peer CIDR]..." >&2
+    echo "         [--monitor-from CIDR] [--tls-cert F --tls-key F [--tls-port 443]] [--allow-peer CIDR]..." >&2
     echo "  signaling: --region ID:LAT:LON... [--listen ADDR] [--database-url-file F]" >&2
     exit 2
 }
@@ -47,7 +51,7 @@ shift
 root=/ dist="" firewall=nft ssh_port=22 start=yes
 region="" regions=() public_ip="" relay_id="" public_host="" signaling_url="" token_file=""
 listen_port=3478 min_port=49152 max_port=65535 sfu_port=8443 link_port=4433 link_peers=()
-admin_listen=127.0.0.1:9090 monitor_from="" tls_cert="" tls_key="" allow_peers=()
+admin_listen=127.0.0.1:9090 monitor_from="" tls_cert="" tls_key="" tls_port=443 allow_peers=()
 listen=127.0.0.1:8080 database_url_file="" link_dir=""
 while (($#)); do
     opt=$1
@@ -75,6 +79,7 @@ while (($#)); do
     --monitor-from) monitor_from=$2 ;;
     --tls-cert) tls_cert=$2 ;;
     --tls-key) tls_key=$2 ;;
+    --tls-port) tls_port=$2 ;;
     --allow-peer) allow_peers+=("$2") ;;
     --listen) listen=$2 ;;
     --database-url-file) database_url_file=$2 ;;
@@ -113,12 +118,15 @@ if [[ $role == relay ]]; then
     [[ $signaling_url =~ ^https?:// ]] || die "--signaling-url: an http(s) URL, not '$signaling_url'"
     relay_id=${relay_id:-$(hostname | tr '[:upper:]' '[:lower:]')}
     public_host=${public_host:-$public_ip}
-    for p in listen-port:$listen_port min-port:$min_port max-port:$max_port sfu-port:$sfu_port link-port:$link_port; do
+    for p in listen-port:$listen_port min-port:$min_port max-port:$max_port sfu-port:$sfu_port link-port:$link_port \
+        tls-port:$tls_port; do
         port_ok "--${p%%:*}" "${p#*:}"
     done
     ((min_port < max_port)) || die "--min-port/--max-port: $min_port..$max_port is empty"
     if [[ -n $tls_cert || -n $tls_key ]]; then
         [[ -n $tls_cert && -n $tls_key ]] || die "--tls-cert and --tls-key go together"
+        [[ -f $tls_cert ]] || die "--tls-cert: $tls_cert does not exist"
+        [[ -f $tls_key ]] || die "--tls-key: $tls_key does not exist"
     fi
     # The kernel's ephemeral ports (outgoing connections) must stay out of the relay port range.
     if ((min_port >= 33768)); then
@@ -225,14 +233,20 @@ EOF
 }
 
 if [[ $role == relay ]]; then
-    tls=""
+    tls="" sfu_tls=""
     if [[ -n $tls_cert ]]; then
         tls="[tls]
-# TURN over TLS on 443 for networks that pass only HTTPS. Renewed files (certbot) are picked up
-# within watch_secs without dropping a connection.
-cert = \"$tls_cert\"
-key = \"$tls_key\"
-listen = [\"0.0.0.0:443\"]
+# TURN over TLS for networks that pass only HTTPS. Copies of --tls-cert/--tls-key (certbot's
+# deploy hook copies renewals here); the relay picks new files up within watch_secs without
+# dropping a connection.
+cert = \"/etc/relay/tls/fullchain.pem\"
+key = \"/etc/relay/tls/privkey.pem\"
+listen = [\"0.0.0.0:$tls_port\"]
+"
+        sfu_tls="# HTTPS for WHIP and WHEP (pages served over https may call only https), same certificate.
+tls_cert = \"/etc/relay/tls/fullchain.pem\"
+tls_key = \"/etc/relay/tls/privkey.pem\"
+public_url = \"https://$public_host:$sfu_port\"
 "
     fi
     if [[ -n $link_dir ]]; then
@@ -286,7 +300,7 @@ public_host = "$public_host"
 
 [sfu]
 http_listen = "0.0.0.0:$sfu_port"
-
+$sfu_tls
 $link_toml$tls
 EOF
     if [[ -n $token_file ]]; then
@@ -307,6 +321,33 @@ EOF
 LoadCredential=link-key:/etc/relay/link/$relay_id.key
 Environment=RELAY_LINK_KEY=%d/link-key
 EOF
+    fi
+    if [[ -n $tls_cert ]]; then
+        put "$tls_cert" /etc/relay/tls/fullchain.pem 644
+        put "$tls_key" /etc/relay/tls/privkey.pem 640
+        text /etc/systemd/system/relay.service.d/50-tls.conf 644 <<EOF
+# Written by deploy/install.sh: the relay's dynamic user is in group relay-tls, which may read
+# /etc/relay/tls/privkey.pem (root:relay-tls, 640). Not a credential copy: the relay must see
+# renewed files (certbot's deploy hook) without a restart.
+[Service]
+SupplementaryGroups=relay-tls
+EOF
+        lineage=$(dirname "$tls_cert")
+        if [[ $lineage == /etc/letsencrypt/live/* ]]; then
+            text /etc/letsencrypt/renewal-hooks/deploy/50-relay.sh 755 <<EOF
+#!/bin/sh
+# Written by deploy/install.sh: when certbot renews $lineage, copy the files where the relay reads
+# them and have it reload them (no restart, no dropped connection).
+set -e
+[ "\$RENEWED_LINEAGE" = "$lineage" ] || exit 0
+install -m 644 "\$RENEWED_LINEAGE/fullchain.pem" /etc/relay/tls/fullchain.pem.new
+install -m 640 -g relay-tls "\$RENEWED_LINEAGE/privkey.pem" /etc/relay/tls/privkey.pem.new
+mv -f /etc/relay/tls/privkey.pem.new /etc/relay/tls/privkey.pem
+mv -f /etc/relay/tls/fullchain.pem.new /etc/relay/tls/fullchain.pem
+# Now rather than at the next watch: a reload keeps every session.
+systemctl reload relay 2>/dev/null || true
+EOF
+        fi
     fi
 
     sysctls=$work/sysctl.conf
@@ -342,7 +383,7 @@ EOF
             admin_rule="tcp dport $admin_port ip saddr $monitor_from accept comment \"metrics for Prometheus\""
         fi
         tls_rule=""
-        [[ -n $tls_cert ]] && tls_rule='tcp dport 443 accept comment "TURN over TLS"'
+        [[ -n $tls_cert ]] && tls_rule="tcp dport $tls_port accept comment \"TURN over TLS\""
         text /etc/nftables.d/relay.nft 644 <<EOF
 # Written by deploy/install.sh: the ports /etc/relay/relay.toml uses, and ssh; everything else
 # inbound is dropped. Loaded by /etc/nftables.conf (include "/etc/nftables.d/*.nft").
@@ -449,6 +490,10 @@ if [[ -z $root && $start == yes && -d /run/systemd/system ]]; then
         systemctl enable -q nftables
     fi
     if was_changed /etc/systemd/journald.conf.d/60-remote-play.conf; then systemctl restart systemd-journald; fi
+    if [[ -f /etc/relay/tls/privkey.pem ]]; then
+        getent group relay-tls >/dev/null || groupadd --system relay-tls
+        chgrp relay-tls /etc/relay/tls/privkey.pem
+    fi
     systemctl daemon-reload
     systemctl enable -q "$role"
     if ! systemctl is-active -q "$role"; then

@@ -95,6 +95,22 @@ fn link_dir(dir: &Path, relay_id: &str) -> PathBuf {
     link
 }
 
+/// A self-signed certificate for `name`, valid `days`, by openssl: (certificate, key).
+pub fn self_signed(dir: &Path, name: &str, days: u32) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}-{days}.pem")), dir.join(format!("{name}-{days}.key")));
+    let o = run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj"])
+        .arg(format!("/CN={name}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{name}"))
+        .args(["-days", &days.to_string(), "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert!(o.status.success(), "openssl: {}", text(&o));
+    (cert, key)
+}
+
 /// The `KEY=value` lines of an env file.
 fn env_file(path: &Path) -> Vec<(String, String)> {
     std::fs::read_to_string(path)
@@ -133,8 +149,10 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
     let token = s.0.join("token");
     std::fs::write(&token, "cluster-token-0123456789\n").unwrap();
     let link = link_dir(&s.0, "eu-fra-1");
+    let (cert, key) = self_signed(&s.0, "turn-fra-1.example.com", 90);
     let mut args = RELAY_ARGS.to_vec();
     args.extend(["--cluster-token-file", token.to_str().unwrap(), "--link-dir", link.to_str().unwrap()]);
+    args.extend(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
 
     let first = install("relay", &root, &dist_dir, &args);
     assert!(first.status.success(), "{}", text(&first));
@@ -152,6 +170,9 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
         ("etc/relay/link/eu-fra-1.pem", 0o644),
         ("etc/relay/link/eu-fra-1.key", 0o600),
         ("etc/systemd/system/relay.service.d/50-link-key.conf", 0o644),
+        ("etc/relay/tls/fullchain.pem", 0o644),
+        ("etc/relay/tls/privkey.pem", 0o640),
+        ("etc/systemd/system/relay.service.d/50-tls.conf", 0o644),
     ];
     let names: Vec<_> = installed.keys().collect();
     assert_eq!(installed.len(), expected.len(), "{names:?}");
@@ -159,7 +180,7 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
         let (m, _) = installed.get(Path::new(path)).unwrap_or_else(|| panic!("{path} not installed: {names:?}"));
         assert_eq!(*m, mode, "{path}: mode {m:o}");
     }
-    assert!(text(&first).contains("relay: 12 changed, 0 unchanged"), "{}", text(&first));
+    assert!(text(&first).contains("relay: 15 changed, 0 unchanged"), "{}", text(&first));
     assert_eq!(installed[Path::new("usr/local/bin/relay")].1, std::fs::read(dist_dir.join("relay")).unwrap());
     assert_eq!(
         installed[Path::new("etc/systemd/system/relay.service")].1,
@@ -186,6 +207,8 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
         "relay_id = \"eu-fra-1\"",
         "grace_secs = 14400",
         "listen = \"0.0.0.0:4433\"",
+        "cert = \"/etc/relay/tls/fullchain.pem\"",
+        "public_url = \"https://203.0.113.10:8443\"",
     ] {
         assert!(out.contains(want), "check-config does not show {want}:\n{out}");
     }
@@ -203,6 +226,7 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
         "udp dport 4433 ip saddr { 198.51.100.7 }",
         "tcp dport 9090 ip saddr 10.0.0.0/8",
         "tcp dport 22",
+        "tcp dport 443",
         "policy drop",
     ] {
         assert!(rules.contains(port), "{port} not in relay.nft:\n{rules}");
@@ -220,7 +244,7 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
     // Again: nothing changes, not a byte or a mode.
     let second = install("relay", &root, &dist_dir, &args);
     assert!(second.status.success(), "{}", text(&second));
-    assert!(text(&second).contains("relay: 0 changed, 12 unchanged"), "{}", text(&second));
+    assert!(text(&second).contains("relay: 0 changed, 15 unchanged"), "{}", text(&second));
     assert!(tree(&root) == installed, "the second run changed the tree");
 
     // The operator edits the config; a binary tampered with after its checksum was published is
@@ -252,7 +276,7 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
     std::fs::write(dist_dir.join("SHA256SUMS"), sums).unwrap();
     let upgrade = install("relay", &root, &dist_dir, &args);
     assert!(upgrade.status.success(), "{}", text(&upgrade));
-    assert!(text(&upgrade).contains("relay: 1 changed, 11 unchanged"), "{}", text(&upgrade));
+    assert!(text(&upgrade).contains("relay: 1 changed, 14 unchanged"), "{}", text(&upgrade));
     assert_eq!(std::fs::read(root.join("usr/local/bin/relay")).unwrap(), relay);
     assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
 }

@@ -25,6 +25,8 @@ use webrtc_util::Conn;
 const TURN_SECRET: &str = "test-turn-secret-0123456789";
 const TURN_PORT: u16 = 23478;
 const ADMIN: &str = "127.0.0.1:29090";
+/// Where certbot keeps the relay's certificate in the container.
+const LINEAGE: &str = "/etc/letsencrypt/live/relay.test";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -135,6 +137,13 @@ async fn allocate() -> (Client, impl Conn) {
     (client, relayed)
 }
 
+/// The expiry (Unix seconds) of the relay's certificate `which`, from its metrics.
+async fn expiry(http: &reqwest::Client, which: &str) -> Option<f64> {
+    let metrics = http.get(format!("http://{ADMIN}/metrics")).send().await.ok()?.text().await.ok()?;
+    let series = format!("relay_certificate_expiry_timestamp_seconds{{certificate=\"{which}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse().ok())
+}
+
 async fn healthz(http: &reqwest::Client) -> Option<Value> {
     http.get(format!("http://{ADMIN}/healthz")).send().await.ok()?.json().await.ok()
 }
@@ -196,6 +205,19 @@ async fn a_relay_upgraded_by_install_sh_during_a_live_session_keeps_it() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     std::fs::copy(scratch.join("ca/ca.pem"), scratch.join("link/ca.pem")).unwrap();
+    // Its TLS certificate as certbot keeps it, and the renewal certbot will bring.
+    std::fs::create_dir_all(scratch.join("tls")).unwrap();
+    for (name, days) in [("first", 30), ("renewed", 90)] {
+        let o = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+            .args(["-subj", "/CN=localhost", "-days", &days.to_string(), "-keyout"])
+            .arg(scratch.join(format!("tls/{name}.key")))
+            .arg("-out")
+            .arg(scratch.join(format!("tls/{name}.pem")))
+            .output()
+            .expect("openssl (scripts/test.sh installs it)");
+        assert!(o.status.success(), "{}", text(&o));
+    }
 
     let bind = |from: &str, to: &str, ro: bool| {
         format!("--bind{}={}:{to}", if ro { "-ro" } else { "" }, scratch.join(from).display())
@@ -206,6 +228,7 @@ async fn a_relay_upgraded_by_install_sh_during_a_live_session_keeps_it() {
         bind("dist2", "/opt/dist2", true),
         bind("token", "/opt/token", true),
         bind("link", "/opt/link", true),
+        bind("tls", "/opt/tls", true),
         format!("--bind-ro={}:/opt/deploy", repo_root().join("deploy").display()),
         // The volatile root's /etc starts empty: Debian's alternatives (awk) are the host's.
         "--bind-ro=/etc/alternatives".to_owned(),
@@ -216,10 +239,18 @@ async fn a_relay_upgraded_by_install_sh_during_a_live_session_keeps_it() {
             "/opt/deploy/install.sh relay --dist {dist} --region eu-central --public-ip 127.0.0.1 --relay-id upgrade-1 \
              --signaling-url {} --cluster-token-file /opt/token --firewall none --listen-port {TURN_PORT} \
              --sfu-port 28443 --link-port 24433 --admin-listen {ADMIN} --min-port 26000 --max-port 26999 \
-             --allow-peer 127.0.0.0/8 --link-dir /opt/link",
+             --allow-peer 127.0.0.0/8 --link-dir /opt/link --tls-cert {LINEAGE}/fullchain.pem \
+             --tls-key {LINEAGE}/privkey.pem --tls-port 28444",
             s.url
         ))
     };
+
+    // certbot's files, as it keeps them.
+    let o = c.sh(&format!(
+        "mkdir -p {LINEAGE} && cp /opt/tls/first.pem {LINEAGE}/fullchain.pem && \
+         install -m 600 /opt/tls/first.key {LINEAGE}/privkey.pem"
+    ));
+    assert!(o.status.success(), "{}", text(&o));
 
     // The first install starts the relay under systemd; it registers with signaling.
     let o = install("/opt/dist1");
@@ -236,9 +267,12 @@ async fn a_relay_upgraded_by_install_sh_during_a_live_session_keeps_it() {
     });
     let (old_pid, state) = c.relay();
     assert!(old_pid > 0 && state == "active", "{old_pid} {state}");
-    // Its link key (root's, mode 600) reached the relay's dynamic user as a systemd credential.
-    let metrics = http.get(format!("http://{ADMIN}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("relay_certificate_expiry_timestamp_seconds{certificate=\"link\"}"), "{metrics}");
+    // Its link key (root's, mode 600) reached the relay's dynamic user as a systemd credential,
+    // and its TLS key (root:relay-tls, 640) through the group: all three certificates are in use.
+    for cert in ["link", "turn_tls", "sfu_tls"] {
+        assert!(expiry(&http, cert).await.is_some(), "the {cert} certificate is not in use");
+    }
+    let first_expiry = expiry(&http, "turn_tls").await.unwrap();
 
     // A live session: numbered packets through the relay to a peer, every 10 ms.
     let (client, relayed) = allocate().await;
@@ -276,6 +310,22 @@ async fn a_relay_upgraded_by_install_sh_during_a_live_session_keeps_it() {
     eventually(Duration::from_secs(5), || async { (received.load(Ordering::Relaxed) >= 100).then_some(()) })
         .await
         .expect("packets flow through the relay");
+
+    // certbot renews the certificate: its deploy hook (written by install.sh) hands the new files
+    // to the running relay, which serves them at once (TURN/TLS and the SFU's HTTPS).
+    let o = c.sh(&format!(
+        "cp /opt/tls/renewed.pem {LINEAGE}/fullchain.pem && install -m 600 /opt/tls/renewed.key {LINEAGE}/privkey.pem && \
+         RENEWED_LINEAGE={LINEAGE} /etc/letsencrypt/renewal-hooks/deploy/50-relay.sh"
+    ));
+    assert!(o.status.success(), "the deploy hook: {}", text(&o));
+    for cert in ["turn_tls", "sfu_tls"] {
+        eventually(Duration::from_secs(10), || async {
+            expiry(&http, cert).await.filter(|t| *t > first_expiry + 50.0 * 86400.0).map(|_| ())
+        })
+        .await
+        .unwrap_or_else(|| panic!("the relay does not serve the renewed {cert} certificate"));
+    }
+    assert_eq!(c.relay().0, old_pid, "the renewal restarted the relay");
 
     // The upgrade: the binary is replaced and the old relay drains; the session goes on.
     let before = sent.load(Ordering::Relaxed);
