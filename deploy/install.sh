@@ -383,8 +383,9 @@ EOF
             admin_rule="tcp dport $admin_port ip saddr $monitor_from accept comment \"metrics for Prometheus\""
         fi
         tls_rule=""
-        [[ -n $tls_cert ]] && tls_rule="tcp dport $tls_port accept comment \"TURN over TLS\""
-        text /etc/nftables.d/relay.nft 644 <<EOF
+        [[ -n $tls_cert ]] && tls_rule="tcp dport $tls_port accept comment \"TURN over TLS\"
+        tcp dport 80 accept comment \"certbot's HTTP challenge (renewals)\""
+        cat >"$work/relay.nft" <<EOF
 # Written by deploy/install.sh: the ports /etc/relay/relay.toml uses, and ssh; everything else
 # inbound is dropped. Loaded by /etc/nftables.conf (include "/etc/nftables.d/*.nft").
 table inet remote_play_relay
@@ -407,6 +408,9 @@ table inet remote_play_relay {
     }
 }
 EOF
+        # Without the optional rules' empty lines.
+        sed -i '/^[[:space:]]*$/d' "$work/relay.nft"
+        put "$work/relay.nft" /etc/nftables.d/relay.nft 644
     fi
     journald
 else

@@ -227,6 +227,7 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
         "tcp dport 9090 ip saddr 10.0.0.0/8",
         "tcp dport 22",
         "tcp dport 443",
+        "tcp dport 80",
         "policy drop",
     ] {
         assert!(rules.contains(port), "{port} not in relay.nft:\n{rules}");
