@@ -58,7 +58,7 @@ echo "shellcheck: ${#scripts[@]} scripts"
 # systemd-analyze verify wants each unit's programs to exist: our binaries' install paths
 # (/usr/local/bin) are pointed at stand-ins for the check. It only warns about unknown keys and
 # the like, so any word from it is a failure.
-mapfile -t units < <(git ls-files '*.service')
+mapfile -t units < <(git ls-files '*.service' '*.timer')
 ((${#units[@]})) || { echo "error: no systemd unit found" >&2; exit 1; }
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -66,8 +66,11 @@ for bin in relay signaling; do
     printf '#!/bin/sh\n' >"$scratch/$bin"
     chmod +x "$scratch/$bin"
 done
+# All in one directory first: a timer's service is found beside it.
 for unit in "${units[@]}"; do
     sed "s|/usr/local/bin/|$scratch/|g" "$unit" >"$scratch/$(basename "$unit")"
+done
+for unit in "${units[@]}"; do
     said=$(systemd-analyze verify "$scratch/$(basename "$unit")" 2>&1) \
         || { echo "error: $unit: $said" >&2; exit 1; }
     [[ -z "$said" ]] || { echo "error: $unit: $said" >&2; exit 1; }

@@ -14,6 +14,7 @@
 #   /etc/relay/relay.toml, /etc/signaling/signaling.toml           only when missing: yours after
 #   /etc/relay/secrets.env, /etc/signaling/secrets.env             tokens and keys (mode 600)
 #   /etc/systemd/system/{relay|signaling}.service                  the hardened units of deploy/
+#   /etc/systemd/system/signaling-backup.{service,timer}           signaling's daily backup
 #   /etc/relay/link/ (--link-dir: from relayctl ca issue)          the relay's link certificate
 #   /etc/systemd/system/relay.service.d/50-link-key.conf           its key, via systemd credentials
 #   /etc/relay/tls/ (--tls-cert/--tls-key: e.g. certbot's files)   TURN/TLS and the SFU's HTTPS,
@@ -450,6 +451,8 @@ EOF
     fi
     put "$secrets" /etc/signaling/secrets.env 600
     put "$here/signaling.service" /etc/systemd/system/signaling.service 644
+    put "$here/signaling-backup.service" /etc/systemd/system/signaling-backup.service 644
+    put "$here/signaling-backup.timer" /etc/systemd/system/signaling-backup.timer 644
     if [[ $firewall == nft ]]; then
         text /etc/nftables.d/signaling.nft 644 <<EOF
 # Written by deploy/install.sh: ssh and the TLS proxy in front of signaling (80 for ACME's
@@ -500,6 +503,7 @@ if [[ -z $root && $start == yes && -d /run/systemd/system ]]; then
     fi
     systemctl daemon-reload
     systemctl enable -q "$role"
+    if [[ $role == signaling ]]; then systemctl enable -q --now signaling-backup.timer; fi
     if ! systemctl is-active -q "$role"; then
         systemctl start "$role"
         echo "  started $role"

@@ -1,9 +1,10 @@
 //! `signaling --config configs/signaling.toml`: serves until SIGTERM or SIGINT.
+//! `signaling --config ... backup --dir DIR`: a consistent copy of the store, taken while it runs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use signaling::app::{self, AppState};
 use signaling::config::{Config, Overrides};
 use tracing::{error, info};
@@ -16,6 +17,25 @@ struct Cli {
     config: Option<PathBuf>,
     #[command(flatten)]
     overrides: Overrides,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve (the default).
+    Run,
+    /// Back up the store into DIR while signaling runs: the embedded SQLite database as a
+    /// consistent copy (signaling-TIME.db), PostgreSQL with pg_dump (signaling-TIME.dump); keeps
+    /// the newest KEEP backups there. deploy/signaling-backup.timer runs it daily.
+    Backup {
+        /// Where the backups go (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many backups to keep in DIR (the oldest go); 0 keeps all.
+        #[arg(long, default_value_t = 14)]
+        keep: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -36,6 +56,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Cmd::Backup { dir, keep }) = cli.cmd {
+        return match runtime.block_on(signaling::backup::run(&config, &dir, keep)) {
+            Ok(path) => {
+                println!("{}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("signaling: backup failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

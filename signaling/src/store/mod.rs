@@ -135,6 +135,15 @@ impl Store {
         Ok(Self { pool, kind, postgres_url })
     }
 
+    /// A consistent copy of the SQLite store at `to` (`VACUUM INTO`: online, while signaling
+    /// runs, readers and writers go on). PostgreSQL is backed up with `pg_dump`.
+    pub async fn backup_sqlite(&self, to: &Path) -> anyhow::Result<()> {
+        anyhow::ensure!(self.kind == "sqlite", "the store is PostgreSQL: back it up with pg_dump");
+        let to = to.to_str().context("the backup path is not UTF-8")?;
+        sqlx::query("VACUUM INTO $1").bind(to).execute(&self.pool).await.context("VACUUM INTO")?;
+        Ok(())
+    }
+
     /// The PostgreSQL URL when several instances may share this store.
     pub fn postgres_url(&self) -> Option<&str> {
         self.postgres_url.as_deref()

@@ -123,6 +123,13 @@ impl Signaling {
         Self::start_in(dir, &format!("database_url = {url:?}"), "", &[])
     }
 
+    /// An instance with the given `[store]` section (TOML), in a directory of its own.
+    pub fn start_with_store(store: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("signaling-test-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::start_in(dir, store, "", &[])
+    }
+
     fn start_in(dir: PathBuf, store: &str, extra: &str, args: &[&str]) -> Self {
         let path = dir.join("signaling.toml");
         std::fs::write(&path, config(store, extra)).unwrap();
