@@ -6,7 +6,10 @@
 //! through it and sends numbered packets to a peer; install.sh runs again with a new build: the
 //! old relay drains (no new allocations, the running one goes on) and systemd starts the new
 //! binary once the session has ended. Every packet sent during the upgrade arrives, and the new
-//! binary (checked by its SHA-256) serves the next session.
+//! binary (checked by its SHA-256) serves the next session. Its TLS certificate, renewed by
+//! certbot's deploy hook during the session, is served at once by the same process. And
+//! signaling, installed the same way, serves, and its daily backup runs beside it as the same
+//! dynamic user.
 
 mod common;
 
@@ -383,6 +386,78 @@ async fn a_relay_upgraded_by_install_sh_during_a_live_session_keeps_it() {
         total - before,
         ended.duration_since(draining)
     );
+    drop(c);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// Signaling as install.sh installs it, under systemd: it serves on its installed config and
+/// generated secrets, and the backup timer's service (the same dynamic user) writes a backup
+/// while it runs, after which signaling still writes to its store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signaling_installed_under_systemd_serves_and_its_backup_runs_beside_it() {
+    let scratch = std::env::temp_dir().join(format!("signaling-systemd-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(scratch.join("usr-local")).unwrap();
+    let bins = PathBuf::from(env!("CARGO_BIN_EXE_signaling")).parent().unwrap().to_path_buf();
+    let o = Command::new(repo_root().join("scripts/dist.sh"))
+        .arg("--from")
+        .arg(&bins)
+        .arg("--out")
+        .arg(scratch.join("dist"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let binds = [
+        format!("--bind={}:/usr/local", scratch.join("usr-local").display()),
+        format!("--bind-ro={}:/opt/dist", scratch.join("dist").display()),
+        format!("--bind-ro={}:/opt/deploy", repo_root().join("deploy").display()),
+        "--bind-ro=/etc/alternatives".to_owned(),
+    ];
+    let c = Container::boot(&format!("signaling-{}", std::process::id()), &scratch.join("container.log"), &binds);
+    let o = c.sh("/opt/deploy/install.sh signaling --dist /opt/dist --region eu-central:50.11:8.68 --firewall none \
+         --listen 127.0.0.1:28080");
+    assert!(o.status.success() && text(&o).contains("started signaling"), "{}", text(&o));
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = "http://127.0.0.1:28080";
+    eventually(Duration::from_secs(20), || async {
+        let res = http.get(format!("{url}/healthz")).send().await.ok()?;
+        res.status().is_success().then_some(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!("signaling does not serve: {}", text(&c.sh("journalctl -u signaling --no-pager | tail -20")))
+    });
+    let timer = c.sh("systemctl is-enabled signaling-backup.timer; systemctl is-active signaling-backup.timer");
+    assert_eq!(String::from_utf8_lossy(&timer.stdout).split_whitespace().collect::<Vec<_>>(), ["enabled", "active"]);
+
+    // A backup now, as the timer would start it.
+    let o = c.sh("systemctl start signaling-backup.service && ls /var/lib/signaling/backups");
+    let listed = text(&o);
+    assert!(
+        o.status.success() && listed.lines().any(|l| l.starts_with("signaling-") && l.ends_with(".db")),
+        "{listed}\n{}",
+        text(&c.sh("journalctl -u signaling-backup --no-pager | tail -20"))
+    );
+    // The backup ran as signaling's own dynamic user: the store still belongs to the running
+    // signaling (another user would have had systemd chown the state directory under it).
+    let owners = c.sh("stat -c %u /var/lib/private/signaling/signaling.db; \
+         ps -o uid= -p $(systemctl show --property=MainPID --value signaling)");
+    let owners: Vec<String> = String::from_utf8_lossy(&owners.stdout).split_whitespace().map(str::to_owned).collect();
+    assert!(owners.len() == 2 && owners[0] == owners[1], "store owner and signaling's uid: {owners:?}");
+    // Signaling still writes its store: a machine registers (the heartbeat reaches the database).
+    let key = c.sh("sed -n 's/^SIGNALING_JWT_KEY=//p' /etc/signaling/secrets.env");
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_owned();
+    let token = signaling::auth::Keys::new(key.as_bytes())
+        .mint("cab-9", signaling::auth::Role::Machine, unix_now(), 600)
+        .unwrap();
+    let res = http
+        .post(format!("{url}/v1/machines/register"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "name": "Cabinet 9", "rtts": { "eu-central": 10.0 } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "{}", res.text().await.unwrap_or_default());
     drop(c);
     let _ = std::fs::remove_dir_all(&scratch);
 }
