@@ -67,10 +67,12 @@ pub fn router(state: AppState) -> Router {
 pub async fn upkeep(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for round in 0u64.. {
         tick.tick().await;
         let up = state.metrics.database_up.with_label_values(&[] as &[&str]);
-        match upkeep_once(&state).await {
+        // The retention period, at start and every minute (an indexed delete).
+        let forget = async { if round % 60 == 0 { forget_old_sessions(&state).await } else { Ok(()) } };
+        match async { upkeep_once(&state).await.and(forget.await) }.await {
             Ok(()) => up.set(1),
             Err(e) => {
                 up.set(0);
@@ -78,6 +80,16 @@ pub async fn upkeep(state: AppState) {
             }
         }
     }
+}
+
+/// Forgets the sessions that ended longer ago than `sessions.retention_days`.
+pub async fn forget_old_sessions(state: &AppState) -> anyhow::Result<()> {
+    let Some(retention) = state.config.retention else { return Ok(()) };
+    let gone = state.store.forget_sessions(now_ms() - retention.as_millis() as i64).await?;
+    if gone > 0 {
+        info!(sessions = gone, retention_days = retention.as_secs() / 86_400, "forgot ended sessions past retention");
+    }
+    Ok(())
 }
 
 pub async fn upkeep_once(state: &AppState) -> anyhow::Result<()> {

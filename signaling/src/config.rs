@@ -133,11 +133,14 @@ pub struct SessionSection {
     pub connect_timeout_secs: u64,
     /// Any session ends after this (reason `max_duration`).
     pub max_duration_secs: u64,
+    /// Ended sessions and their timelines are forgotten this many days after they ended (export
+    /// them first: `signaling export`); 0 keeps them for ever.
+    pub retention_days: u64,
 }
 
 impl Default for SessionSection {
     fn default() -> Self {
-        Self { connect_timeout_secs: 60, max_duration_secs: 4 * 3600 }
+        Self { connect_timeout_secs: 60, max_duration_secs: 4 * 3600, retention_days: 0 }
     }
 }
 
@@ -184,6 +187,9 @@ cluster::config_overrides! {
     /// log.level: a tracing filter.
     #[arg(long, env = "SIGNALING_LOG_LEVEL")]
     log_level: String => value log.level;
+    /// sessions.retention_days: forget ended sessions this many days after they ended (0: never).
+    #[arg(long, env = "SIGNALING_RETENTION_DAYS")]
+    retention_days: u64 => value sessions.retention_days;
 }
 
 pub use cluster::log::LogFormat;
@@ -216,6 +222,8 @@ pub struct Config {
     pub machine_offline_after: Duration,
     pub connect_timeout: Duration,
     pub max_session: Duration,
+    /// How long ended sessions are kept (None: for ever).
+    pub retention: Option<Duration>,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -325,6 +333,8 @@ impl Config {
             machine_offline_after: Duration::from_secs(file.machines.offline_after_secs),
             connect_timeout: Duration::from_secs(file.sessions.connect_timeout_secs),
             max_session: Duration::from_secs(file.sessions.max_duration_secs),
+            retention: (file.sessions.retention_days > 0)
+                .then(|| Duration::from_secs(file.sessions.retention_days.saturating_mul(86_400))),
             log_format,
             log_level: file.log.level.clone(),
         })
@@ -362,16 +372,18 @@ mod tests {
     fn every_override_names_the_key_it_sets() {
         use clap::Args;
         let command = Overrides::augment_args(clap::Command::new("signaling"));
-        assert_eq!(Overrides::KEYS.len(), 10);
+        assert_eq!(Overrides::KEYS.len(), 11);
         cluster::overrides::check_help(&command, Overrides::KEYS).unwrap();
         let mut file = FileConfig::default();
         let o = Overrides {
             database_url: Some("postgres://x".into()),
             log_level: Some("debug".into()),
+            retention_days: Some(30),
             ..Default::default()
         };
         file.apply(&o);
         assert_eq!((file.store.database_url.as_deref(), file.log.level.as_str()), (Some("postgres://x"), "debug"));
+        assert_eq!(file.sessions.retention_days, 30);
     }
 
     pub(crate) fn valid() -> FileConfig {

@@ -6,9 +6,9 @@
 pub mod api;
 pub mod app;
 pub mod auth;
-pub mod backup;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod placement;

@@ -1,5 +1,6 @@
 //! `signaling --config configs/signaling.toml`: serves until SIGTERM or SIGINT.
 //! `signaling --config ... backup --dir DIR`: a consistent copy of the store, taken while it runs.
+//! `signaling --config ... export [--since T] [--until T]`: ended sessions as JSON lines.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,18 @@ enum Cmd {
         #[arg(long, default_value_t = 14)]
         keep: usize,
     },
+    /// Write the sessions that ended in [SINCE, UNTIL) to stdout as JSON lines, in end order:
+    /// each as `GET /v1/sessions/{id}` shows it (the session and its timeline), for the
+    /// operator's warehouse. Run it with the previous run's UNTIL as SINCE to export each session
+    /// once.
+    Export {
+        /// Unix seconds (default: the beginning).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Unix seconds (default: now).
+        #[arg(long)]
+        until: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,8 +69,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Cmd::Export { since, until }) = cli.cmd {
+        // Milliseconds: without --until, everything ended until now, this very millisecond.
+        let since_ms = since.saturating_mul(1000).min(i64::MAX as u64) as i64;
+        let until_ms =
+            until.map_or_else(cluster::time::unix_now_ms, |u| u.saturating_mul(1000).min(i64::MAX as u64) as i64);
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        return match runtime.block_on(signaling::history::export(&config, since_ms, until_ms, &mut out)) {
+            Ok(n) => {
+                eprintln!("signaling: exported {n} sessions");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("signaling: export failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Cmd::Backup { dir, keep }) = cli.cmd {
-        return match runtime.block_on(signaling::backup::run(&config, &dir, keep)) {
+        return match runtime.block_on(signaling::history::backup(&config, &dir, keep)) {
             Ok(path) => {
                 println!("{}", path.display());
                 ExitCode::SUCCESS

@@ -145,6 +145,52 @@ impl Store {
             .collect()
     }
 
+    /// Up to `limit` sessions that ended at or after `since_ms` and before `until_ms`, in end
+    /// order, after the (end time, id) `after` (the export's pages).
+    pub async fn ended_between(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        after: Option<(i64, &str)>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<SessionRow>> {
+        let (after_ms, after_id) = after.unwrap_or((i64::MIN, ""));
+        let sql = format!(
+            "SELECT {} FROM sessions WHERE ended_ms IS NOT NULL AND ended_ms >= $1 AND ended_ms < $2 \
+             AND (ended_ms > $3 OR (ended_ms = $3 AND id > $4)) ORDER BY ended_ms, id LIMIT $5",
+            Self::SESSION_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(since_ms)
+            .bind(until_ms)
+            .bind(after_ms)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::session_row).collect()
+    }
+
+    /// Forgets the sessions that ended before `before_ms` and their timelines (the retention
+    /// period); returns how many.
+    pub async fn forget_sessions(&self, before_ms: i64) -> anyhow::Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM session_events WHERE session_id IN \
+             (SELECT id FROM sessions WHERE ended_ms IS NOT NULL AND ended_ms < $1)",
+        )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
+        let gone = sqlx::query("DELETE FROM sessions WHERE ended_ms IS NOT NULL AND ended_ms < $1")
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(gone)
+    }
+
     /// Marks a live session connected (the first report counts); false if it is not live.
     pub async fn mark_connected(&self, id: &str, now_ms: i64) -> anyhow::Result<bool> {
         let r = sqlx::query(

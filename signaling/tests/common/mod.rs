@@ -123,11 +123,12 @@ impl Signaling {
         Self::start_in(dir, &format!("database_url = {url:?}"), "", &[])
     }
 
-    /// An instance with the given `[store]` section (TOML), in a directory of its own.
-    pub fn start_with_store(store: &str) -> Self {
+    /// An instance with the given `[store]` section (TOML) and `extra` config, in a directory
+    /// of its own.
+    pub fn start_with_store(store: &str, extra: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("signaling-test-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
-        Self::start_in(dir, store, "", &[])
+        Self::start_in(dir, store, extra, &[])
     }
 
     fn start_in(dir: PathBuf, store: &str, extra: &str, args: &[&str]) -> Self {

@@ -1,16 +1,21 @@
-//! `signaling backup`: a copy of the store taken while signaling runs, for the operator's
-//! schedule (deploy/signaling-backup.timer) and the runbook's restore (deploy/README.md).
+//! The session history outside signaling: `signaling backup`, a copy of the store taken while
+//! signaling runs, for the operator's schedule (deploy/signaling-backup.timer) and the runbook's
+//! restore (deploy/README.md); `signaling export`, ended sessions as JSON lines for the
+//! operator's warehouse.
 
 use std::path::{Path, PathBuf};
 
+use std::io::Write;
+
 use anyhow::Context;
+use signaling_api::sessions::{SessionDetail, SessionEvent};
 
 use crate::config::{Config, StoreLocation};
 use crate::store::Store;
 
 /// Backs the store up into `dir` and keeps the newest `keep` backups there (0: all); returns the
 /// new backup's path.
-pub async fn run(config: &Config, dir: &Path, keep: usize) -> anyhow::Result<PathBuf> {
+pub async fn backup(config: &Config, dir: &Path, keep: usize) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("--dir: cannot create {}", dir.display()))?;
     // Sortable and unique to the second: signaling-20261207T180501Z.db
     let stamp = time_stamp(std::time::SystemTime::now());
@@ -37,6 +42,39 @@ pub async fn run(config: &Config, dir: &Path, keep: usize) -> anyhow::Result<Pat
         prune(dir, keep)?;
     }
     Ok(path)
+}
+
+/// Writes the sessions that ended in [`since_ms`, `until_ms`) (Unix milliseconds) to `out`, one
+/// JSON object per line in end order, each as `GET /v1/sessions/{id}` shows it; returns how many.
+pub async fn export(config: &Config, since_ms: i64, until_ms: i64, out: &mut impl Write) -> anyhow::Result<u64> {
+    const PAGE: i64 = 500;
+    let store = Store::open(&config.store).await?;
+    let mut after: Option<(i64, String)> = None;
+    let mut n = 0;
+    loop {
+        let page =
+            store.ended_between(since_ms, until_ms, after.as_ref().map(|(t, id)| (*t, id.as_str())), PAGE).await?;
+        for s in &page {
+            let events = store
+                .events(&s.id)
+                .await?
+                .into_iter()
+                .map(|e| SessionEvent { seq: e.seq, at_ms: e.at_ms, kind: e.kind, detail: e.detail })
+                .collect();
+            let detail = SessionDetail { session: s.clone().into(), events };
+            serde_json::to_writer(&mut *out, &detail)?;
+            out.write_all(b"\n")?;
+            n += 1;
+        }
+        match page.last() {
+            Some(last) if page.len() as i64 == PAGE => {
+                after = Some((last.ended_ms.unwrap_or_default(), last.id.clone()))
+            }
+            _ => break,
+        }
+    }
+    out.flush()?;
+    Ok(n)
 }
 
 /// Deletes all but the newest `keep` backups (signaling-*.db and signaling-*.dump) in `dir`.
