@@ -3,13 +3,14 @@
 # configuration and alert rules (promtool check), the rules' unit tests (promtool test rules:
 # every alert fires when it should and stays quiet when it should not), the Alertmanager
 # configuration and its routes (amtool), every YAML file (yamllint, .yamllint), every shell
-# script (shellcheck), every systemd unit (systemd-analyze verify) and the Caddyfile (caddy
-# validate, and its formatting). scripts/test.sh runs it; so can an operator who edits these
-# files.
+# script (shellcheck), every systemd unit (systemd-analyze verify), the Caddyfile (caddy
+# validate, and its formatting), the Kubernetes manifests (kubernetes-validate, offline, strict)
+# and the compose file (check-jsonschema against the Compose specification's schema).
+# scripts/test.sh runs it; so can an operator who edits these files.
 #
 #   deploy/check.sh            needs promtool (Debian: prometheus), amtool
 #                              (prometheus-alertmanager), yamllint, shellcheck, systemd-analyze,
-#                              caddy
+#                              caddy; from PyPI kubernetes-validate, check-jsonschema
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +45,13 @@ caddy validate --config deploy/Caddyfile --adapter caddyfile 2>/dev/null | grep 
 caddy fmt deploy/Caddyfile | diff -u deploy/Caddyfile - \
     || { echo "error: deploy/Caddyfile is not formatted as caddy fmt would" >&2; exit 1; }
 echo "caddy validate: deploy/Caddyfile"
+
+# Kubernetes manifests against the API schemas (no cluster needed), unknown fields refused.
+mapfile -t manifests < <(git ls-files 'deploy/k8s/*.yaml')
+((${#manifests[@]})) || { echo "error: no Kubernetes manifest found" >&2; exit 1; }
+kubernetes-validate --strict --quiet -k 1.30.0 "${manifests[@]}"
+echo "kubernetes-validate: ${#manifests[@]} manifests"
+check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
 
 mapfile -t yaml < <(git ls-files '*.yml' '*.yaml' .yamllint)
 ((${#yaml[@]})) || { echo "error: no YAML file found" >&2; exit 1; }

@@ -39,6 +39,10 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 command -v caddy >/dev/null 2>&1 || need+=(caddy)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+# From PyPI: the Kubernetes manifests' and the compose file's validators (deploy/check.sh).
+pypi=()
+command -v kubernetes-validate >/dev/null 2>&1 || pypi+=(kubernetes-validate)
+command -v check-jsonschema >/dev/null 2>&1 || pypi+=(check-jsonschema)
 if ((${#need[@]})); then
     step "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -59,7 +63,13 @@ if ((${#need[@]})); then
         systemctl disable --now caddy >/dev/null 2>&1 || true
     fi
 fi
-for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool prometheus prometheus-alertmanager yamllint shellcheck systemd-analyze nft systemd-nspawn nsenter caddy; do
+if ((${#pypi[@]})); then
+    step "installing ${pypi[*]} (PyPI)"
+    # (PyYAML comes with kubernetes-validate: the install test reads the ConfigMaps with it.)
+    python3 -m pip install -q --root-user-action=ignore "${pypi[@]}" \
+        || python3 -m pip install -q --root-user-action=ignore --break-system-packages "${pypi[@]}"
+fi
+for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool prometheus prometheus-alertmanager yamllint shellcheck systemd-analyze nft systemd-nspawn nsenter caddy kubernetes-validate check-jsonschema; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 

@@ -383,3 +383,101 @@ fn bad_options_fail_naming_the_option_and_write_nothing() {
         assert!(!root.exists(), "{role} {args:?} wrote files");
     }
 }
+
+/// The relay and signaling configurations of deploy/compose.yaml and deploy/k8s/ (ConfigMaps,
+/// read with Python's yaml, as the cluster would mount them) are accepted by the binaries with
+/// the environment those files give them: `relay check-config`, and signaling starting.
+#[test]
+fn the_container_deployments_configs_are_accepted_by_the_binaries() {
+    let s = scratch("containers");
+    let deploy = repo_root().join("deploy");
+    // The ConfigMaps' files.
+    let script = r#"
+import sys, yaml
+for path in sys.argv[2:]:
+    for doc in yaml.safe_load_all(open(path)):
+        if doc and doc.get("kind") == "ConfigMap":
+            for name, body in doc["data"].items():
+                open(sys.argv[1] + "/k8s-" + name, "w").write(body)
+"#;
+    let o = run(Command::new("python3")
+        .args(["-c", script])
+        .arg(&s.0)
+        .arg(deploy.join("k8s/relay.yaml"))
+        .arg(deploy.join("k8s/signaling.yaml")));
+    assert!(o.status.success(), "{}", text(&o));
+    let link = link_dir(&s.0, "node-1");
+    let relay = bin_dir().join("relay");
+    let cases: Vec<(PathBuf, Vec<(&str, String)>)> = vec![
+        (
+            deploy.join("compose/relay.toml"),
+            vec![
+                ("RELAY_REGION", "eu-central".into()),
+                ("RELAY_RELAY_ID", "lab-eu-1".into()),
+                ("RELAY_LISTEN", "0.0.0.0:3478".into()),
+                ("RELAY_ADMIN_LISTEN", "0.0.0.0:9190".into()),
+                ("RELAY_SFU_HTTP_LISTEN", "0.0.0.0:8088".into()),
+                ("RELAY_MIN_PORT", "49152".into()),
+                ("RELAY_MAX_PORT", "57343".into()),
+                ("RELAY_CLUSTER_TOKEN", "lab-cluster-token-0123456789".into()),
+            ],
+        ),
+        (
+            s.0.join("k8s-relay.toml"),
+            vec![
+                ("RELAY_RELAY_ID", "node-1".into()),
+                ("RELAY_EXTERNAL_IP", "203.0.113.10".into()),
+                ("RELAY_REGION", "eu-central".into()),
+                ("RELAY_LINK_CERT", link.join("node-1.pem").display().to_string()),
+                ("RELAY_LINK_KEY", link.join("node-1.key").display().to_string()),
+                ("RELAY_CLUSTER_TOKEN", "token-0123456789".into()),
+            ],
+        ),
+    ];
+    for (config, env) in cases {
+        // The k8s config names the CA where the Secret is mounted; here it is in `link`.
+        let text_config = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("/etc/relay/link/ca.pem", link.join("ca.pem").to_str().unwrap());
+        let local = s.0.join(format!("checked-{}", config.file_name().unwrap().to_str().unwrap()));
+        std::fs::write(&local, text_config).unwrap();
+        let o = run(Command::new(&relay)
+            .args(["check-config", "--config"])
+            .arg(&local)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str()))));
+        assert!(o.status.success(), "{}: {}", config.display(), text(&o));
+        assert!(text(&o).contains("region = \"eu-central\""), "{}: {}", config.display(), text(&o));
+    }
+    for config in [deploy.join("compose/signaling.toml"), s.0.join("k8s-signaling.toml")] {
+        let mut child = Command::new(bin_dir().join("signaling"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(s.0.join("data"))
+            .env("SIGNALING_JWT_KEY", "lab-jwt-key-0123456789abcdef0123456789")
+            .env("SIGNALING_CLUSTER_TOKEN", "lab-cluster-token-0123456789")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut banner = String::new();
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        while let Some(Ok(line)) = lines.next() {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.trim_start().starts_with("regions") {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            banner.contains("regions     eu-central"),
+            "{}: {banner}{}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
