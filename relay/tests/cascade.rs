@@ -49,6 +49,15 @@ fn pump(machine: &mut Peer, viewers: &mut [Peer], d: Duration) {
     pump_all(&mut all, d);
 }
 
+/// Pumps until the machine has received `input` (up to 5 s: a loaded machine delays SCTP).
+fn pump_until_received(machine: &mut Peer, viewers: &mut [Peer], input: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !machine.client.data.iter().any(|d| d == input) {
+        assert!(Instant::now() < deadline, "the machine did not receive {:?}", String::from_utf8_lossy(input));
+        pump(machine, viewers, Duration::from_millis(100));
+    }
+}
+
 /// Waits (up to 3 s: the SFU's figures are at most 1 s old) for `series` to read `want`.
 fn wait_for_metric(relay: &RelayProcess, series: &str, want: f64) {
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -331,7 +340,9 @@ fn the_seat_is_the_last_takers_across_relays() {
         pump(&mut machine, &mut viewers, Duration::from_millis(600));
     };
     say(2, b"at eu-1");
-    say(1, b"at us-1 again");
+    pump_until_received(&mut machine, &mut viewers, b"at eu-1");
+    viewers[1].client.send_data(b"at us-1 again");
+    pump(&mut machine, &mut viewers, Duration::from_millis(600));
     assert_eq!(machine.client.data.last().map(Vec::as_slice), Some(&b"at eu-1"[..]));
     wait_for_metric(&c, "relay_sfu_inputs_dropped_total", 1.0);
     assert_eq!(a.metric("relay_link_seat_inputs_dropped_total"), 0.0);

@@ -366,11 +366,12 @@ async fn a_relay_upgraded_by_install_sh_during_a_live_session_keeps_it() {
     .await
     .unwrap_or_else(|| panic!("the new relay did not start: {:?}", c.relay()));
     let took = ended.elapsed();
-    let exe = c.sh(&format!("sha256sum /proc/{new_pid}/exe"));
-    assert!(text(&exe).starts_with(&new_relay), "the running relay is not the new build: {}", text(&exe));
     eventually(Duration::from_secs(20), || async { healthz(&http).await.filter(|h| h["status"] == "ok").map(|_| ()) })
         .await
         .expect("the new relay serves");
+    // Serving, so past its exec (until then /proc/PID/exe is systemd's, setting the sandbox up).
+    let exe = c.sh(&format!("sha256sum /proc/{new_pid}/exe"));
+    assert!(text(&exe).starts_with(&new_relay), "the running relay is not the new build: {}", text(&exe));
     let (client, relayed) = allocate().await;
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     relayed.send_to(b"after", peer.local_addr().unwrap()).await.unwrap();
