@@ -220,6 +220,23 @@ was_changed() {
 echo "installing $role into ${root:-/}"
 for bin in "${binaries[@]}"; do put "$dist/$bin" "/usr/local/bin/$bin" 755; done
 
+# nft_table_head NAME: the start of an inbound table that replaces itself when loaded again:
+# everything dropped but replies, loopback, ICMP and ssh; the role's ports follow.
+nft_table_head() {
+    cat <<EOF
+table inet $1
+delete table inet $1
+table inet $1 {
+    chain input {
+        type filter hook input priority filter; policy drop;
+        ct state established,related accept
+        ct state invalid drop
+        iif "lo" accept
+        meta l4proto { icmp, ipv6-icmp } accept
+        tcp dport $ssh_port accept comment "ssh"
+EOF
+}
+
 journald() {
     text /etc/systemd/journald.conf.d/60-remote-play.conf 644 <<'EOF'
 # Written by deploy/install.sh. The relay and signaling log one line per event to the journal
@@ -389,16 +406,7 @@ EOF
         cat >"$work/relay.nft" <<EOF
 # Written by deploy/install.sh: the ports /etc/relay/relay.toml uses, and ssh; everything else
 # inbound is dropped. Loaded by /etc/nftables.conf (include "/etc/nftables.d/*.nft").
-table inet remote_play_relay
-delete table inet remote_play_relay
-table inet remote_play_relay {
-    chain input {
-        type filter hook input priority filter; policy drop;
-        ct state established,related accept
-        ct state invalid drop
-        iif "lo" accept
-        meta l4proto { icmp, ipv6-icmp } accept
-        tcp dport $ssh_port accept comment "ssh"
+$(nft_table_head remote_play_relay)
         udp dport $listen_port accept comment "STUN/TURN and the SFU's WebRTC media"
         tcp dport $listen_port accept comment "TURN over TCP"
         $tls_rule
@@ -457,16 +465,7 @@ EOF
         text /etc/nftables.d/signaling.nft 644 <<EOF
 # Written by deploy/install.sh: ssh and the TLS proxy in front of signaling (80 for ACME's
 # HTTP challenge, 443); signaling itself listens on loopback. Everything else inbound is dropped.
-table inet remote_play_signaling
-delete table inet remote_play_signaling
-table inet remote_play_signaling {
-    chain input {
-        type filter hook input priority filter; policy drop;
-        ct state established,related accept
-        ct state invalid drop
-        iif "lo" accept
-        meta l4proto { icmp, ipv6-icmp } accept
-        tcp dport $ssh_port accept comment "ssh"
+$(nft_table_head remote_play_signaling)
         tcp dport { 80, 443 } accept comment "the TLS proxy in front of signaling"
     }
 }

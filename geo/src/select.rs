@@ -175,6 +175,18 @@ impl Source {
     /// Every source (signaling shows each in its metrics from the start).
     pub const ALL: [Source; 6] =
         [Self::Probes, Self::GeoIp, Self::MachineNearest, Self::Default, Self::Sticky, Self::LeastLoaded];
+
+    /// Its name, as serialized (`probes`, `geoip`, ...): the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Probes => "probes",
+            Self::GeoIp => "geoip",
+            Self::MachineNearest => "machine_nearest",
+            Self::Default => "default",
+            Self::Sticky => "sticky",
+            Self::LeastLoaded => "least_loaded",
+        }
+    }
 }
 
 /// Where a region's client estimate came from.

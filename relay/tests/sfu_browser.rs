@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cluster::media::MediaRole;
 use cluster::pki::{Authority, Validity};
-use common::browser::{Browser, Reports, latest, serve_pages, url, wait_for};
+use common::browser::{Browser, PAGE_COMMON as COMMON, Reports, latest, serve_pages, url, wait_for};
 use common::links::{relay_with_link, viewer_token_for};
 use common::{RelayProcess, unix_now};
 use relay::turn::auth::rest_password;
@@ -20,33 +20,6 @@ mod common;
 
 const MACHINE: &str = "cab-1";
 const SESSION: &str = "s-1";
-
-/// What both pages share: `q` (the query), `report` (POST to the test), and `exchange`, which
-/// offers, waits for ICE gathering, POSTs the offer to a WHIP/WHEP URL with a bearer token and
-/// applies the answer (false, after reporting, if the server refused).
-const COMMON: &str = r#"<script>
-const q = new URLSearchParams(location.search);
-const report = (o) => fetch('/report/' + q.get('name'), {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify(o)});
-window.onerror = (m) => { report({error: String(m)}); };
-async function exchange(pc, url) {
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((done) => {
-    if (pc.iceGatheringState === 'complete') return done();
-    pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') done(); };
-    setTimeout(done, 3000);
-  });
-  const res = await fetch(url, {method: 'POST', body: pc.localDescription.sdp,
-    headers: {'content-type': 'application/sdp', 'authorization': 'Bearer ' + q.get('token')}});
-  if (res.status !== 201) { report({refused: res.status, body: await res.text()}); return false; }
-  await pc.setRemoteDescription({type: 'answer', sdp: await res.text()});
-  return true;
-}
-// A data-channel message with its type: `text:` and the string, or `binary:` and the bytes in hex.
-function shown(data) {
-  if (typeof data === 'string') return 'text:' + data;
-  return 'binary:' + Array.from(new Uint8Array(data), (b) => b.toString(16).padStart(2, '0')).join('');
-}
-</script>"#;
 
 const PUBLISHER: &str = r#"<title>machine</title><script>
 (async () => {

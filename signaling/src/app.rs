@@ -70,9 +70,12 @@ pub async fn upkeep(state: AppState) {
     for round in 0u64.. {
         tick.tick().await;
         let up = state.metrics.database_up.with_label_values(&[] as &[&str]);
-        // The retention period, at start and every minute (an indexed delete).
-        let forget = async { if round % 60 == 0 { forget_old_sessions(&state).await } else { Ok(()) } };
-        match async { upkeep_once(&state).await.and(forget.await) }.await {
+        // The retention period too, at start and every minute (an indexed delete).
+        let done = match upkeep_once(&state).await {
+            Ok(()) if round % 60 == 0 => forget_old_sessions(&state).await,
+            other => other,
+        };
+        match done {
             Ok(()) => up.set(1),
             Err(e) => {
                 up.set(0);

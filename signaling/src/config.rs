@@ -313,6 +313,9 @@ impl Config {
         {
             bail!("sessions.max_duration_secs: must be at least sessions.connect_timeout_secs (and that positive)");
         }
+        if file.sessions.retention_days > 36_500 {
+            bail!("sessions.retention_days: at most 36500 (a century); 0 keeps sessions for ever");
+        }
         let log_format = cluster::log::validate(&file.log.format, &file.log.level).map_err(anyhow::Error::msg)?;
         Ok(Self {
             listen,
@@ -421,6 +424,7 @@ mod tests {
             (|f| f.selection.default_region = "mars".into(), "selection.default_region"),
             (|f| f.store.database_url = Some("mysql://u:pw@h/db".into()), "store.database_url"),
             (|f| f.machines.offline_after_secs = 1, "machines.offline_after_secs"),
+            (|f| f.sessions.retention_days = u64::MAX / 86_400 + 1, "sessions.retention_days"),
             (|f| f.log.format = "xml".into(), "log.format"),
         ];
         for (mutate, key) in cases {

@@ -69,31 +69,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Cmd::Export { since, until }) = cli.cmd {
-        // Milliseconds: without --until, everything ended until now, this very millisecond.
-        let since_ms = since.saturating_mul(1000).min(i64::MAX as u64) as i64;
-        let until_ms =
-            until.map_or_else(cluster::time::unix_now_ms, |u| u.saturating_mul(1000).min(i64::MAX as u64) as i64);
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        return match runtime.block_on(signaling::history::export(&config, since_ms, until_ms, &mut out)) {
-            Ok(n) => {
-                eprintln!("signaling: exported {n} sessions");
-                ExitCode::SUCCESS
-            }
+    // The one-shot commands: what they made on success, the error on failure.
+    let once = match cli.cmd {
+        None | Some(Cmd::Run) => None,
+        Some(Cmd::Export { since, until }) => {
+            // Milliseconds: without --until, everything ended until now, this very millisecond.
+            let ms = |secs: u64| secs.saturating_mul(1000).min(i64::MAX as u64) as i64;
+            let until_ms = until.map_or_else(cluster::time::unix_now_ms, ms);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let exported = runtime.block_on(signaling::history::export(&config, ms(since), until_ms, &mut out));
+            Some(("export", exported.map(|n| eprintln!("signaling: exported {n} sessions"))))
+        }
+        Some(Cmd::Backup { dir, keep }) => {
+            let made = runtime.block_on(signaling::history::backup(&config, &dir, keep));
+            Some(("backup", made.map(|path| println!("{}", path.display()))))
+        }
+    };
+    if let Some((what, result)) = once {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("signaling: export failed: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if let Some(Cmd::Backup { dir, keep }) = cli.cmd {
-        return match runtime.block_on(signaling::history::backup(&config, &dir, keep)) {
-            Ok(path) => {
-                println!("{}", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("signaling: backup failed: {e:#}");
+                eprintln!("signaling: {what} failed: {e:#}");
                 ExitCode::FAILURE
             }
         };

@@ -87,8 +87,7 @@ impl Metrics {
             self.sessions_ended.with_label_values(&[reason.as_str()]);
         }
         for source in geo::select::Source::ALL {
-            let name = serde_json::to_value(source).ok().and_then(|v| v.as_str().map(str::to_owned));
-            self.selections.with_label_values(&[name.unwrap_or_default().as_str()]);
+            self.selections.with_label_values(&[source.as_str()]);
         }
     }
 

@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use browser::{Browser, Reports, serve_pages, url};
+use browser::{Browser, PAGE_COMMON as COMMON, Reports, serve_pages, url};
 use common::relay::Relay;
 use common::{Signaling, eventually, unix_now};
 use serde_json::{Value, json};
@@ -32,25 +32,6 @@ use serde_json::{Value, json};
 const MACHINE: &str = "hall7-coin-pusher";
 /// The deadline of issue 20's Done-when 2.
 const DEADLINE: Duration = Duration::from_secs(90);
-
-const COMMON: &str = r#"<script>
-const q = new URLSearchParams(location.search);
-const report = (o) => fetch('/report/' + q.get('name'), {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify(o)});
-window.onerror = (m) => { report({error: String(m)}); };
-async function exchange(pc, url) {
-  await pc.setLocalDescription(await pc.createOffer());
-  await new Promise((done) => {
-    if (pc.iceGatheringState === 'complete') return done();
-    pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') done(); };
-    setTimeout(done, 3000);
-  });
-  const res = await fetch(url, {method: 'POST', body: pc.localDescription.sdp,
-    headers: {'content-type': 'application/sdp', 'authorization': 'Bearer ' + q.get('token')}});
-  if (res.status !== 201) { report({error: 'refused ' + res.status + ': ' + await res.text()}); return false; }
-  await pc.setRemoteDescription({type: 'answer', sdp: await res.text()});
-  return true;
-}
-</script>"#;
 
 /// The machine: its fake camera and microphone over WHIP.
 const PUBLISHER: &str = r#"<title>machine</title><script>
@@ -229,10 +210,6 @@ async fn query(http: &reqwest::Client, prometheus: SocketAddr, promql: &str) -> 
     body["data"]["result"].as_array().cloned()
 }
 
-fn reported(reports: &Reports, name: &str, key: &str) -> Option<Value> {
-    browser::latest(reports, name, key)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_machine_whose_video_stops_pages_the_halls_telegram_chat_within_90_seconds() {
     let dir = std::env::temp_dir().join(format!("alert-drill-{}", std::process::id()));
@@ -312,7 +289,8 @@ async fn a_machine_whose_video_stops_pages_the_halls_telegram_chat_within_90_sec
         ],
     ));
     let decoded = |min: u64| {
-        reported(&reports, "player", "framesDecoded").and_then(|v| v["framesDecoded"].as_u64()).unwrap_or(0) >= min
+        browser::latest(&reports, "player", "framesDecoded").and_then(|v| v["framesDecoded"].as_u64()).unwrap_or(0)
+            >= min
     };
     eventually(Duration::from_secs(40), || async { decoded(30).then_some(()) })
         .await

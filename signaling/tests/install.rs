@@ -6,11 +6,15 @@
 //! SHA256SUMS installs nothing; an upgrade replaces only the binary and keeps the operator's
 //! config; bad options fail naming the option.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+
+use common::certs::{link_dir, self_signed};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -80,35 +84,6 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
         walk(root, root, &mut out);
     }
     out
-}
-
-/// A link certificate for `relay_id` from a new cluster CA, made by relayctl as an operator
-/// would: DIR/link holds ca.pem, RELAY_ID.pem and RELAY_ID.key.
-fn link_dir(dir: &Path, relay_id: &str) -> PathBuf {
-    let (ca, link) = (dir.join("ca"), dir.join("link"));
-    let relayctl = bin_dir().join("relayctl");
-    let o = run(Command::new(&relayctl).args(["ca", "init", "--dir"]).arg(&ca));
-    assert!(o.status.success(), "{}", text(&o));
-    let o = run(Command::new(&relayctl).args(["ca", "issue", relay_id, "--dir"]).arg(&ca).arg("--out").arg(&link));
-    assert!(o.status.success(), "{}", text(&o));
-    std::fs::copy(ca.join("ca.pem"), link.join("ca.pem")).unwrap();
-    link
-}
-
-/// A self-signed certificate for `name`, valid `days`, by openssl: (certificate, key).
-pub fn self_signed(dir: &Path, name: &str, days: u32) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join(format!("{name}-{days}.pem")), dir.join(format!("{name}-{days}.key")));
-    let o = run(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj"])
-        .arg(format!("/CN={name}"))
-        .arg("-addext")
-        .arg(format!("subjectAltName=DNS:{name}"))
-        .args(["-days", &days.to_string(), "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    assert!(o.status.success(), "openssl: {}", text(&o));
-    (cert, key)
 }
 
 /// The `KEY=value` lines of an env file.

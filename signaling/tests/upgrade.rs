@@ -195,31 +195,11 @@ async fn a_relay_upgraded_by_install_sh_during_a_live_session_keeps_it() {
     let new_relay = sha256(&scratch.join("dist2/relay"));
     assert_ne!(new_relay, sha256(&scratch.join("dist1/relay")));
     std::fs::write(scratch.join("token"), CLUSTER_TOKEN).unwrap();
-    // Its link certificate from a cluster CA, made with relayctl.
-    let relayctl = bins.join("relayctl");
-    let o = Command::new(&relayctl).args(["ca", "init", "--dir"]).arg(scratch.join("ca")).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let o = Command::new(&relayctl)
-        .args(["ca", "issue", "upgrade-1", "--dir"])
-        .arg(scratch.join("ca"))
-        .arg("--out")
-        .arg(scratch.join("link"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    std::fs::copy(scratch.join("ca/ca.pem"), scratch.join("link/ca.pem")).unwrap();
-    // Its TLS certificate as certbot keeps it, and the renewal certbot will bring.
-    std::fs::create_dir_all(scratch.join("tls")).unwrap();
-    for (name, days) in [("first", 30), ("renewed", 90)] {
-        let o = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
-            .args(["-subj", "/CN=localhost", "-days", &days.to_string(), "-keyout"])
-            .arg(scratch.join(format!("tls/{name}.key")))
-            .arg("-out")
-            .arg(scratch.join(format!("tls/{name}.pem")))
-            .output()
-            .expect("openssl (scripts/test.sh installs it)");
-        assert!(o.status.success(), "{}", text(&o));
+    // Its link certificate from a cluster CA (scratch/link); its TLS certificate as certbot
+    // keeps it (localhost-30) and the renewal certbot will bring (localhost-90), in scratch/tls.
+    common::certs::link_dir(&scratch, "upgrade-1");
+    for days in [30, 90] {
+        common::certs::self_signed(&scratch.join("tls"), "localhost", days);
     }
 
     let bind = |from: &str, to: &str, ro: bool| {
@@ -250,8 +230,8 @@ async fn a_relay_upgraded_by_install_sh_during_a_live_session_keeps_it() {
 
     // certbot's files, as it keeps them.
     let o = c.sh(&format!(
-        "mkdir -p {LINEAGE} && cp /opt/tls/first.pem {LINEAGE}/fullchain.pem && \
-         install -m 600 /opt/tls/first.key {LINEAGE}/privkey.pem"
+        "mkdir -p {LINEAGE} && cp /opt/tls/localhost-30.pem {LINEAGE}/fullchain.pem && \
+         install -m 600 /opt/tls/localhost-30.key {LINEAGE}/privkey.pem"
     ));
     assert!(o.status.success(), "{}", text(&o));
 
@@ -317,7 +297,7 @@ async fn a_relay_upgraded_by_install_sh_during_a_live_session_keeps_it() {
     // certbot renews the certificate: its deploy hook (written by install.sh) hands the new files
     // to the running relay, which serves them at once (TURN/TLS and the SFU's HTTPS).
     let o = c.sh(&format!(
-        "cp /opt/tls/renewed.pem {LINEAGE}/fullchain.pem && install -m 600 /opt/tls/renewed.key {LINEAGE}/privkey.pem && \
+        "cp /opt/tls/localhost-90.pem {LINEAGE}/fullchain.pem && install -m 600 /opt/tls/localhost-90.key {LINEAGE}/privkey.pem && \
          RENEWED_LINEAGE={LINEAGE} /etc/letsencrypt/renewal-hooks/deploy/50-relay.sh"
     ));
     assert!(o.status.success(), "the deploy hook: {}", text(&o));

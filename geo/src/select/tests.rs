@@ -484,3 +484,10 @@ fn selection_input_round_trips_through_json() {
     let selection = select(&input, &Policy::default()).expect("valid input");
     assert_eq!((selection.region.as_str(), selection.source), ("fra", Source::Default));
 }
+
+#[test]
+fn source_names_are_their_serialized_names() {
+    for source in Source::ALL {
+        assert_eq!(serde_json::to_value(source).unwrap(), serde_json::json!(source.as_str()));
+    }
+}

@@ -272,12 +272,8 @@ pub async fn place(
         default_region: &state.config.default_region,
         alternates: state.config.alternates,
     })?;
-    state.metrics.selections.with_label_values(&[source_name(&placement.selection)]).inc();
+    state.metrics.selections.with_label_values(&[placement.selection.source.as_str()]).inc();
     Ok(placement)
-}
-
-fn source_name(s: &Selection) -> String {
-    serde_json::to_value(s.source).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// The host part of a TURN URL (IPv6 literals in brackets).

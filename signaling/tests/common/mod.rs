@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+pub mod certs;
 pub mod relay;
 
 pub const JWT_KEY: &str = "test-jwt-key-0123456789abcdef0123456789";
