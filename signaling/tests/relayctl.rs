@@ -480,8 +480,10 @@ impl StunResponder {
                 response.write_header();
                 stun::xoraddr::XorMappedAddress { ip: from.ip(), port: from.port() }.add_to(&mut response).unwrap();
                 stun::fingerprint::FINGERPRINT.add_to(&mut response).unwrap();
-                socket.send_to(&response.raw, from).unwrap();
+                // Counted before it leaves: the client may read the answer (and the test the
+                // count) before this thread runs again.
                 count.fetch_add(1, Ordering::Relaxed);
+                socket.send_to(&response.raw, from).unwrap();
             }
         });
         Self { port, answered, stop }
