@@ -220,20 +220,36 @@ was_changed() {
 echo "installing $role into ${root:-/}"
 for bin in "${binaries[@]}"; do put "$dist/$bin" "/usr/local/bin/$bin" 755; done
 
-# nft_table_head NAME: the start of an inbound table that replaces itself when loaded again:
-# everything dropped but replies, loopback, ICMP and ssh; the role's ports follow.
-nft_table_head() {
+# nft_rules ROLE: the start of the role's file of nftables rules. Both roles share one table,
+# inet remote_play: its input chain drops everything but replies, loopback, ICMP and ssh, then
+# jumps to one chain per role (relay, signaling), so that a VPS with both accepts what either
+# needs (two tables each dropping by policy would accept only what both accept). Each file
+# rebuilds the input chain and its own chain only: loaded alone, again, or after the other
+# role's, in any order, the result is the same. The role's rules follow, then "}" twice.
+nft_rules() {
     cat <<EOF
-table inet $1
-delete table inet $1
-table inet $1 {
+table inet remote_play {
+    chain relay {
+    }
+    chain signaling {
+    }
     chain input {
         type filter hook input priority filter; policy drop;
+    }
+}
+flush chain inet remote_play input
+flush chain inet remote_play $1
+table inet remote_play {
+    chain input {
         ct state established,related accept
         ct state invalid drop
         iif "lo" accept
         meta l4proto { icmp, ipv6-icmp } accept
         tcp dport $ssh_port accept comment "ssh"
+        jump relay
+        jump signaling
+    }
+    chain $1 {
 EOF
 }
 
@@ -405,8 +421,9 @@ EOF
         tcp dport 80 accept comment \"certbot's HTTP challenge (renewals)\""
         cat >"$work/relay.nft" <<EOF
 # Written by deploy/install.sh: the ports /etc/relay/relay.toml uses, and ssh; everything else
-# inbound is dropped. Loaded by /etc/nftables.conf (include "/etc/nftables.d/*.nft").
-$(nft_table_head remote_play_relay)
+# inbound is dropped (signaling.nft, on a VPS with both, adds its ports to the same table).
+# Loaded by /etc/nftables.conf (include "/etc/nftables.d/*.nft").
+$(nft_rules relay)
         udp dport $listen_port accept comment "STUN/TURN and the SFU's WebRTC media"
         tcp dport $listen_port accept comment "TURN over TCP"
         $tls_rule
@@ -464,8 +481,9 @@ EOF
     if [[ $firewall == nft ]]; then
         text /etc/nftables.d/signaling.nft 644 <<EOF
 # Written by deploy/install.sh: ssh and the TLS proxy in front of signaling (80 for ACME's
-# HTTP challenge, 443); signaling itself listens on loopback. Everything else inbound is dropped.
-$(nft_table_head remote_play_signaling)
+# HTTP challenge, 443); signaling itself listens on loopback. Everything else inbound is dropped
+# (relay.nft, on a VPS with both, adds its ports to the same table).
+$(nft_rules signaling)
         tcp dport { 80, 443 } accept comment "the TLS proxy in front of signaling"
     }
 }
@@ -493,6 +511,8 @@ if [[ -z $root && $start == yes && -d /run/systemd/system ]]; then
         grep -q '^include "/etc/nftables.d/\*.nft"' /etc/nftables.conf 2>/dev/null ||
             echo 'include "/etc/nftables.d/*.nft"' >>/etc/nftables.conf
         nft -f "/etc/nftables.d/$role.nft"
+        # The table of install.sh's first versions, one per role (dropped what the other accepted).
+        if nft list table inet "remote_play_$role" >/dev/null 2>&1; then nft delete table inet "remote_play_$role"; fi
         systemctl enable -q nftables
     fi
     if was_changed /etc/systemd/journald.conf.d/60-remote-play.conf; then systemctl restart systemd-journald; fi

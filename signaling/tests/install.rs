@@ -4,7 +4,8 @@
 //! starting on its installed config and secrets, `nft -c` on the firewall rules, the sysctl keys
 //! against this kernel); a second run changes nothing; a binary whose SHA-256 differs from
 //! SHA256SUMS installs nothing; an upgrade replaces only the binary and keeps the operator's
-//! config; bad options fail naming the option.
+//! config; bad options fail naming the option; a VPS with both roles lets through, with real
+//! packets, what either role's rules accept and nothing else.
 
 mod common;
 
@@ -455,4 +456,146 @@ for path in sys.argv[2:]:
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// One network namespace, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn exec(&self) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(Command::new("ip").args(["netns", "del", &self.0]));
+    }
+}
+
+/// Listens (`serve PORTS`: TCP accepts, UDP echoes) or probes (`probe HOST PORTS`: prints
+/// `tcp/80 open` or `closed` per port, a UDP port open when its echo comes back).
+const PORTS_PY: &str = r#"
+import socket, sys, threading, time
+def ports(args): return [(p.split("/")[0], int(p.split("/")[1])) for p in args]
+if sys.argv[1] == "serve":
+    for proto, port in ports(sys.argv[2:]):
+        if proto == "tcp":
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("0.0.0.0", port)); s.listen()
+            threading.Thread(target=lambda s=s: [s.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
+            def echo(s=s):
+                while True:
+                    data, addr = s.recvfrom(100); s.sendto(data, addr)
+            threading.Thread(target=echo, daemon=True).start()
+    print("ready", flush=True)
+    time.sleep(60)
+else:
+    for proto, port in ports(sys.argv[3:]):
+        if proto == "tcp":
+            s = socket.socket(); s.settimeout(1)
+            try: s.connect((sys.argv[2], port)); state = "open"
+            except OSError: state = "closed"
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+            s.sendto(b"probe", (sys.argv[2], port))
+            try: state = "open" if s.recv(100) == b"probe" else "closed"
+            except OSError: state = "closed"
+        print(f"{proto}/{port} {state}", flush=True)
+"#;
+
+/// A VPS with both roles (the README's Frankfurt: signaling and a relay): the rules install.sh
+/// wrote for each, loaded by the kernel in a network namespace in either order (as
+/// /etc/nftables.conf includes them, and as install.sh applies one), accept what either role
+/// needs and drop the rest, probed with real packets from another namespace. Two tables that
+/// each dropped by policy once let only what both accepted through: signaling was unreachable.
+#[test]
+fn a_vps_with_both_roles_accepts_what_either_needs_and_drops_the_rest() {
+    let s = scratch("both");
+    let (dist_dir, root) = (s.0.join("dist"), s.0.join("root"));
+    dist(&dist_dir);
+    let token = s.0.join("token");
+    std::fs::write(&token, "cluster-token-0123456789\n").unwrap();
+    let mut args = RELAY_ARGS.to_vec();
+    args.extend(["--cluster-token-file", token.to_str().unwrap()]);
+    let o = install("relay", &root, &dist_dir, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = install("signaling", &root, &dist_dir, &["--region", "eu-central:50.11:8.68"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let relay_nft = root.join("etc/nftables.d/relay.nft");
+    let signaling_nft = root.join("etc/nftables.d/signaling.nft");
+
+    let id = std::process::id();
+    let (vps, player) = (Netns(format!("fw-vps-{id}")), Netns(format!("fw-player-{id}")));
+    for ns in [&vps, &player] {
+        let o = run(Command::new("ip").args(["netns", "add", &ns.0]));
+        assert!(o.status.success(), "ip netns add: {}", text(&o));
+    }
+    let veth = format!("fwv{id}");
+    for cmd in [
+        format!("link add {veth} netns {} type veth peer name eth0 netns {}", vps.0, player.0),
+        format!("-n {} link set {veth} name eth0", vps.0),
+        format!("-n {} addr add 192.168.77.1/24 dev eth0", vps.0),
+        format!("-n {} addr add 192.168.77.2/24 dev eth0", player.0),
+        format!("-n {} link set eth0 up", vps.0),
+        format!("-n {} link set eth0 up", player.0),
+        format!("-n {} link set lo up", vps.0),
+    ] {
+        let o = run(Command::new("ip").args(cmd.split(' ')));
+        assert!(o.status.success(), "ip {cmd}: {}", text(&o));
+    }
+    let ruleset = |files: &[&Path]| {
+        let o = run(vps.exec().args(["nft", "flush", "ruleset"]));
+        assert!(o.status.success(), "{}", text(&o));
+        for f in files {
+            let o = run(vps.exec().arg("nft").arg("-f").arg(f));
+            assert!(o.status.success(), "nft -f {}: {}", f.display(), text(&o));
+        }
+        let o = run(vps.exec().args(["nft", "list", "ruleset"]));
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // Either order, and a role's file loaded again (install.sh applying a change), give one set.
+    let both = ruleset(&[&relay_nft, &signaling_nft]);
+    assert_eq!(ruleset(&[&signaling_nft, &relay_nft, &relay_nft]), both);
+    assert_eq!(ruleset(&[&relay_nft, &signaling_nft, &signaling_nft]), both);
+
+    // The ports: signaling's proxy, the relay's, and some the rules do not admit from here (the
+    // metrics are for 10.0.0.0/8, links need --link-dir, 9999 is nobody's).
+    let want = [
+        ("tcp/22", "open"),
+        ("tcp/80", "open"),
+        ("tcp/443", "open"),
+        ("tcp/3478", "open"),
+        ("udp/3478", "open"),
+        ("tcp/8443", "open"),
+        ("udp/50000", "open"),
+        ("tcp/9090", "closed"),
+        ("udp/4433", "closed"),
+        ("tcp/9999", "closed"),
+        ("udp/9999", "closed"),
+    ];
+    let ports: Vec<&str> = want.iter().map(|(p, _)| *p).collect();
+    let mut server = vps
+        .exec()
+        .args(["python3", "-c", PORTS_PY, "serve"])
+        .args(&ports)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let probe = run(player.exec().args(["python3", "-c", PORTS_PY, "probe", "192.168.77.1"]).args(&ports));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(probe.status.success(), "{}", text(&probe));
+    let seen = String::from_utf8(probe.stdout).unwrap();
+    let expected: String = want.iter().map(|(p, s)| format!("{p} {s}\n")).collect();
+    assert_eq!(seen, expected);
 }
