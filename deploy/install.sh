@@ -12,6 +12,7 @@
 # nothing. What it writes (under --root, default /):
 #   /usr/local/bin/{relay|signaling}, /usr/local/bin/relayctl      the checked binaries
 #   /etc/relay/relay.toml, /etc/signaling/signaling.toml           only when missing: yours after
+#   (the same with .dist)                                          what the options give (to diff)
 #   /etc/relay/secrets.env, /etc/signaling/secrets.env             tokens and keys (mode 600)
 #   /etc/systemd/system/{relay|signaling}.service                  the hardened units of deploy/
 #   /etc/systemd/system/signaling-backup.{service,timer}           signaling's daily backup
@@ -201,15 +202,27 @@ text() {
     cat >"$tmp"
     put "$tmp" "$1" "$2"
 }
-# once PATH MODE: installs stdin at PATH only if nothing is there (the operator's file after).
+# once PATH MODE: installs stdin at PATH only if nothing is there (the operator's file after),
+# and always at PATH.dist: what these options give. When the options change (PATH.dist with
+# them) and PATH stays the operator's, it says so: diff the two and merge.
 once() {
-    if [[ -e $root$1 ]]; then
-        unchanged=$((unchanged + 1))
-        echo "  kept $1 (yours: delete it to get a fresh one)"
-        cat >/dev/null
+    local tmp
+    tmp=$(mktemp -p "$work")
+    cat >"$tmp"
+    if [[ ! -e $root$1 ]]; then
+        put "$tmp" "$1" "$2"
+        put "$tmp" "$1.dist" "$2"
         return
     fi
-    text "$1" "$2"
+    unchanged=$((unchanged + 1))
+    put "$tmp" "$1.dist" "$2"
+    if cmp -s "$tmp" "$root$1"; then
+        echo "  kept $1 (as these options give it)"
+    elif was_changed "$1.dist"; then
+        echo "  kept $1 (yours), but these options give another: diff $1 $1.dist, and merge"
+    else
+        echo "  kept $1 (yours: delete it to get a fresh one from $1.dist)"
+    fi
 }
 was_changed() {
     local p
@@ -492,11 +505,12 @@ EOF
     journald
 fi
 
-# Whether a change needs the service restarted: anything but the firewall, sysctls and journald.
+# Whether a change needs the service restarted: anything but the firewall, sysctls, journald and
+# the .dist configs.
 needs_restart() {
     local p
     for p in "${changed[@]}"; do
-        [[ $p == /etc/nftables.d/* || $p == /etc/sysctl.d/* || $p == /etc/systemd/journald.conf.d/* ]] || return 0
+        [[ $p == /etc/nftables.d/* || $p == /etc/sysctl.d/* || $p == /etc/systemd/journald.conf.d/* || $p == *.dist ]] || return 0
     done
     return 1
 }

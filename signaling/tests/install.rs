@@ -137,6 +137,7 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
         ("usr/local/bin/relay", 0o755),
         ("usr/local/bin/relayctl", 0o755),
         ("etc/relay/relay.toml", 0o644),
+        ("etc/relay/relay.toml.dist", 0o644),
         ("etc/relay/secrets.env", 0o600),
         ("etc/systemd/system/relay.service", 0o644),
         ("etc/sysctl.d/60-relay.conf", 0o644),
@@ -156,7 +157,7 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
         let (m, _) = installed.get(Path::new(path)).unwrap_or_else(|| panic!("{path} not installed: {names:?}"));
         assert_eq!(*m, mode, "{path}: mode {m:o}");
     }
-    assert!(text(&first).contains("relay: 15 changed, 0 unchanged"), "{}", text(&first));
+    assert!(text(&first).contains("relay: 16 changed, 0 unchanged"), "{}", text(&first));
     assert_eq!(installed[Path::new("usr/local/bin/relay")].1, std::fs::read(dist_dir.join("relay")).unwrap());
     assert_eq!(
         installed[Path::new("etc/systemd/system/relay.service")].1,
@@ -221,7 +222,7 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
     // Again: nothing changes, not a byte or a mode.
     let second = install("relay", &root, &dist_dir, &args);
     assert!(second.status.success(), "{}", text(&second));
-    assert!(text(&second).contains("relay: 0 changed, 15 unchanged"), "{}", text(&second));
+    assert!(text(&second).contains("relay: 0 changed, 16 unchanged"), "{}", text(&second));
     assert!(tree(&root) == installed, "the second run changed the tree");
 
     // The operator edits the config; a binary tampered with after its checksum was published is
@@ -253,9 +254,34 @@ fn the_relay_installs_checked_by_its_readers_and_a_second_run_changes_nothing() 
     std::fs::write(dist_dir.join("SHA256SUMS"), sums).unwrap();
     let upgrade = install("relay", &root, &dist_dir, &args);
     assert!(upgrade.status.success(), "{}", text(&upgrade));
-    assert!(text(&upgrade).contains("relay: 1 changed, 14 unchanged"), "{}", text(&upgrade));
+    assert!(text(&upgrade).contains("relay: 1 changed, 15 unchanged"), "{}", text(&upgrade));
     assert_eq!(std::fs::read(root.join("usr/local/bin/relay")).unwrap(), relay);
     assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
+    assert!(text(&upgrade).contains("kept /etc/relay/relay.toml (yours: delete it"), "{}", text(&upgrade));
+
+    // New options (here another admin address) keep the operator's config, say so, and give
+    // what they would write as relay.toml.dist to merge.
+    let dist_config = root.join("etc/relay/relay.toml.dist");
+    let before = std::fs::read_to_string(&dist_config).unwrap();
+    let moved: Vec<&str> = args.iter().map(|a| if *a == "10.0.1.10:9090" { "10.0.1.10:9091" } else { a }).collect();
+    let o = install("relay", &root, &dist_dir, &moved);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    // (relay.toml.dist, and the firewall rule for the new port.)
+    assert!(out.contains("relay: 2 changed, 14 unchanged"), "{out}");
+    assert!(
+        out.contains("kept /etc/relay/relay.toml (yours), but these options give another: diff /etc/relay/relay.toml /etc/relay/relay.toml.dist"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
+    let after = std::fs::read_to_string(&dist_config).unwrap();
+    assert_eq!(after, before.replace("10.0.1.10:9090", "10.0.1.10:9091"));
+    assert_ne!(after, before);
+    // The operator takes it: the config is again what the options give.
+    std::fs::copy(&dist_config, &config).unwrap();
+    let o = install("relay", &root, &dist_dir, &moved);
+    assert!(text(&o).contains("kept /etc/relay/relay.toml (as these options give it)"), "{}", text(&o));
+    assert!(text(&o).contains("relay: 0 changed, 16 unchanged"), "{}", text(&o));
 }
 
 #[test]
@@ -273,7 +299,7 @@ fn signaling_installs_starts_on_what_was_installed_and_keeps_its_secrets() {
     ];
     let first = install("signaling", &root, &dist_dir, &args);
     assert!(first.status.success(), "{}", text(&first));
-    assert!(text(&first).contains("signaling: 9 changed, 0 unchanged"), "{}", text(&first));
+    assert!(text(&first).contains("signaling: 10 changed, 0 unchanged"), "{}", text(&first));
     let installed = tree(&root);
     assert_eq!(installed[Path::new("etc/signaling/secrets.env")].0, 0o600);
     let secrets = env_file(&root.join("etc/signaling/secrets.env"));
@@ -319,7 +345,7 @@ fn signaling_installs_starts_on_what_was_installed_and_keeps_its_secrets() {
 
     // Again: nothing changes, the secrets least of all (relays and players' tokens depend on them).
     let second = install("signaling", &root, &dist_dir, &args);
-    assert!(text(&second).contains("signaling: 0 changed, 9 unchanged"), "{}", text(&second));
+    assert!(text(&second).contains("signaling: 0 changed, 10 unchanged"), "{}", text(&second));
     assert!(tree(&root) == installed, "the second run changed the tree");
 }
 
