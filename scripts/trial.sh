@@ -5,8 +5,9 @@
 # bridge that stands for the internet, then checked as the network's users see it: signaling
 # lists three relays serving, each linked to the other two; Prometheus (step 10) scrapes them
 # all with the alert rules loaded; a player (another namespace, with relayctl and coturn's TURN
-# client) gets each region's ICE configuration from signaling over TLS and relays packets
-# through that relay over UDP and TURN/TLS, firewalls on.
+# client) gets each region's ICE configuration from signaling over TLS, checks each relay's
+# certificate (TURN/TLS, the SFU's HTTPS) against its name, and relays packets through that
+# relay over UDP and TURN/TLS, firewalls on.
 #
 # What a lab cannot have, and stands in for it (every other command runs as the README has it):
 #   - public addresses: 203.0.113.10, 198.51.100.20, 192.0.2.30 become 10.99.0.10, .20, .30;
@@ -23,7 +24,7 @@
 # address, name and id, and without --tls-port (as step 8 says).
 #
 #   scripts/trial.sh          needs root, systemd-nspawn, the Debian mirror; ~4 minutes
-#   scripts/trial.sh --keep   leaves the VPSes running (scripts/trial.sh --down removes them)
+#   scripts/trial.sh --keep   leaves the VPSes running, also after a failure (--down removes them)
 set -euo pipefail
 # "&" in a ${var/pattern/replacement} is the replacement's "&&", not the match.
 shopt -u patsub_replacement 2>/dev/null || true
@@ -42,9 +43,13 @@ die() { echo "trial: $*" >&2; exit 1; }
 
 down() {
     local h pid
+    # The container's init first: killing systemd-nspawn alone leaves it running, with its
+    # services and its tmpfs.
     for h in "${hosts[@]}"; do
-        pid=$(pgrep -f "systemd-nspawn.*--machine=rp-$h " || true)
-        if [[ -n $pid ]]; then kill -9 "$pid" 2>/dev/null || true; fi
+        for pid in $(pgrep -f "systemd-nspawn.*--machine=rp-$h " || true); do
+            # shellcheck disable=SC2046 # one PID per word
+            kill -9 $(cat /proc/"$pid"/task/*/children 2>/dev/null) "$pid" 2>/dev/null || true
+        done
     done
     pkill -f "pebble -config $work" 2>/dev/null || true
     pkill -f "turnutils_peer -L $net.3" 2>/dev/null || true
@@ -64,6 +69,8 @@ case ${1:-} in
 *) die "usage: scripts/trial.sh [--keep | --down]" ;;
 esac
 ((EUID == 0)) || die "needs root (network namespaces, containers)"
+# Without --keep nothing stays, whatever happens.
+[[ $keep == yes ]] || trap down EXIT
 
 say "tools"
 need=()
@@ -183,6 +190,7 @@ for h in "${hosts[@]}"; do
     systemd-nspawn --directory="$base" --volatile=overlay --register=no --keep-unit --boot \
         --machine="rp-$h" --hostname="$h" --network-namespace-path="/run/netns/rp-$h" \
         --capability=CAP_NET_ADMIN -- systemd.firstboot=off >"$work/$h.console" 2>&1 &
+    disown
     leader=""
     for _ in $(seq 100); do
         pid=$(pgrep -f "systemd-nspawn.*--machine=rp-$h " || true)
@@ -339,6 +347,14 @@ print(s["username"], s["credential"], " ".join(s["urls"]))' <<<"$config")
     tls_port=443
     [[ $h == fra ]] && tls_port=5349
     [[ $urls == *"turns:turn-$h-1.example.com:$tls_port"* ]] || die "$r: no turns: URL on $tls_port"
+    # The relay's TURN/TLS and its SFU's HTTPS show certbot's certificate for the relay's name.
+    for port in "$tls_port" 8443; do
+        verify=$(ip netns exec rp-player openssl s_client -connect "${ip[$h]}:$port" -servername "turn-$h-1.example.com" \
+            -verify_hostname "turn-$h-1.example.com" -CAfile "$work/acme-root.pem" -verify_return_error </dev/null 2>&1) ||
+            die "$r: TLS on $port: $verify"
+        grep -q "Verify return code: 0 (ok)" <<<"$verify" || die "$r: TLS on $port: $verify"
+    done
+    echo "  TLS on $tls_port and 8443: certificate for turn-$h-1.example.com verified"
     for mode in udp tls; do
         extra=()
         [[ $mode == tls ]] && extra=(-t -S -p "$tls_port")
@@ -357,6 +373,4 @@ done
 say "the README's deployment works: three regions, linked, monitored, serving a player"
 if [[ $keep == yes ]]; then
     echo "left running: nsenter --target \$(cat $work/fra.leader) --all bash; scripts/trial.sh --down"
-else
-    down
 fi
