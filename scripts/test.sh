@@ -38,6 +38,9 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 command -v caddy >/dev/null 2>&1 || need+=(caddy)
+# The operator trial (scripts/trial.sh): a fresh Debian for its VPSes, an ACME server.
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 # From PyPI: the Kubernetes manifests' and the compose file's validators (deploy/check.sh).
 pypi=()
@@ -69,7 +72,7 @@ if ((${#pypi[@]})); then
     python3 -m pip install -q --root-user-action=ignore "${pypi[@]}" \
         || python3 -m pip install -q --root-user-action=ignore --break-system-packages "${pypi[@]}"
 fi
-for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool prometheus prometheus-alertmanager yamllint shellcheck systemd-analyze nft systemd-nspawn nsenter caddy kubernetes-validate check-jsonschema; do
+for tool in turnutils_uclient turnutils_peer curl chromium firefox-esr python3 openssl promtool amtool prometheus prometheus-alertmanager yamllint shellcheck systemd-analyze nft systemd-nspawn nsenter caddy debootstrap pebble kubernetes-validate check-jsonschema; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 
@@ -116,5 +119,8 @@ step "abuse and fuzzing (figures)"
 # --workspace, as above, so the relay is not rebuilt with another feature set.
 cargo test --workspace --profile ci --test flood --test fuzz -- --nocapture 2>&1 \
     | grep -E "^(flood|stun_message|channel_data|tcp_framing|link_wire):"
+
+step "the README's deployment on three fresh Debian VPSes (scripts/trial.sh)"
+scripts/trial.sh
 
 step "all tests passed"

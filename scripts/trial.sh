@@ -80,6 +80,7 @@ command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v nft >/dev/null || need+=(nftables)
 command -v turnutils_uclient >/dev/null || need+=(coturn)
 if ((${#need[@]})); then
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
@@ -216,7 +217,7 @@ for h in "${hosts[@]}"; do
 done
 
 say "1. the build (ci profile) and dist/"
-cargo build --profile ci -q -p relay --bin relay -p signaling --bins
+cargo build --profile ci -q --workspace --bins
 scripts/dist.sh --from target/ci --out "$work/ops/dist"
 cp -r deploy "$work/ops/"
 
