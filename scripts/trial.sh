@@ -58,6 +58,7 @@ down() {
         ip netns del "rp-$ns" 2>/dev/null || true
         ip link del "rp-v-$ns" 2>/dev/null || true
     done
+    rm -rf /etc/netns/rp-acme /etc/netns/rp-player
     ip link del rp-br 2>/dev/null || true
     nft delete table ip remote_play_trial 2>/dev/null || true
 }
@@ -196,7 +197,9 @@ for h in "${hosts[@]}"; do
     for _ in $(seq 100); do
         pid=$(pgrep -f "systemd-nspawn.*--machine=rp-$h " || true)
         leader=$(cat /proc/"$pid"/task/*/children 2>/dev/null | awk '{print $1}') || true
-        [[ -n $leader ]] && break
+        # (nspawn's first child is a helper that execs nothing: wait for the container's init.)
+        [[ -n $leader && $(cat /proc/"$leader"/comm 2>/dev/null) == systemd ]] && break
+        leader=""
         sleep 0.2
     done
     [[ -n $leader ]] || die "$h did not boot: $(tail -5 "$work/$h.console")"
@@ -274,7 +277,7 @@ get_cert sin "${step7[0]//turn-ash-1/turn-sin-1}"
 
 say "8. the relays"
 # Frankfurt's command, made another region's as the README says.
-relay_cmd() { # FROM-ID TO-ID REGION ADDRESS OTHERS...
+relay_cmd() { # RELAY-ID NAME (turn-NAME.example.com) REGION ADDRESS OTHER-ADDRESS OTHER-ADDRESS
     local c=${step[8]}
     c=${c//eu-central/$3}
     c=${c//turn-fra-1/turn-$2}
